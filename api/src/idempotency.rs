@@ -1,0 +1,95 @@
+//! Idempotency-Key records (per storefront, kept 24 hours): the same key and body get the same answer,
+//! also when the requests race; the same key with another body is refused.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What an existing record says about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Existing {
+    /// No record: this request is the first with its key (claimed with its order, in
+    /// `orders::claim_and_store`).
+    None,
+    /// The key was used with another request.
+    Reused,
+    /// The same request was answered: replay the answer.
+    Answered {
+        /// The order id.
+        order_id: Uuid,
+        /// HTTP status answered.
+        status: u16,
+        /// JSON body answered.
+        body: serde_json::Value,
+    },
+    /// The same request was accepted but not (yet) answered: it raced this one, or failed before
+    /// Kafka acknowledged. Finish it with the same order id.
+    Pending {
+        /// The order id.
+        order_id: Uuid,
+    },
+}
+
+/// The fingerprint of a request: its storefront, route and canonical body.
+pub fn fingerprint(storefront: &str, route: &str, canonical_body: &[u8]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    for part in [storefront.as_bytes(), b"\0", route.as_bytes(), b"\0", canonical_body] {
+        hasher.update(part);
+    }
+    hasher.finalize().to_vec()
+}
+
+/// Looks up the record for (storefront, key).
+pub async fn existing(pool: &PgPool, storefront: &str, key: &str, fingerprint: &[u8]) -> Result<Existing, sqlx::Error> {
+    let row: Option<(Vec<u8>, Uuid, Option<i32>, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT request_hash, order_id, response_status, response_body FROM api.idempotency_keys
+         WHERE storefront = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
+    )
+    .bind(storefront)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => Existing::None,
+        Some((hash, _, _, _)) if hash != fingerprint => Existing::Reused,
+        Some((_, order_id, Some(status), Some(body))) => Existing::Answered { order_id, status: status as u16, body },
+        Some((_, order_id, _, _)) => Existing::Pending { order_id },
+    })
+}
+
+/// The stored answer for (storefront, key) if the key was used on `route` and answered.
+pub async fn answered(pool: &PgPool, storefront: &str, key: &str, route: &str) -> Option<axum::response::Response> {
+    let row: Option<(Uuid, i32, serde_json::Value)> = sqlx::query_as(
+        "SELECT order_id, response_status, response_body FROM api.idempotency_keys
+         WHERE storefront = $1 AND key = $2 AND route = $3 AND response_status IS NOT NULL
+           AND created_at > now() - interval '24 hours'",
+    )
+    .bind(storefront)
+    .bind(key)
+    .bind(route)
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    row.map(|(order_id, status, body)| crate::orders::accepted_response(order_id, status as u16, body))
+}
+
+/// Stores the answer to replay.
+pub async fn answer(pool: &PgPool, storefront: &str, key: &str, status: u16, body: &serde_json::Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE api.idempotency_keys SET response_status = $3, response_body = $4 WHERE storefront = $1 AND key = $2")
+        .bind(storefront)
+        .bind(key)
+        .bind(i32::from(status))
+        .bind(body)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes records older than 24 h; returns how many.
+pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM api.idempotency_keys WHERE created_at < now() - interval '24 hours'")
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

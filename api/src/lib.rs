@@ -1,0 +1,274 @@
+//! kassa's storefront HTTP API (axum): orders (server-side pricing, Idempotency-Key, one
+//! `checkout.requests` message per line; status from the orders processor's read model, with long
+//! polling), cancellation and hold renewal, carts, the flash-sale gate, admin, Stripe webhooks,
+//! storefront and admin API keys, RFC 9457 errors, the OpenAPI document, `/health`, `/ready`.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod carts;
+pub mod flash;
+pub mod idempotency;
+pub mod limits;
+pub mod openapi;
+pub mod order_requests;
+pub mod order_status;
+pub mod orders;
+pub mod pricing;
+pub mod problem;
+pub mod produce;
+pub mod telemetry;
+pub mod webhooks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, response::IntoResponse};
+use kassa_schemas::Codec;
+use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use problem::Problem;
+
+/// What the API needs to run.
+/// (Not `Debug`: it holds the database URL, password included.)
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// PostgreSQL URL (the `api` schema).
+    pub database_url: String,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Schema Registry URL.
+    pub registry_url: String,
+    /// Redis URL (carts, flash-sale gate).
+    pub redis_url: String,
+    /// Reservation hold the API asks for, in seconds.
+    pub hold_seconds: i32,
+    /// How long carts live after their last use.
+    pub cart_ttl: carts::CartTtl,
+    /// The Stripe webhook endpoint's signing secret (None: webhooks are refused).
+    pub stripe_webhook_secret: Option<webhooks::Secret>,
+    /// Rate limits.
+    pub rate_limits: limits::RateLimits,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Database pool.
+    pub pool: PgPool,
+    /// Idempotent, acks=all producer.
+    pub producer: FutureProducer,
+    /// Event codec.
+    pub codec: Arc<Codec>,
+    /// Redis (None when it could not be reached at start: the gate then fails open).
+    pub redis: Option<redis::aio::ConnectionManager>,
+    /// Reservation hold, in seconds.
+    pub hold_seconds: i32,
+    /// Recent API key lookups.
+    pub keys: Arc<auth::KeyCache>,
+    /// How long carts live after their last use.
+    pub cart_ttl: carts::CartTtl,
+    /// The Stripe webhook endpoint's signing secret (None: webhooks are refused).
+    pub stripe_webhook_secret: Option<webhooks::Secret>,
+    /// Rate limiters.
+    pub limits: Arc<limits::Limits>,
+    /// Order status changes, for long polls.
+    pub status_feed: order_status::StatusFeed,
+}
+
+/// Why the API server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("HTTP server: {0}")]
+    Serve(#[from] std::io::Error),
+    /// A client could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+/// The API's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(telemetry::render))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs))
+        .route("/api/orders", post(orders::create))
+        .route("/api/orders/{id}", get(order_status::get).delete(order_requests::cancel))
+        .route("/api/orders/{id}/hold", post(order_requests::renew_hold))
+        .route("/api/carts/me/merge", post(carts::merge))
+        .route("/api/carts/{cart_id}", get(carts::get).put(carts::put).delete(carts::delete))
+        .route("/api/carts/{cart_id}/items", post(carts::add_item))
+        .route("/api/carts/{cart_id}/items/{sku}", axum::routing::put(carts::set_item).delete(carts::remove_item))
+        .route("/api/carts/{cart_id}/checkout", post(carts::checkout))
+        .route("/webhooks/stripe", post(webhooks::stripe))
+        .route("/admin/products/{sku}", get(admin::get_product).put(admin::put_product))
+        .route("/admin/stock/{sku}", post(admin::post_stock))
+        .route("/admin/flash-sales/{sku}", get(admin::get_sale).put(admin::put_sale).delete(admin::delete_sale))
+        .fallback(|| async { Problem::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            let mut p = Problem::not_found("route");
+            p.status = 405;
+            p.code = "method_not_allowed";
+            p.title = "Method not allowed";
+            p.detail = "this route does not take that method".into();
+            p
+        })
+        .layer(axum::middleware::from_fn(body::buffer_body))
+        .route_layer(axum::middleware::from_fn(telemetry::record))
+        .with_state(state)
+}
+
+/// `GET /health`: the process is up.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "up")))]
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when Postgres, Kafka and Redis all answer within 2 s; the body says which did not.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "every dependency answers"), (status = 503, description = "a dependency does not", body = Problem, content_type = "application/problem+json")))]
+async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    let limit = Duration::from_secs(2);
+    let postgres = async { sqlx::query("SELECT 1").execute(&state.pool).await.map(drop).map_err(|e| e.to_string()) };
+    let kafka = async {
+        let producer = state.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer.client().fetch_metadata(None, Duration::from_secs(2)).map(drop).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    };
+    let redis = async {
+        let Some(mut conn) = state.redis.clone() else { return Err("not connected".to_owned()) };
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string())
+    };
+    let (postgres, kafka, redis) = tokio::join!(
+        tokio::time::timeout(limit, postgres),
+        tokio::time::timeout(limit, kafka),
+        tokio::time::timeout(limit, redis)
+    );
+    let verdict = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => "ok",
+        Ok(Err(_)) => "failing",
+        Err(_) => "timed out",
+    };
+    let checks = json!({ "postgres": verdict(postgres), "kafka": verdict(kafka), "redis": verdict(redis) });
+    if checks.as_object().is_some_and(|c| c.values().all(|v| v == "ok")) {
+        Json(json!({ "status": "ready", "checks": checks })).into_response()
+    } else {
+        tracing::warn!(%checks, "not ready");
+        let mut problem = Problem::unavailable(format!("not ready: {checks}"), 2);
+        problem.detail = format!("dependencies: {checks}");
+        problem.into_response()
+    }
+}
+
+/// Builds the state: database pool, producer, codec.
+pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
+    telemetry::handle();
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy(&config.database_url)
+        .map_err(|e| ServeError::Setup(format!("database URL: {e}")))?;
+    let mut producer_config = ClientConfig::new();
+    producer_config.set("bootstrap.servers", &config.brokers).set("linger.ms", "1");
+    for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
+        producer_config.set(*key, *value);
+    }
+    let producer: FutureProducer = producer_config.create().map_err(|e| ServeError::Setup(format!("Kafka producer: {e}")))?;
+    let codec = Codec::new(&config.registry_url).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let redis = connect_redis(&config.redis_url).await;
+    Ok(AppState { pool: pool.clone(), producer, codec: Arc::new(codec), redis, hold_seconds: config.hold_seconds, keys: Arc::default(), cart_ttl: config.cart_ttl, stripe_webhook_secret: config.stripe_webhook_secret.clone(), limits: Arc::new(limits::Limits::new(config.rate_limits)), status_feed: order_status::StatusFeed::start(pool.clone()) })
+}
+
+/// A self-reconnecting Redis connection, or None (logged) if Redis cannot be reached within 3 s.
+async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
+    let client = match redis::Client::open(url) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, "bad Redis URL: flash-sale gate off");
+            return None;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(3), redis::aio::ConnectionManager::new(client)).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Redis unreachable: flash-sale gate fails open");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("Redis did not answer in 3 s: flash-sale gate fails open");
+            None
+        }
+    }
+}
+
+/// Serves the API until `shutdown` completes, then drains in-flight requests. Prunes expired
+/// Idempotency-Key records every 10 minutes meanwhile.
+pub async fn serve(config: ApiConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let state = state(&config).await?;
+    let pool = state.pool.clone();
+    let limits = state.limits.clone();
+    let pruning = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            limits.forget_idle();
+            match idempotency::prune(&pool).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "expired Idempotency-Key records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning Idempotency-Key records failed"),
+            }
+        }
+    });
+    let addr = config.addr;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    tracing::info!(%addr, "API listening");
+    let served = serve_on(listener, state, shutdown).await;
+    pruning.abort();
+    served?;
+    Ok(())
+}
+
+/// Starts the API on `config.addr` (port 0: any free port) in the background, for tests and
+/// benchmarks; returns the address it listens on.
+pub async fn spawn(config: &ApiConfig) -> Result<SocketAddr, ServeError> {
+    let state = state(config).await?;
+    let addr = config.addr;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve_on(listener, state, std::future::pending()));
+    Ok(bound)
+}
+
+/// Serves the API's routes on a bound listener until `shutdown` completes.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,62 @@
+//! Requests about an existing order, sent to the orders processor on `orders.requests`:
+//! `DELETE /api/orders/{id}` (cancel) and `POST /api/orders/{id}/hold` (renew the hold).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kassa_schemas::Envelope;
+use kassa_schemas::events::orders::{CancelRequested, HoldRenewalRequested, OrderRequest};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::Storefront;
+use crate::orders::owned_order;
+use crate::problem::{FieldError, Problem};
+
+/// `DELETE /api/orders/{id}`: asks for cancellation; 202 once on Kafka (orders decides).
+#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "cancellation requested")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    storefront: Storefront,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let owned = owned_order(&state, &storefront, &headers, &id).await?;
+    let order = owned.order_id.to_string();
+    let request = OrderRequest::CancelRequested(CancelRequested {
+        order_id: order.clone(),
+        customer_id: owned.customer_id,
+        reason: "customer requested".into(),
+    });
+    crate::produce::send(&state, &order, &Envelope::new(order.clone(), None, request)).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "cancel_requested" }))).into_response())
+}
+
+/// The optional body of `POST /api/orders/{id}/hold`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+pub struct HoldBody {
+    /// New hold length from now (default: the configured hold).
+    pub hold_seconds: Option<i32>,
+}
+
+/// `POST /api/orders/{id}/hold`: asks to keep the reservation longer; 202 once on Kafka.
+#[utoipa::path(post, path = "/api/orders/{id}/hold", tag = "orders", request_body(content = Option<HoldBody>), params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "hold renewal requested")))]
+pub async fn renew_hold(
+    State(state): State<AppState>,
+    storefront: Storefront,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    crate::body::MaybeJson(body): crate::body::MaybeJson<HoldBody>,
+) -> Result<Response, Problem> {
+    let owned = owned_order(&state, &storefront, &headers, &id).await?;
+    let hold_seconds = body.and_then(|b| b.hold_seconds).unwrap_or(state.hold_seconds);
+    if !(30..=3600).contains(&hold_seconds) {
+        return Err(Problem::validation(vec![FieldError { field: "hold_seconds".into(), message: "30 to 3600".into() }]));
+    }
+    let order = owned.order_id.to_string();
+    let request = OrderRequest::HoldRenewalRequested(HoldRenewalRequested { order_id: order.clone(), customer_id: owned.customer_id, hold_seconds });
+    crate::produce::send(&state, &order, &Envelope::new(order.clone(), None, request)).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "hold_renewal_requested", "hold_seconds": hold_seconds }))).into_response())
+}

@@ -1,0 +1,191 @@
+//! `GET /api/orders/{id}`: an order's status, payment and audit trail from the orders
+//! processor's read model (`orders.order_status`, `orders.order_trail`), with long polling: `?wait=<seconds>` holds the request until the
+//! status differs from `since` (default: the status at the time of the request). The processor
+//! notifies `kassa_order_status` with the ids it changed; one listener per API process fans them
+//! out to waiting requests.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+
+use crate::AppState;
+use crate::auth::Storefront;
+use crate::orders::{db, order_json, owned_order};
+use crate::problem::{FieldError, Problem};
+
+/// The longest a status request may wait.
+pub const MAX_WAIT_SECONDS: u64 = 30;
+
+/// Fans out the ids of orders whose status changed to requests waiting on them.
+#[derive(Clone)]
+pub struct StatusFeed {
+    changed: broadcast::Sender<String>,
+}
+
+impl StatusFeed {
+    /// Starts listening on `pool`'s database (reconnecting when the connection drops).
+    pub fn start(pool: PgPool) -> Self {
+        let (changed, _) = broadcast::channel(4096);
+        tokio::spawn(listen(pool, changed.clone()));
+        Self { changed }
+    }
+}
+
+async fn listen(pool: PgPool, changed: broadcast::Sender<String>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        // Runs until the connection fails: only an error ends it.
+        let listened: Result<std::convert::Infallible, sqlx::Error> = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(kassa_schemas::read_model::ORDER_STATUS_CHANNEL).await?;
+            loop {
+                let notification = listener.recv().await?;
+                let _ = changed.send(notification.payload().to_owned());
+            }
+        }
+        .await;
+        let Err(e) = listened;
+        tracing::warn!(error = %e, ?delay, "order status listener lost; reconnecting");
+        // Requests waiting now would miss changes: wake them all to read again.
+        let _ = changed.send(String::new());
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// An order's status as the orders processor last decided it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StatusRow {
+    /// `pending` … `completed`, `rejected`, `cancelled`.
+    pub state: String,
+    /// Why it was rejected or cancelled.
+    pub reason: Option<String>,
+    /// Human-readable detail of that.
+    pub detail: Option<String>,
+    /// When the reservation hold runs out.
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// 3-D Secure: the secret for Stripe.js (only while `action_required`).
+    pub client_secret: Option<String>,
+    /// 3-D Secure: when the order is cancelled if not done (only while `action_required`).
+    pub action_due_at: Option<DateTime<Utc>>,
+    /// When the processor last changed the order.
+    pub updated_at: DateTime<Utc>,
+    /// The payment gateway, once payment was asked for.
+    pub provider: Option<String>,
+    /// The provider's id of the payment (e.g. the PaymentIntent), once known.
+    pub provider_ref: Option<String>,
+}
+
+/// One step of an order's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Step {
+    /// State before.
+    #[sqlx(rename = "from_state")]
+    pub from: Option<String>,
+    /// State after.
+    #[sqlx(rename = "to_state")]
+    pub to: Option<String>,
+    /// What moved it (e.g. `PaymentAuthorized`).
+    pub trigger: Option<String>,
+    /// The event type that caused it.
+    pub cause_type: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The steps `order_id` took, oldest first.
+pub async fn trail(pool: &PgPool, order_id: &str) -> Result<Vec<Step>, sqlx::Error> {
+    sqlx::query_as("SELECT from_state, to_state, trigger, cause_type, at FROM orders.order_trail WHERE order_id = $1 ORDER BY id")
+        .bind(order_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// Reads the status of `order_id` (None: the orders processor has not seen it yet).
+pub async fn read(pool: &PgPool, order_id: &str) -> Result<Option<StatusRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT state, reason, detail, hold_expires_at, client_secret, action_due_at, updated_at, provider, provider_ref
+         FROM orders.order_status WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The status name served for a row (`accepted` before the orders processor has seen the order).
+fn status_name(row: &Option<StatusRow>) -> &str {
+    row.as_ref().map_or("accepted", |r| r.state.as_str())
+}
+
+/// Query parameters of `GET /api/orders/{id}`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct StatusQuery {
+    /// Wait up to this many seconds (at most 30) for the status to change.
+    pub wait: Option<u64>,
+    /// The status the caller already knows; with `wait`, answer once it is something else.
+    pub since: Option<String>,
+}
+
+/// `GET /api/orders/{id}`: the order and its status, for the customer named in `X-Customer-Id`.
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), StatusQuery), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the order; `status` is `accepted` until the orders processor has seen it, then pending, reserved, authorizing, action_required (with `next_action`), authorized, confirmed, completed, rejected or cancelled (with `reason`); `payment` (provider and its id) and `transitions` (the audit trail's steps)")))]
+pub async fn get(
+    State(state): State<AppState>,
+    storefront: Storefront,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Response, Problem> {
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(Problem::validation(vec![FieldError { field: "wait".into(), message: "0 to 30 seconds".into() }]));
+    }
+    let order = owned_order(&state, &storefront, &headers, &id).await?;
+    let order_id = order.order_id.to_string();
+    // Subscribe before reading, so a change between the read and the wait is not missed.
+    let mut changes = state.status_feed.changed.subscribe();
+    let mut row = read(&state.pool, &order_id).await.map_err(db)?;
+    let since = query.since.filter(|s| !s.is_empty()).unwrap_or_else(|| status_name(&row).to_owned());
+    if wait > 0 && status_name(&row) == since {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        loop {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
+                Ok(Ok(changed)) if !changed.is_empty() && changed != order_id => continue,
+                Ok(_) => {
+                    row = read(&state.pool, &order_id).await.map_err(db)?;
+                    if status_name(&row) != since {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let mut body = order_json(&order, status_name(&row));
+    if let Some(row) = &row {
+        body["reason"] = json!(row.reason);
+        body["detail"] = json!(row.detail);
+        body["hold_expires_at"] = json!(row.hold_expires_at);
+        body["updated_at"] = json!(row.updated_at);
+        if row.provider.is_some() {
+            body["payment"] = json!({ "provider": row.provider, "provider_ref": row.provider_ref });
+        }
+        body["transitions"] = json!(trail(&state.pool, &order_id).await.map_err(db)?);
+        if let Some(secret) = &row.client_secret {
+            body["next_action"] = json!({
+                "type": "use_stripe_sdk",
+                "client_secret": secret,
+                "due_at": row.action_due_at,
+            });
+        }
+    }
+    Ok(Json(body).into_response())
+}

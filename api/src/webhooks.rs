@@ -1,0 +1,147 @@
+//! `POST /webhooks/stripe`: verifies the `Stripe-Signature` (HMAC-SHA256 over `"{t}.{body}"` with
+//! the endpoint's secret, timestamp within 5 minutes), then writes the event to
+//! `payments.webhooks` keyed by the order id in the intent's metadata, and answers 200. The same
+//! event twice is accepted twice: deduplication is the payments processor's job.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use hmac::{KeyInit, Mac};
+use kassa_schemas::Envelope;
+use kassa_schemas::events::payments::{PaymentWebhook, WebhookReceived};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::body::RawBody;
+use crate::problem::Problem;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// How far a signature's timestamp may be from now, in seconds.
+pub const TOLERANCE_SECONDS: i64 = 300;
+
+/// A secret whose value never reaches a log or a `Debug` print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Why a signature is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    /// No usable `t=` and `v1=` in the header.
+    Malformed,
+    /// The timestamp is too far from now (a replay, or a clock far off).
+    Stale,
+    /// No `v1` signature matches.
+    Mismatch,
+}
+
+/// Checks a `Stripe-Signature` header for `body` at `now` (Unix seconds).
+pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), SignatureError> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
+            Some(("v1", value)) => signatures.extend(hex::decode(value).ok()),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    if (now - timestamp).abs() > TOLERANCE_SECONDS {
+        return Err(SignatureError::Stale);
+    }
+    for signature in signatures {
+        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(body);
+        if mac.verify_slice(&signature).is_ok() {
+            return Ok(()); // constant-time comparison
+        }
+    }
+    Err(SignatureError::Mismatch)
+}
+
+/// A `Stripe-Signature` header for `body` signed at `timestamp`, as Stripe sends it (for tests
+/// and tools).
+pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `POST /webhooks/stripe`.
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks", params(("Stripe-Signature" = String, Header, description = "t=<unix time>,v1=<HMAC-SHA256 hex>")), request_body(content = String, content_type = "application/json", description = "the Stripe event, verbatim"), responses((status = 200, description = "verified and on `payments.webhooks`"), (status = 400, description = "`invalid_signature` or `malformed_request`", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Kafka or the webhook secret unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, RawBody(body): RawBody) -> Result<Response, Problem> {
+    let Some(secret) = &state.stripe_webhook_secret else {
+        return Err(Problem::unavailable("Stripe webhooks are not configured (KASSA_STRIPE_WEBHOOK_SECRET)", 60));
+    };
+    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if let Err(e) = verify(&secret.0, header, &body, Utc::now().timestamp()) {
+        tracing::warn!(reason = ?e, "webhook refused");
+        return Err(Problem::bad_signature(match e {
+            SignatureError::Malformed => "missing or malformed Stripe-Signature header",
+            SignatureError::Stale => "the signature's timestamp is outside the tolerance",
+            SignatureError::Mismatch => "the signature does not match",
+        }));
+    }
+    let event: Value = serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
+    let id = event["id"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| Problem::malformed("the event has no id"))?;
+    let kind = event["type"].as_str().unwrap_or_default();
+    let object = &event["data"]["object"];
+    let order_id = object["metadata"]["order_id"].as_str().map(str::to_owned);
+    let intent = (object["object"] == "payment_intent").then(|| object["id"].as_str().map(str::to_owned)).flatten();
+    let key = order_id.clone().or_else(|| intent.clone()).unwrap_or_else(|| id.to_owned());
+    let received = WebhookReceived {
+        provider: "stripe".into(),
+        provider_event_id: id.to_owned(),
+        provider_event_type: kind.to_owned(),
+        order_id,
+        payment_intent_id: intent,
+        received_at: Utc::now(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let envelope = Envelope::new(key.clone(), None, PaymentWebhook::WebhookReceived(received));
+    crate::produce::send(&state, &key, &envelope).await?;
+    Ok(Json(json!({ "received": true })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_test";
+
+    #[test]
+    fn a_signature_is_checked_against_body_secret_and_time() {
+        let body = br#"{"id":"evt_1"}"#;
+        let header = signature_header(SECRET, 1_800_000_000, body);
+        assert_eq!(verify(SECRET, &header, body, 1_800_000_000), Ok(()));
+        assert_eq!(verify(SECRET, &header, body, 1_800_000_000 + TOLERANCE_SECONDS), Ok(()));
+        assert_eq!(verify(SECRET, &header, body, 1_800_000_000 + TOLERANCE_SECONDS + 1), Err(SignatureError::Stale));
+        assert_eq!(verify(SECRET, &header, br#"{"id":"evt_2"}"#, 1_800_000_000), Err(SignatureError::Mismatch));
+        assert_eq!(verify("whsec_other", &header, body, 1_800_000_000), Err(SignatureError::Mismatch));
+        assert_eq!(verify(SECRET, "", body, 1_800_000_000), Err(SignatureError::Malformed));
+        assert_eq!(verify(SECRET, "t=1800000000", body, 1_800_000_000), Err(SignatureError::Malformed));
+        // A rolled secret: one of several v1 signatures matching is enough.
+        let v1 = header.split_once(",v1=").unwrap().1;
+        let two = format!("t=1800000000,v1={},v1={v1}", "00".repeat(32));
+        assert_eq!(verify(SECRET, &two, body, 1_800_000_000), Ok(()));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        assert_eq!(format!("{:?}", Secret("whsec_live".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,147 @@
+//! The expiry processor: owns deadlines. It learns them from `orders.events` (a hold when an order
+//! is reserved or its hold renewed, a payment action when 3-D Secure is needed) and forgets them
+//! when the order moves on; its [`ticker`] fires due ones onto `expiry.events`. What a passed
+//! deadline means is for the orders processor to decide.
+
+pub mod ticker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kassa_schemas::events::expiry::DeadlineKind;
+use kassa_schemas::events::orders::OrderEvent;
+use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runtime::{Delivered, HandleError, Handled, Handler};
+
+/// What an order event does to one of the order's deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The deadline is (now) due at this time.
+    Due(DateTime<Utc>),
+    /// The deadline no longer applies.
+    Cancel,
+}
+
+/// The deadline changes an order event implies.
+pub fn plan(event: &OrderEvent) -> Vec<(DeadlineKind, Change)> {
+    use DeadlineKind::{Hold, PaymentAction};
+    match event {
+        OrderEvent::OrderReserved(e) => vec![(Hold, Change::Due(e.hold_expires_at))],
+        OrderEvent::HoldRenewed(e) => vec![(Hold, Change::Due(e.hold_expires_at))],
+        OrderEvent::OrderActionRequired(e) => vec![(PaymentAction, Change::Due(e.action_due_at))],
+        // Stock is being committed: no deadline may cancel the order any more.
+        OrderEvent::OrderAuthorized(_)
+        | OrderEvent::OrderConfirmed(_)
+        | OrderEvent::OrderCompleted(_)
+        | OrderEvent::OrderRejected(_)
+        | OrderEvent::OrderCancelled(_) => vec![(Hold, Change::Cancel), (PaymentAction, Change::Cancel)],
+    }
+}
+
+/// The name a deadline kind is stored under.
+pub const fn kind_name(kind: DeadlineKind) -> &'static str {
+    match kind {
+        DeadlineKind::Hold => "hold",
+        DeadlineKind::PaymentAction => "payment_action",
+    }
+}
+
+/// The expiry processor's handler (learning deadlines; firing is the ticker's).
+pub struct Expiry {
+    codec: Arc<Codec>,
+}
+
+impl Expiry {
+    /// A handler decoding with `codec`.
+    pub fn new(codec: Arc<Codec>) -> Self {
+        Self { codec }
+    }
+}
+
+impl Handler for Expiry {
+    type Input = Envelope<OrderEvent>;
+
+    fn group(&self) -> ConsumerGroup {
+        ConsumerGroup::Expiry
+    }
+
+    async fn decode(&self, _topic: Topic, bytes: &[u8]) -> Result<Self::Input, CodecError> {
+        self.codec.decode(bytes).await
+    }
+
+    fn event_id(input: &Self::Input) -> Uuid {
+        input.event_id
+    }
+
+    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Self::Input>]) -> Result<Handled, HandleError> {
+        let mut handled = Handled::default();
+        // The last change per (order, kind) in the batch wins: events of one order arrive in order.
+        let mut changes: BTreeMap<(String, &'static str), Change> = BTreeMap::new();
+        for (index, d) in batch.iter().enumerate() {
+            let order = d.input.payload.order_id();
+            if d.key.as_deref() != Some(order) {
+                handled.invalid.push((index, format!("message key {:?} is not the order id {order}", d.key)));
+                continue;
+            }
+            for (kind, change) in plan(&d.input.payload) {
+                changes.insert((order.to_owned(), kind_name(kind)), change);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(handled);
+        }
+        let rows: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|((order, kind), change)| match change {
+                Change::Due(at) => json!({"order_id": order, "kind": kind, "due_at": at, "state": "pending"}),
+                Change::Cancel => json!({"order_id": order, "kind": kind, "due_at": null, "state": "cancelled"}),
+            })
+            .collect();
+        // A cancel of a deadline never set is not stored; a cancel keeps the due time for the record.
+        sqlx::query(
+            "INSERT INTO expiry.deadlines AS d (order_id, kind, due_at, state)
+             SELECT order_id, kind, due_at, state FROM jsonb_to_recordset($1)
+                  AS x(order_id text, kind text, due_at timestamptz, state text)
+             WHERE state = 'pending'
+             ON CONFLICT (order_id, kind) DO UPDATE SET due_at = excluded.due_at, state = 'pending',
+                  fired_at = NULL, updated_at = now()",
+        )
+        .bind(serde_json::Value::Array(rows.clone()))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE expiry.deadlines d SET state = 'cancelled', updated_at = now()
+             FROM jsonb_to_recordset($1) AS x(order_id text, kind text, state text)
+             WHERE x.state = 'cancelled' AND d.order_id = x.order_id AND d.kind = x.kind AND d.state = 'pending'",
+        )
+        .bind(serde_json::Value::Array(rows))
+        .execute(conn)
+        .await?;
+        Ok(handled)
+    }
+
+    fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kassa_schemas::events::orders::{HoldRenewed, OrderAuthorized};
+
+    #[test]
+    fn holds_are_set_and_renewed_and_forgotten_once_stock_is_committed() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let renewed: OrderEvent = HoldRenewed { order_id: "o".into(), hold_expires_at: at }.into();
+        assert_eq!(plan(&renewed), [(DeadlineKind::Hold, Change::Due(at))]);
+        let authorized: OrderEvent = OrderAuthorized { order_id: "o".into(), total_minor: 1, currency: "EUR".into() }.into();
+        assert_eq!(
+            plan(&authorized),
+            [(DeadlineKind::Hold, Change::Cancel), (DeadlineKind::PaymentAction, Change::Cancel)]
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The expiry ticker: once a second, fires the deadlines that are due onto `expiry.events`
+//! through the expiry outbox, in the same transaction that marks them fired. Rows are taken
+//! `FOR UPDATE SKIP LOCKED`, so several instances share the work and never fire one twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kassa_schemas::events::expiry::{DeadlineKind, DeadlinePassed, ExpiryEvent};
+use kassa_schemas::{Codec, Envelope, Topic};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::runtime::TaskError;
+use crate::runtime::backoff::Backoff;
+use crate::runtime::store::{self, OutboxRow};
+
+/// How often due deadlines are looked for.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Most deadlines fired in one transaction.
+const ROUND: i64 = 1_000;
+
+/// Fires due deadlines every [`TICK`] until `shutdown` turns true.
+pub async fn run(pool: PgPool, codec: Arc<Codec>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut ticks: u64 = 0;
+    while !*shutdown.borrow() {
+        let wait = match fire_due(&pool, &codec).await {
+            Ok(fired) if fired as i64 == ROUND => Duration::ZERO,
+            Ok(_) => {
+                backoff.reset();
+                TICK
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, "firing deadlines failed; retrying");
+                delay
+            }
+        };
+        ticks += 1;
+        // About hourly: fired and cancelled deadlines are kept a day, for the record.
+        if ticks.is_multiple_of(3600) {
+            let pruned = sqlx::query(
+                "DELETE FROM expiry.deadlines WHERE state <> 'pending' AND updated_at < now() - interval '1 day'",
+            )
+            .execute(&pool)
+            .await;
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "pruning deadlines failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Fires up to [`ROUND`] due deadlines in one transaction; returns how many.
+async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "WITH due AS (
+             SELECT order_id, kind FROM expiry.deadlines
+             WHERE state = 'pending' AND due_at <= now()
+             ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE expiry.deadlines d SET state = 'fired', fired_at = now(), updated_at = now()
+         FROM due WHERE d.order_id = due.order_id AND d.kind = due.kind
+         RETURNING d.order_id, d.kind, d.due_at",
+    )
+    .bind(ROUND)
+    .fetch_all(&mut *tx)
+    .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let fired_at = Utc::now();
+    let mut rows = Vec::with_capacity(due.len());
+    for (order_id, kind, due_at) in &due {
+        let kind = if kind == "hold" { DeadlineKind::Hold } else { DeadlineKind::PaymentAction };
+        let event = Envelope::new(
+            order_id.as_str(),
+            None,
+            ExpiryEvent::from(DeadlinePassed { order_id: order_id.clone(), kind, due_at: *due_at, fired_at }),
+        );
+        rows.push(OutboxRow {
+            topic: Topic::ExpiryEvents.name().to_owned(),
+            key: Some(order_id.clone()),
+            payload: codec.encode(&event).await?,
+            headers: Vec::new(),
+        });
+    }
+    store::append_outbox(&mut tx, "expiry", &rows).await?;
+    tx.commit().await?;
+    let late_ms = due.iter().map(|(_, _, at)| (fired_at - *at).num_milliseconds()).max().unwrap_or(0);
+    tracing::debug!(fired = due.len(), late_ms, "deadlines fired");
+    metrics::counter!("kassa_deadlines_fired_total").increment(due.len() as u64);
+    Ok(due.len())
+}

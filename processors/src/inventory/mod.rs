@@ -1,0 +1,373 @@
+//! The inventory processor: owns stock and reservations. Its inputs are keyed by SKU, so one
+//! instance owns each SKU at a time: it decides reservations in memory, in arrival order, and
+//! writes a whole batch with a few set-based statements. Stock is cached per partition while the
+//! partition is owned, and dropped when it is revoked (or a batch fails).
+
+pub mod decide;
+pub mod flash;
+mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use kassa_schemas::events::checkout::{CheckoutPayload, Reserve};
+use kassa_schemas::events::inventory::{
+    Committed, InventoryCommand, InventoryEvent, LineOrder, Rejected, Released, Reserved, Restock, Restocked, SetStock,
+};
+use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
+use decide::{LineChange, ReserveAnswer, Reservation};
+use store::{Ignored, LineRecord, Versioned};
+
+/// What inventory reads: reserve requests and stock commands.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// From `checkout.requests`.
+    Checkout(Envelope<CheckoutPayload>),
+    /// From `inventory.commands`.
+    Command(Envelope<InventoryCommand>),
+}
+
+/// The inventory processor's handler.
+pub struct Inventory {
+    codec: Arc<Codec>,
+    default_hold: Duration,
+    partitions: i32,
+    /// Stock per partition, then per SKU, while the partition is owned.
+    stock: HashMap<i32, HashMap<String, Versioned>>,
+    redis: Option<redis::aio::ConnectionManager>,
+    give_back: Vec<flash::GiveBack>,
+    /// Order lines found to exist when a batch assumed they were new: the redo loads them.
+    /// (New lines are not looked up first: a repeated reserve is rare, a lookup per line is not.)
+    known_lines: HashSet<(String, i32)>,
+}
+
+impl Inventory {
+    /// A handler encoding with `codec`; holds default to `default_hold` when a request has none.
+    /// `redis` is where flash-sale tokens go back (None: no flash sales).
+    pub fn new(
+        codec: Arc<Codec>,
+        default_hold: std::time::Duration,
+        partitions: i32,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> Self {
+        Self {
+            codec,
+            default_hold: Duration::from_std(default_hold).unwrap_or(Duration::minutes(15)),
+            partitions,
+            stock: HashMap::new(),
+            redis,
+            give_back: Vec::new(),
+            known_lines: HashSet::new(),
+        }
+    }
+
+    /// The partition a SKU's state is cached under.
+    fn bucket(&self, sku: &str) -> i32 {
+        kassa_schemas::kafka::java_partition(sku.as_bytes(), self.partitions.max(1) as u32) as i32
+    }
+}
+
+/// The SKU and order line an input is about.
+fn subject(input: &Input) -> (&str, Option<(&str, i32)>) {
+    match input {
+        Input::Checkout(e) => match &e.payload {
+            CheckoutPayload::Reserve(r) => (&r.sku, Some((&r.order_id, r.line_index))),
+        },
+        Input::Command(e) => match &e.payload {
+            InventoryCommand::Release(c) => (&c.sku, Some((&c.order_id, c.line_index))),
+            InventoryCommand::Commit(c) => (&c.sku, Some((&c.order_id, c.line_index))),
+            InventoryCommand::Restock(c) => (&c.sku, c.order_id.as_deref().zip(c.line_index)),
+            InventoryCommand::SetStock(c) => (&c.sku, None),
+        },
+    }
+}
+
+impl Handler for Inventory {
+    type Input = Input;
+
+    fn group(&self) -> ConsumerGroup {
+        ConsumerGroup::Inventory
+    }
+
+    async fn decode(&self, topic: Topic, bytes: &[u8]) -> Result<Input, CodecError> {
+        match topic {
+            Topic::CheckoutRequests => Ok(Input::Checkout(self.codec.decode(bytes).await?)),
+            _ => Ok(Input::Command(self.codec.decode(bytes).await?)),
+        }
+    }
+
+    fn event_id(input: &Input) -> Uuid {
+        match input {
+            Input::Checkout(e) => e.event_id,
+            Input::Command(e) => e.event_id,
+        }
+    }
+
+    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Input>]) -> Result<Handled, HandleError> {
+        // Load what the batch needs that is not in memory: stock of new SKUs, and order lines.
+        let mut missing: Vec<String> = Vec::new();
+        let mut lines: Vec<(String, i32)> = Vec::new();
+        for d in batch {
+            let (sku, line) = subject(&d.input);
+            let bucket = self.bucket(sku);
+            if !self.stock.get(&bucket).is_some_and(|b| b.contains_key(sku)) && !missing.iter().any(|s| s == sku) {
+                missing.push(sku.to_owned());
+            }
+            if let Some((order, index)) = line {
+                let key = (order.to_owned(), index);
+                // A reserve's line is assumed new (checked by the insert); a command's is read.
+                if matches!(d.input, Input::Command(_)) || self.known_lines.contains(&key) {
+                    lines.push(key);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let loaded = store::load_stock(conn, &missing).await?;
+            for (sku, versioned) in loaded {
+                let bucket = self.bucket(&sku);
+                self.stock.entry(bucket).or_default().insert(sku, versioned);
+            }
+        }
+        let mut records = store::load_lines(conn, &lines).await?;
+        let from_table: HashSet<(String, i32)> = records.keys().cloned().collect();
+
+        let now = Utc::now();
+        let mut out = Batch::default();
+        for (index, d) in batch.iter().enumerate() {
+            let (sku, _) = subject(&d.input);
+            if d.key.as_deref() != Some(sku) {
+                out.handled.invalid.push((index, format!("message key {:?} is not the SKU {sku}", d.key)));
+                continue;
+            }
+            let bucket = self.bucket(sku);
+            let skus = self.stock.entry(bucket).or_default();
+            match &d.input {
+                Input::Checkout(e) => {
+                    let CheckoutPayload::Reserve(r) = &e.payload;
+                    let hold = if r.hold_seconds > 0 { Duration::seconds(i64::from(r.hold_seconds)) } else { self.default_hold };
+                    let key = (r.order_id.clone(), r.line_index);
+                    let existing = records.get(&key).map(|rec| &rec.reservation);
+                    let stock = skus.get_mut(sku).map(|v| &mut v.stock);
+                    let had_stock = stock.is_some();
+                    let (answer, stored) = decide::reserve(stock, existing, r.quantity, hold, now);
+                    if let Some(reservation) = stored {
+                        if had_stock && matches!(answer, ReserveAnswer::Reserved { .. }) {
+                            out.touched.insert(sku.to_owned());
+                        }
+                        records.insert(key.clone(), record(r, reservation));
+                        out.changed.insert(key);
+                    }
+                    out.emit_reserve_answer(index, e, r, answer);
+                }
+                Input::Command(e) => match &e.payload {
+                    InventoryCommand::Release(c) => {
+                        let change = line_change(skus, &mut records, sku, (&c.order_id, c.line_index), decide::release);
+                        out.line_result(index, e, sku, (&c.order_id, c.line_index), "release", change, &records);
+                    }
+                    InventoryCommand::Commit(c) => {
+                        let change = line_change(skus, &mut records, sku, (&c.order_id, c.line_index), decide::commit);
+                        out.line_result(index, e, sku, (&c.order_id, c.line_index), "commit", change, &records);
+                    }
+                    InventoryCommand::Restock(c) => out.restock(index, e, c, skus, &mut records),
+                    InventoryCommand::SetStock(c) => out.set_stock(index, e, c, skus),
+                },
+            }
+        }
+
+        // Write: stock (version-checked), order lines, ignored commands; then encode the events.
+        let mut touched: Vec<(&String, &mut Versioned)> = self
+            .stock
+            .values_mut()
+            .flat_map(|skus| skus.iter_mut())
+            .filter(|(sku, _)| out.touched.contains(*sku))
+            .collect();
+        if !store::write_stock(conn, &mut touched).await? {
+            return Err(HandleError::Conflict("stock changed by another instance".into()));
+        }
+        let (updated, new): (Vec<_>, Vec<_>) =
+            out.changed.iter().map(|k| (k, &records[k])).partition(|(k, _)| from_table.contains(*k));
+        let existed = store::insert_lines(conn, &new).await?;
+        if !existed.is_empty() {
+            let n = existed.len();
+            self.known_lines.extend(existed);
+            return Err(HandleError::Conflict(format!("{n} order line(s) already known: redoing the batch with them")));
+        }
+        store::update_lines(conn, &updated).await?;
+        store::write_ignored(conn, &out.ignored).await?;
+        for (cause, key, event) in out.events {
+            let payload = self.codec.encode(&event).await?;
+            out.handled.emit.push(Emit { topic: Topic::InventoryEvents, key, payload, cause });
+        }
+        self.known_lines.clear();
+        self.give_back.extend(out.give_back);
+        Ok(out.handled)
+    }
+
+    fn forget(&mut self, partitions: &[(Topic, i32)]) {
+        for (_, partition) in partitions {
+            self.stock.remove(partition);
+        }
+        self.give_back.clear();
+    }
+
+    async fn after_commit(&mut self) {
+        let releases = std::mem::take(&mut self.give_back);
+        if !releases.is_empty() {
+            flash::give_back(&mut self.redis, releases).await;
+        }
+    }
+}
+
+fn record(r: &Reserve, reservation: Reservation) -> LineRecord {
+    LineRecord { sku: r.sku.clone(), reservation, customer_id: Some(r.customer_id.clone()), flash_sale: r.flash_sale }
+}
+
+/// Applies a line transition (release / commit / restock of a line) to memory.
+fn line_change(
+    skus: &mut HashMap<String, Versioned>,
+    records: &mut HashMap<(String, i32), LineRecord>,
+    sku: &str,
+    line: (&str, i32),
+    apply: fn(&mut decide::Stock, Option<&mut Reservation>) -> LineChange,
+) -> LineChange {
+    let key = (line.0.to_owned(), line.1);
+    let record = records.get_mut(&key).filter(|r| r.sku == sku);
+    match skus.get_mut(sku) {
+        Some(v) => apply(&mut v.stock, record.map(|r| &mut r.reservation)),
+        None => LineChange::NoOp("unknown SKU"),
+    }
+}
+
+/// What one batch decided, gathered before writing.
+#[derive(Default)]
+struct Batch {
+    handled: Handled,
+    /// SKUs whose stock changed.
+    touched: HashSet<String>,
+    /// Order lines to insert or update.
+    changed: HashSet<(String, i32)>,
+    ignored: Vec<Ignored>,
+    /// (cause index, key, event) to encode.
+    events: Vec<(usize, String, Envelope<InventoryEvent>)>,
+    give_back: Vec<flash::GiveBack>,
+}
+
+impl Batch {
+    fn event(&mut self, cause: usize, key: &str, causation: Uuid, payload: impl Into<InventoryEvent>) {
+        self.events.push((cause, key.to_owned(), Envelope::new(key, Some(causation), payload.into())));
+    }
+
+    fn emit_reserve_answer(&mut self, cause: usize, e: &Envelope<CheckoutPayload>, r: &Reserve, answer: ReserveAnswer) {
+        let (order_id, line_index, sku, quantity) = (r.order_id.clone(), r.line_index, r.sku.clone(), r.quantity);
+        let order = Some(LineOrder::of(r));
+        match answer {
+            ReserveAnswer::Reserved { expires_at } => {
+                let event = Reserved { order_id, line_index, sku, quantity, expires_at, order };
+                self.event(cause, &r.order_id, e.event_id, event);
+            }
+            ReserveAnswer::Rejected(reason) => {
+                self.event(cause, &r.order_id, e.event_id, Rejected { order_id, line_index, sku, quantity, reason, order });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn line_result(
+        &mut self,
+        cause: usize,
+        e: &Envelope<InventoryCommand>,
+        sku: &str,
+        line: (&str, i32),
+        command: &'static str,
+        change: LineChange,
+        records: &HashMap<(String, i32), LineRecord>,
+    ) {
+        let key = (line.0.to_owned(), line.1);
+        match change {
+            LineChange::Applied { units } => {
+                self.touched.insert(sku.to_owned());
+                self.changed.insert(key.clone());
+                let (order_id, line_index, sku_owned) = (line.0.to_owned(), line.1, sku.to_owned());
+                if command == "release" {
+                    let record = &records[&key];
+                    if record.flash_sale {
+                        self.give_back.push(flash::GiveBack { sku: sku_owned.clone(), customer_id: record.customer_id.clone(), units });
+                    }
+                    self.event(cause, line.0, e.event_id, Released { order_id, line_index, sku: sku_owned, quantity: units });
+                } else {
+                    self.event(cause, line.0, e.event_id, Committed { order_id, line_index, sku: sku_owned, quantity: units });
+                }
+            }
+            LineChange::NoOp(reason) => self.ignored.push(Ignored {
+                event_id: e.event_id,
+                command,
+                sku: sku.to_owned(),
+                line: Some(key),
+                reason,
+            }),
+        }
+    }
+
+    fn restock(
+        &mut self,
+        cause: usize,
+        e: &Envelope<InventoryCommand>,
+        c: &Restock,
+        skus: &mut HashMap<String, Versioned>,
+        records: &mut HashMap<(String, i32), LineRecord>,
+    ) {
+        if let (Some(order), Some(index)) = (c.order_id.as_deref(), c.line_index) {
+            // Compensation: committed units of an unpaid order come back.
+            match line_change(skus, records, &c.sku, (order, index), decide::restock_line) {
+                LineChange::Applied { units } => {
+                    self.touched.insert(c.sku.clone());
+                    self.changed.insert((order.to_owned(), index));
+                    let on_hand = skus[&c.sku].stock.on_hand;
+                    let event = Restocked {
+                        sku: c.sku.clone(),
+                        quantity_delta: i64::from(units),
+                        on_hand,
+                        order_id: Some(order.to_owned()),
+                        reason: c.reason.clone(),
+                    };
+                    self.event(cause, order, e.event_id, event);
+                }
+                LineChange::NoOp(reason) => self.ignored.push(Ignored {
+                    event_id: e.event_id,
+                    command: "restock",
+                    sku: c.sku.clone(),
+                    line: Some((order.to_owned(), index)),
+                    reason,
+                }),
+            }
+            return;
+        }
+        let entry = skus.entry(c.sku.clone()).or_insert(Versioned { stock: decide::Stock::default(), version: None });
+        match decide::restock(&mut entry.stock, c.quantity) {
+            Ok(delta) => {
+                self.touched.insert(c.sku.clone());
+                let on_hand = entry.stock.on_hand;
+                let event = Restocked { sku: c.sku.clone(), quantity_delta: delta, on_hand, order_id: None, reason: c.reason.clone() };
+                self.event(cause, &c.sku, e.event_id, event);
+            }
+            Err(reason) => self.handled.invalid.push((cause, reason.to_owned())),
+        }
+    }
+
+    fn set_stock(&mut self, cause: usize, e: &Envelope<InventoryCommand>, c: &SetStock, skus: &mut HashMap<String, Versioned>) {
+        let entry = skus.entry(c.sku.clone()).or_insert(Versioned { stock: decide::Stock::default(), version: None });
+        match decide::set_stock(&mut entry.stock, c.on_hand) {
+            Ok(delta) => {
+                self.touched.insert(c.sku.clone());
+                let event = Restocked { sku: c.sku.clone(), quantity_delta: delta, on_hand: c.on_hand, order_id: None, reason: c.reason.clone() };
+                self.event(cause, &c.sku, e.event_id, event);
+            }
+            Err(reason) => self.handled.invalid.push((cause, reason.to_owned())),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The orders processor: the only decider of an order's fate. It joins the line results from
+//! `inventory.events`, reacts to payments, deadlines and customer requests, writes every input to
+//! the audit trail, and emits its facts on `orders.events` and per-SKU release / commit / restock
+//! commands on `inventory.commands`. All its inputs are keyed by order id on equally partitioned
+//! topics, so one instance owns an order at a time; rows are still locked for the batch.
+
+pub mod machine;
+pub mod store;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use kassa_schemas::events::expiry::ExpiryEvent;
+use kassa_schemas::events::inventory::{InventoryCommand, InventoryEvent};
+use kassa_schemas::events::orders::{OrderEvent, OrderRequest};
+use kassa_schemas::events::payments::PaymentEvent;
+use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Payload, Topic};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
+use machine::{Order, Policy, Signal};
+use store::AuditRow;
+
+/// What the orders processor reads.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// From `inventory.events`.
+    Inventory(Envelope<InventoryEvent>),
+    /// From `payments.events`.
+    Payment(Envelope<PaymentEvent>),
+    /// From `expiry.events`.
+    Expiry(Envelope<ExpiryEvent>),
+    /// From `orders.requests`.
+    Request(Envelope<OrderRequest>),
+}
+
+impl Input {
+    fn signal(&self) -> Signal<'_> {
+        match self {
+            Input::Inventory(e) => Signal::Inventory(&e.payload),
+            Input::Payment(e) => Signal::Payment(&e.payload),
+            Input::Expiry(e) => Signal::Expiry(&e.payload),
+            Input::Request(e) => Signal::Request(&e.payload),
+        }
+    }
+
+    fn header(&self) -> (Uuid, &str) {
+        match self {
+            Input::Inventory(e) => (e.event_id, &e.event_type),
+            Input::Payment(e) => (e.event_id, &e.event_type),
+            Input::Expiry(e) => (e.event_id, &e.event_type),
+            Input::Request(e) => (e.event_id, &e.event_type),
+        }
+    }
+}
+
+/// The orders processor's handler.
+pub struct Orders {
+    codec: Arc<Codec>,
+    policy: Policy,
+}
+
+impl Orders {
+    /// A handler encoding with `codec` and deciding with `policy`.
+    pub fn new(codec: Arc<Codec>, policy: Policy) -> Self {
+        Self { codec, policy }
+    }
+
+    async fn encode<P: Payload>(&self, order_id: &str, cause: Uuid, payload: P) -> Result<Vec<u8>, CodecError> {
+        self.codec.encode(&Envelope::new(order_id, Some(cause), payload)).await
+    }
+}
+
+impl Handler for Orders {
+    type Input = Input;
+
+    fn group(&self) -> ConsumerGroup {
+        ConsumerGroup::Orders
+    }
+
+    async fn decode(&self, topic: Topic, bytes: &[u8]) -> Result<Input, CodecError> {
+        Ok(match topic {
+            Topic::InventoryEvents => Input::Inventory(self.codec.decode(bytes).await?),
+            Topic::PaymentsEvents => Input::Payment(self.codec.decode(bytes).await?),
+            Topic::ExpiryEvents => Input::Expiry(self.codec.decode(bytes).await?),
+            _ => Input::Request(self.codec.decode(bytes).await?),
+        })
+    }
+
+    fn event_id(input: &Input) -> Uuid {
+        input.header().0
+    }
+
+    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Input>]) -> Result<Handled, HandleError> {
+        let mut ids: Vec<&str> = batch.iter().filter_map(|d| machine::order_of(d.input.signal())).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut orders = store::load(conn, &ids).await?;
+        let now = Utc::now();
+        let mut handled = Handled::default();
+        let mut audit = Vec::new();
+        let mut changed: HashSet<String> = HashSet::new();
+        let mut events: Vec<(usize, String, Uuid, OrderEvent)> = Vec::new();
+        let mut commands: Vec<(usize, String, Uuid, InventoryCommand)> = Vec::new();
+        for (index, d) in batch.iter().enumerate() {
+            let signal = d.input.signal();
+            let (cause, cause_type) = d.input.header();
+            // Stock-only events (a delivery, a stock count) are not about an order.
+            let Some(order_id) = machine::order_of(signal) else { continue };
+            if d.key.as_deref() != Some(order_id) {
+                handled.invalid.push((index, format!("message key {:?} is not the order id {order_id}", d.key)));
+                continue;
+            }
+            let row = |from, to, trigger: Option<String>, applied, reason| AuditRow {
+                order_id: order_id.to_owned(),
+                from,
+                to,
+                trigger,
+                applied,
+                cause_event_id: cause,
+                cause_type: cause_type.to_owned(),
+                reason,
+            };
+            if !orders.contains_key(order_id) {
+                match machine::first(signal) {
+                    Some(order) => orders.insert(order_id.to_owned(), order),
+                    None => {
+                        audit.push(row(None, None, None, false, Some("the order is not known".into())));
+                        continue;
+                    }
+                };
+            }
+            let order: &mut Order = orders.get_mut(order_id).expect("known or just created");
+            let applied = machine::apply(order, signal, &self.policy, now);
+            if let Some(reason) = applied.ignored {
+                tracing::debug!(order = order_id, cause_type, %reason, "input ignored");
+                audit.push(row(Some(order.state), Some(order.state), None, false, Some(reason)));
+                continue;
+            }
+            changed.insert(order_id.to_owned());
+            for step in &applied.steps {
+                audit.push(row(Some(step.from), Some(step.to), Some(format!("{:?}", step.trigger)), true, None));
+            }
+            events.extend(applied.events.into_iter().map(|e| (index, order_id.to_owned(), cause, e)));
+            commands.extend(applied.commands.into_iter().map(|c| (index, order_id.to_owned(), cause, c)));
+        }
+
+        let mut to_save: Vec<&Order> = changed.iter().filter_map(|id| orders.get(id)).collect();
+        to_save.sort_by(|a, b| a.id.cmp(&b.id));
+        store::save(conn, &to_save).await?;
+        store::audit(conn, &audit).await?;
+        for (cause_index, order_id, cause, event) in events {
+            let payload = self.encode(&order_id, cause, event).await?;
+            handled.emit.push(Emit { topic: Topic::OrdersEvents, key: order_id, payload, cause: cause_index });
+        }
+        for (cause_index, order_id, cause, command) in commands {
+            let sku = command.sku().to_owned();
+            let payload = self.encode(&order_id, cause, command).await?;
+            handled.emit.push(Emit { topic: Topic::InventoryCommands, key: sku, payload, cause: cause_index });
+        }
+        metrics::counter!("kassa_orders_changed_total").increment(changed.len() as u64);
+        Ok(handled)
+    }
+
+    fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
+}

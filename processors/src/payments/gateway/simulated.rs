@@ -1,0 +1,419 @@
+//! The simulated gateway (the default): a small payment provider of its own, kept in the
+//! `simulator` schema so it outlives a killed payments processor, as a real provider would.
+//!
+//! - Deterministic by payment method id, with Stripe's test ids: `pm_card_chargeDeclined`
+//!   declines (`card_declined`), `pm_card_chargeDeclinedInsufficientFunds` declines
+//!   (`insufficient_funds`), `pm_card_threeDSecure2Required` / `pm_card_authenticationRequired`
+//!   need 3-D Secure ([`authenticate`] completes it), anything else authorizes.
+//! - Honours idempotency keys as Stripe does: a repeated key replays the first answer and does
+//!   nothing again. Intent ids derive from the creating key ([`intent_id_for`]).
+//! - Injected faults, decided by a hash of the key and the call's number so a run repeats:
+//!   `transient` (a 500, nothing done), `timeout` (the client gave up; done or not, half each),
+//!   `lost` (done, the answer lost). Every effect is written to `simulator.effects` so tests
+//!   can count authorizations, captures, voids and refunds per order.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::{Gateway, GatewayError, Intent, IntentRequest, IntentStatus};
+
+/// Fault rates (0.0 to 1.0) and latency of the simulated provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SimConfig {
+    /// Added to every call.
+    pub latency: Duration,
+    /// Share of calls answered 500 with nothing done.
+    pub transient: f64,
+    /// Share of calls that time out (done or not).
+    pub timeout: f64,
+    /// Share of calls done whose answer is lost.
+    pub lost: f64,
+}
+
+impl SimConfig {
+    /// Parses `transient=0.1,timeout=0.05,lost=0.05` (any subset; empty: no faults).
+    pub fn parse_faults(text: &str, latency: Duration) -> Result<Self, String> {
+        let mut config = SimConfig { latency, ..SimConfig::default() };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').ok_or_else(|| format!("{part:?} is not name=rate"))?;
+            let rate: f64 = value.trim().parse().map_err(|_| format!("{value:?} is not a rate"))?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("rate {rate} is not between 0 and 1"));
+            }
+            match name.trim() {
+                "transient" => config.transient = rate,
+                "timeout" => config.timeout = rate,
+                "lost" => config.lost = rate,
+                other => return Err(format!("unknown fault {other:?} (transient, timeout, lost)")),
+            }
+        }
+        if config.transient + config.timeout + config.lost > 1.0 {
+            return Err("fault rates add up to more than 1".into());
+        }
+        Ok(config)
+    }
+}
+
+/// The simulated provider.
+#[derive(Clone)]
+pub struct Simulated {
+    pool: PgPool,
+    config: SimConfig,
+}
+
+/// What a call does when it is performed: changes the intent, returns the answer.
+type Effect = fn(&mut IntentRow, i64) -> Result<Option<(&'static str, i64)>, GatewayError>;
+
+/// The stored intent.
+#[derive(Debug, Clone)]
+struct IntentRow {
+    intent: Intent,
+    payment_method: String,
+}
+
+/// The id of the intent created with idempotency key `key`.
+pub fn intent_id_for(key: &str) -> String {
+    format!("pi_sim_{}", Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).simple())
+}
+
+/// A number in [0, 1) from `key` and the call's number, the same on every run.
+fn roll(key: &str, call: i64, salt: &str) -> f64 {
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{key}#{call}#{salt}").as_bytes());
+    let bits = u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"));
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Simulated {
+    /// A provider keeping its books in `pool`'s `simulator` schema.
+    pub fn new(pool: PgPool, config: SimConfig) -> Self {
+        Self { pool, config }
+    }
+
+    /// Runs one call: latency, fault injection, idempotent replay, the effect, the record.
+    async fn call(&self, op: &'static str, key: &str, intent_id: &str, amount: i64, effect: Effect) -> Result<Intent, GatewayError> {
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        let number: i64 = sqlx::query_scalar(
+            "INSERT INTO simulator.calls (key, op, intent_id) VALUES ($1, $2, $3)
+             RETURNING (SELECT count(*) FROM simulator.calls WHERE key = $1)",
+        )
+        .bind(key)
+        .bind(op)
+        .bind(intent_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(transient)?;
+        let dice = roll(key, number, "fault");
+        let c = self.config;
+        if dice < c.transient {
+            return Err(GatewayError::Transient("simulated 500: nothing was done".into()));
+        }
+        let performed = self.perform(op, key, intent_id, amount, effect);
+        if dice < c.transient + c.timeout {
+            if roll(key, number, "done") < 0.5 {
+                let _ = performed.await;
+            }
+            return Err(GatewayError::Ambiguous("simulated timeout".into()));
+        }
+        if dice < c.transient + c.timeout + c.lost {
+            let _ = performed.await;
+            return Err(GatewayError::Ambiguous("simulated lost answer".into()));
+        }
+        performed.await
+    }
+
+    /// Does the call once per key: a repeated key replays the stored answer. Three statements:
+    /// lock the intent (every key of an intent waits for it), look for an answer stored for the
+    /// key, write the intent, the effect and the answer together.
+    async fn perform(&self, op: &'static str, key: &str, intent_id: &str, amount: i64, effect: Effect) -> Result<Intent, GatewayError> {
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        let Some(mut row) = load(&mut tx, intent_id).await? else {
+            return Err(GatewayError::Refused(format!("no such intent {intent_id}")));
+        };
+        // Read after the lock: a call with this key that committed meanwhile is seen.
+        let replay: Option<serde_json::Value> = sqlx::query_scalar("SELECT reply FROM simulator.replies WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(transient)?;
+        if let Some(reply) = replay {
+            return from_reply(&reply);
+        }
+        let result = effect(&mut row, amount);
+        // A decline is kept on the intent (and replayed for the key), like Stripe's 402.
+        let changed = matches!(result, Ok(_) | Err(GatewayError::Declined(..)));
+        let done = result.as_ref().ok().copied().flatten();
+        let answer = result.map(|_| row.intent.clone());
+        let i = &row.intent;
+        sqlx::query(
+            "WITH changed AS (
+                 UPDATE simulator.intents SET status = $2, received_minor = $3, refunded_minor = $4, error_code = $5,
+                        error_message = $6, updated_at = now()
+                 WHERE id = $1 AND $7),
+             effect AS (
+                 INSERT INTO simulator.effects (intent_id, kind, amount_minor) SELECT $1, $8, $9 WHERE $8 IS NOT NULL)
+             INSERT INTO simulator.replies (key, op, reply) VALUES ($10, $11, $12)",
+        )
+        .bind(&i.id)
+        .bind(status_name(i.status))
+        .bind(i.received_minor)
+        .bind(i.refunded_minor)
+        .bind(i.last_error.as_ref().map(|e| &e.0))
+        .bind(i.last_error.as_ref().map(|e| &e.1))
+        .bind(changed)
+        .bind(done.map(|d| d.0))
+        .bind(done.map(|d| d.1))
+        .bind(key)
+        .bind(op)
+        .bind(to_reply(&answer))
+        .execute(&mut *tx)
+        .await
+        .map_err(transient)?;
+        tx.commit().await.map_err(transient)?;
+        answer
+    }
+}
+
+fn transient(e: sqlx::Error) -> GatewayError {
+    GatewayError::Transient(format!("simulator database: {e}"))
+}
+
+fn status_name(s: IntentStatus) -> &'static str {
+    match s {
+        IntentStatus::RequiresPaymentMethod => "requires_payment_method",
+        IntentStatus::RequiresConfirmation => "requires_confirmation",
+        IntentStatus::RequiresAction => "requires_action",
+        IntentStatus::Processing => "processing",
+        IntentStatus::RequiresCapture => "requires_capture",
+        IntentStatus::Succeeded => "succeeded",
+        IntentStatus::Canceled => "canceled",
+    }
+}
+
+/// The status stored or answered under `name` (Stripe's names).
+pub fn parse_status(name: &str) -> Option<IntentStatus> {
+    use IntentStatus::*;
+    [RequiresPaymentMethod, RequiresConfirmation, RequiresAction, Processing, RequiresCapture, Succeeded, Canceled]
+        .into_iter()
+        .find(|s| status_name(*s) == name)
+}
+
+fn to_reply(answer: &Result<Intent, GatewayError>) -> serde_json::Value {
+    match answer {
+        Ok(i) => json!({
+            "id": i.id, "status": status_name(i.status), "amount": i.amount_minor, "received": i.received_minor,
+            "refunded": i.refunded_minor, "client_secret": i.client_secret,
+            "error": i.last_error.as_ref().map(|(c, m)| json!([c, m])),
+        }),
+        Err(GatewayError::Declined(code, message)) => json!({"declined": [code, message]}),
+        Err(e) => json!({"refused": e.to_string()}),
+    }
+}
+
+fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
+    if let Some(d) = reply.get("declined") {
+        return Err(GatewayError::Declined(d[0].as_str().unwrap_or("").into(), d[1].as_str().unwrap_or("").into()));
+    }
+    if let Some(r) = reply.get("refused") {
+        return Err(GatewayError::Refused(r.as_str().unwrap_or("").into()));
+    }
+    Ok(Intent {
+        id: reply["id"].as_str().unwrap_or_default().into(),
+        status: parse_status(reply["status"].as_str().unwrap_or_default()).unwrap_or(IntentStatus::Processing),
+        amount_minor: reply["amount"].as_i64().unwrap_or(0),
+        received_minor: reply["received"].as_i64().unwrap_or(0),
+        refunded_minor: reply["refunded"].as_i64().unwrap_or(0),
+        client_secret: reply["client_secret"].as_str().map(str::to_owned),
+        last_error: reply["error"].as_array().map(|e| {
+            (e[0].as_str().unwrap_or("").to_owned(), e[1].as_str().unwrap_or("").to_owned())
+        }),
+    })
+}
+
+async fn load(tx: &mut Transaction<'_, Postgres>, intent_id: &str) -> Result<Option<IntentRow>, GatewayError> {
+    let row = sqlx::query(
+        "SELECT id, status, amount_minor, received_minor, refunded_minor, client_secret, error_code, error_message,
+                payment_method
+         FROM simulator.intents WHERE id = $1 FOR UPDATE",
+    )
+    .bind(intent_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(transient)?;
+    Ok(row.map(|r| IntentRow {
+        intent: Intent {
+            id: r.get("id"),
+            status: parse_status(r.get::<&str, _>("status")).unwrap_or(IntentStatus::Processing),
+            amount_minor: r.get("amount_minor"),
+            received_minor: r.get("received_minor"),
+            refunded_minor: r.get("refunded_minor"),
+            client_secret: r.get("client_secret"),
+            last_error: r.get::<Option<String>, _>("error_code").map(|c| (c, r.get::<Option<String>, _>("error_message").unwrap_or_default())),
+        },
+        payment_method: r.get("payment_method"),
+    }))
+}
+
+fn confirm_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+    let i = &mut row.intent;
+    if i.status != IntentStatus::RequiresConfirmation {
+        return Err(GatewayError::Refused(format!("intent is {}, not requires_confirmation", status_name(i.status))));
+    }
+    let decline = |code: &str, message: &str| Some((code.to_owned(), message.to_owned()));
+    match row.payment_method.as_str() {
+        "pm_card_chargeDeclined" => i.last_error = decline("card_declined", "Your card was declined."),
+        "pm_card_chargeDeclinedInsufficientFunds" => i.last_error = decline("insufficient_funds", "Your card has insufficient funds."),
+        "pm_card_threeDSecure2Required" | "pm_card_authenticationRequired" => {
+            i.status = IntentStatus::RequiresAction;
+            return Ok(None);
+        }
+        _ => {
+            i.status = IntentStatus::RequiresCapture;
+            return Ok(Some(("authorize", i.amount_minor)));
+        }
+    }
+    i.status = IntentStatus::RequiresPaymentMethod;
+    let (code, message) = i.last_error.clone().unwrap_or_default();
+    // A decline is stored on the intent (and replayed for the key) like Stripe's 402.
+    Err(GatewayError::Declined(code, message))
+}
+
+fn capture_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+    let i = &mut row.intent;
+    if i.status != IntentStatus::RequiresCapture {
+        return Err(GatewayError::Refused(format!("intent is {}, not requires_capture", status_name(i.status))));
+    }
+    i.status = IntentStatus::Succeeded;
+    i.received_minor = i.amount_minor;
+    Ok(Some(("capture", i.amount_minor)))
+}
+
+fn cancel_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+    let i = &mut row.intent;
+    match i.status {
+        IntentStatus::Succeeded | IntentStatus::Canceled | IntentStatus::Processing => {
+            Err(GatewayError::Refused(format!("intent is {}: it cannot be cancelled", status_name(i.status))))
+        }
+        _ => {
+            let voided = if i.status == IntentStatus::RequiresCapture { i.amount_minor } else { 0 };
+            i.status = IntentStatus::Canceled;
+            Ok(Some(("void", voided)))
+        }
+    }
+}
+
+fn refund_effect(row: &mut IntentRow, amount: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+    let i = &mut row.intent;
+    if i.status != IntentStatus::Succeeded || amount <= 0 || amount > i.received_minor - i.refunded_minor {
+        return Err(GatewayError::Refused(format!("cannot refund {amount} of an intent that is {}", status_name(i.status))));
+    }
+    i.refunded_minor += amount;
+    Ok(Some(("refund", amount)))
+}
+
+/// Completes (or fails) 3-D Secure for an intent waiting on it, as the customer would at the
+/// provider. Returns false when the intent was not waiting.
+pub async fn authenticate(pool: &PgPool, intent_id: &str, success: bool) -> Result<bool, sqlx::Error> {
+    let (status, effect) = if success { ("requires_capture", Some("authorize")) } else { ("requires_payment_method", None) };
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE simulator.intents SET status = $2, updated_at = now(),
+                error_code = CASE WHEN $3 THEN NULL ELSE 'authentication_failed' END,
+                error_message = CASE WHEN $3 THEN NULL ELSE '3-D Secure failed.' END
+         WHERE id = $1 AND status = 'requires_action'",
+    )
+    .bind(intent_id)
+    .bind(status)
+    .bind(success)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done && let Some(kind) = effect {
+        sqlx::query(
+            "INSERT INTO simulator.effects (intent_id, kind, amount_minor)
+             SELECT id, $2, amount_minor FROM simulator.intents WHERE id = $1",
+        )
+        .bind(intent_id)
+        .bind(kind)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+impl Gateway for Simulated {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    async fn create(&self, request: &IntentRequest<'_>, key: &str) -> Result<Intent, GatewayError> {
+        let id = intent_id_for(key);
+        // The intent row exists before the call so `perform` can lock it; the row only counts
+        // once the call's reply is stored (an unanswered create leaves an unconfirmed intent).
+        sqlx::query(
+            "INSERT INTO simulator.intents (id, order_id, amount_minor, currency, payment_method, status, client_secret)
+             VALUES ($1, $2, $3, $4, $5, 'requires_confirmation', $1 || '_secret_' || substr(md5($1), 1, 12))
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(request.order_id)
+        .bind(request.amount_minor)
+        .bind(request.currency)
+        .bind(request.payment_method_id)
+        .execute(&self.pool)
+        .await
+        .map_err(transient)?;
+        self.call("create", key, &id, 0, |_, _| Ok(None)).await
+    }
+
+    async fn confirm(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
+        self.call("confirm", key, intent_id, 0, confirm_effect).await
+    }
+
+    async fn capture(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
+        self.call("capture", key, intent_id, 0, capture_effect).await
+    }
+
+    async fn cancel(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
+        self.call("cancel", key, intent_id, 0, cancel_effect).await
+    }
+
+    async fn refund(&self, intent_id: &str, amount_minor: i64, key: &str) -> Result<i64, GatewayError> {
+        self.call("refund", key, intent_id, amount_minor, refund_effect).await.map(|_| amount_minor)
+    }
+
+    async fn retrieve(&self, intent_id: &str) -> Result<Intent, GatewayError> {
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        let row = load(&mut tx, intent_id).await?;
+        tx.commit().await.map_err(transient)?;
+        row.map(|r| r.intent).ok_or_else(|| GatewayError::Refused(format!("no such intent {intent_id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_rolls_repeat() {
+        let c = SimConfig::parse_faults("transient=0.1, timeout=0.05,lost=0.05", Duration::ZERO).unwrap();
+        assert_eq!((c.transient, c.timeout, c.lost), (0.1, 0.05, 0.05));
+        assert!(SimConfig::parse_faults("lost=2", Duration::ZERO).is_err());
+        assert!(SimConfig::parse_faults("slow=0.1", Duration::ZERO).is_err());
+        assert!(SimConfig::parse_faults("transient=0.6,lost=0.6", Duration::ZERO).is_err());
+        assert_eq!(roll("k", 1, "fault"), roll("k", 1, "fault"));
+        assert_ne!(roll("k", 1, "fault"), roll("k", 2, "fault"));
+        let mean = (0..10_000).map(|n| roll("k", n, "fault")).sum::<f64>() / 10_000.0;
+        assert!((0.45..0.55).contains(&mean), "rolls spread evenly: mean {mean}");
+        assert!(intent_id_for("kassa-o1-create").starts_with("pi_sim_"));
+    }
+}

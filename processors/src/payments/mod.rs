@@ -1,0 +1,180 @@
+//! The payments processor: owns payment attempts. Its handler turns `orders.events` into work
+//! (authorize when reserved, capture when confirmed, void or refund when cancelled) and records
+//! webhooks from `payments.webhooks`; its [`worker`] makes the provider calls outside any batch
+//! transaction and publishes what came of them on `payments.events` through the outbox.
+//!
+//! Never a double charge: one intent per order, created (and its id recorded) before it is
+//! confirmed; every call carries an idempotency key derived from the order and step; a call
+//! whose answer is lost is retried with its key or, when still unsure, preceded by a look-up.
+
+pub mod gateway;
+pub mod ledger;
+pub mod store;
+pub mod webhooks;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kassa_schemas::events::orders::OrderEvent;
+use kassa_schemas::events::payments::PaymentWebhook;
+use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::runtime::{Delivered, HandleError, Handled, Handler};
+use ledger::{OrderStage, Payment, Status};
+
+/// Which gateway the payments processor charges through.
+/// (Not `Debug`: the Stripe variant holds the secret key.)
+#[derive(Clone)]
+pub enum GatewayConfig {
+    /// The built-in simulated provider.
+    Simulated(gateway::simulated::SimConfig),
+    /// Stripe (or localstripe).
+    Stripe(gateway::stripe::StripeConfig),
+}
+
+/// What the payments processor reads.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// From `orders.events`.
+    Order(Envelope<OrderEvent>),
+    /// From `payments.webhooks`.
+    Webhook(Envelope<PaymentWebhook>),
+}
+
+/// The payments processor's handler (recording work; the calls are the worker's).
+pub struct Payments {
+    codec: Arc<Codec>,
+    provider: &'static str,
+}
+
+impl Payments {
+    /// A handler decoding with `codec`, creating payments at `provider`.
+    pub fn new(codec: Arc<Codec>, provider: &'static str) -> Self {
+        Self { codec, provider }
+    }
+}
+
+/// The order an input is about.
+fn order_of(input: &Input) -> Option<&str> {
+    match input {
+        Input::Order(e) => Some(e.payload.order_id()),
+        Input::Webhook(e) => {
+            let PaymentWebhook::WebhookReceived(w) = &e.payload;
+            w.order_id.as_deref()
+        }
+    }
+}
+
+impl Handler for Payments {
+    type Input = Input;
+
+    fn group(&self) -> ConsumerGroup {
+        ConsumerGroup::Payments
+    }
+
+    async fn decode(&self, topic: Topic, bytes: &[u8]) -> Result<Input, CodecError> {
+        Ok(match topic {
+            Topic::OrdersEvents => Input::Order(self.codec.decode(bytes).await?),
+            _ => Input::Webhook(self.codec.decode(bytes).await?),
+        })
+    }
+
+    fn event_id(input: &Input) -> Uuid {
+        match input {
+            Input::Order(e) => e.event_id,
+            Input::Webhook(e) => e.event_id,
+        }
+    }
+
+    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Input>]) -> Result<Handled, HandleError> {
+        let mut handled = Handled::default();
+        let mut orders: Vec<&str> = batch.iter().filter_map(|d| order_of(&d.input)).collect();
+        orders.sort_unstable();
+        orders.dedup();
+        let mut payments = store::load(conn, &orders).await?;
+        let mut changed: HashMap<String, Option<Uuid>> = HashMap::new();
+        for (index, d) in batch.iter().enumerate() {
+            match &d.input {
+                Input::Order(e) => {
+                    let Some(order_id) = order_of(&d.input) else { continue };
+                    if d.key.as_deref() != Some(order_id) {
+                        handled.invalid.push((index, format!("message key {:?} is not the order id {order_id}", d.key)));
+                        continue;
+                    }
+                    match &e.payload {
+                        OrderEvent::OrderReserved(r) => {
+                            if payments.contains_key(order_id) {
+                                tracing::debug!(order = order_id, "payment exists: reservation seen before");
+                                continue;
+                            }
+                            let payment = Payment {
+                                order_id: order_id.to_owned(),
+                                payment_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("kassa-payment-{order_id}").as_bytes()),
+                                provider: self.provider.to_owned(),
+                                amount_minor: r.total_minor,
+                                currency: r.currency.clone(),
+                                payment_method_id: r.payment_method_id.clone(),
+                                provider_ref: None,
+                                status: Status::New,
+                                stage: OrderStage::Reserved,
+                                client_secret: None,
+                                captured_minor: 0,
+                                refunded_minor: 0,
+                                needs_lookup: false,
+                                attempts: 0,
+                            };
+                            payments.insert(order_id.to_owned(), payment);
+                        }
+                        OrderEvent::OrderConfirmed(c) => {
+                            let Some(p) = payments.get_mut(order_id) else { continue };
+                            if c.total_minor != p.amount_minor || c.currency != p.currency {
+                                handled.invalid.push((index, format!(
+                                    "confirmed {} {} but {} {} was authorized",
+                                    c.total_minor, c.currency, p.amount_minor, p.currency
+                                )));
+                                continue;
+                            }
+                            if p.stage == OrderStage::Reserved {
+                                p.stage = OrderStage::Confirmed;
+                            }
+                        }
+                        OrderEvent::OrderCancelled(_) => {
+                            let Some(p) = payments.get_mut(order_id) else { continue };
+                            p.stage = OrderStage::Cancelled;
+                            if p.status == Status::New {
+                                p.status = Status::Abandoned;
+                            }
+                        }
+                        _ => continue,
+                    }
+                    changed.insert(order_id.to_owned(), Some(e.event_id));
+                }
+                Input::Webhook(e) => {
+                    let PaymentWebhook::WebhookReceived(w) = &e.payload;
+                    if !store::insert_webhook(conn, w).await? {
+                        tracing::debug!(event = w.provider_event_id, "webhook seen before");
+                        continue;
+                    }
+                    let Some(order_id) = w.order_id.as_deref() else {
+                        store::mark_webhook(conn, &w.provider_event_id, "names no order").await?;
+                        continue;
+                    };
+                    if let Some(p) = payments.get_mut(order_id) {
+                        webhooks::apply_kept(conn, p).await?;
+                        changed.entry(order_id.to_owned()).or_insert(None);
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<(&Payment, Option<Uuid>)> =
+            changed.iter().filter_map(|(id, cause)| payments.get(id).map(|p| (p, *cause))).collect();
+        rows.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
+        store::save(conn, &rows, None, None, false).await?;
+        Ok(handled)
+    }
+
+    fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
+}

@@ -1,0 +1,245 @@
+//! The payments schema's reads and writes: payments (locked while changed), the provider calls
+//! made, webhooks (once each; kept until their payment exists), and the work queue the worker
+//! claims from.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::ledger::{OrderStage, Payment, Status, next_work};
+
+/// The channel that wakes the worker when work is due now.
+pub const WORK_CHANNEL: &str = "kassa_payments_work";
+
+fn from_row(row: &sqlx::postgres::PgRow) -> Payment {
+    Payment {
+        order_id: row.get("order_id"),
+        payment_id: row.get("payment_id"),
+        provider: row.get("provider"),
+        amount_minor: row.get("amount_minor"),
+        currency: row.get("currency"),
+        payment_method_id: row.get("payment_method_id"),
+        provider_ref: row.get("provider_ref"),
+        status: Status::parse(row.get::<&str, _>("status")).unwrap_or(Status::New),
+        stage: OrderStage::parse(row.get::<&str, _>("stage")).unwrap_or(OrderStage::Reserved),
+        client_secret: row.get("client_secret"),
+        captured_minor: row.get("captured_minor"),
+        refunded_minor: row.get("refunded_minor"),
+        needs_lookup: row.get("needs_lookup"),
+        attempts: row.get("attempts"),
+    }
+}
+
+const COLUMNS: &str = "order_id, payment_id, provider, amount_minor, currency, payment_method_id, provider_ref, status,
+                       stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts";
+
+/// Loads the payments of `orders`, locked for this transaction.
+pub async fn load(conn: &mut PgConnection, orders: &[&str]) -> Result<HashMap<String, Payment>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM payments.payments WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+    )))
+    .bind(orders)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(|r| (r.get::<String, _>("order_id"), from_row(r))).collect())
+}
+
+/// Writes `payments` (inserted or updated) with their next work due at `due_at` (now when
+/// None), and wakes the worker if work is due now. `release` ends the worker's lease (only the
+/// worker that holds it may); otherwise a call in flight keeps it.
+pub async fn save(
+    conn: &mut PgConnection,
+    payments: &[(&Payment, Option<Uuid>)],
+    due_at: Option<DateTime<Utc>>,
+    last_error: Option<&str>,
+    release: bool,
+) -> Result<(), sqlx::Error> {
+    if payments.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = payments
+        .iter()
+        .map(|(p, cause)| {
+            json!({
+                "order_id": p.order_id, "payment_id": p.payment_id, "provider": p.provider,
+                "amount_minor": p.amount_minor, "currency": p.currency, "payment_method_id": p.payment_method_id,
+                "provider_ref": p.provider_ref, "status": p.status.as_str(), "stage": p.stage.as_str(),
+                "client_secret": p.client_secret, "captured_minor": p.captured_minor,
+                "refunded_minor": p.refunded_minor, "needs_lookup": p.needs_lookup, "attempts": p.attempts,
+                "work": next_work(p).map(|w| w.as_str()), "cause_event_id": cause,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO payments.payments AS p (order_id, payment_id, provider, amount_minor, currency, payment_method_id,
+              provider_ref, status, stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, work,
+              cause_event_id, due_at, last_error)
+         SELECT x.*, coalesce($2, now()), $3 FROM jsonb_to_recordset($1) AS x(order_id text, payment_id uuid, provider text,
+              amount_minor bigint, currency text, payment_method_id text, provider_ref text, status text, stage text,
+              client_secret text, captured_minor bigint, refunded_minor bigint, needs_lookup boolean, attempts int,
+              work text, cause_event_id uuid)
+         ON CONFLICT (order_id) DO UPDATE SET provider_ref = excluded.provider_ref, status = excluded.status,
+              stage = excluded.stage, client_secret = excluded.client_secret, captured_minor = excluded.captured_minor,
+              refunded_minor = excluded.refunded_minor, needs_lookup = excluded.needs_lookup,
+              attempts = excluded.attempts, work = excluded.work,
+              cause_event_id = coalesce(excluded.cause_event_id, p.cause_event_id),
+              due_at = excluded.due_at, last_error = excluded.last_error,
+              leased_until = CASE WHEN $4 THEN NULL ELSE p.leased_until END, updated_at = now()",
+    )
+    .bind(serde_json::Value::Array(rows))
+    .bind(due_at)
+    .bind(last_error)
+    .bind(release)
+    .execute(&mut *conn)
+    .await?;
+    if due_at.is_none() && payments.iter().any(|(p, _)| next_work(p).is_some()) {
+        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(conn).await?;
+    }
+    Ok(())
+}
+
+/// A payment the worker writes a result for (locked), with the event its next events are caused
+/// by and whether webhooks are kept for it.
+pub async fn load_for_result(conn: &mut PgConnection, order_id: &str) -> Result<Option<(Payment, Option<Uuid>, bool)>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, cause_event_id,
+                EXISTS (SELECT 1 FROM payments.webhooks w WHERE w.order_id = p.order_id AND w.applied_at IS NULL) AS kept
+         FROM payments.payments p WHERE order_id = $1 FOR UPDATE"
+    )))
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (from_row(&r), r.get("cause_event_id"), r.get("kept"))))
+}
+
+/// Records the intent created for `order_id` unless one is recorded already; returns the
+/// recorded one (the only intent that will ever be confirmed for the order).
+pub async fn record_intent(conn: &mut PgConnection, order_id: &str, intent_id: &str) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE payments.payments SET provider_ref = coalesce(provider_ref, $2), updated_at = now()
+         WHERE order_id = $1 RETURNING provider_ref",
+    )
+    .bind(order_id)
+    .bind(intent_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Takes up to `limit` payments at `provider` whose work is due, leasing them for
+/// `lease_seconds` so another worker (or this one, after a crash) only takes them again once the
+/// lease ran out. A payment stays with the provider it was created at.
+pub async fn claim(
+    conn: &mut PgConnection,
+    provider: &str,
+    owner: &str,
+    limit: i64,
+    lease_seconds: i64,
+) -> Result<Vec<Payment>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH due AS (
+             SELECT order_id FROM payments.payments
+             WHERE work IS NOT NULL AND due_at <= now() AND (leased_until IS NULL OR leased_until < now())
+                   AND provider = $3
+             ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE payments.payments p SET leased_until = now() + make_interval(secs => $2), leased_by = $4
+         FROM due WHERE p.order_id = due.order_id
+         RETURNING {}",
+        COLUMNS.split(',').map(|c| format!("p.{}", c.trim())).collect::<Vec<_>>().join(", ")
+    )))
+    .bind(limit)
+    .bind(lease_seconds as f64)
+    .bind(provider)
+    .bind(owner)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Ends the leases `owner` holds (at its start: whoever held them under that name is dead).
+pub async fn release_leases(pool: &sqlx::PgPool, owner: &str) -> Result<u64, sqlx::Error> {
+    let released = sqlx::query("UPDATE payments.payments SET leased_until = NULL WHERE leased_by = $1 AND leased_until > now()")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(released.rows_affected())
+}
+
+/// Records a call made to the provider.
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    order_id: &str,
+    step: &str,
+    key: Option<&str>,
+    outcome: &str,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO payments.attempts (order_id, step, idempotency_key, outcome, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(order_id)
+        .bind(step)
+        .bind(key)
+        .bind(outcome)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A webhook as kept.
+#[derive(Debug, Clone)]
+pub struct KeptWebhook {
+    /// Provider's event id.
+    pub provider_event_id: String,
+    /// e.g. `payment_intent.succeeded`.
+    pub event_type: String,
+    /// The intent it is about.
+    pub payment_intent_id: Option<String>,
+}
+
+/// Records a webhook; false if its provider event id was seen before.
+pub async fn insert_webhook(
+    conn: &mut PgConnection,
+    webhook: &kassa_schemas::events::payments::WebhookReceived,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO payments.webhooks (provider_event_id, provider, event_type, order_id, payment_intent_id, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider_event_id) DO NOTHING",
+    )
+    .bind(&webhook.provider_event_id)
+    .bind(&webhook.provider)
+    .bind(&webhook.provider_event_type)
+    .bind(&webhook.order_id)
+    .bind(&webhook.payment_intent_id)
+    .bind(webhook.received_at)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Webhooks kept for `order_id` (not applied yet), oldest first.
+pub async fn kept_webhooks(conn: &mut PgConnection, order_id: &str) -> Result<Vec<KeptWebhook>, sqlx::Error> {
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT provider_event_id, event_type, payment_intent_id FROM payments.webhooks
+         WHERE order_id = $1 AND applied_at IS NULL ORDER BY received_at",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider_event_id, event_type, payment_intent_id)| KeptWebhook { provider_event_id, event_type, payment_intent_id })
+        .collect())
+}
+
+/// Marks a webhook applied, with what came of it.
+pub async fn mark_webhook(conn: &mut PgConnection, provider_event_id: &str, outcome: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payments.webhooks SET applied_at = now(), outcome = $2 WHERE provider_event_id = $1")
+        .bind(provider_event_id)
+        .bind(outcome)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

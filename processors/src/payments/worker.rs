@@ -1,0 +1,366 @@
+//! The payments worker: claims payments whose work is due (leased, `FOR UPDATE SKIP LOCKED`, so
+//! instances share the queue), makes the provider calls outside any transaction, then writes what
+//! came of them (the payment re-read and locked, the attempt, the event in the outbox) in one.
+//! A crash mid-call leaves the lease to run out; the next attempt retries with the same key, or
+//! looks the intent up first when the last answer was lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kassa_schemas::events::payments::{
+    PaymentActionRequired, PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentFailed, PaymentRefunded, PaymentStep,
+    PaymentVoided,
+};
+use kassa_schemas::{Codec, Envelope, Topic};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use super::gateway::{Gateway, GatewayError, Intent, IntentRequest};
+use super::ledger::{Fact, OrderStage, Payment, Status, Work, idempotency_key, next_work, observed, settle};
+use super::{store, webhooks};
+use crate::runtime::TaskError;
+use crate::runtime::backoff::Backoff;
+use crate::runtime::store::{OutboxRow, append_outbox};
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Provider calls in flight at once.
+    pub concurrency: usize,
+    /// How long a claimed payment is left to this worker before another may take it.
+    pub lease: Duration,
+    /// How often a payment waiting for 3-D Secure is looked up at the provider (in case its
+    /// webhook never comes: localstripe, for one, sends none when a manual-capture intent is
+    /// authenticated).
+    pub recheck: Duration,
+    /// Who this worker is across restarts (the instance id): leases left by a dead worker of the
+    /// same name are taken back at start. None: a new name each start, leases run out.
+    pub owner: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { concurrency: 64, lease: Duration::from_secs(30), recheck: Duration::from_secs(30), owner: None }
+    }
+}
+
+/// What a round of calls found out.
+#[derive(Debug)]
+enum Outcome {
+    /// The provider said where the intent stands.
+    Observed(Intent),
+    /// A step failed for good: (step, code, message).
+    Failed(PaymentStep, String, String),
+    /// This much was refunded.
+    Refunded(i64),
+    /// No answer: try again later (`ambiguous`: it may have happened, look up first).
+    Retry { ambiguous: bool, error: String },
+}
+
+/// Works the queue with `gateway` until `shutdown` turns true; calls in flight finish first.
+/// Up to `concurrency` payments are worked on at once; free slots are filled as they free up.
+pub async fn run<G: Gateway>(pool: PgPool, codec: Arc<Codec>, gateway: Arc<G>, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let owner = config.owner.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    match store::release_leases(&pool, &owner).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(leases = n, owner, "took back the leases of this worker's previous run"),
+        Err(e) => tracing::warn!(error = %e, "could not take back old leases; they run out by themselves"),
+    }
+    let mut listener: Option<PgListener> = None;
+    let mut in_flight = tokio::task::JoinSet::new();
+    // Whether the queue may have more due work than was claimed last time.
+    let mut more = true;
+    while !*shutdown.borrow() {
+        if listener.is_none() {
+            listener = listen(&pool).await.ok();
+        }
+        let free = config.concurrency.saturating_sub(in_flight.len());
+        // Claim when slots are free and work may be waiting (a quarter free at least, so a busy
+        // worker does not claim one payment at a time).
+        if more && free > 0 && (in_flight.is_empty() || free >= config.concurrency.div_ceil(4)) {
+            match claim(&pool, gateway.name(), &owner, free, config.lease).await {
+                Ok(claimed) => {
+                    backoff.reset();
+                    more = claimed.len() == free;
+                    for payment in claimed {
+                        let (pool, codec, gateway) = (pool.clone(), codec.clone(), gateway.clone());
+                        in_flight.spawn(async move {
+                            let order = payment.order_id.clone();
+                            if let Err(e) = work_on(&pool, &codec, gateway.as_ref(), payment, config.recheck).await {
+                                // The lease runs out and the work is taken again.
+                                tracing::warn!(order, error = %e, "payment work not recorded; retried after the lease");
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "claiming payment work failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            }
+            if more {
+                continue;
+            }
+        }
+        // Wait for a call to finish, new work (a notification), the next retry to come due, or shutdown.
+        let woken = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await.map(drop),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => more = true,
+            r = woken => {
+                more = true;
+                if r.is_err() {
+                    listener = None;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => more = true,
+            _ = shutdown.changed() => {}
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(store::WORK_CHANNEL).await?;
+    Ok(listener)
+}
+
+async fn claim(pool: &PgPool, provider: &str, owner: &str, limit: usize, lease: Duration) -> Result<Vec<Payment>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let claimed = store::claim(&mut tx, provider, owner, limit as i64, lease.as_secs().max(1) as i64).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Does the payment's due work at the provider and records the outcome.
+async fn work_on<G: Gateway>(pool: &PgPool, codec: &Codec, gateway: &G, payment: Payment, recheck: Duration) -> Result<(), TaskError> {
+    let Some(work) = next_work(&payment) else { return Ok(()) };
+    let started = std::time::Instant::now();
+    let outcome = perform(pool, gateway, &payment, work).await?;
+    metrics::histogram!("kassa_payment_call_seconds", "work" => work.as_str()).record(started.elapsed().as_secs_f64());
+    record(pool, codec, &payment.order_id, work, outcome, recheck).await
+}
+
+/// The provider calls for `work`.
+async fn perform<G: Gateway>(pool: &PgPool, gateway: &G, p: &Payment, work: Work) -> Result<Outcome, sqlx::Error> {
+    let order = p.order_id.as_str();
+    let key = |step: &str| idempotency_key(order, step);
+    let intent_id = p.provider_ref.clone();
+    Ok(match work {
+        Work::Authorize => {
+            let intent_id = match intent_id {
+                Some(id) => id,
+                None => {
+                    let request = IntentRequest {
+                        order_id: order,
+                        amount_minor: p.amount_minor,
+                        currency: &p.currency,
+                        payment_method_id: &p.payment_method_id,
+                    };
+                    match gateway.create(&request, &key("create")).await {
+                        // Recorded before anything is confirmed; the recorded intent is the only one confirmed.
+                        Ok(intent) => store::record_intent(&mut *pool.acquire().await?, order, &intent.id).await?,
+                        Err(GatewayError::Declined(code, message)) => return Ok(Outcome::Failed(PaymentStep::Authorize, code, message)),
+                        Err(GatewayError::Refused(message)) => {
+                            return Ok(Outcome::Failed(PaymentStep::Authorize, "refused".into(), message));
+                        }
+                        Err(e) => return Ok(Outcome::Retry { ambiguous: false, error: format!("create: {e}") }),
+                    }
+                }
+            };
+            let confirm_key = key("confirm");
+            twice(|| gateway.confirm(&intent_id, &confirm_key), PaymentStep::Authorize).await
+        }
+        Work::Capture => match intent_id {
+            Some(id) => {
+                let capture_key = key("capture");
+                twice(|| gateway.capture(&id, &capture_key), PaymentStep::Capture).await
+            }
+            None => Outcome::Failed(PaymentStep::Capture, "no_intent".into(), "nothing was authorized".into()),
+        },
+        Work::Void => match intent_id {
+            Some(id) => {
+                let cancel_key = key("cancel");
+                twice(|| gateway.cancel(&id, &cancel_key), PaymentStep::Void).await
+            }
+            None => Outcome::Failed(PaymentStep::Void, "no_intent".into(), "nothing was authorized".into()),
+        },
+        Work::Refund => match intent_id {
+            Some(id) => {
+                let amount = p.captured_minor.max(p.amount_minor) - p.refunded_minor;
+                match gateway.refund(&id, amount, &key("refund")).await {
+                    Ok(refunded) => Outcome::Refunded(refunded),
+                    Err(GatewayError::Transient(e)) => Outcome::Retry { ambiguous: false, error: format!("refund: {e}") },
+                    // Unsure, or refused (already refunded?): look the intent up before refunding again.
+                    Err(e) => Outcome::Retry { ambiguous: true, error: format!("refund: {e}") },
+                }
+            }
+            None => Outcome::Failed(PaymentStep::Refund, "no_intent".into(), "nothing was captured".into()),
+        },
+        Work::Lookup => match intent_id {
+            Some(id) => match gateway.retrieve(&id).await {
+                Ok(intent) => Outcome::Observed(intent),
+                Err(e) => Outcome::Retry { ambiguous: true, error: format!("look-up: {e}") },
+            },
+            None => Outcome::Retry { ambiguous: false, error: "look-up without an intent".into() },
+        },
+    })
+}
+
+/// A call that changes the intent: an ambiguous answer is retried once at once with the same
+/// key; if still unsure, the next attempt looks the intent up first.
+async fn twice<F, Fut>(call: F, step: PaymentStep) -> Outcome
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Intent, GatewayError>>,
+{
+    let mut result = call().await;
+    if matches!(result, Err(GatewayError::Ambiguous(_))) {
+        result = call().await;
+    }
+    match result {
+        Ok(intent) => Outcome::Observed(intent),
+        Err(GatewayError::Declined(code, message)) if matches!(step, PaymentStep::Authorize | PaymentStep::Capture) => {
+            Outcome::Failed(step, code, message)
+        }
+        Err(GatewayError::Transient(e)) => Outcome::Retry { ambiguous: false, error: e },
+        // Ambiguous twice, or refused (the intent is not where we thought): the provider decides.
+        Err(e) => Outcome::Retry { ambiguous: true, error: e.to_string() },
+    }
+}
+
+/// Writes what the calls found out: one transaction with the payment locked and re-read (the
+/// order may have moved on meanwhile), the attempt, and the resulting event in the outbox.
+async fn record(pool: &PgPool, codec: &Codec, order_id: &str, work: Work, outcome: Outcome, recheck: Duration) -> Result<(), TaskError> {
+    let mut tx = pool.begin().await?;
+    let Some((mut p, cause, kept)) = store::load_for_result(&mut tx, order_id).await? else { return Ok(()) };
+    let before = p.status;
+    let mut due_at = None;
+    let mut error = None;
+    let (fact, attempt) = match outcome {
+        Outcome::Observed(intent) => {
+            p.attempts = 0;
+            if p.provider_ref.is_none() {
+                p.provider_ref = Some(intent.id.clone());
+            }
+            match observed(&p, &intent) {
+                Some(status) => {
+                    p.needs_lookup = false;
+                    (settle(&mut p, status, Some(&intent), None), format!("ok: {status:?}"))
+                }
+                None => {
+                    p.needs_lookup = true;
+                    due_at = Some(Utc::now() + chrono::Duration::seconds(1));
+                    (None, "processing".to_owned())
+                }
+            }
+        }
+        Outcome::Failed(step, code, message) => {
+            p.attempts = 0;
+            p.needs_lookup = false;
+            let status = match step {
+                PaymentStep::Authorize => Status::Declined,
+                PaymentStep::Capture => Status::CaptureFailed,
+                // Nothing to void or refund: there is nothing to undo.
+                PaymentStep::Void | PaymentStep::Refund => Status::Voided,
+            };
+            let attempt = format!("failed: {code}");
+            (settle(&mut p, status, None, Some((code, message))), attempt)
+        }
+        Outcome::Refunded(amount) => {
+            p.attempts = 0;
+            p.refunded_minor += amount;
+            (settle(&mut p, Status::Refunded, None, None), format!("refunded {amount}"))
+        }
+        Outcome::Retry { ambiguous, error: e } => {
+            p.attempts += 1;
+            p.needs_lookup |= ambiguous;
+            let delay = Backoff::delay_for(p.attempts as u32, Duration::from_millis(200), Duration::from_secs(30));
+            due_at = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            tracing::info!(order = order_id, work = work.as_str(), attempts = p.attempts, error = %e, "payment call to be retried");
+            error = Some(e);
+            (None, if ambiguous { "ambiguous" } else { "retry" }.to_owned())
+        }
+    };
+    if kept && p.status != before {
+        webhooks::apply_kept(&mut tx, &mut p).await?;
+    }
+    if p.status == Status::ActionRequired && p.stage == OrderStage::Reserved && !p.needs_lookup {
+        // Waiting for the customer: look again later, in case no webhook tells.
+        p.needs_lookup = true;
+        due_at = Some(Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default());
+    }
+    let key = step_key(work).map(|step| idempotency_key(order_id, step));
+    store::record_attempt(&mut tx, order_id, work.as_str(), key.as_deref(), &attempt, error.as_deref()).await?;
+    store::save(&mut tx, &[(&p, None)], due_at, error.as_deref(), true).await?;
+    if let Some(fact) = fact {
+        let event = Envelope::new(order_id, cause, event_of(&p, fact));
+        let row = OutboxRow {
+            topic: Topic::PaymentsEvents.name().to_owned(),
+            key: Some(order_id.to_owned()),
+            payload: codec.encode(&event).await?,
+            headers: Vec::new(),
+        };
+        append_outbox(&mut tx, "payments", &[row]).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The step whose idempotency key a piece of work ends with (a look-up changes nothing: none).
+fn step_key(work: Work) -> Option<&'static str> {
+    match work {
+        Work::Authorize => Some("confirm"),
+        Work::Capture => Some("capture"),
+        Work::Void => Some("cancel"),
+        Work::Refund => Some("refund"),
+        Work::Lookup => None,
+    }
+}
+
+/// The `payments.events` event for a fact about `p`.
+fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
+    let (order_id, payment_id, provider, provider_ref) =
+        (p.order_id.clone(), p.payment_id, p.provider.clone(), p.provider_ref.clone());
+    match fact {
+        Fact::Authorized => PaymentAuthorized {
+            order_id,
+            payment_id,
+            provider,
+            provider_ref,
+            amount_minor: p.amount_minor,
+            currency: p.currency.clone(),
+        }
+        .into(),
+        Fact::ActionRequired(client_secret) => {
+            PaymentActionRequired { order_id, payment_id, provider, provider_ref, client_secret }.into()
+        }
+        Fact::Failed(step, code, message) => PaymentFailed { order_id, payment_id, provider, provider_ref, step, code, message }.into(),
+        Fact::Captured => PaymentCaptured {
+            order_id,
+            payment_id,
+            provider,
+            provider_ref,
+            amount_minor: p.captured_minor,
+            currency: p.currency.clone(),
+        }
+        .into(),
+        Fact::Voided => PaymentVoided { order_id, payment_id, provider, provider_ref }.into(),
+        Fact::Refunded(amount) => {
+            PaymentRefunded { order_id, payment_id, provider, provider_ref, refunded_minor: amount, currency: p.currency.clone() }.into()
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! One batch, one Postgres transaction: decode, drop what the inbox has seen, handle, append the
+//! outbox (events and dead letters), advance the fenced offsets, commit.
+
+use std::collections::{HashMap, HashSet};
+
+use kassa_schemas::{CodecError, Topic};
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+use sqlx::PgPool;
+
+use super::store::{self, OutboxRow, TopicPartition};
+use super::trace::{TRACEPARENT, child_of};
+use super::{Delivered, HandleError, Handler};
+
+/// What happened to a batch.
+pub(super) enum Outcome {
+    /// Committed; the partitions' stored offsets are now these.
+    Committed(Vec<(TopicPartition, i64)>),
+    /// Rolled back: another instance advanced these partitions' offsets first.
+    Fenced(Vec<TopicPartition>),
+}
+
+/// Why a batch must be retried.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BatchError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The handler failed.
+    #[error("{0}")]
+    Handler(#[from] HandleError),
+    /// The registry could not be asked for a writer schema.
+    #[error("schema registry: {0}")]
+    Registry(CodecError),
+}
+
+/// Header names on dead letters.
+pub(super) mod dlq_headers {
+    /// Why the message was dead-lettered.
+    pub const REASON: &str = "kassa.dlq.reason";
+    /// Where it was read from.
+    pub const TOPIC: &str = "kassa.dlq.topic";
+    /// Source partition.
+    pub const PARTITION: &str = "kassa.dlq.partition";
+    /// Source offset.
+    pub const OFFSET: &str = "kassa.dlq.offset";
+}
+
+/// Processes `messages` (all from partitions this instance owns, at offsets after `stored`).
+pub(super) async fn process<H: Handler>(
+    pool: &PgPool,
+    handler: &mut H,
+    messages: &[OwnedMessage],
+    stored: &HashMap<TopicPartition, Option<i64>>,
+) -> Result<Outcome, BatchError> {
+    let group = handler.group();
+    let schema = group.name();
+
+    let clock = std::time::Instant::now();
+    let lap = |since: &mut std::time::Instant| {
+        let ms = since.elapsed().as_secs_f64() * 1000.0;
+        *since = std::time::Instant::now();
+        ms
+    };
+    let mut since = clock;
+    // Decode; what cannot be decoded is a dead letter, unless the registry itself is unreachable.
+    let mut decoded = Vec::with_capacity(messages.len());
+    let mut dead = Vec::new();
+    for (index, message) in messages.iter().enumerate() {
+        let topic = Topic::from_name(message.topic()).expect("subscribed topics are kassa topics");
+        match handler.decode(topic, message.payload().unwrap_or_default()).await {
+            Ok(input) => decoded.push((index, delivered(message, topic, input))),
+            Err(CodecError::Registry(e)) if e.retriable => return Err(BatchError::Registry(CodecError::Registry(e))),
+            Err(e) => dead.push((index, format!("undecodable: {e}"))),
+        }
+    }
+
+    let decode_ms = lap(&mut since);
+    let mut tx = pool.begin().await?;
+    let entries: Vec<_> = decoded
+        .iter()
+        .map(|(_, d)| (H::event_id(&d.input), d.topic.name(), d.partition, d.offset))
+        .collect();
+    let new_ids = store::record_inbox(&mut tx, schema, &entries).await?;
+    let mut taken = HashSet::new();
+    let (fresh_index, fresh): (Vec<usize>, Vec<Delivered<H::Input>>) = decoded
+        .into_iter()
+        .filter(|(_, d)| {
+            let id = H::event_id(&d.input);
+            new_ids.contains(&id) && taken.insert(id)
+        })
+        .unzip();
+    let skipped = messages.len() - dead.len() - fresh.len();
+    let inbox_ms = lap(&mut since);
+
+    let handled = handler.handle(&mut tx, &fresh).await?;
+    let handle_ms = lap(&mut since);
+    let mut rows = Vec::with_capacity(handled.emit.len() + dead.len() + handled.invalid.len());
+    for emit in handled.emit {
+        let parent = fresh[emit.cause].traceparent.as_deref();
+        rows.push(OutboxRow {
+            topic: emit.topic.name().to_owned(),
+            key: Some(emit.key),
+            payload: emit.payload,
+            headers: vec![(TRACEPARENT.to_owned(), child_of(parent))],
+        });
+    }
+    dead.extend(handled.invalid.into_iter().map(|(i, reason)| (fresh_index[i], format!("invalid: {reason}"))));
+    for (index, reason) in &dead {
+        rows.push(dead_letter(group.dlq_topic(), &messages[*index], reason));
+    }
+    if !dead.is_empty() {
+        metrics::counter!("kassa_dead_letters_total", "group" => schema).increment(dead.len() as u64);
+    }
+    store::append_outbox(&mut tx, schema, &rows).await?;
+    let outbox_ms = lap(&mut since);
+
+    let mut next: HashMap<TopicPartition, i64> = HashMap::new();
+    for message in messages {
+        next.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+    }
+    let advances: Vec<_> = next.iter().map(|(tp, n)| (tp.clone(), stored.get(tp).copied().flatten(), *n)).collect();
+    let fenced = store::advance_offsets(&mut tx, schema, &advances).await?;
+    if !fenced.is_empty() {
+        tx.rollback().await?;
+        return Ok(Outcome::Fenced(fenced));
+    }
+    tx.commit().await?;
+    let commit_ms = lap(&mut since);
+    tracing::debug!(
+        group = schema,
+        size = messages.len(),
+        fresh = fresh.len(),
+        skipped,
+        dead = dead.len(),
+        decode_ms,
+        inbox_ms,
+        handle_ms,
+        outbox_ms,
+        offsets_and_commit_ms = commit_ms,
+        "batch committed"
+    );
+    Ok(Outcome::Committed(next.into_iter().collect()))
+}
+
+fn delivered<I>(message: &OwnedMessage, topic: Topic, input: I) -> Delivered<I> {
+    let traceparent = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == TRACEPARENT)
+            .and_then(|h| h.value.and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned))
+    });
+    Delivered {
+        topic,
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        traceparent,
+        input,
+    }
+}
+
+/// A dead letter: the original key and bytes, with the reason and source in headers.
+fn dead_letter(dlq: String, message: &OwnedMessage, reason: &str) -> OutboxRow {
+    tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), reason, "dead-lettered");
+    OutboxRow {
+        topic: dlq,
+        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        headers: vec![
+            (dlq_headers::REASON.to_owned(), reason.to_owned()),
+            (dlq_headers::TOPIC.to_owned(), message.topic().to_owned()),
+            (dlq_headers::PARTITION.to_owned(), message.partition().to_string()),
+            (dlq_headers::OFFSET.to_owned(), message.offset().to_string()),
+        ],
+    }
+}

@@ -1,0 +1,170 @@
+//! The outbox relay: publishes a processor's outbox rows in order with an idempotent, acks=all
+//! producer, then marks them sent. One relay per processor leads at a time (a Postgres advisory
+//! lock held on its own connection); a standby takes over when the leader's connection dies.
+//! It wakes on LISTEN/NOTIFY from the committing transaction, with a slow poll as a fallback.
+//! A crash between publish and mark re-sends rows: consumers drop the copies by event id.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio::sync::watch;
+
+use super::backoff::Backoff;
+use super::store::outbox_channel;
+
+/// Rows published per round.
+const ROUND: i64 = 5_000;
+/// How long a quiet relay waits for a notification before looking anyway.
+const POLL: Duration = Duration::from_secs(1);
+/// Sent rows are kept this long (for inspection), then pruned.
+const KEEP_SENT: &str = "10 minutes";
+/// Inbox entries are kept this long: far longer than any re-send can come after the original.
+const KEEP_INBOX: &str = "7 days";
+
+/// A failure of one relay round; every one is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("Kafka: {0}")]
+    Broker(#[from] rdkafka::error::KafkaError),
+}
+
+/// Runs the relay for `schema` until `shutdown` turns true; then drains what is committed and
+/// returns. Transient failures are retried with backoff, never given up on.
+pub async fn run(pool: PgPool, schema: &'static str, producer: FutureProducer, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match lead(&pool, schema, &producer, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(schema, error = %e, ?delay, "outbox relay failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => if *shutdown.borrow() { return },
+                }
+            }
+        }
+    }
+}
+
+/// Becomes the leader (waiting as a standby while another relay leads), then publishes until
+/// shutdown. Returns Err on a database or broker failure, to be retried.
+async fn lead(
+    pool: &PgPool,
+    schema: &'static str,
+    producer: &FutureProducer,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    // The lock lives as long as this connection: a dead leader's lock goes with its connection.
+    // Detached from the pool, so that when this attempt ends (a failure included) the connection
+    // closes and the lock goes with it; a pooled one would keep it held, and every retry after a
+    // failure would wait as a standby behind its own lock.
+    let mut lock_conn = pool.acquire().await?.detach();
+    loop {
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('kassa.outbox.' || $1))")
+            .bind(schema)
+            .fetch_one(&mut lock_conn)
+            .await?;
+        if leader {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { return Ok(()) },
+        }
+    }
+    tracing::info!(schema, "outbox relay leading");
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(&outbox_channel(schema)).await?;
+    let mut last_prune = Instant::now();
+    loop {
+        let published = publish_round(pool, schema, producer).await?;
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {schema}.outbox WHERE sent_at < now() - interval '{KEEP_SENT}'")))
+                .execute(pool)
+                .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {schema}.inbox WHERE processed_at < now() - interval '{KEEP_INBOX}'"
+            )))
+            .execute(pool)
+            .await?;
+            last_prune = Instant::now();
+        }
+        if published > 0 {
+            continue;
+        }
+        if *shutdown.borrow() {
+            return Ok(()); // drained: nothing committed is left unpublished
+        }
+        tokio::select! {
+            n = listener.recv() => { n?; }
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => {}
+        }
+        // Keep the lock connection alive (and notice if it died, which ends leadership).
+        sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+    }
+}
+
+/// Publishes the oldest unsent rows, in id order, and marks them sent. Returns how many.
+async fn publish_round(pool: &PgPool, schema: &str, producer: &FutureProducer) -> Result<usize, Failure> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, topic, key, payload, headers FROM {schema}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
+    )))
+    .bind(ROUND)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.get("id");
+        let topic: String = row.get("topic");
+        let key: Option<String> = row.get("key");
+        let payload: Option<Vec<u8>> = row.get("payload");
+        let headers: serde_json::Value = row.get("headers");
+        let mut kafka_headers = OwnedHeaders::new();
+        if let Some(map) = headers.as_object() {
+            for (name, value) in map {
+                kafka_headers = kafka_headers.insert(Header { key: name, value: value.as_str() });
+            }
+        }
+        let mut record = FutureRecord::to(&topic).headers(kafka_headers);
+        if let Some(key) = key.as_deref() {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload.as_deref() {
+            record = record.payload(payload);
+        }
+        // Enqueue everything first (the idempotent producer keeps per-partition order), then wait.
+        let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+        deliveries.push(delivery);
+        ids.push(id);
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.into()),
+            Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
+        }
+    }
+    let published_ms = started.elapsed().as_secs_f64() * 1000.0;
+    sqlx::query(AssertSqlSafe(format!("UPDATE {schema}.outbox SET sent_at = now() WHERE id = ANY($1)")))
+        .bind(&ids)
+        .execute(pool)
+        .await?;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(schema, rows = ids.len(), published_ms, total_ms, "outbox round");
+    metrics::counter!("kassa_outbox_published_total", "schema" => schema.to_owned()).increment(ids.len() as u64);
+    Ok(ids.len())
+}
+

@@ -1,0 +1,180 @@
+//! `orders.requests` (storefront → orders) and `orders.events` (orders → everyone), keyed by order id.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::RejectReason;
+use crate::envelope::payload_union;
+use crate::topics::Topic;
+
+/// The customer asks to cancel the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    /// The order.
+    pub order_id: String,
+    /// Customer asking.
+    pub customer_id: String,
+    /// Free text from the storefront.
+    pub reason: String,
+}
+
+/// The customer asks to keep the reservation longer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRenewalRequested {
+    /// The order.
+    pub order_id: String,
+    /// Customer asking.
+    pub customer_id: String,
+    /// New hold length from now.
+    pub hold_seconds: i32,
+}
+
+payload_union! {
+    /// Everything on `orders.requests`.
+    OrderRequest for Topic::OrdersRequests => { CancelRequested, HoldRenewalRequested }
+}
+order_keyed!(OrderRequest { CancelRequested, HoldRenewalRequested });
+
+/// One priced order line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// Zero-based position.
+    pub line_index: i32,
+    /// The SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: i32,
+    /// Unit price in minor units.
+    pub unit_price_minor: i64,
+    /// quantity × unit price, in minor units.
+    pub line_total_minor: i64,
+}
+
+/// Why an order was cancelled (Avro enum `CancelReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// The customer asked.
+    CustomerRequested,
+    /// The payment was declined.
+    PaymentDeclined,
+    /// 3-D Secure was not completed in time.
+    PaymentActionExpired,
+    /// The reservation hold ran out.
+    HoldExpired,
+    /// Capturing the payment failed.
+    CaptureFailed,
+    /// Anything a newer writer added that this reader does not know.
+    Other,
+}
+
+/// Every line is held: payment may be authorized.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderReserved {
+    /// The order.
+    pub order_id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// The order lines.
+    pub lines: Vec<OrderLine>,
+    /// Total in minor units.
+    pub total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Payment method to authorize.
+    pub payment_method_id: String,
+    /// When the earliest hold runs out.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub hold_expires_at: DateTime<Utc>,
+}
+
+/// Payment needs the customer (3-D Secure) before a deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderActionRequired {
+    /// The order.
+    pub order_id: String,
+    /// When the order is cancelled if the action is not done.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub action_due_at: DateTime<Utc>,
+}
+
+/// The payment is authorized; stock is being committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAuthorized {
+    /// The order.
+    pub order_id: String,
+    /// Total in minor units.
+    pub total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+}
+
+/// Stock is committed: the payment may be captured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    /// The order.
+    pub order_id: String,
+    /// Total in minor units.
+    pub total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+}
+
+/// Paid and committed: the fulfilment event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCompleted {
+    /// The order.
+    pub order_id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// The order lines.
+    pub lines: Vec<OrderLine>,
+    /// Total in minor units.
+    pub total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+}
+
+/// A line could not be reserved; nothing was charged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRejected {
+    /// The order.
+    pub order_id: String,
+    /// Why the first rejected line was rejected.
+    pub reason: RejectReason,
+    /// The rejected line.
+    pub rejected_line_index: i32,
+}
+
+/// The order was cancelled and every step is being undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    /// The order.
+    pub order_id: String,
+    /// Why.
+    pub reason: CancelReason,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// The reservation hold was extended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRenewed {
+    /// The order.
+    pub order_id: String,
+    /// New hold end.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub hold_expires_at: DateTime<Utc>,
+}
+
+payload_union! {
+    /// Everything on `orders.events`.
+    OrderEvent for Topic::OrdersEvents => {
+        OrderReserved, OrderActionRequired, OrderAuthorized, OrderConfirmed,
+        OrderCompleted, OrderRejected, OrderCancelled, HoldRenewed,
+    }
+}
+order_keyed!(OrderEvent {
+    OrderReserved, OrderActionRequired, OrderAuthorized, OrderConfirmed, OrderCompleted, OrderRejected, OrderCancelled,
+    HoldRenewed,
+});

@@ -1,0 +1,31 @@
+//! The flash-sale key layout in Redis, shared by the API's gate (takes tokens) and inventory
+//! (gives them back when held stock is released). `{sku}` is a hash tag: one SKU's keys live
+//! together, so the gate's script may touch them atomically.
+
+/// Tokens left while a SKU's sale is on (absent: no sale).
+pub fn tokens_key(sku: &str) -> String {
+    format!("kassa:flash:{{{sku}}}:tokens")
+}
+
+/// The sale's settings: a hash with `hold_seconds` and `per_customer_limit`.
+pub fn config_key(sku: &str) -> String {
+    format!("kassa:flash:{{{sku}}}:config")
+}
+
+/// Units a customer holds or bought in a SKU's sale (for the per-customer limit).
+pub fn bought_key(sku: &str, customer: &str) -> String {
+    format!("kassa:flash:{{{sku}}}:bought:{customer}")
+}
+
+/// Lua: gives `ARGV[1]` units back to a running sale — tokens up (`KEYS[1]`), the customer's count
+/// down (`KEYS[2]`, may be empty) — each only if its key exists (a sale that ended stays ended).
+pub const GIVE_BACK_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
+if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], ARGV[1]) end
+return 1";
+
+/// Marks an Idempotency-Key (of a storefront) as let into a SKU's sale, for 24 hours: a replay
+/// of an admitted order is never turned away by the sold-out fast path.
+pub fn admitted_key(sku: &str, storefront: &str, idempotency_key: &str) -> String {
+    format!("kassa:flash:{{{sku}}}:admitted:{storefront}:{idempotency_key}")
+}

@@ -1,0 +1,15 @@
+//! kassa's event contract: the topic catalogue, the Avro schemas in `schemas/avro/`, Rust types for
+//! every event, the Confluent wire-format codec and the Schema Registry administration.
+
+pub mod codec;
+pub mod envelope;
+pub mod events;
+pub mod flash_keys;
+pub mod kafka;
+pub mod read_model;
+pub mod registry;
+pub mod topics;
+
+pub use codec::{Codec, CodecError};
+pub use envelope::{Envelope, Payload};
+pub use topics::{ConsumerGroup, KeyKind, Topic};

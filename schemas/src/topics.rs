@@ -1,0 +1,159 @@
+//! The topic catalogue: every topic kassa writes, its key, its schema, and the consumer groups.
+
+/// One of kassa's event topics; its value schema is `schemas/avro/<name>.avsc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Checkout requests, one per order line, keyed by SKU (API → inventory).
+    CheckoutRequests,
+    /// Release / commit / restock / set-stock commands, keyed by SKU (orders, API → inventory).
+    InventoryCommands,
+    /// Reservation outcomes, keyed by order id (inventory → orders).
+    InventoryEvents,
+    /// Cancellation and hold-renewal requests, keyed by order id (API → orders).
+    OrdersRequests,
+    /// Order facts, keyed by order id (orders → payments, expiry, downstream teams).
+    OrdersEvents,
+    /// Payment outcomes, keyed by order id (payments → orders).
+    PaymentsEvents,
+    /// Verified provider webhooks, keyed by order id (API → payments).
+    PaymentsWebhooks,
+    /// Deadlines that passed, keyed by order id (expiry → orders).
+    ExpiryEvents,
+}
+
+impl Topic {
+    /// Every event topic, in pipeline order.
+    pub const ALL: [Topic; 8] = [
+        Topic::CheckoutRequests,
+        Topic::InventoryCommands,
+        Topic::InventoryEvents,
+        Topic::OrdersRequests,
+        Topic::OrdersEvents,
+        Topic::PaymentsEvents,
+        Topic::PaymentsWebhooks,
+        Topic::ExpiryEvents,
+    ];
+
+    /// The Kafka topic name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Topic::CheckoutRequests => "checkout.requests",
+            Topic::InventoryCommands => "inventory.commands",
+            Topic::InventoryEvents => "inventory.events",
+            Topic::OrdersRequests => "orders.requests",
+            Topic::OrdersEvents => "orders.events",
+            Topic::PaymentsEvents => "payments.events",
+            Topic::PaymentsWebhooks => "payments.webhooks",
+            Topic::ExpiryEvents => "expiry.events",
+        }
+    }
+
+    /// The registry subject of the topic's values (TopicNameStrategy).
+    pub fn subject(self) -> String {
+        format!("{}-value", self.name())
+    }
+
+    /// The value schema (Avro JSON) compiled into the binary from `schemas/avro/`.
+    pub const fn schema_json(self) -> &'static str {
+        match self {
+            Topic::CheckoutRequests => include_str!("../avro/checkout.requests.avsc"),
+            Topic::InventoryCommands => include_str!("../avro/inventory.commands.avsc"),
+            Topic::InventoryEvents => include_str!("../avro/inventory.events.avsc"),
+            Topic::OrdersRequests => include_str!("../avro/orders.requests.avsc"),
+            Topic::OrdersEvents => include_str!("../avro/orders.events.avsc"),
+            Topic::PaymentsEvents => include_str!("../avro/payments.events.avsc"),
+            Topic::PaymentsWebhooks => include_str!("../avro/payments.webhooks.avsc"),
+            Topic::ExpiryEvents => include_str!("../avro/expiry.events.avsc"),
+        }
+    }
+
+    /// What the message key holds.
+    pub const fn key(self) -> KeyKind {
+        match self {
+            Topic::CheckoutRequests | Topic::InventoryCommands => KeyKind::Sku,
+            _ => KeyKind::OrderId,
+        }
+    }
+
+    /// Looks a topic up by its Kafka name.
+    pub fn from_name(name: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// What a topic's UTF-8 string key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The SKU: all contention for one SKU lands on one partition.
+    Sku,
+    /// The order id: every event of one order stays in order.
+    OrderId,
+}
+
+/// A consumer group: one per processor, each with its own dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsumerGroup {
+    /// The inventory processor.
+    Inventory,
+    /// The orders processor.
+    Orders,
+    /// The payments processor.
+    Payments,
+    /// The expiry processor.
+    Expiry,
+}
+
+impl ConsumerGroup {
+    /// Every consumer group.
+    pub const ALL: [ConsumerGroup; 4] =
+        [ConsumerGroup::Inventory, ConsumerGroup::Orders, ConsumerGroup::Payments, ConsumerGroup::Expiry];
+
+    /// The Kafka group id (also the processor's Postgres schema).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ConsumerGroup::Inventory => "inventory",
+            ConsumerGroup::Orders => "orders",
+            ConsumerGroup::Payments => "payments",
+            ConsumerGroup::Expiry => "expiry",
+        }
+    }
+
+    /// The topics the group consumes.
+    pub const fn inputs(self) -> &'static [Topic] {
+        match self {
+            ConsumerGroup::Inventory => &[Topic::CheckoutRequests, Topic::InventoryCommands],
+            ConsumerGroup::Orders => {
+                &[Topic::InventoryEvents, Topic::PaymentsEvents, Topic::ExpiryEvents, Topic::OrdersRequests]
+            }
+            ConsumerGroup::Payments => &[Topic::OrdersEvents, Topic::PaymentsWebhooks],
+            ConsumerGroup::Expiry => &[Topic::OrdersEvents],
+        }
+    }
+
+    /// The dead-letter topic for messages the group cannot decode or declares invalid.
+    pub fn dlq_topic(self) -> String {
+        format!("{}.dlq", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_has_a_schema_whose_file_is_named_after_it() {
+        for topic in Topic::ALL {
+            let schema: serde_json::Value = serde_json::from_str(topic.schema_json()).unwrap();
+            assert_eq!(schema["type"], "record", "{}", topic.name());
+            assert_eq!(Topic::from_name(topic.name()), Some(topic));
+        }
+    }
+
+    #[test]
+    fn every_input_topic_is_produced_by_someone() {
+        let consumed: std::collections::HashSet<_> =
+            ConsumerGroup::ALL.iter().flat_map(|g| g.inputs().iter().copied()).collect();
+        assert_eq!(consumed.len(), Topic::ALL.len(), "each topic has a consumer in kassa");
+        assert_eq!(ConsumerGroup::Inventory.dlq_topic(), "inventory.dlq");
+    }
+}

@@ -1,0 +1,340 @@
+//! The `kassa` command: run components, and the admin tasks around them.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use kassa::settings::Settings;
+use kassa::topics::TopicOutcome;
+use kassa_schemas::ConsumerGroup;
+use kassa_schemas::registry::{Registry, Verdict};
+
+/// kassa — checkout back end: HTTP intake and Kafka-driven stream processors.
+#[derive(Parser)]
+#[command(name = "kassa", version, about)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations (every processor's schema, and the API's).
+    Migrate,
+    /// Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Avro schemas in the Schema Registry.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+    /// Load the small demo catalog (products and their stock).
+    Seed,
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Benchmarks against the real services, printed beside the naive baseline.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// The processors' stored consumer offsets (the ones in Postgres that count).
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsAction,
+    },
+    /// Run a component until SIGTERM / Ctrl-C.
+    Run {
+        /// Which component; `all` runs every component in one process.
+        component: Component,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create every topic and each consumer group's `.dlq` topic (idempotent).
+    Create,
+}
+
+#[derive(Subcommand)]
+enum OffsetsAction {
+    /// Show each processor's lag per input topic.
+    Show,
+    /// Skip a stopped processor's backlog: move its offsets to the end of its input topics.
+    SkipToEnd {
+        /// `inventory`, `orders`, `payments` or `expiry`.
+        group: GroupArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GroupArg {
+    Inventory,
+    Orders,
+    Payments,
+    Expiry,
+}
+
+impl GroupArg {
+    fn group(self) -> ConsumerGroup {
+        match self {
+            GroupArg::Inventory => ConsumerGroup::Inventory,
+            GroupArg::Orders => ConsumerGroup::Orders,
+            GroupArg::Payments => ConsumerGroup::Payments,
+            GroupArg::Expiry => ConsumerGroup::Expiry,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SchemasAction {
+    /// Register every topic's schema under `<topic>-value`, compatibility BACKWARD_TRANSITIVE.
+    Register,
+    /// Check schemas against the registered versions; exits non-zero on an incompatible change.
+    Check {
+        /// Directory of `<topic>.avsc` files to check (default: the schemas built into this binary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print its secret (shown once; only its hash is stored).
+    Create {
+        /// `storefront` (for /api) or `admin` (for /admin).
+        kind: KeyKindArg,
+        /// A name to recognise it by.
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyKindArg {
+    Storefront,
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// POST /api/orders open-loop at rising rates (HDR latencies from intended send time), then the flash-sale sold-out path.
+    Api {
+        /// Rates to try, requests per second.
+        #[arg(long, value_delimiter = ',', default_value = "250,500,1000")]
+        rates: Vec<u32>,
+        /// Rate of the flash-sale (sold-out) step, requests per second.
+        #[arg(long, default_value_t = 1000)]
+        flash_rate: u32,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Reservation requests → committed outcome events, kassa's processor vs one row lock per request.
+    Inventory {
+        /// SKUs the requests spread over (1 = one hot SKU).
+        #[arg(long, default_value_t = 1)]
+        skus: usize,
+        /// Requests to send.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Component {
+    Api,
+    Inventory,
+    Orders,
+    Payments,
+    Expiry,
+    All,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KASSA_LOG").unwrap_or_else(|_| "info,apache_avro::schema::parser=error,stripe::hyper::client=error".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = cli.settings;
+    match cli.command {
+        Command::Migrate => {
+            let pool = kassa::migrate::connect(&settings).await?;
+            let applied = kassa::migrate::run(&pool).await?;
+            println!("migrations: {applied} applied, database up to date");
+        }
+        Command::Offsets { action } => {
+            let pool = kassa::migrate::connect(&settings).await.context("connecting to PostgreSQL")?;
+            match action {
+                OffsetsAction::Show => {
+                    for group in ConsumerGroup::ALL {
+                        let positions = kassa::offsets::positions(&settings, &pool, group).await?;
+                        for topic in group.inputs() {
+                            let of_topic = positions.iter().filter(|p| p.topic == topic.name());
+                            let lag: i64 = of_topic.map(kassa::offsets::Position::lag).sum();
+                            println!("{:<10} {:<20} lag {lag}", group.name(), topic.name());
+                        }
+                    }
+                }
+                OffsetsAction::SkipToEnd { group } => {
+                    let before = kassa::offsets::skip_to_end(&settings, &pool, group.group()).await?;
+                    let skipped: i64 = before.iter().map(kassa::offsets::Position::lag).sum();
+                    println!("{}: skipped {skipped} messages; now at the end of {} partitions", group.group().name(), before.len());
+                }
+            }
+        }
+        Command::Topics { action: TopicsAction::Create } => {
+            let outcomes = kassa::topics::create_all(&settings).await?;
+            for outcome in &outcomes {
+                match outcome {
+                    TopicOutcome::Created(t) => println!("created  {t} ({} partitions)", settings.topic_partitions),
+                    TopicOutcome::Existed(t) => println!("exists   {t}"),
+                }
+            }
+        }
+        Command::Schemas { action: SchemasAction::Register } => {
+            let registry = Registry::new(&settings.schema_registry_url);
+            for r in registry.register_all().await? {
+                println!("registered {} (id {})", r.subject, r.id);
+            }
+        }
+        Command::Schemas { action: SchemasAction::Check { dir } } => {
+            let registry = Registry::new(&settings.schema_registry_url);
+            let verdicts = registry.check_all(dir.as_deref()).await?;
+            let mut incompatible = 0;
+            for (subject, verdict) in &verdicts {
+                let text = match verdict {
+                    Verdict::Compatible => "compatible",
+                    Verdict::NewSubject => "new subject",
+                    Verdict::Incompatible => {
+                        incompatible += 1;
+                        "INCOMPATIBLE with a registered version"
+                    }
+                };
+                println!("{subject}: {text}");
+            }
+            if incompatible > 0 {
+                eprintln!("error: {incompatible} schema(s) would break consumers (compatibility BACKWARD_TRANSITIVE)");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Seed => {
+            let pool = kassa::migrate::connect(&settings).await?;
+            let n = kassa::seed::seed(&settings, &pool).await.context("seeding the demo catalog")?;
+            println!("seeded {n} demo products and their stock");
+        }
+        Command::Keys { action: KeysAction::Create { kind, name } } => {
+            let pool = kassa::migrate::connect(&settings).await?;
+            let kind = match kind {
+                KeyKindArg::Storefront => kassa_api::auth::KeyKind::Storefront,
+                KeyKindArg::Admin => kassa_api::auth::KeyKind::Admin,
+            };
+            let secret = kassa_api::auth::create_key(&pool, kind, &name).await.context("creating the key")?;
+            println!("{secret}");
+        }
+        Command::Bench { what: BenchWhat::Api { rates, flash_rate, seconds } } => {
+            kassa::bench::api::run(&settings, &rates, flash_rate, seconds).await?;
+        }
+        Command::Bench { what: BenchWhat::Inventory { skus, requests } } => {
+            kassa::bench::inventory(&settings, skus, requests).await?;
+        }
+        Command::Run { component } => run(&settings, component).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(settings: &Settings, component: Component) -> anyhow::Result<()> {
+    let processors = match component {
+        Component::Inventory => vec![ConsumerGroup::Inventory],
+        Component::Orders => vec![ConsumerGroup::Orders],
+        Component::Payments => vec![ConsumerGroup::Payments],
+        Component::Expiry => vec![ConsumerGroup::Expiry],
+        Component::All => ConsumerGroup::ALL.to_vec(),
+        Component::Api => vec![],
+    };
+    // One metrics recorder for every component of this process (served by the API's /metrics).
+    kassa_api::telemetry::handle();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for group in processors {
+        if matches!(component, Component::All) && !kassa_processors::is_built(group) {
+            tracing::warn!(processor = group.name(), "not built yet: skipped");
+            continue;
+        }
+        let config = settings.processor_config().map_err(anyhow::Error::msg)?;
+        let stopped = stopped.clone();
+        tasks.spawn(async move { kassa_processors::run(group, config, stopped).await.map_err(anyhow::Error::from) });
+    }
+    if matches!(component, Component::Api | Component::All) {
+        let config = settings.api_config();
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tasks.spawn(async move { kassa_api::serve(config, shutdown).await.map_err(anyhow::Error::from) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("component panicked")??;
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    // For supervisors (and the tests) that hold our stdin: stop when it closes, e.g. they died.
+    // (A plain thread: a blocked read must not keep the process from exiting.)
+    let stdin_closed = async {
+        if std::env::var_os("KASSA_STOP_ON_STDIN_EOF").is_some() {
+            let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buffer = [0u8; 64];
+                while matches!(std::io::stdin().read(&mut buffer), Ok(n) if n > 0) {}
+                let _ = closed.send(());
+            });
+            let _ = on_close.await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {}, _ = stdin_closed => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,68 @@
+//! Creates kassa's topics (and one dead-letter topic per consumer group), idempotently.
+
+use std::time::Duration;
+
+use kassa_schemas::topics::{ConsumerGroup, Topic};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::settings::Settings;
+
+/// Why topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    /// The Kafka client or request failed as a whole.
+    #[error("Kafka admin request failed: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The broker refused to create one topic.
+    #[error("cannot create topic {topic}: {code}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// What `create_all` did to one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    /// The topic was created now.
+    Created(String),
+    /// The topic was already there; nothing changed.
+    Existed(String),
+}
+
+/// Every topic name kassa uses: the event topics, then one `<group>.dlq` per consumer group.
+pub fn all_topic_names() -> Vec<String> {
+    Topic::ALL
+        .iter()
+        .map(|t| t.name().to_owned())
+        .chain(ConsumerGroup::ALL.iter().map(|g| g.dlq_topic()))
+        .collect()
+}
+
+/// Creates every topic that does not exist yet, with the configured partitions and replication.
+pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, TopicsError> {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .create()?;
+    let names = all_topic_names();
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(name, settings.topic_partitions, TopicReplication::Fixed(settings.topic_replication))
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut outcomes = Vec::with_capacity(names.len());
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(topic) => outcomes.push(TopicOutcome::Created(topic)),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => outcomes.push(TopicOutcome::Existed(topic)),
+            Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
+        }
+    }
+    Ok(outcomes)
+}

@@ -1,0 +1,178 @@
+//! The event contract against real Kafka and the real Schema Registry: every event type round-trips,
+//! the wire format is Confluent's with the id the registry assigned, keys land where Java puts them,
+//! and a client that is not ours decodes what we write.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Isolation, read_from, setup};
+use kassa_schemas::events::samples::{self, Sample};
+use kassa_schemas::{Codec, Envelope, Payload, Topic, codec, kafka::java_partition};
+use rdkafka::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Where a produced event landed.
+struct Landed {
+    topic: Topic,
+    key: String,
+    partition: i32,
+    offset: i64,
+    bytes: Vec<u8>,
+}
+
+async fn produce<P: Payload>(codec: &Codec, producer: &FutureProducer, event: &Envelope<P>) -> Landed {
+    let bytes = codec.encode(event).await.expect("encode");
+    let key = key_of(event);
+    let delivery = producer
+        .send(FutureRecord::to(P::TOPIC.name()).key(&key).payload(&bytes), Duration::from_secs(30))
+        .await
+        .expect("Kafka acknowledged");
+    Landed { topic: P::TOPIC, key, partition: delivery.partition, offset: delivery.offset, bytes }
+}
+
+/// The message key the topic's contract asks for: the SKU on SKU-keyed topics, else the order id.
+fn key_of<P: Payload>(event: &Envelope<P>) -> String {
+    match P::TOPIC.key() {
+        kassa_schemas::KeyKind::OrderId => event.correlation_id.clone(),
+        kassa_schemas::KeyKind::Sku => {
+            let json = serde_json::to_value(&event.payload).expect("payload as JSON");
+            let record = json.as_object().and_then(|o| o.values().next()).expect("one variant");
+            record["sku"].as_str().expect("SKU-keyed payloads carry a sku").to_owned()
+        }
+    }
+}
+
+async fn decode_same<P: Payload + PartialEq>(codec: &Codec, bytes: &[u8], sent: &Envelope<P>) {
+    let back: Envelope<P> = codec.decode(bytes).await.expect("decode");
+    assert_eq!(&back, sent, "{} round trip", P::TOPIC.name());
+}
+
+async fn registered_ids(settings: &kassa::settings::Settings) -> HashMap<String, u64> {
+    let mut ids = HashMap::new();
+    for topic in Topic::ALL {
+        let url = format!("{}/subjects/{}/versions/latest", settings.schema_registry_url, topic.subject());
+        let body: serde_json::Value = reqwest::get(&url).await.unwrap().error_for_status().unwrap().json().await.unwrap();
+        ids.insert(topic.name().to_owned(), body["id"].as_u64().expect("id"));
+    }
+    ids
+}
+
+#[tokio::test]
+async fn every_event_type_round_trips_through_kafka_and_the_registry() {
+    let settings = setup().await;
+    let codec = Codec::new(&settings.schema_registry_url).unwrap();
+    let producer = kassa::kafka::producer(&settings).unwrap();
+    let ids = registered_ids(&settings).await;
+    let sent = samples::all();
+    assert_eq!(sent.len(), samples::EVENT_TYPES);
+
+    let mut landed = Vec::new();
+    for sample in &sent {
+        landed.push(match sample {
+            Sample::Checkout(e) => produce(&codec, &producer, e).await,
+            Sample::InventoryCommand(e) => produce(&codec, &producer, e).await,
+            Sample::InventoryEvent(e) => produce(&codec, &producer, e).await,
+            Sample::OrderRequest(e) => produce(&codec, &producer, e).await,
+            Sample::OrderEvent(e) => produce(&codec, &producer, e).await,
+            Sample::PaymentEvent(e) => produce(&codec, &producer, e).await,
+            Sample::PaymentWebhook(e) => produce(&codec, &producer, e).await,
+            Sample::ExpiryEvent(e) => produce(&codec, &producer, e).await,
+        });
+    }
+
+    for (sample, at) in sent.iter().zip(&landed) {
+        // Read it back from Kafka, as a consumer would.
+        let messages = read_from(&settings, at.topic.name(), at.partition, at.offset, Isolation::Committed, Duration::from_secs(30), |m| !m.is_empty());
+        let message = &messages[0];
+        assert_eq!(message.offset(), at.offset);
+        let bytes = message.payload().expect("a value");
+        assert_eq!(bytes, at.bytes.as_slice());
+        assert_eq!(bytes[0], 0, "magic byte");
+        assert_eq!(
+            codec::schema_id(bytes).map(u64::from),
+            Some(ids[at.topic.name()]),
+            "{}: the id on the wire is the one the registry assigned",
+            at.topic.name()
+        );
+        assert_eq!(common::key_of(message), at.key);
+        match sample {
+            Sample::Checkout(e) => decode_same(&codec, bytes, e).await,
+            Sample::InventoryCommand(e) => decode_same(&codec, bytes, e).await,
+            Sample::InventoryEvent(e) => decode_same(&codec, bytes, e).await,
+            Sample::OrderRequest(e) => decode_same(&codec, bytes, e).await,
+            Sample::OrderEvent(e) => decode_same(&codec, bytes, e).await,
+            Sample::PaymentEvent(e) => decode_same(&codec, bytes, e).await,
+            Sample::PaymentWebhook(e) => decode_same(&codec, bytes, e).await,
+            Sample::ExpiryEvent(e) => decode_same(&codec, bytes, e).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_land_on_the_partition_a_java_client_would_choose() {
+    let settings = setup().await;
+    let producer = kassa::kafka::producer(&settings).unwrap();
+    let partitions = 12;
+    let topic = common::ensure_scratch_topic(&settings, "kassa-test.partitioning", partitions).await;
+    let mut used = std::collections::HashSet::new();
+    for i in 0..200 {
+        let key = format!("SKU-{i}-{}", uuid::Uuid::new_v4().simple());
+        let delivery = producer
+            .send(FutureRecord::to(&topic).key(&key).payload("partition probe"), Duration::from_secs(30))
+            .await
+            .expect("Kafka acknowledged");
+        assert_eq!(delivery.partition as u32, java_partition(key.as_bytes(), partitions as u32), "key {key}");
+        used.insert(delivery.partition);
+    }
+    assert!(used.len() > 1, "200 keys spread over several partitions");
+}
+
+#[tokio::test]
+async fn a_client_that_is_not_ours_decodes_every_event_type() {
+    let settings = setup().await;
+    let python = std::env::var("KASSA_TEST_PYTHON")
+        .expect("KASSA_TEST_PYTHON: the Python with confluent-kafka that `scripts/dev up` installs (see `scripts/dev env`)");
+    let codec = Codec::new(&settings.schema_registry_url).unwrap();
+    let producer = kassa::kafka::producer(&settings).unwrap();
+    let mut expected = Vec::new();
+    let mut wanted = Vec::new();
+    for sample in samples::all() {
+        let (landed, json) = match &sample {
+            Sample::Checkout(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::InventoryCommand(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::InventoryEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::OrderRequest(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::OrderEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::PaymentEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::PaymentWebhook(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::ExpiryEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+        };
+        expected.push(serde_json::json!({ "key": landed.key, "value": json.unwrap() }));
+        wanted.push(serde_json::json!({ "topic": landed.topic.name(), "partition": landed.partition, "offset": landed.offset }));
+    }
+
+    let mut child = tokio::process::Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/foreign_consumer.py"))
+        .arg(&settings.kafka_brokers)
+        .arg(&settings.schema_registry_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the Python consumer");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(serde_json::to_string(&wanted).unwrap().as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the Python consumer finishes within 2 minutes")
+        .unwrap();
+    assert!(output.status.success(), "Python consumer failed: {:?}", output.status);
+    let decoded: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("JSON from Python");
+    assert_eq!(decoded.len(), expected.len());
+    for (theirs, ours) in decoded.iter().zip(&expected) {
+        assert_eq!(theirs, ours, "confluent-kafka's Avro deserializer reads what kassa wrote");
+    }
+}

@@ -1,0 +1,220 @@
+//! The checkout saga end to end with the simulated gateway, against real Kafka, the registry,
+//! Postgres and Redis: each test posts `POST /api/orders`, long-polls `GET /api/orders/{id}`, and
+//! checks what a user would: stock, payments at the provider, the audit trail, the events a
+//! downstream team reads.
+
+mod common;
+
+use std::time::Duration;
+
+use common::saga::{Placed, Saga, start_processors, stock};
+use kassa_processors::payments::gateway::simulated::{authenticate, intent_id_for};
+use kassa_processors::payments::ledger::idempotency_key;
+use kassa_schemas::events::orders::OrderEvent;
+use kassa_schemas::{Codec, Envelope};
+use rdkafka::Message;
+
+const SECRET: &str = "whsec_saga_test";
+const DONE: Duration = Duration::from_secs(60);
+
+async fn saga() -> Saga {
+    start_processors(&[("KASSA_PAYMENT_ACTION_SECONDS", "5"), ("KASSA_PAYMENT_RECHECK_SECONDS", "1")]).await;
+    Saga::new(Some(SECRET), None).await
+}
+
+/// The simulated intent of an order (its id derives from the creating idempotency key).
+fn intent_of(order: &str) -> String {
+    intent_id_for(&idempotency_key(order, "create"))
+}
+
+/// Sends a Stripe-style event about `order`'s intent to the API, signed as the provider would.
+async fn webhook(saga: &Saga, event_id: &str, kind: &str, order: &str) -> reqwest::StatusCode {
+    saga.webhook(SECRET, event_id, kind, order, &intent_of(order)).await
+}
+
+/// The states an order went through, from its audit trail (applied steps only).
+async fn path(saga: &Saga, order: &str) -> Vec<String> {
+    let mut states = vec!["pending".to_owned()];
+    for (from, to, applied) in saga.trail(order).await {
+        if applied && from != to {
+            states.push(to.unwrap());
+        }
+    }
+    states
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_completes_with_stock_committed_and_the_payment_captured() {
+    let saga = saga().await;
+    let (tee, mug) = (saga.sku("TEE"), saga.sku("MUG"));
+    saga.product(&tee, 1999, 10).await;
+    saga.product(&mug, 850, 5).await;
+    let events_from = common::inventory::end_offsets(&saga.api.settings, "orders.events");
+    let order = saga.place("pm_card_visa", &[(&tee, 2), (&mug, 1)]).await;
+
+    let done = saga.wait_status(&order, "completed", DONE).await;
+    assert_eq!(done["total_minor"], 2 * 1999 + 850);
+    assert_eq!(done["payment"]["provider"], "simulated");
+    assert_eq!(done["payment"]["provider_ref"], intent_of(&order.id).as_str());
+    let steps: Vec<&str> = done["transitions"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
+    let expected = ["pending", "reserved", "authorizing", "authorized", "authorized", "confirmed", "completed"];
+    assert_eq!(steps, expected, "the audit trail, served (a line at a time while pending and authorized)");
+    assert_eq!(stock(saga.pool(), &tee).await, Some((8, 0, 2)), "two tees sold");
+    assert_eq!(stock(saga.pool(), &mug).await, Some((4, 0, 1)), "one mug sold");
+    assert_eq!(
+        saga.sim_effects(&order.id).await,
+        [("authorize".to_owned(), 4848), ("capture".to_owned(), 4848)],
+        "authorized once, captured once, the order total"
+    );
+    assert_eq!(path(&saga, &order.id).await, ["pending", "reserved", "authorizing", "authorized", "confirmed", "completed"]);
+
+    // The fulfilment event a warehouse reads: every line, the total, the customer.
+    let key = order.id.clone();
+    let codec = Codec::new(&saga.api.settings.schema_registry_url).unwrap();
+    let messages = common::inventory::read_until(
+        &saga.api.settings,
+        "orders.events",
+        &events_from,
+        DONE,
+        |m| m.key() == Some(key.as_bytes()),
+        |n| n >= 4,
+    );
+    let mut completed = None;
+    for m in &messages {
+        let event: Envelope<OrderEvent> = codec.decode(m.payload().unwrap()).await.unwrap();
+        if let OrderEvent::OrderCompleted(c) = event.payload {
+            completed = Some(c);
+        }
+    }
+    let completed = completed.expect("an OrderCompleted event");
+    assert_eq!((completed.customer_id.as_str(), completed.total_minor, completed.lines.len()), (order.customer.as_str(), 4848, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_line_out_of_stock_rejects_the_order_releases_the_others_and_charges_nothing() {
+    let saga = saga().await;
+    let (plenty, scarce) = (saga.sku("PLENTY"), saga.sku("SCARCE"));
+    saga.product(&plenty, 500, 10).await;
+    saga.product(&scarce, 700, 1).await;
+    let order = saga.place("pm_card_visa", &[(&plenty, 3), (&scarce, 2)]).await;
+
+    let rejected = saga.wait_status(&order, "rejected", DONE).await;
+    assert_eq!(rejected["reason"], "out_of_stock");
+    saga.wait_stock(&plenty, (10, 0, 0)).await;
+    assert_eq!(stock(saga.pool(), &scarce).await, Some((1, 0, 0)));
+    assert!(saga.sim_effects(&order.id).await.is_empty(), "no payment was attempted");
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments WHERE order_id = $1")
+        .bind(&order.id)
+        .fetch_one(saga.pool())
+        .await
+        .unwrap();
+    assert_eq!(payments, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_card_cancels_the_order_and_gives_all_stock_back() {
+    let saga = saga().await;
+    let sku = saga.sku("DECLINE");
+    saga.product(&sku, 1200, 4).await;
+    let order = saga.place("pm_card_chargeDeclined", &[(&sku, 3)]).await;
+
+    let cancelled = saga.wait_status(&order, "cancelled", DONE).await;
+    assert_eq!(cancelled["reason"], "payment_declined");
+    assert_eq!(cancelled["detail"], "Your card was declined.");
+    saga.wait_stock(&sku, (4, 0, 0)).await;
+    assert!(saga.sim_effects(&order.id).await.is_empty(), "nothing was authorized");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_d_secure_never_completed_cancels_at_the_deadline_and_voids() {
+    let saga = saga().await;
+    let sku = saga.sku("3DS-LATE");
+    saga.product(&sku, 3000, 2).await;
+    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 1)]).await;
+
+    let waiting = saga.wait_status(&order, "action_required", DONE).await;
+    let secret = waiting["next_action"]["client_secret"].as_str().expect("the client secret for Stripe.js");
+    assert!(secret.starts_with(&intent_of(&order.id)), "{secret}");
+    assert!(waiting["next_action"]["due_at"].is_string());
+
+    let cancelled = saga.wait_status(&order, "cancelled", DONE).await;
+    assert_eq!(cancelled["reason"], "payment_action_expired");
+    saga.wait_undone(&sku, 2, &intent_of(&order.id)).await;
+    let (due, fired): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT due_at, fired_at FROM expiry.deadlines WHERE order_id = $1 AND kind = 'payment_action'",
+    )
+    .bind(&order.id)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(fired >= due && fired - due < chrono::Duration::seconds(2), "fired {} ms after it was due", (fired - due).num_milliseconds());
+}
+
+/// Waits for 3-D Secure, completes it at the provider as the customer would, and tells kassa
+/// with `copies` simultaneous deliveries of one signed webhook.
+async fn complete_three_d_secure(saga: &Saga, order: &Placed, copies: usize) {
+    saga.wait_status(order, "action_required", DONE).await;
+    assert!(authenticate(saga.pool(), &intent_of(&order.id), true).await.unwrap(), "the intent waited for 3-D Secure");
+    let event = format!("evt_{}", uuid::Uuid::new_v4().simple());
+    let deliveries = (0..copies).map(|_| webhook(saga, &event, "payment_intent.amount_capturable_updated", &order.id));
+    for status in futures::future::join_all(deliveries).await {
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_d_secure_completed_at_the_provider_completes_the_order() {
+    let saga = saga().await;
+    let sku = saga.sku("3DS-OK");
+    saga.product(&sku, 4500, 3).await;
+    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 1)]).await;
+    complete_three_d_secure(&saga, &order, 1).await;
+
+    saga.wait_status(&order, "completed", DONE).await;
+    assert_eq!(stock(saga.pool(), &sku).await, Some((2, 0, 1)));
+    assert_eq!(saga.sim_effects(&order.id).await, [("authorize".to_owned(), 4500), ("capture".to_owned(), 4500)]);
+    assert_eq!(
+        path(&saga, &order.id).await,
+        ["pending", "reserved", "authorizing", "action_required", "authorized", "confirmed", "completed"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_webhook_three_times_at_once_is_settled_once() {
+    let saga = saga().await;
+    let sku = saga.sku("WEBHOOK-3X");
+    saga.product(&sku, 999, 3).await;
+    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 1)]).await;
+    complete_three_d_secure(&saga, &order, 3).await;
+
+    saga.wait_status(&order, "completed", DONE).await;
+    let kept: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT provider_event_id, outcome FROM payments.webhooks WHERE order_id = $1")
+            .bind(&order.id)
+            .fetch_all(saga.pool())
+            .await
+            .unwrap();
+    assert_eq!(kept.len(), 1, "recorded once: {kept:?}");
+    assert_eq!(saga.sim_effects(&order.id).await, [("authorize".to_owned(), 999), ("capture".to_owned(), 999)]);
+    let authorized_steps = saga.trail(&order.id).await.iter().filter(|(_, to, a)| *a && to.as_deref() == Some("authorized")).count();
+    assert_eq!(authorized_steps, 1, "authorized once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_cancels_while_payment_waits_and_everything_is_undone() {
+    let saga = saga().await;
+    let sku = saga.sku("CANCEL");
+    saga.product(&sku, 2500, 5).await;
+    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 2)]).await;
+    saga.wait_status(&order, "action_required", DONE).await;
+    assert_eq!(stock(saga.pool(), &sku).await, Some((3, 2, 0)), "two units held");
+
+    saga.cancel(&order).await;
+    let cancelled = saga.wait_status(&order, "cancelled", DONE).await;
+    assert_eq!(cancelled["reason"], "customer_requested");
+    saga.wait_undone(&sku, 5, &intent_of(&order.id)).await;
+    let trail = saga.trail(&order.id).await;
+    assert!(trail.iter().any(|(from, to, applied)| *applied
+        && from.as_deref() == Some("action_required")
+        && to.as_deref() == Some("cancelled")));
+}

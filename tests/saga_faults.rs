@@ -1,0 +1,295 @@
+//! The checkout saga under faults, against real Kafka, the registry, Postgres and Redis, with a
+//! simulated provider that times out, loses answers and fails with 500s: a webhook that comes
+//! before its payment exists is kept and applied; every order is authorized and captured exactly
+//! once; and a 2,000-order run with each processor SIGKILLed once ends with every order decided
+//! and the books square (stock and money).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::saga::{Placed, Saga, start_processor, start_processors, stop_processor, wait_for, with_processor};
+use futures::StreamExt;
+use kassa_processors::payments::gateway::simulated::intent_id_for;
+use kassa_processors::payments::ledger::idempotency_key;
+
+const SECRET: &str = "whsec_saga_faults_test";
+const FAULTS: &str = "transient=0.1,timeout=0.1,lost=0.1";
+const ENV: &[(&str, &str)] = &[
+    ("KASSA_SIM_FAULTS", FAULTS),
+    ("KASSA_PAYMENT_ACTION_SECONDS", "5"),
+    ("KASSA_PAYMENT_RECHECK_SECONDS", "1"),
+    // Static membership: a restarted processor gets its partitions back at once.
+    ("KASSA_INSTANCE_ID", "saga-faults"),
+];
+
+/// The tests stop and kill the shared processors: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn saga() -> Saga {
+    start_processors(ENV).await;
+    Saga::new(Some(SECRET), None).await
+}
+
+/// Effects at the simulated provider per order: (authorizations, captures, captured amount).
+async fn effects(saga: &Saga, orders: &[String]) -> HashMap<String, (i64, i64, i64)> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT i.order_id,
+                count(*) FILTER (WHERE e.kind = 'authorize'),
+                count(*) FILTER (WHERE e.kind = 'capture'),
+                coalesce(sum(e.amount_minor) FILTER (WHERE e.kind = 'capture'), 0)::bigint
+         FROM simulator.intents i JOIN simulator.effects e ON e.intent_id = i.id
+         WHERE i.order_id = ANY($1) GROUP BY i.order_id",
+    )
+    .bind(orders)
+    .fetch_all(saga.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(|(o, a, c, m)| (o, (a, c, m))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_before_its_payment_exists_is_kept_and_applied() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let sku = saga.sku("EARLY");
+    saga.product(&sku, 1500, 2).await;
+    stop_processor("payments");
+    let order = saga.place("pm_card_visa", &[(&sku, 1)]).await;
+    saga.wait_status(&order, "authorizing", Duration::from_secs(60)).await;
+
+    // The provider tells before kassa has even created the payment.
+    let intent = intent_id_for(&idempotency_key(&order.id, "create"));
+    let event = format!("evt_{}", uuid::Uuid::new_v4().simple());
+    let delivered = saga.webhook(SECRET, &event, "payment_intent.amount_capturable_updated", &order.id, &intent).await;
+    assert_eq!(delivered, 200);
+
+    start_processor("payments", ENV);
+    saga.wait_status(&order, "completed", Duration::from_secs(90)).await;
+    let (outcome, webhook_at, payment_at): (Option<String>, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT w.outcome, w.received_at, p.created_at FROM payments.webhooks w
+             JOIN payments.payments p USING (order_id) WHERE w.order_id = $1",
+        )
+        .bind(&order.id)
+        .fetch_one(saga.pool())
+        .await
+        .unwrap();
+    assert!(webhook_at < payment_at, "the webhook came first ({webhook_at} < {payment_at})");
+    assert!(outcome.is_some(), "applied once the payment existed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_and_lost_answers_still_authorize_and_capture_each_order_once() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let sku = saga.sku("FLAKY");
+    saga.product(&sku, 1234, 100).await;
+    let mut orders = Vec::new();
+    for _ in 0..30 {
+        orders.push(saga.place("pm_card_visa", &[(&sku, 1)]).await);
+    }
+    for order in &orders {
+        saga.wait_status(order, "completed", Duration::from_secs(120)).await;
+    }
+    let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+    let effects = effects(&saga, &ids).await;
+    for id in &ids {
+        assert_eq!(effects.get(id), Some(&(1, 1, 1234)), "order {id}: one authorization, one capture of the total");
+    }
+    let unsure: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments.attempts WHERE order_id = ANY($1) AND outcome IN ('ambiguous', 'retry')",
+    )
+    .bind(&ids)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(unsure > 0, "the provider's faults were met (and survived)");
+}
+
+/// The value at fraction `p` of `sorted` (0 when empty).
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_books_square() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    // 20 SKUs; the first five scarce so that some orders are rejected.
+    let skus: Vec<String> = (0..20).map(|i| saga.sku(&format!("K{i}"))).collect();
+    let mut initial = HashMap::new();
+    for (i, sku) in skus.iter().enumerate() {
+        let on_hand = if i < 5 { 40 } else { 1_000 };
+        saga.product(sku, 100 + i as i64 * 10, on_hand).await;
+        initial.insert(sku.clone(), on_hand);
+    }
+    const ORDERS: usize = 2_000;
+    let kills = [(300, "inventory"), (700, "orders"), (1_100, "payments"), (1_500, "expiry")];
+    let plan: Vec<(String, Vec<(String, i32)>)> = (0..ORDERS)
+        .map(|n| {
+            let method = match n % 20 {
+                0 | 1 => "pm_card_chargeDeclined",
+                2 => "pm_card_threeDSecure2Required",
+                _ => "pm_card_visa",
+            };
+            let lines = vec![(skus[n % 20].clone(), 1 + (n % 3) as i32), (skus[(n * 7 + 3) % 20].clone(), 1)];
+            let lines = if lines[0].0 == lines[1].0 { vec![lines[0].clone()] } else { lines };
+            (method.to_owned(), lines)
+        })
+        .collect();
+
+    // As fast as 16 clients go, or paced at KASSA_SAGA_RUN_RATE orders/s (to measure below saturation).
+    let rate: Option<f64> = std::env::var("KASSA_SAGA_RUN_RATE").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0.0);
+    let started = Instant::now();
+    let mut accepted: Vec<(Placed, chrono::DateTime<chrono::Utc>)> = Vec::with_capacity(ORDERS);
+    let saga_ref = &saga;
+    let mut placing = futures::stream::iter(plan.iter().enumerate())
+        .map(|(n, (method, lines))| async move {
+            if let Some(rate) = rate {
+                // Open loop: each order at its intended time.
+                tokio::time::sleep_until((started + Duration::from_secs_f64(n as f64 / rate)).into()).await;
+            }
+            let lines: Vec<(&str, i32)> = lines.iter().map(|(s, q)| (s.as_str(), *q)).collect();
+            let order = saga_ref.place(method, &lines).await;
+            (order, chrono::Utc::now())
+        })
+        .buffer_unordered(16);
+    let mut placed = 0;
+    while let Some((order, at)) = placing.next().await {
+        accepted.push((order, at));
+        placed += 1;
+        if let Some((_, victim)) = kills.iter().find(|(when, _)| *when == placed) {
+            with_processor(victim, |p| p.restart_after_kill());
+            eprintln!("killed and restarted {victim} after {placed} orders");
+        }
+    }
+    let placing_took = started.elapsed();
+
+    // Every order reaches a final state.
+    let ids: Vec<String> = accepted.iter().map(|(o, _)| o.id.clone()).collect();
+    let pool = saga.pool().clone();
+    wait_for(Duration::from_secs(300), "every order completed, rejected or cancelled", || {
+        let (pool, ids) = (pool.clone(), ids.clone());
+        async move {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT $2::bigint - count(*) FROM orders.orders WHERE order_id = ANY($1) AND state IN ('completed', 'rejected', 'cancelled')",
+            )
+            .bind(&ids)
+            .bind(ids.len() as i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            open == 0
+        }
+    })
+    .await;
+    let finals: Vec<(String, String, i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT order_id, state, total_minor, updated_at FROM orders.orders WHERE order_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(saga.pool())
+            .await
+            .unwrap();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (_, state, _, _) in &finals {
+        *counts.entry(state.as_str()).or_default() += 1;
+    }
+
+    // Stock squares: nothing held, nothing oversold, committed = what completed orders bought.
+    let mut bought: HashMap<String, i64> = HashMap::new();
+    let completed: Vec<&String> = finals.iter().filter(|f| f.1 == "completed").map(|f| &f.0).collect();
+    let lines: Vec<(String, String, i32, String)> =
+        sqlx::query_as("SELECT order_id, sku, quantity, status FROM inventory.reservations WHERE order_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(saga.pool())
+            .await
+            .unwrap();
+    let (mut held, mut released, mut committed) = (0i64, 0i64, 0i64);
+    for (order, sku, quantity, status) in &lines {
+        match status.as_str() {
+            "committed" => {
+                committed += i64::from(*quantity);
+                assert!(completed.contains(&order), "stock committed for {order}, which did not complete");
+                *bought.entry(sku.clone()).or_default() += i64::from(*quantity);
+            }
+            "released" => released += i64::from(*quantity),
+            "active" => held += i64::from(*quantity),
+            _ => {}
+        }
+    }
+    assert_eq!(held, 0, "no units are still held once every order is decided");
+    for sku in &skus {
+        let (on_hand, reserved, sold) = common::saga::stock(saga.pool(), sku).await.unwrap();
+        assert_eq!(reserved, 0, "{sku}: nothing reserved at the end");
+        assert_eq!(sold, bought.get(sku).copied().unwrap_or(0), "{sku}: sold = what completed orders bought");
+        assert_eq!(on_hand + sold, initial[sku], "{sku}: units are conserved");
+    }
+
+    // Money squares: captured = the totals of completed orders; nobody is charged twice.
+    let effects = effects(&saga, &ids).await;
+    let mut captured_total = 0;
+    let mut completed_total = 0;
+    for (order, state, total, _) in &finals {
+        let (authorizations, captures, captured) = effects.get(order).copied().unwrap_or((0, 0, 0));
+        assert!(authorizations <= 1 && captures <= 1, "order {order}: {authorizations} authorizations, {captures} captures");
+        if state == "completed" {
+            assert_eq!((captures, captured), (1, *total), "order {order}: captured its total once");
+            completed_total += total;
+        } else {
+            assert_eq!(captures, 0, "order {order} ({state}) was not charged");
+        }
+        captured_total += captured;
+    }
+    assert_eq!(captured_total, completed_total, "captured money = the sum of completed orders");
+    // An authorization of an order that did not complete was voided at the provider.
+    let dangling: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM simulator.intents i JOIN orders.orders o USING (order_id)
+         WHERE i.order_id = ANY($1) AND o.state <> 'completed' AND i.status = 'requires_capture'",
+    )
+    .bind(&ids)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert_eq!(dangling, 0, "no authorization is left open on an undone order");
+
+    // The figures of the run.
+    let accepted_at: HashMap<&str, chrono::DateTime<chrono::Utc>> =
+        accepted.iter().map(|(o, at)| (o.id.as_str(), *at)).collect();
+    let mut latencies: Vec<i64> = finals
+        .iter()
+        .filter(|f| f.1 == "completed")
+        .map(|(id, _, _, at)| (*at - accepted_at[id.as_str()]).num_milliseconds())
+        .collect();
+    latencies.sort_unstable();
+    let confirmed_at: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT order_id, min(at) FROM orders.transitions WHERE order_id = ANY($1) AND applied AND to_state = 'confirmed' GROUP BY 1",
+    )
+    .bind(&ids)
+    .fetch_all(saga.pool())
+    .await
+    .unwrap();
+    let mut to_confirmed: Vec<i64> =
+        confirmed_at.iter().map(|(id, at)| (*at - accepted_at[id.as_str()]).num_milliseconds()).collect();
+    to_confirmed.sort_unstable();
+    eprintln!(
+        "2,000-order run: placed in {:.1} s ({} answers 503, retried); completed {}, rejected {}, cancelled {}; units reserved {}, released {}, committed {}; \
+         captured {} minor units; accept -> confirmed p50 {} ms, p99 {} ms; accept -> completed p50 {} ms, p99 {} ms, max {} ms",
+        placing_took.as_secs_f64(),
+        saga.unavailable.load(std::sync::atomic::Ordering::Relaxed),
+        counts.get("completed").unwrap_or(&0),
+        counts.get("rejected").unwrap_or(&0),
+        counts.get("cancelled").unwrap_or(&0),
+        released + committed,
+        released,
+        committed,
+        captured_total,
+        percentile(&to_confirmed, 0.5),
+        percentile(&to_confirmed, 0.99),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap_or(&0),
+    );
+    assert!(counts.get("completed").copied().unwrap_or(0) > ORDERS / 2, "most orders complete: {counts:?}");
+    assert!(counts.contains_key("rejected") && counts.contains_key("cancelled"), "every outcome happened: {counts:?}");
+}
