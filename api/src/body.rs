@@ -77,6 +77,12 @@ pub async fn buffer_body(request: Request, next: axum::middleware::Next) -> axum
     let (parts, body) = request.into_parts();
     match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Err(_) => Problem::too_large(MAX_BODY_BYTES).into_response(),
+        Err(_) => {
+            // The rest of the body is never read, so the connection cannot carry another request:
+            // say so, and clients open a fresh one instead of writing into a closed socket.
+            let mut response = Problem::too_large(MAX_BODY_BYTES).into_response();
+            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            response
+        }
     }
 }
