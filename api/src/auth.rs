@@ -62,32 +62,44 @@ pub async fn create_key(pool: &PgPool, kind: KeyKind, name: &str) -> Result<Stri
 /// within this time).
 const CACHE_FOR: Duration = Duration::from_secs(30);
 
-/// Recent key lookups: (hash, kind) → (name if valid, when looked up).
+/// One key's lookup: started once, shared by every request that needs it meanwhile.
+type Lookup = std::sync::Arc<tokio::sync::OnceCell<Option<String>>>;
+
+/// Recent key lookups: (hash, kind) → (the lookup, when it began). Requests that arrive together
+/// with a key not cached (a burst at start-up, or when an entry expires) share one query, so a
+/// flash-sale burst never queues a thousand identical queries for the database pool.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<(Vec<u8>, KeyKind), (Option<String>, Instant)>>,
+    entries: Mutex<HashMap<(Vec<u8>, KeyKind), (Lookup, Instant)>>,
 }
 
 /// The name of the live key of `kind` whose secret is `secret`, if any.
 async fn lookup(pool: &PgPool, cache: &KeyCache, kind: KeyKind, secret: &str) -> Result<Option<String>, sqlx::Error> {
     let key = (hash(secret), kind);
-    if let Some((name, at)) = cache.entries.lock().expect("key cache").get(&key) {
-        if at.elapsed() < CACHE_FOR {
-            return Ok(name.clone());
+    let cell = {
+        let mut entries = cache.entries.lock().expect("key cache");
+        match entries.get(&key) {
+            Some((cell, at)) if at.elapsed() < CACHE_FOR => cell.clone(),
+            _ => {
+                if entries.len() > 10_000 {
+                    entries.clear(); // bounded: a flood of made-up keys cannot grow it without end
+                }
+                let cell = Lookup::default();
+                entries.insert(key.clone(), (cell.clone(), Instant::now()));
+                cell
+            }
         }
-    }
-    let name: Option<String> =
-        sqlx::query_scalar("SELECT name FROM api.api_keys WHERE key_hash = $1 AND kind = $2 AND revoked_at IS NULL")
-            .bind(&key.0)
-            .bind(kind.as_str())
-            .fetch_optional(pool)
-            .await?;
-    let mut entries = cache.entries.lock().expect("key cache");
-    if entries.len() > 10_000 {
-        entries.clear(); // bounded: a flood of made-up keys cannot grow it without end
-    }
-    entries.insert(key, (name.clone(), Instant::now()));
-    Ok(name)
+    };
+    // A failed query leaves the cell empty: the next request (or a waiting one) asks again.
+    let name = cell
+        .get_or_try_init(|| {
+            sqlx::query_scalar("SELECT name FROM api.api_keys WHERE key_hash = $1 AND kind = $2 AND revoked_at IS NULL")
+                .bind(&key.0)
+                .bind(kind.as_str())
+                .fetch_optional(pool)
+        })
+        .await?;
+    Ok(name.clone())
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {

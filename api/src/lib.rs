@@ -213,7 +213,13 @@ async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
             return None;
         }
     };
-    match tokio::time::timeout(Duration::from_secs(3), redis::aio::ConnectionManager::new(client)).await {
+    // The client's default 500 ms answer deadline is shorter than a burst of a flash sale can make
+    // a busy API wait for its turn to read Redis' answer: the gate would then fail open while
+    // Redis is up, and let more buyers in than it has tokens. A refused connection still fails at once.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    match tokio::time::timeout(Duration::from_secs(3), redis::aio::ConnectionManager::new_with_config(client, config)).await {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Redis unreachable: flash-sale gate fails open");
