@@ -114,8 +114,8 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
 
     // Left alone, a guest cart expires (polled, with a deadline well past its 2 s life).
     let lonely = format!("/api/carts/guest-{}", uuid::Uuid::new_v4().simple());
+    let started = std::time::Instant::now(); // before the write that starts its 2 s life
     api.req(Method::PUT, &lonely, None).json(&json!({"items": {api.skus[0].as_str(): 1}})).send().await.unwrap();
-    let started = std::time::Instant::now();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     poll.tick().await;
     // Peek without sliding: only the expiry may remove it, so wait for Redis to say it is gone.

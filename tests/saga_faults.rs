@@ -185,6 +185,24 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
         }
     })
     .await;
+    // Compensation trails the final state: releases go through the outbox and inventory.commands,
+    // voids through payments' worker. Wait for both to settle before squaring the books.
+    wait_for(Duration::from_secs(120), "every hold of a decided order released or committed, every open authorization of an undone order voided", || {
+        let (pool, ids) = (pool.clone(), ids.clone());
+        async move {
+            let (held, dangling): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id = ANY($1) AND status = 'active'),
+                        (SELECT count(*) FROM simulator.intents i JOIN orders.orders o USING (order_id)
+                         WHERE i.order_id = ANY($1) AND o.state <> 'completed' AND i.status = 'requires_capture')",
+            )
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            held == 0 && dangling == 0
+        }
+    })
+    .await;
     let finals: Vec<(String, String, i64, chrono::DateTime<chrono::Utc>)> =
         sqlx::query_as("SELECT order_id, state, total_minor, updated_at FROM orders.orders WHERE order_id = ANY($1)")
             .bind(&ids)

@@ -31,7 +31,9 @@ async fn saga() -> Saga {
     let saga = Saga::new(Some(SECRET), None).await;
     let registered = saga
         .http
-        .post(format!("{base}/_config/webhooks/kassa-saga-stripe-test"))
+        // One hook per test: localstripe delivers every event to every hook, so each test's API
+        // hears its own events even after another test (and its API) has finished.
+        .post(format!("{base}/_config/webhooks/kassa-saga-stripe-{}", saga.run))
         .form(&[("url", format!("{}/webhooks/stripe", saga.api.base)), ("secret", SECRET.to_owned())])
         .send()
         .await
