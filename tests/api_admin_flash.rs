@@ -39,15 +39,16 @@ impl Api {
         sku
     }
 
-    async fn order(&self, key: &str, customer: &str, sku: &str, quantity: i32) -> reqwest::Response {
+    fn order_request(&self, key: &str, customer: &str, sku: &str, quantity: i32) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}/api/orders", self.base))
             .bearer_auth(&self.storefront)
             .header("Idempotency-Key", key)
             .json(&json!({"customer_id": customer, "payment_method_id": "pm_card_visa", "lines": [{"sku": sku, "quantity": quantity}]}))
-            .send()
-            .await
-            .unwrap()
+    }
+
+    async fn order(&self, key: &str, customer: &str, sku: &str, quantity: i32) -> reqwest::Response {
+        self.order_request(key, customer, sku, quantity).send().await.unwrap()
     }
 }
 
@@ -71,16 +72,8 @@ async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
             let started = std::time::Instant::now();
             // A buyer told 503 (the burst outran the database pool) retries with the same key
             // after Retry-After, as a storefront would; the key makes the retry the same order.
-            for _attempt in 1..5 {
-                let response = api.order(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1).await;
-                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                let outcome = code_of(response).await;
-                if outcome.0 != 503 {
-                    return (outcome, started.elapsed());
-                }
-                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await; // as the server asked
-            }
-            (code_of(api.order(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1).await).await, started.elapsed())
+            let (response, _) = common::api::send_honouring_503(|| api.order_request(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1), 5).await;
+            (code_of(response).await, started.elapsed())
         }
     });
     let results = futures::future::join_all(attempts).await;

@@ -60,15 +60,8 @@ impl Api {
 
     /// Posts like a storefront that honours 503 + Retry-After: the same key again, a few times.
     async fn post_retrying(&self, key: &str, body: &Value) -> reqwest::Response {
-        for _attempt in 1..5 {
-            let response = self.post(Some(key), body).await;
-            if response.status().as_u16() != 503 {
-                return response;
-            }
-            let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await; // as the server asked
-        }
-        self.post(Some(key), body).await
+        let request = || self.http.post(format!("{}/api/orders", self.base)).bearer_auth(&self.key).header("Idempotency-Key", key).json(body);
+        common::api::send_honouring_503(request, 5).await.0
     }
 }
 

@@ -147,28 +147,15 @@ impl Saga {
         let lines: Vec<Value> = lines.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect();
         let key = uuid::Uuid::new_v4().to_string();
         let body = json!({"customer_id": customer, "payment_method_id": payment_method, "lines": lines});
-        for _ in 0..10 {
-            let response = self
-                .http
-                .post(format!("{}/api/orders", self.api.base))
-                .bearer_auth(&self.api.storefront)
-                .header("Idempotency-Key", &key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let answer: Value = response.json().await.unwrap();
-            if status == 503 {
-                self.unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await; // as Retry-After asks
-                continue;
-            }
-            assert_eq!(status, 202, "order accepted: {answer}");
-            return answer["order_id"].as_str().unwrap().to_owned();
-        }
-        panic!("the API stayed unavailable for an order of {customer}");
+        let request = || {
+            self.http.post(format!("{}/api/orders", self.api.base)).bearer_auth(&self.api.storefront).header("Idempotency-Key", &key).json(&body)
+        };
+        let (response, unavailable) = super::api::send_honouring_503(request, 10).await;
+        self.unavailable.fetch_add(unavailable, std::sync::atomic::Ordering::Relaxed);
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 202, "order of {customer} accepted: {answer}");
+        answer["order_id"].as_str().unwrap().to_owned()
     }
 
     /// `GET /api/orders/{id}` as its customer.
