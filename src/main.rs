@@ -138,6 +138,15 @@ enum BenchWhat {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// The whole checkout in one process (API + processors, simulated gateway): accept → confirmed and → completed latencies.
+    Saga {
+        /// Orders to place.
+        #[arg(long, default_value_t = 2_000)]
+        orders: usize,
+        /// Orders per second, open loop.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
     /// Reservation requests → committed outcome events, kassa's processor vs one row lock per request.
     Inventory {
         /// SKUs the requests spread over (1 = one hot SKU).
@@ -257,6 +266,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { what: BenchWhat::Api { rates, flash_rate, seconds } } => {
             kassa::bench::api::run(&settings, &rates, flash_rate, seconds).await?;
+        }
+        Command::Bench { what: BenchWhat::Saga { orders, rate } } => {
+            kassa::bench::saga::run(&settings, orders, rate).await?;
         }
         Command::Bench { what: BenchWhat::Inventory { skus, requests } } => {
             kassa::bench::inventory(&settings, skus, requests).await?;

@@ -3,6 +3,7 @@
 
 pub mod api;
 mod naive;
+pub mod saga;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,161 @@
+//! `kassa bench saga`: the whole checkout, in one process: the API and every processor with the
+//! simulated gateway. Orders go in open-loop over HTTP; each order's accept time (its 202) is
+//! compared with the times its audit trail records for `confirmed` and `completed`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
+use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
+use serde_json::json;
+
+use super::{Outcomes, send};
+use crate::settings::Settings;
+
+/// SKUs the orders spread over.
+const SKUS: usize = 20;
+
+/// Runs `orders` single-line orders at `rate` a second through the whole saga.
+pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(orders > 0 && rate > 0, "--orders and --rate must be positive");
+    let pool = crate::migrate::connect(settings).await?;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let key = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Storefront, &format!("bench-saga-{run}")).await?;
+    let skus: Vec<String> = (0..SKUS).map(|i| format!("BSAGA-{run}-{i}")).collect();
+    for sku in &skus {
+        sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
+            .bind(sku)
+            .execute(&pool)
+            .await?;
+    }
+
+    // Every processor and the API in this process, as `kassa run all` starts them.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut processors = tokio::task::JoinSet::new();
+    for group in ConsumerGroup::ALL {
+        let config = settings.processor_config().map_err(anyhow::Error::msg)?;
+        processors.spawn(kassa_processors::run(group, config, stopped.clone()));
+    }
+    let mut config = settings.api_config();
+    config.addr = "127.0.0.1:0".parse()?;
+    config.rate_limits = kassa_api::limits::RateLimits { storefront_per_second: 1_000_000, customer_per_second: 1_000_000 };
+    let base = format!("http://{}", kassa_api::spawn(&config).await?);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?;
+
+    // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
+    let codec = Codec::new(&settings.schema_registry_url)?;
+    let producer = crate::kafka::producer(settings)?;
+    let stocked = Outcomes::start(settings, Topic::InventoryEvents.name(), format!("BSAGA-{run}"));
+    for sku in &skus {
+        let command = InventoryCommand::SetStock(SetStock { sku: sku.clone(), on_hand: orders as i64, reason: "bench".into() });
+        send(&producer, &codec, sku, &Envelope::new(sku, None, command)).await?;
+    }
+    stocked.wait(skus.len(), Duration::from_secs(120)).await?;
+    println!("saga bench: {orders} orders at {rate}/s over HTTP, one line each, simulated gateway (pm_card_visa), API and processors in this process");
+
+    let accepted = place(&http, &base, &key, &skus, &run, orders, rate).await;
+    let ids: Vec<String> = accepted.keys().cloned().collect();
+    let finals = wait_final(&pool, &ids, Duration::from_secs(300)).await?;
+    let _ = stop.send(true);
+    while processors.join_next().await.is_some() {}
+
+    let confirmed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT order_id, min(at) FROM orders.transitions WHERE order_id = ANY($1) AND applied AND to_state = 'confirmed' GROUP BY 1",
+    )
+    .bind(&ids)
+    .fetch_all(&pool)
+    .await?;
+    let mut to_confirmed: Vec<i64> = confirmed.iter().map(|(id, at)| (*at - accepted[id]).num_milliseconds()).collect();
+    let mut to_completed: Vec<i64> =
+        finals.iter().filter(|f| f.1 == "completed").map(|(id, _, at)| (*at - accepted[id]).num_milliseconds()).collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (_, state, _) in &finals {
+        *counts.entry(state.as_str()).or_default() += 1;
+    }
+    println!("accepted {} of {orders}; final states {counts:?}", accepted.len());
+    println!("{:<26} {:>8} {:>8} {:>8} {:>8}", "", "p50 ms", "p99 ms", "max ms", "orders");
+    for (label, latencies) in [("accept -> confirmed", &mut to_confirmed), ("accept -> completed", &mut to_completed)] {
+        latencies.sort_unstable();
+        let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!("{label:<26} {:>8} {:>8} {:>8} {:>8}", at(0.5), at(0.99), latencies.last().copied().unwrap_or(0), latencies.len());
+    }
+    println!("target: accept -> confirmed p99 < 1000 ms");
+    Ok(())
+}
+
+/// Places the orders open-loop; returns each accepted order's id and the time of its 202. A 503
+/// is retried with the same Idempotency-Key after its Retry-After, as a storefront would.
+async fn place(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    skus: &[String],
+    run: &str,
+    orders: usize,
+    rate: u32,
+) -> HashMap<String, DateTime<Utc>> {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..orders {
+        tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+        let request = http
+            .post(format!("{base}/api/orders"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", format!("bsaga-{run}-{i}"))
+            .json(&json!({"customer_id": format!("bsaga-{run}-c{i}"), "payment_method_id": "pm_card_visa", "lines": [{"sku": skus[i % skus.len()], "quantity": 1}]}));
+        tasks.spawn(async move {
+            for _attempt in 0..5 {
+                let response = request.try_clone()?.send().await.ok()?;
+                if response.status() == reqwest::StatusCode::ACCEPTED {
+                    let at = Utc::now();
+                    let body: serde_json::Value = response.json().await.ok()?;
+                    return Some((body["order_id"].as_str()?.to_owned(), at));
+                }
+                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await; // as Retry-After asks
+            }
+            None
+        });
+    }
+    let mut accepted = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some((id, at))) = done {
+            accepted.insert(id, at);
+        }
+    }
+    accepted
+}
+
+/// Waits until every order is completed, rejected or cancelled; returns (id, state, updated at).
+async fn wait_final(
+    pool: &sqlx::PgPool,
+    ids: &[String],
+    within: Duration,
+) -> anyhow::Result<Vec<(String, String, DateTime<Utc>)>> {
+    let started = std::time::Instant::now();
+    let mut last_report = std::time::Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let finals: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT order_id, state, updated_at FROM orders.orders
+             WHERE order_id = ANY($1) AND state IN ('completed', 'rejected', 'cancelled')",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+        if finals.len() == ids.len() {
+            return Ok(finals);
+        }
+        anyhow::ensure!(started.elapsed() < within, "only {} of {} orders ended within {within:?}", finals.len(), ids.len());
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("  … {} / {} orders ended", finals.len(), ids.len());
+            last_report = std::time::Instant::now();
+        }
+        poll.tick().await;
+    }
+}
