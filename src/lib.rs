@@ -1,7 +1,9 @@
 //! kassa: the operator-facing pieces shared by the `kassa` binary and the integration tests —
-//! settings, database migrations, topic administration, processor offsets and the demo catalog.
+//! settings, database migrations, topic administration, processor offsets, the demo catalog and
+//! the storefront's HTTP retry behaviour.
 
 pub mod bench;
+pub mod http;
 pub mod kafka;
 pub mod migrate;
 pub mod offsets;

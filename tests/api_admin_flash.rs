@@ -72,7 +72,9 @@ async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
             let started = std::time::Instant::now();
             // A buyer told 503 (the burst outran the database pool) retries with the same key
             // after Retry-After, as a storefront would; the key makes the retry the same order.
-            let (response, _) = common::api::send_honouring_503(|| api.order_request(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1), 5).await;
+            let (response, _) = kassa::http::send_honouring_503(|| api.order_request(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1), 5)
+                .await
+                .expect("the API answers");
             (code_of(response).await, started.elapsed())
         }
     });

@@ -61,7 +61,7 @@ impl Api {
     /// Posts like a storefront that honours 503 + Retry-After: the same key again, a few times.
     async fn post_retrying(&self, key: &str, body: &Value) -> reqwest::Response {
         let request = || self.http.post(format!("{}/api/orders", self.base)).bearer_auth(&self.key).header("Idempotency-Key", key).json(body);
-        common::api::send_honouring_503(request, 5).await.0
+        kassa::http::send_honouring_503(request, 5).await.expect("the API answers").0
     }
 }
 

@@ -87,6 +87,24 @@ fn print_step(label: &str, s: &Step) {
     );
 }
 
+/// Puts `skus` in the catalog (19.99 EUR each) and starts the API in this process on a free
+/// loopback port, its rate limits lifted: a benchmark measures the work, not the limits. Returns
+/// its base URL and an HTTP client with room for many connections.
+pub(super) async fn serve_catalog(settings: &Settings, pool: &sqlx::PgPool, skus: &[String]) -> anyhow::Result<(String, reqwest::Client)> {
+    for sku in skus {
+        sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
+            .bind(sku)
+            .execute(pool)
+            .await?;
+    }
+    let mut config = settings.api_config();
+    config.addr = "127.0.0.1:0".parse()?;
+    config.rate_limits = kassa_api::limits::RateLimits { storefront_per_second: 1_000_000, customer_per_second: 1_000_000 };
+    let base = format!("http://{}", kassa_api::spawn(&config).await?);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?;
+    Ok((base, http))
+}
+
 /// Runs the benchmark at `rates` (requests per second), `seconds` each, against an in-process API;
 /// then the sold-out path at `flash_rate`.
 pub async fn run(settings: &Settings, rates: &[u32], flash_rate: u32, seconds: u64) -> anyhow::Result<()> {
@@ -95,18 +113,7 @@ pub async fn run(settings: &Settings, rates: &[u32], flash_rate: u32, seconds: u
     let key = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Storefront, &format!("bench-{run}")).await?;
     let admin = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Admin, &format!("bench-admin-{run}")).await?;
     let skus: Vec<String> = (0..20).map(|i| format!("BAPI-{run}-{i}")).collect();
-    for sku in &skus {
-        sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
-            .bind(sku)
-            .execute(&pool)
-            .await?;
-    }
-    let mut config = settings.api_config();
-    config.addr = "127.0.0.1:0".parse()?;
-    // The benchmark measures intake, not the limits: lift them for its storefront and customers.
-    config.rate_limits = kassa_api::limits::RateLimits { storefront_per_second: 1_000_000, customer_per_second: 1_000_000 };
-    let base = format!("http://{}", kassa_api::spawn(&config).await?);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?;
+    let (base, http) = serve_catalog(settings, &pool, &skus).await?;
 
     println!("api bench: POST /api/orders open-loop, {seconds} s per rate, 2 lines per order, API in this process (release build recommended)");
     println!("{:<28} {:>7} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}", "", "rate/s", "sent/s", "expected", "other", "p50 ms", "p99 ms", "p99.9 ms", "max ms");

@@ -23,12 +23,6 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let key = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Storefront, &format!("bench-saga-{run}")).await?;
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BSAGA-{run}-{i}")).collect();
-    for sku in &skus {
-        sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
-            .bind(sku)
-            .execute(&pool)
-            .await?;
-    }
 
     // Every processor and the API in this process, as `kassa run all` starts them.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -37,11 +31,7 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
         let config = settings.processor_config().map_err(anyhow::Error::msg)?;
         processors.spawn(kassa_processors::run(group, config, stopped.clone()));
     }
-    let mut config = settings.api_config();
-    config.addr = "127.0.0.1:0".parse()?;
-    config.rate_limits = kassa_api::limits::RateLimits { storefront_per_second: 1_000_000, customer_per_second: 1_000_000 };
-    let base = format!("http://{}", kassa_api::spawn(&config).await?);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?;
+    let (base, http) = super::api::serve_catalog(settings, &pool, &skus).await?;
 
     // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
     let codec = Codec::new(&settings.schema_registry_url)?;
@@ -106,20 +96,14 @@ async fn place(
             .header("Idempotency-Key", format!("bsaga-{run}-{i}"))
             .json(&json!({"customer_id": format!("bsaga-{run}-c{i}"), "payment_method_id": "pm_card_visa", "lines": [{"sku": skus[i % skus.len()], "quantity": 1}]}));
         tasks.spawn(async move {
-            for _attempt in 0..5 {
-                let response = request.try_clone()?.send().await.ok()?;
-                if response.status() == reqwest::StatusCode::ACCEPTED {
-                    let at = Utc::now();
-                    let body: serde_json::Value = response.json().await.ok()?;
-                    return Some((body["order_id"].as_str()?.to_owned(), at));
-                }
-                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await; // as Retry-After asks
+            let resend = || request.try_clone().expect("a JSON body can be sent again");
+            let (response, _) = crate::http::send_honouring_503(resend, 5).await.ok()?;
+            if response.status() != reqwest::StatusCode::ACCEPTED {
+                return None;
             }
-            None
+            let at = Utc::now();
+            let body: serde_json::Value = response.json().await.ok()?;
+            Some((body["order_id"].as_str()?.to_owned(), at))
         });
     }
     let mut accepted = HashMap::new();

@@ -31,19 +31,3 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
     let addr = kassa_api::spawn(&config).await.expect("API starts");
     TestApi { base: format!("http://{addr}"), storefront, admin, pool, settings }
 }
-
-/// Sends what `request` builds, and again after each 503's `Retry-After` (the same request, so
-/// the same Idempotency-Key), as a storefront would, `tries` times at most. Returns the last
-/// answer and the number of 503s met.
-pub async fn send_honouring_503(request: impl Fn() -> reqwest::RequestBuilder, tries: usize) -> (reqwest::Response, usize) {
-    let mut unavailable = 0;
-    loop {
-        let response = request().send().await.expect("the API answers");
-        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || unavailable + 1 >= tries {
-            return (response, unavailable);
-        }
-        unavailable += 1;
-        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        tokio::time::sleep(std::time::Duration::from_secs(retry_after.unwrap_or(1))).await; // as Retry-After asks
-    }
-}

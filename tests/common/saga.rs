@@ -150,7 +150,7 @@ impl Saga {
         let request = || {
             self.http.post(format!("{}/api/orders", self.api.base)).bearer_auth(&self.api.storefront).header("Idempotency-Key", &key).json(&body)
         };
-        let (response, unavailable) = super::api::send_honouring_503(request, 10).await;
+        let (response, unavailable) = kassa::http::send_honouring_503(request, 10).await.expect("the API answers");
         self.unavailable.fetch_add(unavailable, std::sync::atomic::Ordering::Relaxed);
         let status = response.status();
         let answer: Value = response.json().await.unwrap();
