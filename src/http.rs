@@ -13,11 +13,15 @@ pub async fn send_honouring_503(
     let mut unavailable = 0;
     loop {
         let response = request().send().await?;
-        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || unavailable + 1 >= tries {
+        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || unavailable + 1 >= tries
+        {
             return Ok((response, unavailable));
         }
         unavailable += 1;
-        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await; // as Retry-After asks
     }
 }

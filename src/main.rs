@@ -70,9 +70,16 @@ enum OffsetsAction {
     /// Show each processor's lag per input topic.
     Show,
     /// Skip a stopped processor's backlog: move its offsets to the end of its input topics.
+    /// Refused while the group has live members (unless --force); the move is recorded.
     SkipToEnd {
         /// `inventory`, `orders`, `payments` or `expiry`.
         group: GroupArg,
+        /// Why the backlog is skipped (recorded with the move).
+        #[arg(long)]
+        reason: String,
+        /// Skip even while instances are consuming (they report the skip as intended).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -172,7 +179,9 @@ enum Component {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KASSA_LOG").unwrap_or_else(|_| "info,apache_avro::schema::parser=error,stripe::hyper::client=error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KASSA_LOG").unwrap_or_else(|_| {
+                "info,apache_avro::schema::parser=error,stripe::hyper::client=error".into()
+            }),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
@@ -196,7 +205,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations: {applied} applied, database up to date");
         }
         Command::Offsets { action } => {
-            let pool = kassa::migrate::connect(&settings).await.context("connecting to PostgreSQL")?;
+            let pool = kassa::migrate::connect(&settings)
+                .await
+                .context("connecting to PostgreSQL")?;
             match action {
                 OffsetsAction::Show => {
                     for group in ConsumerGroup::ALL {
@@ -208,29 +219,52 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                     }
                 }
-                OffsetsAction::SkipToEnd { group } => {
-                    let before = kassa::offsets::skip_to_end(&settings, &pool, group.group()).await?;
+                OffsetsAction::SkipToEnd {
+                    group,
+                    reason,
+                    force,
+                } => {
+                    let request = kassa::offsets::MoveRequest {
+                        moved_by: operator(),
+                        reason,
+                        force,
+                    };
+                    let before =
+                        kassa::offsets::skip_to_end(&settings, &pool, group.group(), &request)
+                            .await?;
                     let skipped: i64 = before.iter().map(kassa::offsets::Position::lag).sum();
-                    println!("{}: skipped {skipped} messages; now at the end of {} partitions", group.group().name(), before.len());
+                    println!(
+                        "{}: skipped {skipped} messages; now at the end of {} partitions",
+                        group.group().name(),
+                        before.len()
+                    );
                 }
             }
         }
-        Command::Topics { action: TopicsAction::Create } => {
+        Command::Topics {
+            action: TopicsAction::Create,
+        } => {
             let outcomes = kassa::topics::create_all(&settings).await?;
             for outcome in &outcomes {
                 match outcome {
-                    TopicOutcome::Created(t) => println!("created  {t} ({} partitions)", settings.topic_partitions),
+                    TopicOutcome::Created(t) => {
+                        println!("created  {t} ({} partitions)", settings.topic_partitions)
+                    }
                     TopicOutcome::Existed(t) => println!("exists   {t}"),
                 }
             }
         }
-        Command::Schemas { action: SchemasAction::Register } => {
+        Command::Schemas {
+            action: SchemasAction::Register,
+        } => {
             let registry = Registry::new(&settings.schema_registry_url);
             for r in registry.register_all().await? {
                 println!("registered {} (id {})", r.subject, r.id);
             }
         }
-        Command::Schemas { action: SchemasAction::Check { dir } } => {
+        Command::Schemas {
+            action: SchemasAction::Check { dir },
+        } => {
             let registry = Registry::new(&settings.schema_registry_url);
             let verdicts = registry.check_all(dir.as_deref()).await?;
             let mut incompatible = 0;
@@ -246,31 +280,50 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{subject}: {text}");
             }
             if incompatible > 0 {
-                eprintln!("error: {incompatible} schema(s) would break consumers (compatibility BACKWARD_TRANSITIVE)");
+                eprintln!(
+                    "error: {incompatible} schema(s) would break consumers (compatibility BACKWARD_TRANSITIVE)"
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
         Command::Seed => {
             let pool = kassa::migrate::connect(&settings).await?;
-            let n = kassa::seed::seed(&settings, &pool).await.context("seeding the demo catalog")?;
+            let n = kassa::seed::seed(&settings, &pool)
+                .await
+                .context("seeding the demo catalog")?;
             println!("seeded {n} demo products and their stock");
         }
-        Command::Keys { action: KeysAction::Create { kind, name } } => {
+        Command::Keys {
+            action: KeysAction::Create { kind, name },
+        } => {
             let pool = kassa::migrate::connect(&settings).await?;
             let kind = match kind {
                 KeyKindArg::Storefront => kassa_api::auth::KeyKind::Storefront,
                 KeyKindArg::Admin => kassa_api::auth::KeyKind::Admin,
             };
-            let secret = kassa_api::auth::create_key(&pool, kind, &name).await.context("creating the key")?;
+            let secret = kassa_api::auth::create_key(&pool, kind, &name)
+                .await
+                .context("creating the key")?;
             println!("{secret}");
         }
-        Command::Bench { what: BenchWhat::Api { rates, flash_rate, seconds } } => {
+        Command::Bench {
+            what:
+                BenchWhat::Api {
+                    rates,
+                    flash_rate,
+                    seconds,
+                },
+        } => {
             kassa::bench::api::run(&settings, &rates, flash_rate, seconds).await?;
         }
-        Command::Bench { what: BenchWhat::Saga { orders, rate } } => {
+        Command::Bench {
+            what: BenchWhat::Saga { orders, rate },
+        } => {
             kassa::bench::saga::run(&settings, orders, rate).await?;
         }
-        Command::Bench { what: BenchWhat::Inventory { skus, requests } } => {
+        Command::Bench {
+            what: BenchWhat::Inventory { skus, requests },
+        } => {
             kassa::bench::inventory(&settings, skus, requests).await?;
         }
         Command::Run { component } => run(&settings, component).await?,
@@ -302,7 +355,11 @@ async fn run(settings: &Settings, component: Component) -> anyhow::Result<()> {
         }
         let config = settings.processor_config().map_err(anyhow::Error::msg)?;
         let stopped = stopped.clone();
-        tasks.spawn(async move { kassa_processors::run(group, config, stopped).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            kassa_processors::run(group, config, stopped)
+                .await
+                .map_err(anyhow::Error::from)
+        });
     }
     if matches!(component, Component::Api | Component::All) {
         let config = settings.api_config();
@@ -310,12 +367,27 @@ async fn run(settings: &Settings, component: Component) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        tasks.spawn(async move { kassa_api::serve(config, shutdown).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            kassa_api::serve(config, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        });
     }
     while let Some(done) = tasks.join_next().await {
         done.context("component panicked")??;
     }
     Ok(())
+}
+
+/// Who runs this command, for the records of what operators did: `user@host`.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{host}")
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -325,7 +397,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

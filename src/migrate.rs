@@ -29,7 +29,10 @@ pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, Mig
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(&settings.database_url)
         .await
-        .map_err(|source| MigrateError::Connect { url: settings.database_url_redacted(), source })
+        .map_err(|source| MigrateError::Connect {
+            url: settings.database_url_redacted(),
+            source,
+        })
 }
 
 /// Applies every pending migration; returns how many were applied now.

@@ -26,11 +26,41 @@ pub struct DemoProduct {
 
 /// The demo catalog.
 pub const DEMO_CATALOG: &[DemoProduct] = &[
-    DemoProduct { sku: "TEE-BLK-M", name: "Black tee, M", price_minor: 1999, currency: "EUR", stock: 500 },
-    DemoProduct { sku: "TEE-WHT-L", name: "White tee, L", price_minor: 1999, currency: "EUR", stock: 500 },
-    DemoProduct { sku: "MUG-KASSA", name: "kassa mug", price_minor: 1250, currency: "EUR", stock: 200 },
-    DemoProduct { sku: "HOODIE-GRY", name: "Grey hoodie", price_minor: 4900, currency: "EUR", stock: 100 },
-    DemoProduct { sku: "SNEAKER-DROP", name: "Limited sneaker (flash sale)", price_minor: 14900, currency: "EUR", stock: 1000 },
+    DemoProduct {
+        sku: "TEE-BLK-M",
+        name: "Black tee, M",
+        price_minor: 1999,
+        currency: "EUR",
+        stock: 500,
+    },
+    DemoProduct {
+        sku: "TEE-WHT-L",
+        name: "White tee, L",
+        price_minor: 1999,
+        currency: "EUR",
+        stock: 500,
+    },
+    DemoProduct {
+        sku: "MUG-KASSA",
+        name: "kassa mug",
+        price_minor: 1250,
+        currency: "EUR",
+        stock: 200,
+    },
+    DemoProduct {
+        sku: "HOODIE-GRY",
+        name: "Grey hoodie",
+        price_minor: 4900,
+        currency: "EUR",
+        stock: 100,
+    },
+    DemoProduct {
+        sku: "SNEAKER-DROP",
+        name: "Limited sneaker (flash sale)",
+        price_minor: 14900,
+        currency: "EUR",
+        stock: 1000,
+    },
 ];
 
 /// Why seeding failed.
@@ -68,11 +98,20 @@ pub async fn seed(settings: &Settings, pool: &PgPool) -> Result<usize, SeedError
         let command = Envelope::new(
             p.sku,
             None,
-            InventoryCommand::SetStock(SetStock { sku: p.sku.into(), on_hand: p.stock, reason: "demo catalog".into() }),
+            InventoryCommand::SetStock(SetStock {
+                sku: p.sku.into(),
+                on_hand: p.stock,
+                reason: "demo catalog".into(),
+            }),
         );
         let bytes = codec.encode(&command).await?;
         producer
-            .send(FutureRecord::to(InventoryCommand::TOPIC.name()).key(p.sku).payload(&bytes), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(InventoryCommand::TOPIC.name())
+                    .key(p.sku)
+                    .payload(&bytes),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| e)?;
     }

@@ -7,7 +7,12 @@ use clap::Args;
 #[derive(Clone, Args)]
 pub struct Settings {
     /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KASSA_KAFKA_BROKERS", default_value = "127.0.0.1:19092", global = true)]
+    #[arg(
+        long,
+        env = "KASSA_KAFKA_BROKERS",
+        default_value = "127.0.0.1:19092",
+        global = true
+    )]
     pub kafka_brokers: String,
 
     /// Confluent-compatible Schema Registry base URL (Apicurio: …/apis/ccompat/v7).
@@ -30,15 +35,30 @@ pub struct Settings {
     pub database_url: String,
 
     /// Redis URL (carts and the flash-sale gate).
-    #[arg(long, env = "KASSA_REDIS_URL", default_value = "redis://127.0.0.1:16379", global = true)]
+    #[arg(
+        long,
+        env = "KASSA_REDIS_URL",
+        default_value = "redis://127.0.0.1:16379",
+        global = true
+    )]
     pub redis_url: String,
 
     /// Partitions per topic when `kassa topics create` creates one.
-    #[arg(long, env = "KASSA_TOPIC_PARTITIONS", default_value_t = 12, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_TOPIC_PARTITIONS",
+        default_value_t = 12,
+        global = true
+    )]
     pub topic_partitions: i32,
 
     /// Replication factor per topic when `kassa topics create` creates one.
-    #[arg(long, env = "KASSA_TOPIC_REPLICATION", default_value_t = 1, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_TOPIC_REPLICATION",
+        default_value_t = 1,
+        global = true
+    )]
     pub topic_replication: i32,
 
     /// Most messages a processor takes into one batch (one Postgres transaction).
@@ -54,15 +74,30 @@ pub struct Settings {
     pub instance_id: Option<String>,
 
     /// Reservation hold when a checkout request names none, in seconds.
-    #[arg(long, env = "KASSA_DEFAULT_HOLD_SECONDS", default_value_t = 900, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_DEFAULT_HOLD_SECONDS",
+        default_value_t = 900,
+        global = true
+    )]
     pub default_hold_seconds: u64,
 
     /// How long a customer has to complete 3-D Secure before the order is cancelled, in seconds.
-    #[arg(long, env = "KASSA_PAYMENT_ACTION_SECONDS", default_value_t = 600, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_PAYMENT_ACTION_SECONDS",
+        default_value_t = 600,
+        global = true
+    )]
     pub payment_action_seconds: u64,
 
     /// The longest reservation hold a customer's renewal may ask for, in seconds.
-    #[arg(long, env = "KASSA_MAX_HOLD_SECONDS", default_value_t = 3600, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_MAX_HOLD_SECONDS",
+        default_value_t = 3600,
+        global = true
+    )]
     pub max_hold_seconds: u64,
 
     /// The payment gateway: `simulated` (built in, the default) or `stripe`.
@@ -70,7 +105,12 @@ pub struct Settings {
     pub payment_gateway: String,
 
     /// Stripe secret API key (`sk_…`), for the `stripe` gateway.
-    #[arg(long, env = "KASSA_STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_STRIPE_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub stripe_secret_key: Option<String>,
 
     /// Stripe API base (e.g. localstripe's), for the `stripe` gateway; unset: Stripe itself.
@@ -86,11 +126,21 @@ pub struct Settings {
     pub sim_latency_ms: u64,
 
     /// Payment provider calls in flight at once per payments instance.
-    #[arg(long, env = "KASSA_PAYMENT_CONCURRENCY", default_value_t = 64, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_PAYMENT_CONCURRENCY",
+        default_value_t = 64,
+        global = true
+    )]
     pub payment_concurrency: usize,
 
     /// How often a payment waiting for 3-D Secure is looked up at the provider, in seconds.
-    #[arg(long, env = "KASSA_PAYMENT_RECHECK_SECONDS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_PAYMENT_RECHECK_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
     pub payment_recheck_seconds: u64,
 
     /// How long a guest cart lives after its last use, in seconds.
@@ -102,19 +152,39 @@ pub struct Settings {
     pub cart_ttl_customer_seconds: u64,
 
     /// The Stripe webhook endpoint's signing secret (`whsec_…`); unset: webhooks are refused.
-    #[arg(long, env = "KASSA_STRIPE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub stripe_webhook_secret: Option<String>,
 
     /// Requests per second per storefront key (bursts of 5 s' worth absorbed).
-    #[arg(long, env = "KASSA_RATE_STOREFRONT_PER_SECOND", default_value_t = 5000, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_RATE_STOREFRONT_PER_SECOND",
+        default_value_t = 5000,
+        global = true
+    )]
     pub rate_storefront_per_second: u32,
 
     /// New orders and order requests per second per customer (bursts of 5 s' worth absorbed).
-    #[arg(long, env = "KASSA_RATE_CUSTOMER_PER_SECOND", default_value_t = 20, global = true)]
+    #[arg(
+        long,
+        env = "KASSA_RATE_CUSTOMER_PER_SECOND",
+        default_value_t = 20,
+        global = true
+    )]
     pub rate_customer_per_second: u32,
 
     /// Address the HTTP API listens on.
-    #[arg(long, env = "KASSA_HTTP_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KASSA_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub http_addr: std::net::SocketAddr,
 }
 
@@ -133,7 +203,10 @@ impl Settings {
     pub fn processor_config(&self) -> Result<kassa_processors::ProcessorConfig, String> {
         use kassa_processors::payments::{GatewayConfig, gateway};
         let gateway = if self.payment_gateway == "stripe" {
-            let secret_key = self.stripe_secret_key.clone().ok_or("KASSA_STRIPE_SECRET_KEY is needed for the stripe gateway")?;
+            let secret_key = self
+                .stripe_secret_key
+                .clone()
+                .ok_or("KASSA_STRIPE_SECRET_KEY is needed for the stripe gateway")?;
             GatewayConfig::Stripe(gateway::stripe::StripeConfig {
                 secret_key,
                 api_base: self.stripe_api_base.clone(),
@@ -142,7 +215,8 @@ impl Settings {
         } else {
             let latency = std::time::Duration::from_millis(self.sim_latency_ms);
             GatewayConfig::Simulated(
-                gateway::simulated::SimConfig::parse_faults(&self.sim_faults, latency).map_err(|e| format!("KASSA_SIM_FAULTS: {e}"))?,
+                gateway::simulated::SimConfig::parse_faults(&self.sim_faults, latency)
+                    .map_err(|e| format!("KASSA_SIM_FAULTS: {e}"))?,
             )
         };
         Ok(kassa_processors::ProcessorConfig {
@@ -180,7 +254,10 @@ impl Settings {
             registry_url: self.schema_registry_url.clone(),
             redis_url: self.redis_url.clone(),
             hold_seconds: i32::try_from(self.default_hold_seconds).unwrap_or(i32::MAX),
-            stripe_webhook_secret: self.stripe_webhook_secret.clone().map(kassa_api::webhooks::Secret),
+            stripe_webhook_secret: self
+                .stripe_webhook_secret
+                .clone()
+                .map(kassa_api::webhooks::Secret),
             rate_limits: kassa_api::limits::RateLimits {
                 storefront_per_second: self.rate_storefront_per_second,
                 customer_per_second: self.rate_customer_per_second,
@@ -205,8 +282,12 @@ fn seconds(secs: u64) -> chrono::Duration {
 
 /// Replaces the password of a `scheme://user:password@host/…` URL with `***`.
 pub fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -223,7 +304,13 @@ mod tests {
             redact_url_password("postgres://kassa:s3cret@db:5432/kassa"),
             "postgres://kassa:***@db:5432/kassa"
         );
-        assert_eq!(redact_url_password("postgres://db/kassa"), "postgres://db/kassa");
-        assert_eq!(redact_url_password("redis://user@host"), "redis://user@host");
+        assert_eq!(
+            redact_url_password("postgres://db/kassa"),
+            "postgres://db/kassa"
+        );
+        assert_eq!(
+            redact_url_password("redis://user@host"),
+            "redis://user@host"
+        );
     }
 }

@@ -52,7 +52,11 @@ pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, Topics
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
-            NewTopic::new(name, settings.topic_partitions, TopicReplication::Fixed(settings.topic_replication))
+            NewTopic::new(
+                name,
+                settings.topic_partitions,
+                TopicReplication::Fixed(settings.topic_replication),
+            )
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -60,7 +64,9 @@ pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, Topics
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(topic) => outcomes.push(TopicOutcome::Created(topic)),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => outcomes.push(TopicOutcome::Existed(topic)),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                outcomes.push(TopicOutcome::Existed(topic))
+            }
             Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
         }
     }

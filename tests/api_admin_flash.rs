@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::inventory::{end_offsets, read_until};
 use kassa_schemas::events::inventory::InventoryCommand;
 use kassa_schemas::events::orders::OrderRequest;
-use kassa_schemas::{Codec, Envelope};
+use kassa_schemas::{Codec, Envelope, Topic};
 use rdkafka::Message;
 use serde_json::{Value, json};
 
@@ -25,21 +25,45 @@ impl Api {
     async fn start() -> Self {
         let api = common::api::start(|_| {}).await;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-        Self { base: api.base, storefront: api.storefront, admin: api.admin, http: reqwest::Client::new(), settings: api.settings, run }
+        Self {
+            base: api.base,
+            storefront: api.storefront,
+            admin: api.admin,
+            http: reqwest::Client::new(),
+            settings: api.settings,
+            run,
+        }
     }
 
     async fn admin_put(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(&body).send().await.unwrap()
+        self.http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn product(&self, name: &str, price: i64) -> String {
         let sku = format!("AF-{}-{name}", self.run);
-        let r = self.admin_put(&format!("/admin/products/{sku}"), json!({"name": name, "price_minor": price, "currency": "EUR"})).await;
+        let r = self
+            .admin_put(
+                &format!("/admin/products/{sku}"),
+                json!({"name": name, "price_minor": price, "currency": "EUR"}),
+            )
+            .await;
         assert_eq!(r.status().as_u16(), 200);
         sku
     }
 
-    fn order_request(&self, key: &str, customer: &str, sku: &str, quantity: i32) -> reqwest::RequestBuilder {
+    fn order_request(
+        &self,
+        key: &str,
+        customer: &str,
+        sku: &str,
+        quantity: i32,
+    ) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}/api/orders", self.base))
             .bearer_auth(&self.storefront)
@@ -47,8 +71,17 @@ impl Api {
             .json(&json!({"customer_id": customer, "payment_method_id": "pm_card_visa", "lines": [{"sku": sku, "quantity": quantity}]}))
     }
 
-    async fn order(&self, key: &str, customer: &str, sku: &str, quantity: i32) -> reqwest::Response {
-        self.order_request(key, customer, sku, quantity).send().await.unwrap()
+    async fn order(
+        &self,
+        key: &str,
+        customer: &str,
+        sku: &str,
+        quantity: i32,
+    ) -> reqwest::Response {
+        self.order_request(key, customer, sku, quantity)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
@@ -62,9 +95,14 @@ async fn code_of(response: reqwest::Response) -> (u16, String) {
 async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
     let api = Api::start().await;
     let sku = api.product("DROP", 14900).await;
-    let r = api.admin_put(&format!("/admin/flash-sales/{sku}"), json!({"tokens": 100, "hold_seconds": 120, "per_customer_limit": 0})).await;
+    let r = api
+        .admin_put(
+            &format!("/admin/flash-sales/{sku}"),
+            json!({"tokens": 100, "hold_seconds": 120, "per_customer_limit": 0}),
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 200);
-    let from = end_offsets(&api.settings, "checkout.requests");
+    let from = end_offsets(&api.settings, Topic::CheckoutRequests.name());
 
     let attempts = (0..1000).map(|i| {
         let (api, sku) = (&api, &sku);
@@ -72,58 +110,147 @@ async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
             let started = std::time::Instant::now();
             // A buyer told 503 (the burst outran the database pool) retries with the same key
             // after Retry-After, as a storefront would; the key makes the retry the same order.
-            let (response, _) = kassa::http::send_honouring_503(|| api.order_request(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1), 5)
-                .await
-                .expect("the API answers");
+            let (response, _) = kassa::http::send_honouring_503(
+                || api.order_request(&format!("flash-{i}"), &format!("buyer-{i}"), sku, 1),
+                5,
+            )
+            .await
+            .expect("the API answers");
             (code_of(response).await, started.elapsed())
         }
     });
     let results = futures::future::join_all(attempts).await;
     let admitted = results.iter().filter(|((s, _), _)| *s == 202).count();
-    let sold_out = results.iter().filter(|((s, c), _)| *s == 409 && c == "sold_out").count();
-    let mut others: Vec<_> = results.iter().map(|(o, _)| o.clone()).filter(|(s, c)| *s != 202 && !(*s == 409 && c == "sold_out")).collect();
+    let sold_out = results
+        .iter()
+        .filter(|((s, c), _)| *s == 409 && c == "sold_out")
+        .count();
+    let mut others: Vec<_> = results
+        .iter()
+        .map(|(o, _)| o.clone())
+        .filter(|(s, c)| *s != 202 && !(*s == 409 && c == "sold_out"))
+        .collect();
     others.dedup();
-    assert_eq!((admitted, sold_out), (100, 900), "every buyer answered: admitted or sold out; other answers: {others:?}");
+    assert_eq!(
+        (admitted, sold_out),
+        (100, 900),
+        "every buyer answered: admitted or sold out; other answers: {others:?}"
+    );
 
     // Only the admitted reached Kafka: exactly 100 requests for this SKU.
-    let to = end_offsets(&api.settings, "checkout.requests");
+    let to = end_offsets(&api.settings, Topic::CheckoutRequests.name());
     let partition = kassa_schemas::kafka::java_partition(sku.as_bytes(), to.len() as u32) as i32;
     let wanted = (to[&partition] - from[&partition]) as usize;
     let only = std::collections::HashMap::from([(partition, from[&partition])]);
-    let messages = read_until(&api.settings, "checkout.requests", &only, Duration::from_secs(30), |_| true, |n| n >= wanted);
-    let ours = messages.iter().filter(|m| m.key() == Some(sku.as_bytes())).count();
+    let messages = read_until(
+        &api.settings,
+        Topic::CheckoutRequests.name(),
+        &only,
+        Duration::from_secs(30),
+        |_| true,
+        |n| n >= wanted,
+    );
+    let ours = messages
+        .iter()
+        .filter(|m| m.key() == Some(sku.as_bytes()))
+        .count();
     assert_eq!(ours, 100);
     let codec = Codec::new(&api.settings.schema_registry_url).unwrap();
-    let first: Envelope<kassa_schemas::events::checkout::CheckoutPayload> =
-        codec.decode(messages.iter().find(|m| m.key() == Some(sku.as_bytes())).unwrap().payload().unwrap()).await.unwrap();
+    let first: Envelope<kassa_schemas::events::checkout::CheckoutPayload> = codec
+        .decode(
+            messages
+                .iter()
+                .find(|m| m.key() == Some(sku.as_bytes()))
+                .unwrap()
+                .payload()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let kassa_schemas::events::checkout::CheckoutPayload::Reserve(r) = first.payload;
-    assert!(r.flash_sale, "marked as a flash-sale line, so inventory gives tokens back on release");
+    assert!(
+        r.flash_sale,
+        "marked as a flash-sale line, so inventory gives tokens back on release"
+    );
     assert_eq!(r.hold_seconds, 120, "the sale's hold");
 
-    let sale: Value = api.http.get(format!("{}/admin/flash-sales/{sku}", api.base)).bearer_auth(&api.admin).send().await.unwrap().json().await.unwrap();
+    let sale: Value = api
+        .http
+        .get(format!("{}/admin/flash-sales/{sku}", api.base))
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(sale["sale"]["tokens"], 0);
     // Sold out now, yet an admitted buyer's retry still gets its order back, not `sold_out`.
     let lucky = results.iter().position(|((s, _), _)| *s == 202).unwrap();
-    let retry = api.order(&format!("flash-{lucky}"), &format!("buyer-{lucky}"), &sku, 1).await;
-    assert_eq!(retry.status().as_u16(), 202, "an admitted order's replay is answered, never turned away");
-    let mut slowest_sold_out = results.iter().filter(|((s, _), _)| *s == 409).map(|(_, t)| *t).collect::<Vec<_>>();
+    let retry = api
+        .order(
+            &format!("flash-{lucky}"),
+            &format!("buyer-{lucky}"),
+            &sku,
+            1,
+        )
+        .await;
+    assert_eq!(
+        retry.status().as_u16(),
+        202,
+        "an admitted order's replay is answered, never turned away"
+    );
+    let mut slowest_sold_out = results
+        .iter()
+        .filter(|((s, _), _)| *s == 409)
+        .map(|(_, t)| *t)
+        .collect::<Vec<_>>();
     slowest_sold_out.sort();
-    println!("flash sale: 100 admitted, 900 sold out; sold-out answer p50 {:?}, max {:?} (1,000 at once, debug build)", slowest_sold_out[450], slowest_sold_out[899]);
+    println!(
+        "flash sale: 100 admitted, 900 sold out; sold-out answer p50 {:?}, max {:?} (1,000 at once, debug build)",
+        slowest_sold_out[450], slowest_sold_out[899]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_per_customer_limit_holds_and_a_stopped_sale_stops_gating() {
     let api = Api::start().await;
     let sku = api.product("LIMITED", 5000).await;
-    api.admin_put(&format!("/admin/flash-sales/{sku}"), json!({"tokens": 10, "hold_seconds": 60, "per_customer_limit": 2})).await;
-    assert_eq!(code_of(api.order("l-1", "alice", &sku, 2).await).await.0, 202);
-    assert_eq!(code_of(api.order("l-2", "alice", &sku, 1).await).await, (409, "purchase_limit".to_owned()));
-    assert_eq!(code_of(api.order("l-3", "bob", &sku, 3).await).await, (409, "purchase_limit".to_owned()));
+    api.admin_put(
+        &format!("/admin/flash-sales/{sku}"),
+        json!({"tokens": 10, "hold_seconds": 60, "per_customer_limit": 2}),
+    )
+    .await;
+    assert_eq!(
+        code_of(api.order("l-1", "alice", &sku, 2).await).await.0,
+        202
+    );
+    assert_eq!(
+        code_of(api.order("l-2", "alice", &sku, 1).await).await,
+        (409, "purchase_limit".to_owned())
+    );
+    assert_eq!(
+        code_of(api.order("l-3", "bob", &sku, 3).await).await,
+        (409, "purchase_limit".to_owned())
+    );
     assert_eq!(code_of(api.order("l-4", "bob", &sku, 2).await).await.0, 202);
-    assert_eq!(code_of(api.order("l-5", "carol", &sku, 11).await).await, (409, "sold_out".to_owned()));
-    let stop = api.http.delete(format!("{}/admin/flash-sales/{sku}", api.base)).bearer_auth(&api.admin).send().await.unwrap();
+    assert_eq!(
+        code_of(api.order("l-5", "carol", &sku, 11).await).await,
+        (409, "sold_out".to_owned())
+    );
+    let stop = api
+        .http
+        .delete(format!("{}/admin/flash-sales/{sku}", api.base))
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stop.status().as_u16(), 204);
-    assert_eq!(code_of(api.order("l-6", "alice", &sku, 5).await).await.0, 202, "no sale, no gate: inventory decides");
+    assert_eq!(
+        code_of(api.order("l-6", "alice", &sku, 5).await).await.0,
+        202,
+        "no sale, no gate: inventory decides"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,29 +258,76 @@ async fn admin_routes_need_an_admin_key_and_write_through_kafka() {
     let api = Api::start().await;
     let sku = api.product("ADM", 700).await;
     // A storefront key is not an admin key, and the other way round.
-    let as_storefront = api.http.put(format!("{}/admin/products/{sku}", api.base)).bearer_auth(&api.storefront)
-        .json(&json!({"name": "x", "price_minor": 1, "currency": "EUR"})).send().await.unwrap();
-    assert_eq!(code_of(as_storefront).await, (401, "unauthorized".to_owned()));
+    let as_storefront = api
+        .http
+        .put(format!("{}/admin/products/{sku}", api.base))
+        .bearer_auth(&api.storefront)
+        .json(&json!({"name": "x", "price_minor": 1, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(as_storefront).await,
+        (401, "unauthorized".to_owned())
+    );
     let as_admin = api.http.post(format!("{}/api/orders", api.base)).bearer_auth(&api.admin).header("Idempotency-Key", "a-1")
         .json(&json!({"customer_id": "c", "payment_method_id": "pm_card_visa", "lines": [{"sku": sku, "quantity": 1}]})).send().await.unwrap();
     assert_eq!(code_of(as_admin).await, (401, "unauthorized".to_owned()));
-    let invalid = api.admin_put(&format!("/admin/products/{sku}"), json!({"name": "", "price_minor": -1, "currency": "eur"})).await;
-    assert_eq!(code_of(invalid).await, (400, "validation_failed".to_owned()));
+    let invalid = api
+        .admin_put(
+            &format!("/admin/products/{sku}"),
+            json!({"name": "", "price_minor": -1, "currency": "eur"}),
+        )
+        .await;
+    assert_eq!(
+        code_of(invalid).await,
+        (400, "validation_failed".to_owned())
+    );
 
     // A price change applies to the next order.
-    api.admin_put(&format!("/admin/products/{sku}"), json!({"name": "ADM", "price_minor": 800, "currency": "EUR"})).await;
-    let order: Value = api.order("a-2", "dora", &sku, 2).await.json().await.unwrap();
+    api.admin_put(
+        &format!("/admin/products/{sku}"),
+        json!({"name": "ADM", "price_minor": 800, "currency": "EUR"}),
+    )
+    .await;
+    let order: Value = api
+        .order("a-2", "dora", &sku, 2)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(order["total_minor"], 1600);
 
     // Stock goes to inventory as a command, keyed by SKU.
-    let from = end_offsets(&api.settings, "inventory.commands");
+    let from = end_offsets(&api.settings, Topic::InventoryCommands.name());
     for body in [json!({"restock": 5}), json!({"set": 40})] {
-        let r = api.http.post(format!("{}/admin/stock/{sku}", api.base)).bearer_auth(&api.admin).json(&body).send().await.unwrap();
+        let r = api
+            .http
+            .post(format!("{}/admin/stock/{sku}", api.base))
+            .bearer_auth(&api.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 202);
     }
-    let bad = api.http.post(format!("{}/admin/stock/{sku}", api.base)).bearer_auth(&api.admin).json(&json!({"restock": 5, "set": 1})).send().await.unwrap();
+    let bad = api
+        .http
+        .post(format!("{}/admin/stock/{sku}", api.base))
+        .bearer_auth(&api.admin)
+        .json(&json!({"restock": 5, "set": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(bad).await, (400, "validation_failed".to_owned()));
-    let messages = read_until(&api.settings, "inventory.commands", &from, Duration::from_secs(30), |m| m.key() == Some(sku.as_bytes()), |n| n >= 2);
+    let messages = read_until(
+        &api.settings,
+        Topic::InventoryCommands.name(),
+        &from,
+        Duration::from_secs(30),
+        |m| m.key() == Some(sku.as_bytes()),
+        |n| n >= 2,
+    );
     let codec = Codec::new(&api.settings.schema_registry_url).unwrap();
     let mut kinds = Vec::new();
     for m in &messages {
@@ -171,31 +345,80 @@ async fn admin_routes_need_an_admin_key_and_write_through_kafka() {
 async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only() {
     let api = Api::start().await;
     let sku = api.product("CAN", 1000).await;
-    let order: Value = api.order("c-1", "erin", &sku, 1).await.json().await.unwrap();
+    let order: Value = api
+        .order("c-1", "erin", &sku, 1)
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = order["order_id"].as_str().unwrap().to_owned();
-    let from = end_offsets(&api.settings, "orders.requests");
+    let from = end_offsets(&api.settings, Topic::OrdersRequests.name());
     let url = format!("{}/api/orders/{id}", api.base);
 
-    let stranger = api.http.delete(&url).bearer_auth(&api.storefront).header("X-Customer-Id", "mallory").send().await.unwrap();
+    let stranger = api
+        .http
+        .delete(&url)
+        .bearer_auth(&api.storefront)
+        .header("X-Customer-Id", "mallory")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(stranger).await, (404, "not_found".to_owned()));
-    let hold = api.http.post(format!("{url}/hold")).bearer_auth(&api.storefront).header("X-Customer-Id", "erin")
-        .json(&json!({"hold_seconds": 600})).send().await.unwrap();
+    let hold = api
+        .http
+        .post(format!("{url}/hold"))
+        .bearer_auth(&api.storefront)
+        .header("X-Customer-Id", "erin")
+        .json(&json!({"hold_seconds": 600}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(hold.status().as_u16(), 202);
-    let too_long = api.http.post(format!("{url}/hold")).bearer_auth(&api.storefront).header("X-Customer-Id", "erin")
-        .json(&json!({"hold_seconds": 999999})).send().await.unwrap();
-    assert_eq!(code_of(too_long).await, (400, "validation_failed".to_owned()));
-    let cancel = api.http.delete(&url).bearer_auth(&api.storefront).header("X-Customer-Id", "erin").send().await.unwrap();
+    let too_long = api
+        .http
+        .post(format!("{url}/hold"))
+        .bearer_auth(&api.storefront)
+        .header("X-Customer-Id", "erin")
+        .json(&json!({"hold_seconds": 999999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(too_long).await,
+        (400, "validation_failed".to_owned())
+    );
+    let cancel = api
+        .http
+        .delete(&url)
+        .bearer_auth(&api.storefront)
+        .header("X-Customer-Id", "erin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status().as_u16(), 202);
 
-    let messages = read_until(&api.settings, "orders.requests", &from, Duration::from_secs(30), |m| m.key() == Some(id.as_bytes()), |n| n >= 2);
+    let messages = read_until(
+        &api.settings,
+        Topic::OrdersRequests.name(),
+        &from,
+        Duration::from_secs(30),
+        |m| m.key() == Some(id.as_bytes()),
+        |n| n >= 2,
+    );
     let codec = Codec::new(&api.settings.schema_registry_url).unwrap();
     let mut got = Vec::new();
     for m in &messages {
         let request: Envelope<OrderRequest> = codec.decode(m.payload().unwrap()).await.unwrap();
         got.push(match request.payload {
-            OrderRequest::HoldRenewalRequested(h) => format!("hold {} by {}", h.hold_seconds, h.customer_id),
+            OrderRequest::HoldRenewalRequested(h) => {
+                format!("hold {} by {}", h.hold_seconds, h.customer_id)
+            }
             OrderRequest::CancelRequested(c) => format!("cancel by {}", c.customer_id),
         });
     }
-    assert_eq!(got, ["hold 600 by erin", "cancel by erin"], "in order, on the order's partition");
+    assert_eq!(
+        got,
+        ["hold 600 by erin", "cancel by erin"],
+        "in order, on the order's partition"
+    );
 }

@@ -17,7 +17,13 @@ struct Api {
 impl Api {
     /// The API with cart lifetimes of `guest_ttl` and 60 s (customer).
     async fn start(guest_ttl: u64) -> Self {
-        let api = common::api::start(|c| c.cart_ttl = kassa_api::carts::CartTtl { guest: guest_ttl, customer: 60 }).await;
+        let api = common::api::start(|c| {
+            c.cart_ttl = kassa_api::carts::CartTtl {
+                guest: guest_ttl,
+                customer: 60,
+            }
+        })
+        .await;
         let pool = api.pool;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let skus = [format!("CART-{run}-A"), format!("CART-{run}-B")];
@@ -29,11 +35,24 @@ impl Api {
                 .await
                 .unwrap();
         }
-        Self { base: api.base, key: api.storefront, http: reqwest::Client::new(), skus }
+        Self {
+            base: api.base,
+            key: api.storefront,
+            http: reqwest::Client::new(),
+            skus,
+        }
     }
 
-    fn req(&self, method: reqwest::Method, path: &str, customer: Option<&str>) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key);
+    fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        customer: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
         if let Some(c) = customer {
             r = r.header("X-Customer-Id", c);
         }
@@ -56,39 +75,105 @@ async fn two_devices_share_a_customers_cart_and_a_stale_write_is_refused() {
     let api = Api::start(60).await;
     use reqwest::Method;
     let me = "/api/carts/me";
-    let phone = api.req(Method::PUT, me, Some("frank")).json(&json!({"items": {api.skus[0].as_str(): 2}})).send().await.unwrap();
+    let phone = api
+        .req(Method::PUT, me, Some("frank"))
+        .json(&json!({"items": {api.skus[0].as_str(): 2}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(phone.status().as_u16(), 200);
     let seen_by_phone = etag(&phone);
 
     // The laptop sees the same cart, and changes it.
-    let laptop = api.req(Method::GET, me, Some("frank")).send().await.unwrap();
+    let laptop = api
+        .req(Method::GET, me, Some("frank"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(etag(&laptop), seen_by_phone);
     let body: Value = laptop.json().await.unwrap();
     assert_eq!(body["items"][0]["quantity"], 2);
-    assert_eq!(body["items"][0]["unit_price_minor"], 500, "priced from the catalog");
-    let changed = api.req(Method::PUT, me, Some("frank")).header("If-Match", &seen_by_phone)
-        .json(&json!({"items": {api.skus[0].as_str(): 1, api.skus[1].as_str(): 4}})).send().await.unwrap();
+    assert_eq!(
+        body["items"][0]["unit_price_minor"], 500,
+        "priced from the catalog"
+    );
+    let changed = api
+        .req(Method::PUT, me, Some("frank"))
+        .header("If-Match", &seen_by_phone)
+        .json(&json!({"items": {api.skus[0].as_str(): 1, api.skus[1].as_str(): 4}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(changed.status().as_u16(), 200);
     assert_ne!(etag(&changed), seen_by_phone);
 
     // The phone, still at the old version, cannot overwrite it.
-    let stale = api.req(Method::PUT, me, Some("frank")).header("If-Match", &seen_by_phone).json(&json!({"items": {}})).send().await.unwrap();
+    let stale = api
+        .req(Method::PUT, me, Some("frank"))
+        .header("If-Match", &seen_by_phone)
+        .json(&json!({"items": {}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(stale).await, (412, "stale_version".to_owned()));
-    let blind = api.req(Method::PUT, me, Some("frank")).json(&json!({"items": {}})).send().await.unwrap();
+    let blind = api
+        .req(Method::PUT, me, Some("frank"))
+        .json(&json!({"items": {}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(blind).await, (428, "precondition_required".to_owned()));
-    let stale_item = api.req(Method::DELETE, &format!("{me}/items/{}", api.skus[1]), Some("frank")).header("If-Match", &seen_by_phone).send().await.unwrap();
+    let stale_item = api
+        .req(
+            Method::DELETE,
+            &format!("{me}/items/{}", api.skus[1]),
+            Some("frank"),
+        )
+        .header("If-Match", &seen_by_phone)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(stale_item).await, (412, "stale_version".to_owned()));
 
     // Item edits without If-Match apply to the current cart.
-    let added: Value = api.req(Method::POST, &format!("{me}/items"), Some("frank")).json(&json!({"sku": api.skus[0], "quantity": 2})).send().await.unwrap().json().await.unwrap();
-    let quantities: Vec<i64> = added["items"].as_array().unwrap().iter().map(|i| i["quantity"].as_i64().unwrap()).collect();
+    let added: Value = api
+        .req(Method::POST, &format!("{me}/items"), Some("frank"))
+        .json(&json!({"sku": api.skus[0], "quantity": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let quantities: Vec<i64> = added["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["quantity"].as_i64().unwrap())
+        .collect();
     assert_eq!(quantities, [3, 4]);
     assert_eq!(added["subtotal_minor"]["EUR"], 3 * 500 + 4 * 250);
 
     // Another customer has their own (empty) cart.
-    let other: Value = api.req(Method::GET, me, Some("gina")).send().await.unwrap().json().await.unwrap();
+    let other: Value = api
+        .req(Method::GET, me, Some("gina"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(other["items"], json!([]));
-    let bad = api.req(Method::PUT, &format!("{me}/items/{}", api.skus[0]), Some("frank")).json(&json!({"quantity": 0})).send().await.unwrap();
+    let bad = api
+        .req(
+            Method::PUT,
+            &format!("{me}/items/{}", api.skus[0]),
+            Some("frank"),
+        )
+        .json(&json!({"quantity": 0}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(bad).await, (400, "validation_failed".to_owned()));
 }
 
@@ -97,59 +182,136 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
     let api = Api::start(2).await;
     use reqwest::Method;
     let guest = format!("/api/carts/guest-{}", uuid::Uuid::new_v4().simple());
-    let created = api.req(Method::PUT, &guest, None).json(&json!({"items": {api.skus[1].as_str(): 1}})).send().await.unwrap();
+    let created = api
+        .req(Method::PUT, &guest, None)
+        .json(&json!({"items": {api.skus[1].as_str(): 1}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status().as_u16(), 200);
     // Used every 0.5 s for 3 s (longer than its 2 s life): every use slides the expiry.
     let mut every = tokio::time::interval(Duration::from_millis(500));
     for _ in 0..6 {
         every.tick().await;
-        assert_eq!(api.req(Method::GET, &guest, None).send().await.unwrap().status().as_u16(), 200, "kept alive by use");
+        assert_eq!(
+            api.req(Method::GET, &guest, None)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200,
+            "kept alive by use"
+        );
     }
     // Sign-in: the guest cart folds into the customer's cart.
-    api.req(Method::PUT, "/api/carts/me", Some("hana")).json(&json!({"items": {api.skus[1].as_str(): 2}})).send().await.unwrap();
+    api.req(Method::PUT, "/api/carts/me", Some("hana"))
+        .json(&json!({"items": {api.skus[1].as_str(): 2}}))
+        .send()
+        .await
+        .unwrap();
     let guest_id = guest.trim_start_matches("/api/carts/");
-    let merged: Value = api.req(Method::POST, "/api/carts/me/merge", Some("hana")).json(&json!({"guest_cart_id": guest_id})).send().await.unwrap().json().await.unwrap();
+    let merged: Value = api
+        .req(Method::POST, "/api/carts/me/merge", Some("hana"))
+        .json(&json!({"guest_cart_id": guest_id}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(merged["items"][0]["quantity"], 3);
-    assert_eq!(code(api.req(Method::GET, &guest, None).send().await.unwrap()).await, (404, "not_found".to_owned()), "the guest cart is gone");
+    assert_eq!(
+        code(api.req(Method::GET, &guest, None).send().await.unwrap()).await,
+        (404, "not_found".to_owned()),
+        "the guest cart is gone"
+    );
 
     // Left alone, a guest cart expires (polled, with a deadline well past its 2 s life).
     let lonely = format!("/api/carts/guest-{}", uuid::Uuid::new_v4().simple());
     let started = std::time::Instant::now(); // before the write that starts its 2 s life
-    api.req(Method::PUT, &lonely, None).json(&json!({"items": {api.skus[0].as_str(): 1}})).send().await.unwrap();
+    api.req(Method::PUT, &lonely, None)
+        .json(&json!({"items": {api.skus[0].as_str(): 1}}))
+        .send()
+        .await
+        .unwrap();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     poll.tick().await;
     // Peek without sliding: only the expiry may remove it, so wait for Redis to say it is gone.
     let settings = common::settings();
-    let mut redis = redis::Client::open(settings.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let pattern = format!("kassa:cart:*:guest:{}", lonely.trim_start_matches("/api/carts/"));
+    let mut redis = redis::Client::open(settings.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pattern = format!(
+        "kassa:cart:*:guest:{}",
+        lonely.trim_start_matches("/api/carts/")
+    );
     loop {
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
         if keys.is_empty() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the guest cart outlived its 2 s expiry");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the guest cart outlived its 2 s expiry"
+        );
         poll.tick().await;
     }
-    assert!(started.elapsed() >= Duration::from_millis(1500), "not before its time");
-    assert_eq!(code(api.req(Method::GET, &lonely, None).send().await.unwrap()).await, (404, "not_found".to_owned()));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before its time"
+    );
+    assert_eq!(
+        code(api.req(Method::GET, &lonely, None).send().await.unwrap()).await,
+        (404, "not_found".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn checkout_places_the_carts_items_and_empties_it_once() {
     let api = Api::start(60).await;
     use reqwest::Method;
-    api.req(Method::PUT, "/api/carts/me", Some("ivan")).json(&json!({"items": {api.skus[0].as_str(): 2, api.skus[1].as_str(): 1}})).send().await.unwrap();
-    let checkout = || api.req(Method::POST, "/api/carts/me/checkout", Some("ivan")).header("Idempotency-Key", "cart-co-1")
-        .json(&json!({"customer_id": "ivan", "payment_method_id": "pm_card_visa"})).send();
+    api.req(Method::PUT, "/api/carts/me", Some("ivan"))
+        .json(&json!({"items": {api.skus[0].as_str(): 2, api.skus[1].as_str(): 1}}))
+        .send()
+        .await
+        .unwrap();
+    let checkout = || {
+        api.req(Method::POST, "/api/carts/me/checkout", Some("ivan"))
+            .header("Idempotency-Key", "cart-co-1")
+            .json(&json!({"customer_id": "ivan", "payment_method_id": "pm_card_visa"}))
+            .send()
+    };
     let first = checkout().await.unwrap();
     assert_eq!(first.status().as_u16(), 202);
     let order: Value = first.json().await.unwrap();
     assert_eq!(order["total_minor"], 2 * 500 + 250);
-    let cart: Value = api.req(Method::GET, "/api/carts/me", Some("ivan")).send().await.unwrap().json().await.unwrap();
+    let cart: Value = api
+        .req(Method::GET, "/api/carts/me", Some("ivan"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(cart["items"], json!([]), "emptied by the accepted order");
     let again: Value = checkout().await.unwrap().json().await.unwrap();
-    assert_eq!(again["order_id"], order["order_id"], "a retry replays the order");
-    let someone_else = api.req(Method::POST, "/api/carts/me/checkout", Some("ivan")).header("Idempotency-Key", "cart-co-2")
-        .json(&json!({"customer_id": "judy", "payment_method_id": "pm_card_visa"})).send().await.unwrap();
+    assert_eq!(
+        again["order_id"], order["order_id"],
+        "a retry replays the order"
+    );
+    let someone_else = api
+        .req(Method::POST, "/api/carts/me/checkout", Some("ivan"))
+        .header("Idempotency-Key", "cart-co-2")
+        .json(&json!({"customer_id": "judy", "payment_method_id": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(someone_else).await, (404, "not_found".to_owned()));
 }

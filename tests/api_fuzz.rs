@@ -25,8 +25,26 @@ impl Rng {
 }
 
 const STRINGS: &[&str] = &[
-    "", " ", "TEE", "ünïcödé", "😀🛒", "\u{0}", "\u{202e}reversed", "a/b", "..", "%00", "'; DROP TABLE x; --", "null",
-    "9999999999999999999999", "-1", "0", "1e309", "\\\\", "\"", "<script>", "me",
+    "",
+    " ",
+    "TEE",
+    "ünïcödé",
+    "😀🛒",
+    "\u{0}",
+    "\u{202e}reversed",
+    "a/b",
+    "..",
+    "%00",
+    "'; DROP TABLE x; --",
+    "null",
+    "9999999999999999999999",
+    "-1",
+    "0",
+    "1e309",
+    "\\\\",
+    "\"",
+    "<script>",
+    "me",
     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 ];
 
@@ -39,7 +57,26 @@ fn value(rng: &mut Rng, depth: u32) -> serde_json::Value {
         4 | 5 => json!(rng.pick(STRINGS)),
         6 => serde_json::Value::Array((0..rng.below(4)).map(|_| value(rng, depth + 1)).collect()),
         _ => {
-            let keys = ["customer_id", "payment_method_id", "lines", "sku", "quantity", "items", "hold_seconds", "tokens", "per_customer_limit", "name", "price_minor", "currency", "restock", "set", "guest_cart_id", "id", "type", "data"];
+            let keys = [
+                "customer_id",
+                "payment_method_id",
+                "lines",
+                "sku",
+                "quantity",
+                "items",
+                "hold_seconds",
+                "tokens",
+                "per_customer_limit",
+                "name",
+                "price_minor",
+                "currency",
+                "restock",
+                "set",
+                "guest_cart_id",
+                "id",
+                "type",
+                "data",
+            ];
             let mut map = serde_json::Map::new();
             for _ in 0..rng.below(6) {
                 map.insert(rng.pick(&keys).to_string(), value(rng, depth + 1));
@@ -64,7 +101,10 @@ fn body(rng: &mut Rng) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_request_gets_a_5xx_or_kills_the_connection() {
-    let api = common::api::start(|c| c.stripe_webhook_secret = Some(kassa_api::webhooks::Secret("whsec_fuzz".into()))).await;
+    let api = common::api::start(|c| {
+        c.stripe_webhook_secret = Some(kassa_api::webhooks::Secret("whsec_fuzz".into()))
+    })
+    .await;
     let (base, storefront, admin) = (api.base, api.storefront, api.admin);
 
     // A fixed seed by default, so CI is repeatable; KASSA_FUZZ_SEED=random explores, a number replays.
@@ -73,9 +113,14 @@ async fn no_request_gets_a_5xx_or_kills_the_connection() {
         Ok(n) => n.parse().expect("KASSA_FUZZ_SEED: a number or `random`"),
         Err(_) => 20_261_123,
     };
-    println!("fuzz seed {seed} (KASSA_FUZZ_SEED={seed} replays it; KASSA_FUZZ_SEED=random explores)");
+    println!(
+        "fuzz seed {seed} (KASSA_FUZZ_SEED={seed} replays it; KASSA_FUZZ_SEED=random explores)"
+    );
     let mut rng = Rng(seed);
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
     use reqwest::Method as M;
     let routes: Vec<(&str, Vec<M>)> = vec![
         ("/api/orders", vec![M::POST]),
@@ -96,34 +141,86 @@ async fn no_request_gets_a_5xx_or_kills_the_connection() {
         ("/{x}", vec![M::GET]),
     ];
     let long = "z".repeat(2000);
-    let segments: [&str; 9] = ["me", "TEE-BLK-M", "01a20a24-2d3d-7124-9670-f52196aca25d", "%F0%9F%98%80", "..", "%00", "a%2Fb", &long, "ünï"];
-    let methods = [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE, reqwest::Method::PATCH];
+    let segments: [&str; 9] = [
+        "me",
+        "TEE-BLK-M",
+        "01a20a24-2d3d-7124-9670-f52196aca25d",
+        "%F0%9F%98%80",
+        "..",
+        "%00",
+        "a%2Fb",
+        &long,
+        "ünï",
+    ];
+    let methods = [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ];
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..3000 {
         let segment: &str = segments[rng.below(segments.len())];
         let (template, allowed) = rng.pick(&routes);
         let path = template.replace("{x}", segment);
         // Mostly a method the route takes, sometimes any.
-        let method = if rng.below(5) == 0 { rng.pick(&methods).clone() } else { rng.pick(allowed).clone() };
+        let method = if rng.below(5) == 0 {
+            rng.pick(&methods).clone()
+        } else {
+            rng.pick(allowed).clone()
+        };
         let mut request = http.request(method.clone(), format!("{base}{path}"));
         let admin_route = path.starts_with("/admin");
         match rng.below(6) {
             0 => {}
             1..=3 => request = request.bearer_auth(if admin_route { &admin } else { &storefront }),
             4 => request = request.bearer_auth(if admin_route { &storefront } else { &admin }),
-            _ => request = request.header("Authorization", *rng.pick(&["Bearer", "Basic xyz", "Bearer ünï", &"B".repeat(5000)])),
+            _ => {
+                request = request.header(
+                    "Authorization",
+                    *rng.pick(&["Bearer", "Basic xyz", "Bearer ünï", &"B".repeat(5000)]),
+                )
+            }
         }
         if rng.below(4) == 0 {
-            request = request.header("Content-Type", *rng.pick(&["application/json", "text/plain", "application/json; charset=utf-8", "application/problem+json", "multipart/form-data", ""]));
+            request = request.header(
+                "Content-Type",
+                *rng.pick(&[
+                    "application/json",
+                    "text/plain",
+                    "application/json; charset=utf-8",
+                    "application/problem+json",
+                    "multipart/form-data",
+                    "",
+                ]),
+            );
         }
         for (name, values) in [
-            ("Idempotency-Key", &["k", "", "ünï", &"k".repeat(400), "\t"][..]),
-            ("X-Customer-Id", &["cus_1", "", "😀", "me", &"c".repeat(300)][..]),
-            ("If-Match", &["\"1\"", "W/\"7\"", "*", "garbage", "\"-1\"", "\"99999999999999999999999\""][..]),
+            (
+                "Idempotency-Key",
+                &["k", "", "ünï", &"k".repeat(400), "\t"][..],
+            ),
+            (
+                "X-Customer-Id",
+                &["cus_1", "", "😀", "me", &"c".repeat(300)][..],
+            ),
+            (
+                "If-Match",
+                &[
+                    "\"1\"",
+                    "W/\"7\"",
+                    "*",
+                    "garbage",
+                    "\"-1\"",
+                    "\"99999999999999999999999\"",
+                ][..],
+            ),
             ("Stripe-Signature", &["t=1,v1=00", "v1=zz", "t=abc", ""][..]),
         ] {
             if rng.below(3) == 0 {
-                if let Ok(v) = reqwest::header::HeaderValue::from_bytes(rng.pick(values).as_bytes()) {
+                if let Ok(v) = reqwest::header::HeaderValue::from_bytes(rng.pick(values).as_bytes())
+                {
                     request = request.header(name, v);
                 }
             }
@@ -141,14 +238,28 @@ async fn no_request_gets_a_5xx_or_kills_the_connection() {
                 *statuses.entry(413).or_insert(0) += 1;
                 continue;
             }
-            Err(e) => panic!("request {i} {method} {}: no answer ({e:?}); seed {seed}", path.chars().take(80).collect::<String>()),
+            Err(e) => panic!(
+                "request {i} {method} {}: no answer ({e:?}); seed {seed}",
+                path.chars().take(80).collect::<String>()
+            ),
         };
         let status = response.status().as_u16();
         *statuses.entry(status).or_insert(0) += 1;
-        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap_or_default().to_owned()).unwrap_or_default();
-        assert!(status < 500, "request {i} {method} {path}: {status} {:?}; seed {seed}", response.text().await);
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        assert!(
+            status < 500,
+            "request {i} {method} {path}: {status} {:?}; seed {seed}",
+            response.text().await
+        );
         if status >= 400 {
-            assert_eq!(content_type, "application/problem+json", "request {i} {method} {path}: {status}; seed {seed}");
+            assert_eq!(
+                content_type, "application/problem+json",
+                "request {i} {method} {path}: {status}; seed {seed}"
+            );
         }
     }
     println!("fuzz: 3,000 requests, statuses {statuses:?}");

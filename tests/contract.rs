@@ -22,14 +22,27 @@ struct Landed {
     bytes: Vec<u8>,
 }
 
-async fn produce<P: Payload>(codec: &Codec, producer: &FutureProducer, event: &Envelope<P>) -> Landed {
+async fn produce<P: Payload>(
+    codec: &Codec,
+    producer: &FutureProducer,
+    event: &Envelope<P>,
+) -> Landed {
     let bytes = codec.encode(event).await.expect("encode");
     let key = key_of(event);
     let delivery = producer
-        .send(FutureRecord::to(P::TOPIC.name()).key(&key).payload(&bytes), Duration::from_secs(30))
+        .send(
+            FutureRecord::to(P::TOPIC.name()).key(&key).payload(&bytes),
+            Duration::from_secs(30),
+        )
         .await
         .expect("Kafka acknowledged");
-    Landed { topic: P::TOPIC, key, partition: delivery.partition, offset: delivery.offset, bytes }
+    Landed {
+        topic: P::TOPIC,
+        key,
+        partition: delivery.partition,
+        offset: delivery.offset,
+        bytes,
+    }
 }
 
 /// The message key the topic's contract asks for: the SKU on SKU-keyed topics, else the order id.
@@ -38,8 +51,14 @@ fn key_of<P: Payload>(event: &Envelope<P>) -> String {
         kassa_schemas::KeyKind::OrderId => event.correlation_id.clone(),
         kassa_schemas::KeyKind::Sku => {
             let json = serde_json::to_value(&event.payload).expect("payload as JSON");
-            let record = json.as_object().and_then(|o| o.values().next()).expect("one variant");
-            record["sku"].as_str().expect("SKU-keyed payloads carry a sku").to_owned()
+            let record = json
+                .as_object()
+                .and_then(|o| o.values().next())
+                .expect("one variant");
+            record["sku"]
+                .as_str()
+                .expect("SKU-keyed payloads carry a sku")
+                .to_owned()
         }
     }
 }
@@ -52,8 +71,19 @@ async fn decode_same<P: Payload + PartialEq>(codec: &Codec, bytes: &[u8], sent: 
 async fn registered_ids(settings: &kassa::settings::Settings) -> HashMap<String, u64> {
     let mut ids = HashMap::new();
     for topic in Topic::ALL {
-        let url = format!("{}/subjects/{}/versions/latest", settings.schema_registry_url, topic.subject());
-        let body: serde_json::Value = reqwest::get(&url).await.unwrap().error_for_status().unwrap().json().await.unwrap();
+        let url = format!(
+            "{}/subjects/{}/versions/latest",
+            settings.schema_registry_url,
+            topic.subject()
+        );
+        let body: serde_json::Value = reqwest::get(&url)
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         ids.insert(topic.name().to_owned(), body["id"].as_u64().expect("id"));
     }
     ids
@@ -84,7 +114,15 @@ async fn every_event_type_round_trips_through_kafka_and_the_registry() {
 
     for (sample, at) in sent.iter().zip(&landed) {
         // Read it back from Kafka, as a consumer would.
-        let messages = read_from(&settings, at.topic.name(), at.partition, at.offset, Isolation::Committed, Duration::from_secs(30), |m| !m.is_empty());
+        let messages = read_from(
+            &settings,
+            at.topic.name(),
+            at.partition,
+            at.offset,
+            Isolation::Committed,
+            Duration::from_secs(30),
+            |m| !m.is_empty(),
+        );
         let message = &messages[0];
         assert_eq!(message.offset(), at.offset);
         let bytes = message.payload().expect("a value");
@@ -115,15 +153,25 @@ async fn keys_land_on_the_partition_a_java_client_would_choose() {
     let settings = setup().await;
     let producer = kassa::kafka::producer(&settings).unwrap();
     let partitions = 12;
-    let topic = common::ensure_scratch_topic(&settings, "kassa-test.partitioning", partitions).await;
+    let topic =
+        common::ensure_scratch_topic(&settings, "kassa-test.partitioning", partitions).await;
     let mut used = std::collections::HashSet::new();
     for i in 0..200 {
         let key = format!("SKU-{i}-{}", uuid::Uuid::new_v4().simple());
         let delivery = producer
-            .send(FutureRecord::to(&topic).key(&key).payload("partition probe"), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload("partition probe"),
+                Duration::from_secs(30),
+            )
             .await
             .expect("Kafka acknowledged");
-        assert_eq!(delivery.partition as u32, java_partition(key.as_bytes(), partitions as u32), "key {key}");
+        assert_eq!(
+            delivery.partition as u32,
+            java_partition(key.as_bytes(), partitions as u32),
+            "key {key}"
+        );
         used.insert(delivery.partition);
     }
     assert!(used.len() > 1, "200 keys spread over several partitions");
@@ -141,20 +189,35 @@ async fn a_client_that_is_not_ours_decodes_every_event_type() {
     for sample in samples::all() {
         let (landed, json) = match &sample {
             Sample::Checkout(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
-            Sample::InventoryCommand(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
-            Sample::InventoryEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
-            Sample::OrderRequest(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::InventoryCommand(e) => {
+                (produce(&codec, &producer, e).await, serde_json::to_value(e))
+            }
+            Sample::InventoryEvent(e) => {
+                (produce(&codec, &producer, e).await, serde_json::to_value(e))
+            }
+            Sample::OrderRequest(e) => {
+                (produce(&codec, &producer, e).await, serde_json::to_value(e))
+            }
             Sample::OrderEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
-            Sample::PaymentEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
-            Sample::PaymentWebhook(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
-            Sample::ExpiryEvent(e) => (produce(&codec, &producer, e).await, serde_json::to_value(e)),
+            Sample::PaymentEvent(e) => {
+                (produce(&codec, &producer, e).await, serde_json::to_value(e))
+            }
+            Sample::PaymentWebhook(e) => {
+                (produce(&codec, &producer, e).await, serde_json::to_value(e))
+            }
+            Sample::ExpiryEvent(e) => {
+                (produce(&codec, &producer, e).await, serde_json::to_value(e))
+            }
         };
         expected.push(serde_json::json!({ "key": landed.key, "value": json.unwrap() }));
         wanted.push(serde_json::json!({ "topic": landed.topic.name(), "partition": landed.partition, "offset": landed.offset }));
     }
 
     let mut child = tokio::process::Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/foreign_consumer.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/foreign_consumer.py"
+        ))
         .arg(&settings.kafka_brokers)
         .arg(&settings.schema_registry_url)
         .stdin(std::process::Stdio::piped())
@@ -163,16 +226,27 @@ async fn a_client_that_is_not_ours_decodes_every_event_type() {
         .expect("start the Python consumer");
     use tokio::io::AsyncWriteExt;
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(serde_json::to_string(&wanted).unwrap().as_bytes()).await.unwrap();
+    stdin
+        .write_all(serde_json::to_string(&wanted).unwrap().as_bytes())
+        .await
+        .unwrap();
     drop(stdin);
     let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .expect("the Python consumer finishes within 2 minutes")
         .unwrap();
-    assert!(output.status.success(), "Python consumer failed: {:?}", output.status);
-    let decoded: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("JSON from Python");
+    assert!(
+        output.status.success(),
+        "Python consumer failed: {:?}",
+        output.status
+    );
+    let decoded: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("JSON from Python");
     assert_eq!(decoded.len(), expected.len());
     for (theirs, ours) in decoded.iter().zip(&expected) {
-        assert_eq!(theirs, ours, "confluent-kafka's Avro deserializer reads what kassa wrote");
+        assert_eq!(
+            theirs, ours,
+            "confluent-kafka's Avro deserializer reads what kassa wrote"
+        );
     }
 }

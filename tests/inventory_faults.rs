@@ -42,13 +42,28 @@ impl Load {
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let skus: Vec<String> = (0..skus).map(|i| format!("F-{run}-{i}")).collect();
         let requests = (0..requests)
-            .map(|i| (format!("{run}-{i}"), skus[rng.below(skus.len() as u64) as usize].clone(), 1 + rng.below(2) as i32))
+            .map(|i| {
+                (
+                    format!("{run}-{i}"),
+                    skus[rng.below(skus.len() as u64) as usize].clone(),
+                    1 + rng.below(2) as i32,
+                )
+            })
             .collect();
-        Self { run, skus, stocked, requests }
+        Self {
+            run,
+            skus,
+            stocked,
+            requests,
+        }
     }
 
     async fn stock(&self, settings: &kassa::settings::Settings, feed: &Feed) {
-        let stock: Vec<(&str, i64)> = self.skus.iter().map(|s| (s.as_str(), self.stocked)).collect();
+        let stock: Vec<(&str, i64)> = self
+            .skus
+            .iter()
+            .map(|s| (s.as_str(), self.stocked))
+            .collect();
         feed.set_stock(settings, &stock).await;
     }
 
@@ -70,25 +85,50 @@ impl Load {
 async fn check_books(pool: &sqlx::PgPool, load: &Load, outcomes: &Outcomes) -> usize {
     let lines = outcomes.lines();
     let asked: HashSet<&str> = load.requests.iter().map(|(o, _, _)| o.as_str()).collect();
-    assert_eq!(lines.len(), load.requests.len(), "every request has an outcome");
+    assert_eq!(
+        lines.len(),
+        load.requests.len(),
+        "every request has an outcome"
+    );
     let mut duplicates = 0;
     let mut reserved_by_events: HashMap<String, i64> = HashMap::new();
     for ((order, _), events) in &lines {
-        assert!(asked.contains(order.as_str()), "an outcome for an order never asked: {order}");
+        assert!(
+            asked.contains(order.as_str()),
+            "an outcome for an order never asked: {order}"
+        );
         let ids: HashSet<_> = events.iter().map(|e| e.event_id).collect();
-        assert_eq!(ids.len(), 1, "order {order}: exactly one decision, got {events:?}");
+        assert_eq!(
+            ids.len(),
+            1,
+            "order {order}: exactly one decision, got {events:?}"
+        );
         duplicates += events.len() - 1;
         match &events[0].payload {
-            InventoryEvent::Reserved(r) => *reserved_by_events.entry(r.sku.clone()).or_default() += i64::from(r.quantity),
+            InventoryEvent::Reserved(r) => {
+                *reserved_by_events.entry(r.sku.clone()).or_default() += i64::from(r.quantity)
+            }
             InventoryEvent::Rejected(_) => {}
             other => panic!("unexpected outcome {other:?}"),
         }
     }
     for sku in &load.skus {
-        let (on_hand, reserved, committed) = stock_of(pool, sku).await.expect("stocked SKU has a row");
-        assert!(on_hand >= 0 && reserved >= 0 && committed >= 0, "{sku}: ({on_hand}, {reserved}, {committed})");
-        assert_eq!(on_hand + reserved + committed, load.stocked, "{sku}: units add up to what was stocked");
-        assert_eq!(reserved, reserved_by_events.get(sku).copied().unwrap_or(0), "{sku}: held = announced holds");
+        let (on_hand, reserved, committed) =
+            stock_of(pool, sku).await.expect("stocked SKU has a row");
+        assert!(
+            on_hand >= 0 && reserved >= 0 && committed >= 0,
+            "{sku}: ({on_hand}, {reserved}, {committed})"
+        );
+        assert_eq!(
+            on_hand + reserved + committed,
+            load.stocked,
+            "{sku}: units add up to what was stocked"
+        );
+        assert_eq!(
+            reserved,
+            reserved_by_events.get(sku).copied().unwrap_or(0),
+            "{sku}: held = announced holds"
+        );
         let active: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(quantity), 0)::bigint FROM inventory.reservations WHERE sku = $1 AND status = 'active'",
         )
@@ -96,7 +136,10 @@ async fn check_books(pool: &sqlx::PgPool, load: &Load, outcomes: &Outcomes) -> u
         .fetch_one(pool)
         .await
         .unwrap();
-        assert_eq!(active, reserved, "{sku}: reservation rows agree with the stock row");
+        assert_eq!(
+            active, reserved,
+            "{sku}: reservation rows agree with the stock row"
+        );
     }
     duplicates
 }
@@ -109,7 +152,11 @@ async fn killed_five_times_while_20000_requests_stream_in() {
     let feed = Feed::new(&settings);
     let mut rng = Rng::new();
     let load = Load::new(20, 500, 20_000, &mut rng);
-    let outcomes = Outcomes::collect(&settings, end_offsets(&settings, Topic::InventoryEvents.name()), load.run.clone());
+    let outcomes = Outcomes::collect(
+        &settings,
+        end_offsets(&settings, Topic::InventoryEvents.name()),
+        load.run.clone(),
+    );
     let instance = format!("crash-{}", load.run);
     let mut processor = Processor::start_inventory_as(Some(&instance));
     load.stock(&settings, &feed).await;
@@ -123,7 +170,11 @@ async fn killed_five_times_while_20000_requests_stream_in() {
         while kills < 6 {
             let threshold = (kills + 1) * 2_500 + rng.below(1_500) as usize;
             while outcomes.count() < threshold {
-                assert!(started.elapsed() < Duration::from_secs(240), "stalled at {} outcomes", outcomes.count());
+                assert!(
+                    started.elapsed() < Duration::from_secs(240),
+                    "stalled at {} outcomes",
+                    outcomes.count()
+                );
                 poll.tick().await;
             }
             processor.kill();
@@ -133,7 +184,9 @@ async fn killed_five_times_while_20000_requests_stream_in() {
         kills
     };
     let ((), kills) = tokio::join!(streaming, killing);
-    outcomes.wait_for_lines(load.requests.len(), Duration::from_secs(240)).await;
+    outcomes
+        .wait_for_lines(load.requests.len(), Duration::from_secs(240))
+        .await;
     let duplicates = check_books(&pool, &load, &outcomes).await;
     println!(
         "crash test: {} requests, {kills} SIGKILLs, {} outcome messages, {duplicates} physical duplicates re-sent, {:.1}s",
@@ -152,7 +205,11 @@ async fn two_instances_share_the_partitions_and_one_is_killed_mid_stream() {
     let feed = Feed::new(&settings);
     let mut rng = Rng::new();
     let load = Load::new(20, 300, 10_000, &mut rng);
-    let outcomes = Outcomes::collect(&settings, end_offsets(&settings, Topic::InventoryEvents.name()), load.run.clone());
+    let outcomes = Outcomes::collect(
+        &settings,
+        end_offsets(&settings, Topic::InventoryEvents.name()),
+        load.run.clone(),
+    );
     let _survivor = Processor::start_inventory();
     let mut victim = Processor::start_inventory();
     load.stock(&settings, &feed).await;
@@ -167,9 +224,14 @@ async fn two_instances_share_the_partitions_and_one_is_killed_mid_stream() {
         victim.kill();
     };
     tokio::join!(streaming, killing);
-    outcomes.wait_for_lines(load.requests.len(), Duration::from_secs(180)).await;
+    outcomes
+        .wait_for_lines(load.requests.len(), Duration::from_secs(180))
+        .await;
     let duplicates = check_books(&pool, &load, &outcomes).await;
-    println!("two instances: {} requests, one killed, {duplicates} physical duplicates", load.requests.len());
+    println!(
+        "two instances: {} requests, one killed, {duplicates} physical duplicates",
+        load.requests.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -179,7 +241,11 @@ async fn a_ten_second_database_outage_loses_and_doubles_nothing() {
     let feed = Feed::new(&settings);
     let mut rng = Rng::new();
     let load = Load::new(10, 300, 5_000, &mut rng);
-    let outcomes = Outcomes::collect(&settings, end_offsets(&settings, Topic::InventoryEvents.name()), load.run.clone());
+    let outcomes = Outcomes::collect(
+        &settings,
+        end_offsets(&settings, Topic::InventoryEvents.name()),
+        load.run.clone(),
+    );
     let _processor = Processor::start_inventory();
     load.stock(&settings, &feed).await;
 
@@ -192,7 +258,13 @@ async fn a_ten_second_database_outage_loses_and_doubles_nothing() {
             poll.tick().await;
         }
         // Not recorded as started by scripts/test: this restart gives back what was running.
-        let dev_cmd = |args: [&str; 2]| Command::new(dev).args(args).env_remove("KASSA_UP_STARTED_FILE").status().unwrap();
+        let dev_cmd = |args: [&str; 2]| {
+            Command::new(dev)
+                .args(args)
+                .env_remove("KASSA_UP_STARTED_FILE")
+                .status()
+                .unwrap()
+        };
         assert!(dev_cmd(["down", "postgres"]).success());
         let during = outcomes.count();
         tokio::time::sleep(OUTAGE).await; // the fault's length is the test's input, not a wait for a condition
@@ -201,11 +273,252 @@ async fn a_ten_second_database_outage_loses_and_doubles_nothing() {
         (during, after_outage)
     };
     let ((), (during, after_outage)) = tokio::join!(streaming, outage);
-    outcomes.wait_for_lines(load.requests.len(), Duration::from_secs(180)).await;
+    outcomes
+        .wait_for_lines(load.requests.len(), Duration::from_secs(180))
+        .await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let duplicates = check_books(&pool, &load, &outcomes).await;
     println!(
         "database outage: {} requests; outcomes {during} at the stop, {after_outage} after 10 s down (relay drained what was committed), {duplicates} physical duplicates",
         load.requests.len()
+    );
+}
+
+/// The records of `topic`/`partition` in `[from, to)` whose event id is in neither the inbox nor
+/// a dead letter, and whose offset no recorded move (intended or reported) covers: what was
+/// passed over silently.
+async fn passed_over_silently(
+    settings: &kassa::settings::Settings,
+    pool: &sqlx::PgPool,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> Vec<i64> {
+    use rdkafka::Message;
+    let feed = Feed::new(settings);
+    let records = common::read_from(
+        settings,
+        Topic::CheckoutRequests.name(),
+        partition,
+        from,
+        common::Isolation::Committed,
+        Duration::from_secs(30),
+        |m| m.last().is_some_and(|m| m.offset() + 1 >= to),
+    );
+    let mut silent = Vec::new();
+    for record in records.iter().filter(|m| m.offset() < to) {
+        let event: kassa_schemas::Envelope<kassa_schemas::events::checkout::CheckoutPayload> = feed
+            .codec
+            .decode(record.payload().expect("value"))
+            .await
+            .expect("a valid request");
+        let inboxed: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inventory.inbox WHERE event_id = $1)")
+                .bind(event.event_id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let accounted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM inventory.offset_moves WHERE topic = $1 AND partition = $2
+                             AND $3 >= coalesce(from_offset, 0) AND $3 < to_offset)",
+        )
+        .bind(Topic::CheckoutRequests.name())
+        .bind(partition)
+        .bind(record.offset())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !inboxed && !accounted {
+            silent.push(record.offset());
+        }
+    }
+    silent
+}
+
+/// Moves inventory's stored offset of `partition` to the end while the processor is mid-batch:
+/// holds the row lock until the processor's batch waits on it, produces `more` requests, then
+/// moves the offset (recording the move as an operator would when `intended`) and commits.
+/// Returns (the stored offset before, the end it was moved to).
+async fn move_offset_under_the_processor(
+    settings: &kassa::settings::Settings,
+    pool: &sqlx::PgPool,
+    feed: &Feed,
+    sku: &str,
+    partition: i32,
+    run: &str,
+    intended: bool,
+) -> (i64, i64) {
+    let topic = Topic::CheckoutRequests.name();
+    let mut tx = pool.begin().await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT next_offset FROM inventory.consumer_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE")
+        .bind(topic)
+        .bind(partition)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    for i in 0..30 {
+        feed.send(sku, &reserve(&format!("{run}-moved-{i}"), 0, sku, 1))
+            .await;
+    }
+    // Wait until the processor's batch is blocked on the row this transaction holds.
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%consumer_offsets%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the processor never tried to advance past the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll pg_stat_activity until the deadline
+    }
+    let end = end_offsets(settings, topic)[&partition];
+    if intended {
+        sqlx::query(
+            "INSERT INTO inventory.offset_moves (topic, partition, from_offset, to_offset, intended, moved_by, reason)
+             VALUES ($1, $2, $3, $4, true, 'kassa tests', 'an operator skips a backlog under a running processor')",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(before)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE inventory.consumer_offsets SET next_offset = $3 WHERE topic = $1 AND partition = $2")
+        .bind(topic)
+        .bind(partition)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    (before, end)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offset_moved_under_a_running_processor_is_reported_never_taken_silently() {
+    let _serial = SERIAL.lock().await;
+    let settings = common::setup().await;
+    let pool = kassa::migrate::connect(&settings).await.unwrap();
+    let feed = Feed::new(&settings);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let sku = format!("MOVE-{run}");
+    let topic = Topic::CheckoutRequests.name();
+    let partitions = end_offsets(&settings, topic).len() as u32;
+    let partition = kassa_schemas::kafka::java_partition(sku.as_bytes(), partitions) as i32;
+    let outcomes = Outcomes::collect(
+        &settings,
+        end_offsets(&settings, Topic::InventoryEvents.name()),
+        run.clone(),
+    );
+    let _processor = Processor::start_inventory();
+    feed.set_stock(&settings, &[(sku.as_str(), 1_000)]).await;
+    let first = end_offsets(&settings, topic)[&partition];
+    for i in 0..20 {
+        feed.send(&sku, &reserve(&format!("{run}-before-{i}"), 0, &sku, 1))
+            .await;
+    }
+    outcomes.wait_for_lines(20, Duration::from_secs(60)).await;
+
+    // Nobody says so: the processor must report the records it was made to pass over.
+    let (before, end) =
+        move_offset_under_the_processor(&settings, &pool, &feed, &sku, partition, &run, false)
+            .await;
+    for i in 0..10 {
+        feed.send(&sku, &reserve(&format!("{run}-after-{i}"), 0, &sku, 1))
+            .await;
+    }
+    let answered_after = |outcomes: &Outcomes| {
+        outcomes
+            .lines()
+            .keys()
+            .filter(|(o, _)| o.contains("-after-"))
+            .count()
+    };
+    let started = Instant::now();
+    while answered_after(&outcomes) < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the processor did not go on after the move"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll the outcomes until the deadline
+    }
+    let reported: Vec<(Option<i64>, i64, bool)> = sqlx::query_as(
+        "SELECT from_offset, to_offset, intended FROM inventory.offset_moves WHERE topic = $1 AND partition = $2 AND to_offset > $3",
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(before)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        reported.iter().any(|(from, to, intended)| !intended
+            && from.is_some_and(|f| f >= before)
+            && *to <= end),
+        "the skip of [{before}, {end}) is reported as unintended: {reported:?}"
+    );
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM inventory.consumer_offsets WHERE topic = $1 AND partition = $2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let silent = passed_over_silently(&settings, &pool, partition, first, stored).await;
+    assert!(
+        silent.is_empty(),
+        "records passed over without a trace: offsets {silent:?}"
+    );
+
+    // An operator's move, recorded: the processor reports it as intended, and nothing else.
+    let (before, end) =
+        move_offset_under_the_processor(&settings, &pool, &feed, &sku, partition, &run, true).await;
+    for i in 10..20 {
+        feed.send(&sku, &reserve(&format!("{run}-after-{i}"), 0, &sku, 1))
+            .await;
+    }
+    let started = Instant::now();
+    while answered_after(&outcomes) < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the processor did not go on after the operator's move"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll the outcomes until the deadline
+    }
+    let unintended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inventory.offset_moves WHERE topic = $1 AND partition = $2 AND NOT intended AND from_offset >= $3",
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(before)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        unintended, 0,
+        "an operator's recorded move of [{before}, {end}) is not reported as a fault"
+    );
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM inventory.consumer_offsets WHERE topic = $1 AND partition = $2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let silent = passed_over_silently(&settings, &pool, partition, first, stored).await;
+    assert!(
+        silent.is_empty(),
+        "records passed over without a trace: offsets {silent:?}"
     );
 }

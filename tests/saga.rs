@@ -11,7 +11,7 @@ use common::saga::{Placed, Saga, start_processors, stock};
 use kassa_processors::payments::gateway::simulated::{authenticate, intent_id_for};
 use kassa_processors::payments::ledger::idempotency_key;
 use kassa_schemas::events::orders::OrderEvent;
-use kassa_schemas::{Codec, Envelope};
+use kassa_schemas::{Codec, Envelope, Topic};
 use rdkafka::Message;
 
 const SECRET: &str = "whsec_saga_test";
@@ -20,7 +20,11 @@ const DONE: Duration = Duration::from_secs(60);
 async fn saga() -> Saga {
     // 20 s for 3-D Secure: long enough that a test completing it is never beaten by the deadline
     // on a busy machine, short enough for the test that lets it pass.
-    start_processors(&[("KASSA_PAYMENT_ACTION_SECONDS", "20"), ("KASSA_PAYMENT_RECHECK_SECONDS", "1")]).await;
+    start_processors(&[
+        ("KASSA_PAYMENT_ACTION_SECONDS", "20"),
+        ("KASSA_PAYMENT_RECHECK_SECONDS", "1"),
+    ])
+    .await;
     Saga::new(Some(SECRET), None).await
 }
 
@@ -31,7 +35,8 @@ fn intent_of(order: &str) -> String {
 
 /// Sends a Stripe-style event about `order`'s intent to the API, signed as the provider would.
 async fn webhook(saga: &Saga, event_id: &str, kind: &str, order: &str) -> reqwest::StatusCode {
-    saga.webhook(SECRET, event_id, kind, order, &intent_of(order)).await
+    saga.webhook(SECRET, event_id, kind, order, &intent_of(order))
+        .await
 }
 
 /// The states an order went through, from its audit trail (applied steps only).
@@ -51,31 +56,69 @@ async fn an_order_completes_with_stock_committed_and_the_payment_captured() {
     let (tee, mug) = (saga.sku("TEE"), saga.sku("MUG"));
     saga.product(&tee, 1999, 10).await;
     saga.product(&mug, 850, 5).await;
-    let events_from = common::inventory::end_offsets(&saga.api.settings, "orders.events");
+    let events_from =
+        common::inventory::end_offsets(&saga.api.settings, Topic::OrdersEvents.name());
     let order = saga.place("pm_card_visa", &[(&tee, 2), (&mug, 1)]).await;
 
     let done = saga.wait_status(&order, "completed", DONE).await;
     assert_eq!(done["total_minor"], 2 * 1999 + 850);
     assert_eq!(done["payment"]["provider"], "simulated");
-    assert_eq!(done["payment"]["provider_ref"], intent_of(&order.id).as_str());
-    let steps: Vec<&str> = done["transitions"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
-    let expected = ["pending", "reserved", "authorizing", "authorized", "authorized", "confirmed", "completed"];
-    assert_eq!(steps, expected, "the audit trail, served (a line at a time while pending and authorized)");
-    assert_eq!(stock(saga.pool(), &tee).await, Some((8, 0, 2)), "two tees sold");
-    assert_eq!(stock(saga.pool(), &mug).await, Some((4, 0, 1)), "one mug sold");
+    assert_eq!(
+        done["payment"]["provider_ref"],
+        intent_of(&order.id).as_str()
+    );
+    let steps: Vec<&str> = done["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    let expected = [
+        "pending",
+        "reserved",
+        "authorizing",
+        "authorized",
+        "authorized",
+        "confirmed",
+        "completed",
+    ];
+    assert_eq!(
+        steps, expected,
+        "the audit trail, served (a line at a time while pending and authorized)"
+    );
+    assert_eq!(
+        stock(saga.pool(), &tee).await,
+        Some((8, 0, 2)),
+        "two tees sold"
+    );
+    assert_eq!(
+        stock(saga.pool(), &mug).await,
+        Some((4, 0, 1)),
+        "one mug sold"
+    );
     assert_eq!(
         saga.sim_effects(&order.id).await,
         [("authorize".to_owned(), 4848), ("capture".to_owned(), 4848)],
         "authorized once, captured once, the order total"
     );
-    assert_eq!(path(&saga, &order.id).await, ["pending", "reserved", "authorizing", "authorized", "confirmed", "completed"]);
+    assert_eq!(
+        path(&saga, &order.id).await,
+        [
+            "pending",
+            "reserved",
+            "authorizing",
+            "authorized",
+            "confirmed",
+            "completed"
+        ]
+    );
 
     // The fulfilment event a warehouse reads: every line, the total, the customer.
     let key = order.id.clone();
     let codec = Codec::new(&saga.api.settings.schema_registry_url).unwrap();
     let messages = common::inventory::read_until(
         &saga.api.settings,
-        "orders.events",
+        Topic::OrdersEvents.name(),
         &events_from,
         DONE,
         |m| m.key() == Some(key.as_bytes()),
@@ -89,7 +132,14 @@ async fn an_order_completes_with_stock_committed_and_the_payment_captured() {
         }
     }
     let completed = completed.expect("an OrderCompleted event");
-    assert_eq!((completed.customer_id.as_str(), completed.total_minor, completed.lines.len()), (order.customer.as_str(), 4848, 2));
+    assert_eq!(
+        (
+            completed.customer_id.as_str(),
+            completed.total_minor,
+            completed.lines.len()
+        ),
+        (order.customer.as_str(), 4848, 2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,18 +148,24 @@ async fn a_line_out_of_stock_rejects_the_order_releases_the_others_and_charges_n
     let (plenty, scarce) = (saga.sku("PLENTY"), saga.sku("SCARCE"));
     saga.product(&plenty, 500, 10).await;
     saga.product(&scarce, 700, 1).await;
-    let order = saga.place("pm_card_visa", &[(&plenty, 3), (&scarce, 2)]).await;
+    let order = saga
+        .place("pm_card_visa", &[(&plenty, 3), (&scarce, 2)])
+        .await;
 
     let rejected = saga.wait_status(&order, "rejected", DONE).await;
     assert_eq!(rejected["reason"], "out_of_stock");
     saga.wait_stock(&plenty, (10, 0, 0)).await;
     assert_eq!(stock(saga.pool(), &scarce).await, Some((1, 0, 0)));
-    assert!(saga.sim_effects(&order.id).await.is_empty(), "no payment was attempted");
-    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments WHERE order_id = $1")
-        .bind(&order.id)
-        .fetch_one(saga.pool())
-        .await
-        .unwrap();
+    assert!(
+        saga.sim_effects(&order.id).await.is_empty(),
+        "no payment was attempted"
+    );
+    let payments: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments.payments WHERE order_id = $1")
+            .bind(&order.id)
+            .fetch_one(saga.pool())
+            .await
+            .unwrap();
     assert_eq!(payments, 0);
 }
 
@@ -124,7 +180,10 @@ async fn a_declined_card_cancels_the_order_and_gives_all_stock_back() {
     assert_eq!(cancelled["reason"], "payment_declined");
     assert_eq!(cancelled["detail"], "Your card was declined.");
     saga.wait_stock(&sku, (4, 0, 0)).await;
-    assert!(saga.sim_effects(&order.id).await.is_empty(), "nothing was authorized");
+    assert!(
+        saga.sim_effects(&order.id).await.is_empty(),
+        "nothing was authorized"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,10 +191,14 @@ async fn three_d_secure_never_completed_cancels_at_the_deadline_and_voids() {
     let saga = saga().await;
     let sku = saga.sku("3DS-LATE");
     saga.product(&sku, 3000, 2).await;
-    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 1)]).await;
+    let order = saga
+        .place("pm_card_threeDSecure2Required", &[(&sku, 1)])
+        .await;
 
     let waiting = saga.wait_status(&order, "action_required", DONE).await;
-    let secret = waiting["next_action"]["client_secret"].as_str().expect("the client secret for Stripe.js");
+    let secret = waiting["next_action"]["client_secret"]
+        .as_str()
+        .expect("the client secret for Stripe.js");
     assert!(secret.starts_with(&intent_of(&order.id)), "{secret}");
     assert!(waiting["next_action"]["due_at"].is_string());
 
@@ -151,17 +214,36 @@ async fn three_d_secure_never_completed_cancels_at_the_deadline_and_voids() {
     .unwrap();
     // Never early. The 1 s ticker fires within about 2 s (the target); a test only bounds it
     // loosely, so a stalled machine does not fail it.
-    println!("the 3-D Secure deadline fired {} ms after it was due", (fired - due).num_milliseconds());
-    assert!(fired >= due && fired - due < chrono::Duration::seconds(5), "fired {} ms after it was due", (fired - due).num_milliseconds());
+    println!(
+        "the 3-D Secure deadline fired {} ms after it was due",
+        (fired - due).num_milliseconds()
+    );
+    assert!(
+        fired >= due && fired - due < chrono::Duration::seconds(5),
+        "fired {} ms after it was due",
+        (fired - due).num_milliseconds()
+    );
 }
 
 /// Waits for 3-D Secure, completes it at the provider as the customer would, and tells kassa
 /// with `copies` simultaneous deliveries of one signed webhook.
 async fn complete_three_d_secure(saga: &Saga, order: &Placed, copies: usize) {
     saga.wait_status(order, "action_required", DONE).await;
-    assert!(authenticate(saga.pool(), &intent_of(&order.id), true).await.unwrap(), "the intent waited for 3-D Secure");
+    assert!(
+        authenticate(saga.pool(), &intent_of(&order.id), true)
+            .await
+            .unwrap(),
+        "the intent waited for 3-D Secure"
+    );
     let event = format!("evt_{}", uuid::Uuid::new_v4().simple());
-    let deliveries = (0..copies).map(|_| webhook(saga, &event, "payment_intent.amount_capturable_updated", &order.id));
+    let deliveries = (0..copies).map(|_| {
+        webhook(
+            saga,
+            &event,
+            "payment_intent.amount_capturable_updated",
+            &order.id,
+        )
+    });
     for status in futures::future::join_all(deliveries).await {
         assert_eq!(status, 200);
     }
@@ -172,15 +254,28 @@ async fn three_d_secure_completed_at_the_provider_completes_the_order() {
     let saga = saga().await;
     let sku = saga.sku("3DS-OK");
     saga.product(&sku, 4500, 3).await;
-    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 1)]).await;
+    let order = saga
+        .place("pm_card_threeDSecure2Required", &[(&sku, 1)])
+        .await;
     complete_three_d_secure(&saga, &order, 1).await;
 
     saga.wait_status(&order, "completed", DONE).await;
     assert_eq!(stock(saga.pool(), &sku).await, Some((2, 0, 1)));
-    assert_eq!(saga.sim_effects(&order.id).await, [("authorize".to_owned(), 4500), ("capture".to_owned(), 4500)]);
+    assert_eq!(
+        saga.sim_effects(&order.id).await,
+        [("authorize".to_owned(), 4500), ("capture".to_owned(), 4500)]
+    );
     assert_eq!(
         path(&saga, &order.id).await,
-        ["pending", "reserved", "authorizing", "action_required", "authorized", "confirmed", "completed"]
+        [
+            "pending",
+            "reserved",
+            "authorizing",
+            "action_required",
+            "authorized",
+            "confirmed",
+            "completed"
+        ]
     );
 }
 
@@ -189,19 +284,30 @@ async fn the_same_webhook_three_times_at_once_is_settled_once() {
     let saga = saga().await;
     let sku = saga.sku("WEBHOOK-3X");
     saga.product(&sku, 999, 3).await;
-    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 1)]).await;
+    let order = saga
+        .place("pm_card_threeDSecure2Required", &[(&sku, 1)])
+        .await;
     complete_three_d_secure(&saga, &order, 3).await;
 
     saga.wait_status(&order, "completed", DONE).await;
-    let kept: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT provider_event_id, outcome FROM payments.webhooks WHERE order_id = $1")
-            .bind(&order.id)
-            .fetch_all(saga.pool())
-            .await
-            .unwrap();
+    let kept: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT provider_event_id, outcome FROM payments.webhooks WHERE order_id = $1",
+    )
+    .bind(&order.id)
+    .fetch_all(saga.pool())
+    .await
+    .unwrap();
     assert_eq!(kept.len(), 1, "recorded once: {kept:?}");
-    assert_eq!(saga.sim_effects(&order.id).await, [("authorize".to_owned(), 999), ("capture".to_owned(), 999)]);
-    let authorized_steps = saga.trail(&order.id).await.iter().filter(|(_, to, a)| *a && to.as_deref() == Some("authorized")).count();
+    assert_eq!(
+        saga.sim_effects(&order.id).await,
+        [("authorize".to_owned(), 999), ("capture".to_owned(), 999)]
+    );
+    let authorized_steps = saga
+        .trail(&order.id)
+        .await
+        .iter()
+        .filter(|(_, to, a)| *a && to.as_deref() == Some("authorized"))
+        .count();
     assert_eq!(authorized_steps, 1, "authorized once");
 }
 
@@ -210,9 +316,15 @@ async fn a_customer_cancels_while_payment_waits_and_everything_is_undone() {
     let saga = saga().await;
     let sku = saga.sku("CANCEL");
     saga.product(&sku, 2500, 5).await;
-    let order = saga.place("pm_card_threeDSecure2Required", &[(&sku, 2)]).await;
+    let order = saga
+        .place("pm_card_threeDSecure2Required", &[(&sku, 2)])
+        .await;
     saga.wait_status(&order, "action_required", DONE).await;
-    assert_eq!(stock(saga.pool(), &sku).await, Some((3, 2, 0)), "two units held");
+    assert_eq!(
+        stock(saga.pool(), &sku).await,
+        Some((3, 2, 0)),
+        "two units held"
+    );
 
     saga.cancel(&order).await;
     let cancelled = saga.wait_status(&order, "cancelled", DONE).await;

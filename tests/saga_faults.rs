@@ -9,7 +9,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::saga::{Placed, Saga, start_processor, start_processors, stop_processor, wait_for, with_processor};
+use common::saga::{
+    Placed, Saga, start_processor, start_processors, stop_processor, wait_for, with_processor,
+};
 use futures::StreamExt;
 use kassa_processors::payments::gateway::simulated::intent_id_for;
 use kassa_processors::payments::ledger::idempotency_key;
@@ -46,7 +48,9 @@ async fn effects(saga: &Saga, orders: &[String]) -> HashMap<String, (i64, i64, i
     .fetch_all(saga.pool())
     .await
     .unwrap();
-    rows.into_iter().map(|(o, a, c, m)| (o, (a, c, m))).collect()
+    rows.into_iter()
+        .map(|(o, a, c, m)| (o, (a, c, m)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,26 +61,42 @@ async fn a_webhook_before_its_payment_exists_is_kept_and_applied() {
     saga.product(&sku, 1500, 2).await;
     stop_processor("payments");
     let order = saga.place("pm_card_visa", &[(&sku, 1)]).await;
-    saga.wait_status(&order, "authorizing", Duration::from_secs(60)).await;
+    saga.wait_status(&order, "authorizing", Duration::from_secs(60))
+        .await;
 
     // The provider tells before kassa has even created the payment.
     let intent = intent_id_for(&idempotency_key(&order.id, "create"));
     let event = format!("evt_{}", uuid::Uuid::new_v4().simple());
-    let delivered = saga.webhook(SECRET, &event, "payment_intent.amount_capturable_updated", &order.id, &intent).await;
+    let delivered = saga
+        .webhook(
+            SECRET,
+            &event,
+            "payment_intent.amount_capturable_updated",
+            &order.id,
+            &intent,
+        )
+        .await;
     assert_eq!(delivered, 200);
 
     start_processor("payments", ENV);
-    saga.wait_status(&order, "completed", Duration::from_secs(90)).await;
-    let (outcome, webhook_at, payment_at): (Option<String>, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as(
-            "SELECT w.outcome, w.received_at, p.created_at FROM payments.webhooks w
+    saga.wait_status(&order, "completed", Duration::from_secs(90))
+        .await;
+    let (outcome, webhook_at, payment_at): (
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    ) = sqlx::query_as(
+        "SELECT w.outcome, w.received_at, p.created_at FROM payments.webhooks w
              JOIN payments.payments p USING (order_id) WHERE w.order_id = $1",
-        )
-        .bind(&order.id)
-        .fetch_one(saga.pool())
-        .await
-        .unwrap();
-    assert!(webhook_at < payment_at, "the webhook came first ({webhook_at} < {payment_at})");
+    )
+    .bind(&order.id)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(
+        webhook_at < payment_at,
+        "the webhook came first ({webhook_at} < {payment_at})"
+    );
     assert!(outcome.is_some(), "applied once the payment existed");
 }
 
@@ -91,12 +111,17 @@ async fn timeouts_and_lost_answers_still_authorize_and_capture_each_order_once()
         orders.push(saga.place("pm_card_visa", &[(&sku, 1)]).await);
     }
     for order in &orders {
-        saga.wait_status(order, "completed", Duration::from_secs(120)).await;
+        saga.wait_status(order, "completed", Duration::from_secs(120))
+            .await;
     }
     let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
     let effects = effects(&saga, &ids).await;
     for id in &ids {
-        assert_eq!(effects.get(id), Some(&(1, 1, 1234)), "order {id}: one authorization, one capture of the total");
+        assert_eq!(
+            effects.get(id),
+            Some(&(1, 1, 1234)),
+            "order {id}: one authorization, one capture of the total"
+        );
     }
     let unsure: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM payments.attempts WHERE order_id = ANY($1) AND outcome IN ('ambiguous', 'retry')",
@@ -110,7 +135,10 @@ async fn timeouts_and_lost_answers_still_authorize_and_capture_each_order_once()
 
 /// The value at fraction `p` of `sorted` (0 when empty).
 fn percentile(sorted: &[i64], p: f64) -> i64 {
-    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,7 +154,12 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
         initial.insert(sku.clone(), on_hand);
     }
     const ORDERS: usize = 2_000;
-    let kills = [(300, "inventory"), (700, "orders"), (1_100, "payments"), (1_500, "expiry")];
+    let kills = [
+        (300, "inventory"),
+        (700, "orders"),
+        (1_100, "payments"),
+        (1_500, "expiry"),
+    ];
     let plan: Vec<(String, Vec<(String, i32)>)> = (0..ORDERS)
         .map(|n| {
             let method = match n % 20 {
@@ -134,14 +167,24 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
                 2 => "pm_card_threeDSecure2Required",
                 _ => "pm_card_visa",
             };
-            let lines = vec![(skus[n % 20].clone(), 1 + (n % 3) as i32), (skus[(n * 7 + 3) % 20].clone(), 1)];
-            let lines = if lines[0].0 == lines[1].0 { vec![lines[0].clone()] } else { lines };
+            let lines = vec![
+                (skus[n % 20].clone(), 1 + (n % 3) as i32),
+                (skus[(n * 7 + 3) % 20].clone(), 1),
+            ];
+            let lines = if lines[0].0 == lines[1].0 {
+                vec![lines[0].clone()]
+            } else {
+                lines
+            };
             (method.to_owned(), lines)
         })
         .collect();
 
     // As fast as 16 clients go, or paced at KASSA_SAGA_RUN_RATE orders/s (to measure below saturation).
-    let rate: Option<f64> = std::env::var("KASSA_SAGA_RUN_RATE").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0.0);
+    let rate: Option<f64> = std::env::var("KASSA_SAGA_RUN_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0.0);
     let started = Instant::now();
     let mut accepted: Vec<(Placed, chrono::DateTime<chrono::Utc>)> = Vec::with_capacity(ORDERS);
     let saga_ref = &saga;
@@ -149,7 +192,10 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
         .map(|(n, (method, lines))| async move {
             if let Some(rate) = rate {
                 // Open loop: each order at its intended time.
-                tokio::time::sleep_until((started + Duration::from_secs_f64(n as f64 / rate)).into()).await;
+                tokio::time::sleep_until(
+                    (started + Duration::from_secs_f64(n as f64 / rate)).into(),
+                )
+                .await;
             }
             let lines: Vec<(&str, i32)> = lines.iter().map(|(s, q)| (s.as_str(), *q)).collect();
             let order = saga_ref.place(method, &lines).await;
@@ -216,7 +262,11 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
 
     // Stock squares: nothing held, nothing oversold, committed = what completed orders bought.
     let mut bought: HashMap<String, i64> = HashMap::new();
-    let completed: Vec<&String> = finals.iter().filter(|f| f.1 == "completed").map(|f| &f.0).collect();
+    let completed: Vec<&String> = finals
+        .iter()
+        .filter(|f| f.1 == "completed")
+        .map(|f| &f.0)
+        .collect();
     let lines: Vec<(String, String, i32, String)> =
         sqlx::query_as("SELECT order_id, sku, quantity, status FROM inventory.reservations WHERE order_id = ANY($1)")
             .bind(&ids)
@@ -228,7 +278,10 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
         match status.as_str() {
             "committed" => {
                 committed += i64::from(*quantity);
-                assert!(completed.contains(&order), "stock committed for {order}, which did not complete");
+                assert!(
+                    completed.contains(&order),
+                    "stock committed for {order}, which did not complete"
+                );
                 *bought.entry(sku.clone()).or_default() += i64::from(*quantity);
             }
             "released" => released += i64::from(*quantity),
@@ -236,11 +289,18 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
             _ => {}
         }
     }
-    assert_eq!(held, 0, "no units are still held once every order is decided");
+    assert_eq!(
+        held, 0,
+        "no units are still held once every order is decided"
+    );
     for sku in &skus {
         let (on_hand, reserved, sold) = common::saga::stock(saga.pool(), sku).await.unwrap();
         assert_eq!(reserved, 0, "{sku}: nothing reserved at the end");
-        assert_eq!(sold, bought.get(sku).copied().unwrap_or(0), "{sku}: sold = what completed orders bought");
+        assert_eq!(
+            sold,
+            bought.get(sku).copied().unwrap_or(0),
+            "{sku}: sold = what completed orders bought"
+        );
         assert_eq!(on_hand + sold, initial[sku], "{sku}: units are conserved");
     }
 
@@ -250,16 +310,26 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
     let mut completed_total = 0;
     for (order, state, total, _) in &finals {
         let (authorizations, captures, captured) = effects.get(order).copied().unwrap_or((0, 0, 0));
-        assert!(authorizations <= 1 && captures <= 1, "order {order}: {authorizations} authorizations, {captures} captures");
+        assert!(
+            authorizations <= 1 && captures <= 1,
+            "order {order}: {authorizations} authorizations, {captures} captures"
+        );
         if state == "completed" {
-            assert_eq!((captures, captured), (1, *total), "order {order}: captured its total once");
+            assert_eq!(
+                (captures, captured),
+                (1, *total),
+                "order {order}: captured its total once"
+            );
             completed_total += total;
         } else {
             assert_eq!(captures, 0, "order {order} ({state}) was not charged");
         }
         captured_total += captured;
     }
-    assert_eq!(captured_total, completed_total, "captured money = the sum of completed orders");
+    assert_eq!(
+        captured_total, completed_total,
+        "captured money = the sum of completed orders"
+    );
     // An authorization of an order that did not complete was voided at the provider.
     let dangling: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM simulator.intents i JOIN orders.orders o USING (order_id)
@@ -269,11 +339,16 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
     .fetch_one(saga.pool())
     .await
     .unwrap();
-    assert_eq!(dangling, 0, "no authorization is left open on an undone order");
+    assert_eq!(
+        dangling, 0,
+        "no authorization is left open on an undone order"
+    );
 
     // The figures of the run.
-    let accepted_at: HashMap<&str, chrono::DateTime<chrono::Utc>> =
-        accepted.iter().map(|(o, at)| (o.id.as_str(), *at)).collect();
+    let accepted_at: HashMap<&str, chrono::DateTime<chrono::Utc>> = accepted
+        .iter()
+        .map(|(o, at)| (o.id.as_str(), *at))
+        .collect();
     let mut latencies: Vec<i64> = finals
         .iter()
         .filter(|f| f.1 == "completed")
@@ -287,8 +362,10 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
     .fetch_all(saga.pool())
     .await
     .unwrap();
-    let mut to_confirmed: Vec<i64> =
-        confirmed_at.iter().map(|(id, at)| (*at - accepted_at[id.as_str()]).num_milliseconds()).collect();
+    let mut to_confirmed: Vec<i64> = confirmed_at
+        .iter()
+        .map(|(id, at)| (*at - accepted_at[id.as_str()]).num_milliseconds())
+        .collect();
     to_confirmed.sort_unstable();
     eprintln!(
         "2,000-order run: placed in {:.1} s ({} answers 503, retried); completed {}, rejected {}, cancelled {}; units reserved {}, released {}, committed {}; \
@@ -308,6 +385,12 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
         percentile(&latencies, 0.99),
         latencies.last().unwrap_or(&0),
     );
-    assert!(counts.get("completed").copied().unwrap_or(0) > ORDERS / 2, "most orders complete: {counts:?}");
-    assert!(counts.contains_key("rejected") && counts.contains_key("cancelled"), "every outcome happened: {counts:?}");
+    assert!(
+        counts.get("completed").copied().unwrap_or(0) > ORDERS / 2,
+        "most orders complete: {counts:?}"
+    );
+    assert!(
+        counts.contains_key("rejected") && counts.contains_key("cancelled"),
+        "every outcome happened: {counts:?}"
+    );
 }

@@ -33,8 +33,14 @@ async fn saga() -> Saga {
         .http
         // One hook per test: localstripe delivers every event to every hook, so each test's API
         // hears its own events even after another test (and its API) has finished.
-        .post(format!("{base}/_config/webhooks/kassa-saga-stripe-{}", saga.run))
-        .form(&[("url", format!("{}/webhooks/stripe", saga.api.base)), ("secret", SECRET.to_owned())])
+        .post(format!(
+            "{base}/_config/webhooks/kassa-saga-stripe-{}",
+            saga.run
+        ))
+        .form(&[
+            ("url", format!("{}/webhooks/stripe", saga.api.base)),
+            ("secret", SECRET.to_owned()),
+        ])
         .send()
         .await
         .expect("localstripe is up (scripts/dev up)");
@@ -44,7 +50,15 @@ async fn saga() -> Saga {
 
 /// GET on localstripe's API.
 async fn stripe_get(saga: &Saga, path: &str) -> Value {
-    saga.http.get(format!("{}{path}", stripe_base())).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
+    saga.http
+        .get(format!("{}{path}", stripe_base()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// The intent kassa recorded for `order`.
@@ -65,13 +79,14 @@ async fn webhook_outcome(saga: &Saga, order: &str, kind: &str) -> String {
     wait_for(DONE, &format!("a {kind} webhook for {order}"), || {
         let (pool, order, kind, found) = (pool.clone(), order.clone(), kind.clone(), found.clone());
         async move {
-            let row: Option<Option<String>> =
-                sqlx::query_scalar("SELECT outcome FROM payments.webhooks WHERE order_id = $1 AND event_type = $2")
-                    .bind(&order)
-                    .bind(&kind)
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
+            let row: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT outcome FROM payments.webhooks WHERE order_id = $1 AND event_type = $2",
+            )
+            .bind(&order)
+            .bind(&kind)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
             let applied = row.flatten();
             let done = applied.is_some();
             *found.lock().unwrap() = applied;
@@ -91,13 +106,20 @@ async fn a_card_payment_is_authorized_then_captured_at_stripe() {
 
     saga.wait_status(&order, "completed", DONE).await;
     assert_eq!(stock(saga.pool(), &sku).await, Some((3, 0, 2)));
-    let intent = stripe_get(&saga, &format!("/v1/payment_intents/{}", intent_of(&saga, &order.id).await)).await;
+    let intent = stripe_get(
+        &saga,
+        &format!("/v1/payment_intents/{}", intent_of(&saga, &order.id).await),
+    )
+    .await;
     assert_eq!(intent["status"], "succeeded", "{intent}");
     assert_eq!(intent["amount"], 5198);
     assert_eq!(intent["capture_method"], "manual");
     assert_eq!(intent["metadata"]["order_id"], order.id.as_str());
     // localstripe signs and sends payment_intent.succeeded after the capture: it agrees.
-    assert_eq!(webhook_outcome(&saga, &order.id, "payment_intent.succeeded").await, "agrees");
+    assert_eq!(
+        webhook_outcome(&saga, &order.id, "payment_intent.succeeded").await,
+        "agrees"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,8 +132,15 @@ async fn a_declining_card_at_stripe_cancels_the_order_and_releases_the_stock() {
     let cancelled = saga.wait_status(&order, "cancelled", DONE).await;
     assert_eq!(cancelled["reason"], "payment_declined");
     saga.wait_stock(&sku, (3, 0, 0)).await;
-    let intent = stripe_get(&saga, &format!("/v1/payment_intents/{}", intent_of(&saga, &order.id).await)).await;
-    assert_eq!(intent["status"], "requires_payment_method", "declined, nothing to capture: {intent}");
+    let intent = stripe_get(
+        &saga,
+        &format!("/v1/payment_intents/{}", intent_of(&saga, &order.id).await),
+    )
+    .await;
+    assert_eq!(
+        intent["status"], "requires_payment_method",
+        "declined, nothing to capture: {intent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,21 +170,37 @@ async fn three_d_secure_completed_through_stripe_completes_the_order() {
     let order = saga.place(method, &[(&sku, 1)]).await;
 
     let waiting = saga.wait_status(&order, "action_required", DONE).await;
-    let secret = waiting["next_action"]["client_secret"].as_str().expect("client secret").to_owned();
+    let secret = waiting["next_action"]["client_secret"]
+        .as_str()
+        .expect("client secret")
+        .to_owned();
     let intent = intent_of(&saga, &order.id).await;
     let authenticated = saga
         .http
-        .post(format!("{}/v1/payment_intents/{intent}/_authenticate", stripe_base()))
+        .post(format!(
+            "{}/v1/payment_intents/{intent}/_authenticate",
+            stripe_base()
+        ))
         .bearer_auth(KEY)
         .form(&[("client_secret", secret.as_str()), ("success", "true")])
         .send()
         .await
         .unwrap();
-    assert!(authenticated.status().is_success(), "{}", authenticated.text().await.unwrap());
+    assert!(
+        authenticated.status().is_success(),
+        "{}",
+        authenticated.text().await.unwrap()
+    );
 
     saga.wait_status(&order, "completed", DONE).await;
     assert_eq!(stock(saga.pool(), &sku).await, Some((1, 0, 1)));
     let intent = stripe_get(&saga, &format!("/v1/payment_intents/{intent}")).await;
-    assert_eq!((intent["status"].as_str(), intent["amount"].as_i64()), (Some("succeeded"), Some(7500)));
-    assert_eq!(webhook_outcome(&saga, &order.id, "payment_intent.succeeded").await, "agrees");
+    assert_eq!(
+        (intent["status"].as_str(), intent["amount"].as_i64()),
+        (Some("succeeded"), Some(7500))
+    );
+    assert_eq!(
+        webhook_outcome(&saga, &order.id, "payment_intent.succeeded").await,
+        "agrees"
+    );
 }

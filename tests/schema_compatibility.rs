@@ -9,7 +9,10 @@ use std::process::Output;
 use common::setup;
 
 fn kassa(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kassa")).args(args).output().expect("run kassa")
+    std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
+        .args(args)
+        .output()
+        .expect("run kassa")
 }
 
 /// A temporary copy of the schema files, removed when dropped.
@@ -39,16 +42,30 @@ fn edited_copy(file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> SchemaC
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
     let target = dir.join(file);
-    let mut schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
     edit(&mut schema);
     std::fs::write(&target, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
     copy
 }
 
 /// The fields of the payload branch `record` in an envelope schema.
-fn branch_fields<'a>(schema: &'a mut serde_json::Value, record: &str) -> &'a mut Vec<serde_json::Value> {
-    let payload = schema["fields"].as_array_mut().unwrap().iter_mut().find(|f| f["name"] == "payload").unwrap();
-    let branch = payload["type"].as_array_mut().unwrap().iter_mut().find(|b| b["name"] == record).unwrap();
+fn branch_fields<'a>(
+    schema: &'a mut serde_json::Value,
+    record: &str,
+) -> &'a mut Vec<serde_json::Value> {
+    let payload = schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "payload")
+        .unwrap();
+    let branch = payload["type"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|b| b["name"] == record)
+        .unwrap();
     branch["fields"].as_array_mut().unwrap()
 }
 
@@ -60,19 +77,37 @@ fn stdout(output: &Output) -> String {
 async fn the_schemas_of_this_build_are_compatible() {
     setup().await;
     let output = kassa(&["schemas", "check"]);
-    assert!(output.status.success(), "{}{}", stdout(&output), String::from_utf8_lossy(&output.stderr));
-    assert_eq!(stdout(&output).matches(": compatible").count(), 8, "{}", stdout(&output));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout(&output).matches(": compatible").count(),
+        8,
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[tokio::test]
 async fn a_new_field_without_default_is_refused() {
     setup().await;
     let dir = edited_copy("orders.requests.avsc", |schema| {
-        branch_fields(schema, "CancelRequested").push(serde_json::json!({"name": "channel", "type": "string"}));
+        branch_fields(schema, "CancelRequested")
+            .push(serde_json::json!({"name": "channel", "type": "string"}));
     });
     let output = kassa(&["schemas", "check", "--dir", dir.arg()]);
-    assert!(!output.status.success(), "an incompatible change must fail the check");
-    assert!(stdout(&output).contains("orders.requests-value: INCOMPATIBLE"), "{}", stdout(&output));
+    assert!(
+        !output.status.success(),
+        "an incompatible change must fail the check"
+    );
+    assert!(
+        stdout(&output).contains("orders.requests-value: INCOMPATIBLE"),
+        "{}",
+        stdout(&output)
+    );
     assert_eq!(stdout(&output).matches(": compatible").count(), 7);
 }
 
@@ -80,12 +115,19 @@ async fn a_new_field_without_default_is_refused() {
 async fn a_changed_field_type_is_refused() {
     setup().await;
     let dir = edited_copy("inventory.events.avsc", |schema| {
-        let quantity = branch_fields(schema, "Reserved").iter_mut().find(|f| f["name"] == "quantity").unwrap();
+        let quantity = branch_fields(schema, "Reserved")
+            .iter_mut()
+            .find(|f| f["name"] == "quantity")
+            .unwrap();
         quantity["type"] = serde_json::json!("string");
     });
     let output = kassa(&["schemas", "check", "--dir", dir.arg()]);
     assert!(!output.status.success());
-    assert!(stdout(&output).contains("inventory.events-value: INCOMPATIBLE"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("inventory.events-value: INCOMPATIBLE"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[tokio::test]

@@ -36,11 +36,21 @@ fn yes() -> bool {
 }
 
 fn check_sku(sku: &str) -> Result<(), Problem> {
-    if valid_sku(sku) { Ok(()) } else { Err(field("sku", "1 to 64 characters: letters, digits, '.', '_', '-'")) }
+    if valid_sku(sku) {
+        Ok(())
+    } else {
+        Err(field(
+            "sku",
+            "1 to 64 characters: letters, digits, '.', '_', '-'",
+        ))
+    }
 }
 
 fn field(name: &str, message: &str) -> Problem {
-    Problem::validation(vec![FieldError { field: name.into(), message: message.into() }])
+    Problem::validation(vec![FieldError {
+        field: name.into(),
+        message: message.into(),
+    }])
 }
 
 /// `PUT /admin/products/{sku}`: creates or updates a product.
@@ -54,13 +64,22 @@ pub async fn put_product(
     check_sku(&sku)?;
     let mut errors = Vec::new();
     if p.name.trim().is_empty() || p.name.chars().count() > 200 {
-        errors.push(FieldError { field: "name".into(), message: "1 to 200 characters".into() });
+        errors.push(FieldError {
+            field: "name".into(),
+            message: "1 to 200 characters".into(),
+        });
     }
     if p.price_minor < 0 {
-        errors.push(FieldError { field: "price_minor".into(), message: "not negative".into() });
+        errors.push(FieldError {
+            field: "price_minor".into(),
+            message: "not negative".into(),
+        });
     }
     if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        errors.push(FieldError { field: "currency".into(), message: "an ISO 4217 code, e.g. EUR".into() });
+        errors.push(FieldError {
+            field: "currency".into(),
+            message: "an ISO 4217 code, e.g. EUR".into(),
+        });
     }
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
@@ -83,14 +102,19 @@ pub async fn put_product(
 
 /// `GET /admin/products/{sku}`.
 #[utoipa::path(get, path = "/admin/products/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the product")))]
-pub async fn get_product(State(state): State<AppState>, _admin: Admin, Path(sku): Path<String>) -> Result<Response, Problem> {
+pub async fn get_product(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sku): Path<String>,
+) -> Result<Response, Problem> {
     check_sku(&sku).map_err(|_| Problem::not_found("product"))?;
-    let row: Option<(String, i64, String, bool)> =
-        sqlx::query_as("SELECT name, price_minor, currency, active FROM api.products WHERE sku = $1")
-            .bind(&sku)
-            .fetch_optional(&state.pool)
-            .await
-            .map_err(db)?;
+    let row: Option<(String, i64, String, bool)> = sqlx::query_as(
+        "SELECT name, price_minor, currency, active FROM api.products WHERE sku = $1",
+    )
+    .bind(&sku)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db)?;
     let (name, price_minor, currency, active) = row.ok_or_else(|| Problem::not_found("product"))?;
     Ok(Json(json!({ "sku": sku, "name": name, "price_minor": price_minor, "currency": currency, "active": active })).into_response())
 }
@@ -115,18 +139,37 @@ pub async fn post_stock(
     check_sku(&sku)?;
     let reason = format!("admin {}", admin.name);
     let command = match (value.restock, value.set) {
-        (Some(quantity), None) if quantity > 0 => {
-            InventoryCommand::Restock(Restock { sku: sku.clone(), quantity, order_id: None, line_index: None, reason })
+        (Some(quantity), None) if quantity > 0 => InventoryCommand::Restock(Restock {
+            sku: sku.clone(),
+            quantity,
+            order_id: None,
+            line_index: None,
+            reason,
+        }),
+        (None, Some(on_hand)) if on_hand >= 0 => InventoryCommand::SetStock(SetStock {
+            sku: sku.clone(),
+            on_hand,
+            reason,
+        }),
+        _ => {
+            return Err(field(
+                "restock|set",
+                "exactly one of `restock` (positive) or `set` (not negative)",
+            ));
         }
-        (None, Some(on_hand)) if on_hand >= 0 => InventoryCommand::SetStock(SetStock { sku: sku.clone(), on_hand, reason }),
-        _ => return Err(field("restock|set", "exactly one of `restock` (positive) or `set` (not negative)")),
     };
     crate::produce::send(&state, &sku, &Envelope::new(sku.clone(), None, command)).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "sku": sku, "status": "sent to inventory" }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "sku": sku, "status": "sent to inventory" })),
+    )
+        .into_response())
 }
 
 fn redis(state: &AppState) -> Result<redis::aio::ConnectionManager, Problem> {
-    state.redis.clone().ok_or_else(|| Problem::unavailable("Redis is unavailable: flash sales cannot be managed", 5))
+    state.redis.clone().ok_or_else(|| {
+        Problem::unavailable("Redis is unavailable: flash sales cannot be managed", 5)
+    })
 }
 
 fn redis_error(e: redis::RedisError) -> Problem {
@@ -145,33 +188,57 @@ pub async fn put_sale(
     check_sku(&sku)?;
     let mut errors = Vec::new();
     if sale.tokens < 0 {
-        errors.push(FieldError { field: "tokens".into(), message: "not negative".into() });
+        errors.push(FieldError {
+            field: "tokens".into(),
+            message: "not negative".into(),
+        });
     }
     if !(30..=3600).contains(&sale.hold_seconds) {
-        errors.push(FieldError { field: "hold_seconds".into(), message: "30 to 3600".into() });
+        errors.push(FieldError {
+            field: "hold_seconds".into(),
+            message: "30 to 3600".into(),
+        });
     }
     if sale.per_customer_limit < 0 {
-        errors.push(FieldError { field: "per_customer_limit".into(), message: "not negative (0: no limit)".into() });
+        errors.push(FieldError {
+            field: "per_customer_limit".into(),
+            message: "not negative (0: no limit)".into(),
+        });
     }
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
-    flash::start(&mut redis(&state)?, &sku, &sale).await.map_err(redis_error)?;
+    flash::start(&mut redis(&state)?, &sku, &sale)
+        .await
+        .map_err(redis_error)?;
     Ok(Json(json!({ "sku": sku, "sale": sale })).into_response())
 }
 
 /// `GET /admin/flash-sales/{sku}`: the sale running, with its tokens left.
 #[utoipa::path(get, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the sale, tokens left")))]
-pub async fn get_sale(State(state): State<AppState>, _admin: Admin, Path(sku): Path<String>) -> Result<Response, Problem> {
-    let sale = flash::current(&mut redis(&state)?, &sku).await.map_err(redis_error)?;
+pub async fn get_sale(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sku): Path<String>,
+) -> Result<Response, Problem> {
+    let sale = flash::current(&mut redis(&state)?, &sku)
+        .await
+        .map_err(redis_error)?;
     let sale = sale.ok_or_else(|| Problem::not_found("flash sale"))?;
     Ok(Json(json!({ "sku": sku, "sale": sale })).into_response())
 }
 
 /// `DELETE /admin/flash-sales/{sku}`: stops the sale.
 #[utoipa::path(delete, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 204, description = "stopped")))]
-pub async fn delete_sale(State(state): State<AppState>, _admin: Admin, Path(sku): Path<String>) -> Result<Response, Problem> {
-    if flash::stop(&mut redis(&state)?, &sku).await.map_err(redis_error)? {
+pub async fn delete_sale(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sku): Path<String>,
+) -> Result<Response, Problem> {
+    if flash::stop(&mut redis(&state)?, &sku)
+        .await
+        .map_err(redis_error)?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(Problem::not_found("flash sale"))

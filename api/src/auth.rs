@@ -48,7 +48,11 @@ pub async fn create_key(pool: &PgPool, kind: KeyKind, name: &str) -> Result<Stri
         KeyKind::Storefront => "ks_sf",
         KeyKind::Admin => "ks_admin",
     };
-    let secret = format!("{prefix}_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{prefix}_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     sqlx::query("INSERT INTO api.api_keys (key_hash, kind, name) VALUES ($1, $2, $3)")
         .bind(hash(&secret))
         .bind(kind.as_str())
@@ -74,7 +78,12 @@ pub struct KeyCache {
 }
 
 /// The name of the live key of `kind` whose secret is `secret`, if any.
-async fn lookup(pool: &PgPool, cache: &KeyCache, kind: KeyKind, secret: &str) -> Result<Option<String>, sqlx::Error> {
+async fn lookup(
+    pool: &PgPool,
+    cache: &KeyCache,
+    kind: KeyKind,
+    secret: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let key = (hash(secret), kind);
     let cell = {
         let mut entries = cache.entries.lock().expect("key cache");
@@ -104,7 +113,10 @@ async fn lookup(pool: &PgPool, cache: &KeyCache, kind: KeyKind, secret: &str) ->
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
     (!token.is_empty() && token.len() <= 200).then_some(token)
 }
 
@@ -116,7 +128,12 @@ pub struct Admin {
 }
 
 /// The name of the key of `kind` the request carries, or the problem to answer.
-async fn authenticate(parts: &Parts, state: &AppState, kind: KeyKind, missing: fn() -> Problem) -> Result<String, Problem> {
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    kind: KeyKind,
+    missing: fn() -> Problem,
+) -> Result<String, Problem> {
     let secret = bearer(parts).ok_or_else(missing)?;
     match lookup(&state.pool, &state.keys, kind, secret).await {
         Ok(Some(name)) => Ok(name),
@@ -142,6 +159,8 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        authenticate(parts, state, KeyKind::Admin, Problem::admin_only).await.map(|name| Admin { name })
+        authenticate(parts, state, KeyKind::Admin, Problem::admin_only)
+            .await
+            .map(|name| Admin { name })
     }
 }

@@ -25,7 +25,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| {
-                let media = v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+                let media = v
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase();
                 media == "application/json" || media.ends_with("+json")
             });
         if !json {
@@ -34,7 +39,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
             .await
             .map_err(|_| Problem::too_large(MAX_BODY_BYTES))?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| Problem::malformed(e.to_string()))?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| Problem::malformed(e.to_string()))?;
         Ok(Self { value })
     }
 }
@@ -47,12 +53,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeJson<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
         let (parts, body) = request.into_parts();
-        let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Problem::too_large(MAX_BODY_BYTES))?;
+        let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Problem::too_large(MAX_BODY_BYTES))?;
         if bytes.is_empty() {
             return Ok(Self(None));
         }
         let request = Request::from_parts(parts, axum::body::Body::from(bytes));
-        JsonBody::from_request(request, state).await.map(|b| Self(Some(b.value)))
+        JsonBody::from_request(request, state)
+            .await
+            .map(|b| Self(Some(b.value)))
     }
 }
 
@@ -72,16 +82,25 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
 /// Middleware: reads every request body (up to [`MAX_BODY_BYTES`], else 413) before routing, so
 /// a handler that ignores its body never leaves unread bytes that would cost the connection.
-pub async fn buffer_body(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+pub async fn buffer_body(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let (parts, body) = request.into_parts();
     match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
         Err(_) => {
             // The rest of the body is never read, so the connection cannot carry another request:
             // say so, and clients open a fresh one instead of writing into a closed socket.
             let mut response = Problem::too_large(MAX_BODY_BYTES).into_response();
-            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
             response
         }
     }

@@ -35,7 +35,10 @@ pub struct CartTtl {
 
 impl Default for CartTtl {
     fn default() -> Self {
-        Self { guest: 7 * 24 * 3600, customer: 30 * 24 * 3600 }
+        Self {
+            guest: 7 * 24 * 3600,
+            customer: 30 * 24 * 3600,
+        }
     }
 }
 
@@ -58,13 +61,20 @@ enum Owner {
 impl Owner {
     fn of(cart_id: &str, headers: &HeaderMap) -> Result<Self, Problem> {
         if cart_id == "me" {
-            let customer = headers.get("x-customer-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let customer = headers
+                .get("x-customer-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             if customer.is_empty() || customer.len() > 128 {
                 return Err(field("X-Customer-Id", "the customer whose cart this is"));
             }
             return Ok(Owner::Customer(customer.to_owned()));
         }
-        let valid = !cart_id.is_empty() && cart_id.len() <= 64 && cart_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        let valid = !cart_id.is_empty()
+            && cart_id.len() <= 64
+            && cart_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
         if !valid {
             return Err(Problem::not_found("cart"));
         }
@@ -87,7 +97,10 @@ impl Owner {
 }
 
 fn field(name: &str, message: &str) -> Problem {
-    Problem::validation(vec![FieldError { field: name.into(), message: message.into() }])
+    Problem::validation(vec![FieldError {
+        field: name.into(),
+        message: message.into(),
+    }])
 }
 
 /// Writes `new` if the stored version is still `expected` (None: the cart must not exist);
@@ -101,7 +114,10 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1],
 return 1";
 
 fn conn(state: &AppState) -> Result<ConnectionManager, Problem> {
-    state.redis.clone().ok_or_else(|| Problem::unavailable("carts are unavailable (Redis)", 2))
+    state
+        .redis
+        .clone()
+        .ok_or_else(|| Problem::unavailable("carts are unavailable (Redis)", 2))
 }
 
 fn redis_error(e: redis::RedisError) -> Problem {
@@ -111,15 +127,33 @@ fn redis_error(e: redis::RedisError) -> Problem {
 
 /// Reads a cart (sliding its expiry); None if there is none.
 async fn read(conn: &mut ConnectionManager, key: &str, ttl: u64) -> Result<Option<Cart>, Problem> {
-    let (raw, _): (Option<String>, bool) =
-        redis::pipe().get(key).expire(key, ttl as i64).query_async(conn).await.map_err(redis_error)?;
-    raw.map(|r| serde_json::from_str(&r).map_err(|_| Problem::internal())).transpose()
+    let (raw, _): (Option<String>, bool) = redis::pipe()
+        .get(key)
+        .expire(key, ttl as i64)
+        .query_async(conn)
+        .await
+        .map_err(redis_error)?;
+    raw.map(|r| serde_json::from_str(&r).map_err(|_| Problem::internal()))
+        .transpose()
 }
 
 /// Replaces the cart at `expected_version` (0: absent) with `items` (empty: delete).
-async fn write(conn: &mut ConnectionManager, key: &str, ttl: u64, expected_version: u64, items: BTreeMap<String, i32>) -> Result<Option<Cart>, Problem> {
-    let cart = Cart { items, version: expected_version + 1 };
-    let stored = if cart.items.is_empty() { String::new() } else { serde_json::to_string(&cart).map_err(|_| Problem::internal())? };
+async fn write(
+    conn: &mut ConnectionManager,
+    key: &str,
+    ttl: u64,
+    expected_version: u64,
+    items: BTreeMap<String, i32>,
+) -> Result<Option<Cart>, Problem> {
+    let cart = Cart {
+        items,
+        version: expected_version + 1,
+    };
+    let stored = if cart.items.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&cart).map_err(|_| Problem::internal())?
+    };
     let written: i64 = redis::Script::new(CAS_SCRIPT)
         .key(key)
         .arg(expected_version)
@@ -133,37 +167,68 @@ async fn write(conn: &mut ConnectionManager, key: &str, ttl: u64, expected_versi
 
 /// The version an `If-Match` names (`"3"` or `W/"3"`), if the header is there.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let text = value.to_str().unwrap_or_default().trim().trim_start_matches("W/").trim_matches('"');
-    text.parse().map(Some).map_err(|_| field("If-Match", "an ETag from this cart, e.g. \"3\""))
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"');
+    text.parse()
+        .map(Some)
+        .map_err(|_| field("If-Match", "an ETag from this cart, e.g. \"3\""))
 }
 
 fn check_items(items: &BTreeMap<String, i32>) -> Result<(), Problem> {
     let mut errors = Vec::new();
     if items.len() > MAX_LINES {
-        errors.push(FieldError { field: "items".into(), message: format!("at most {MAX_LINES} SKUs") });
+        errors.push(FieldError {
+            field: "items".into(),
+            message: format!("at most {MAX_LINES} SKUs"),
+        });
     }
     for (sku, quantity) in items {
         if !valid_sku(sku) {
-            errors.push(FieldError { field: format!("items.{sku}"), message: "not a valid SKU".into() });
+            errors.push(FieldError {
+                field: format!("items.{sku}"),
+                message: "not a valid SKU".into(),
+            });
         }
         if *quantity < 1 || *quantity > MAX_QUANTITY {
-            errors.push(FieldError { field: format!("items.{sku}"), message: format!("quantity 1 to {MAX_QUANTITY}") });
+            errors.push(FieldError {
+                field: format!("items.{sku}"),
+                message: format!("quantity 1 to {MAX_QUANTITY}"),
+            });
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(Problem::validation(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::validation(errors))
+    }
 }
 
 /// The cart as answered: items priced from the catalog, subtotal, `ETag`.
-async fn answer(state: &AppState, status: StatusCode, cart_id: &str, cart: &Cart) -> Result<Response, Problem> {
+async fn answer(
+    state: &AppState,
+    status: StatusCode,
+    cart_id: &str,
+    cart: &Cart,
+) -> Result<Response, Problem> {
     let skus: Vec<&str> = cart.items.keys().map(String::as_str).collect();
-    let rows: Vec<(String, i64, String, bool)> =
-        sqlx::query_as("SELECT sku, price_minor, currency, active FROM api.products WHERE sku = ANY($1)")
-            .bind(&skus)
-            .fetch_all(&state.pool)
-            .await
-            .map_err(db)?;
-    let catalog: HashMap<String, (i64, String, bool)> = rows.into_iter().map(|(s, p, c, a)| (s, (p, c, a))).collect();
+    let rows: Vec<(String, i64, String, bool)> = sqlx::query_as(
+        "SELECT sku, price_minor, currency, active FROM api.products WHERE sku = ANY($1)",
+    )
+    .bind(&skus)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db)?;
+    let catalog: HashMap<String, (i64, String, bool)> = rows
+        .into_iter()
+        .map(|(s, p, c, a)| (s, (p, c, a)))
+        .collect();
     let mut subtotal: BTreeMap<String, i64> = BTreeMap::new();
     let items: Vec<serde_json::Value> = cart
         .items
@@ -187,12 +252,24 @@ async fn answer(state: &AppState, status: StatusCode, cart_id: &str, cart: &Cart
 
 /// `GET /api/carts/{cart_id}`: the cart (a customer's cart that does not exist yet is empty).
 #[utoipa::path(get, path = "/api/carts/{cart_id}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the cart, priced; `ETag` is its version")))]
-pub async fn get(State(state): State<AppState>, storefront: Storefront, headers: HeaderMap, Path(cart_id): Path<String>) -> Result<Response, Problem> {
+pub async fn get(
+    State(state): State<AppState>,
+    storefront: Storefront,
+    headers: HeaderMap,
+    Path(cart_id): Path<String>,
+) -> Result<Response, Problem> {
     let owner = Owner::of(&cart_id, &headers)?;
-    let cart = read(&mut conn(&state)?, &owner.key(&storefront.name), owner.ttl(state.cart_ttl)).await?;
+    let cart = read(
+        &mut conn(&state)?,
+        &owner.key(&storefront.name),
+        owner.ttl(state.cart_ttl),
+    )
+    .await?;
     match (cart, &owner) {
         (Some(cart), _) => answer(&state, StatusCode::OK, &cart_id, &cart).await,
-        (None, Owner::Customer(_)) => answer(&state, StatusCode::OK, &cart_id, &Cart::default()).await,
+        (None, Owner::Customer(_)) => {
+            answer(&state, StatusCode::OK, &cart_id, &Cart::default()).await
+        }
         (None, Owner::Guest(_)) => Err(Problem::not_found("cart")),
     }
 }
@@ -234,7 +311,12 @@ pub async fn put(
 
 /// `DELETE /api/carts/{cart_id}`: empties the cart (honours `If-Match` when sent).
 #[utoipa::path(delete, path = "/api/carts/{cart_id}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 204, description = "emptied")))]
-pub async fn delete(State(state): State<AppState>, storefront: Storefront, headers: HeaderMap, Path(cart_id): Path<String>) -> Result<Response, Problem> {
+pub async fn delete(
+    State(state): State<AppState>,
+    storefront: Storefront,
+    headers: HeaderMap,
+    Path(cart_id): Path<String>,
+) -> Result<Response, Problem> {
     let owner = Owner::of(&cart_id, &headers)?;
     edit(&state, &owner, &storefront, &headers, |items| items.clear()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -321,7 +403,9 @@ pub async fn merge(
     let guest = Owner::of(&value.guest_cart_id, &HeaderMap::new())?;
     let mut redis = conn(&state)?;
     let guest_key = guest.key(&storefront.name);
-    let Some(guest_cart) = read(&mut redis, &guest_key, guest.ttl(state.cart_ttl)).await? else { return Err(Problem::not_found("cart")) };
+    let Some(guest_cart) = read(&mut redis, &guest_key, guest.ttl(state.cart_ttl)).await? else {
+        return Err(Problem::not_found("cart"));
+    };
     let merged = edit(&state, &customer, &storefront, &HeaderMap::new(), |items| {
         for (sku, quantity) in &guest_cart.items {
             let q = items.entry(sku.clone()).or_default();
@@ -329,13 +413,23 @@ pub async fn merge(
         }
     })
     .await?;
-    let _: () = redis::cmd("DEL").arg(&guest_key).query_async(&mut redis).await.map_err(redis_error)?;
+    let _: () = redis::cmd("DEL")
+        .arg(&guest_key)
+        .query_async(&mut redis)
+        .await
+        .map_err(redis_error)?;
     answer(&state, StatusCode::OK, "me", &merged).await
 }
 
 /// Read-modify-write with compare-and-set: at the client's `If-Match` version when sent (412 if
 /// stale), else retried on concurrent writes.
-async fn edit(state: &AppState, owner: &Owner, storefront: &Storefront, headers: &HeaderMap, change: impl Fn(&mut BTreeMap<String, i32>)) -> Result<Cart, Problem> {
+async fn edit(
+    state: &AppState,
+    owner: &Owner,
+    storefront: &Storefront,
+    headers: &HeaderMap,
+    change: impl Fn(&mut BTreeMap<String, i32>),
+) -> Result<Cart, Problem> {
     let (key, ttl) = (owner.key(&storefront.name), owner.ttl(state.cart_ttl));
     let wanted = if_match(headers)?;
     let mut redis = conn(state)?;
@@ -356,7 +450,10 @@ async fn edit(state: &AppState, owner: &Owner, storefront: &Storefront, headers:
             return Err(Problem::stale(current.version + 1));
         }
     }
-    Err(Problem::unavailable("the cart is changing too fast; retry", 1))
+    Err(Problem::unavailable(
+        "the cart is changing too fast; retry",
+        1,
+    ))
 }
 
 /// The body of `POST /api/carts/{cart_id}/checkout`.
@@ -396,7 +493,14 @@ pub async fn checkout(
     }
     let request = OrderRequest {
         customer_id: value.customer_id,
-        lines: cart.items.iter().map(|(sku, quantity)| LineRequest { sku: sku.clone(), quantity: *quantity }).collect(),
+        lines: cart
+            .items
+            .iter()
+            .map(|(sku, quantity)| LineRequest {
+                sku: sku.clone(),
+                quantity: *quantity,
+            })
+            .collect(),
         payment_method_id: value.payment_method_id,
     };
     let route = format!("POST /api/carts/{cart_id}/checkout");
@@ -409,7 +513,18 @@ pub async fn checkout(
 }
 
 /// The stored answer for this request's Idempotency-Key on this cart's checkout, if any.
-async fn replay_only(state: &AppState, storefront: &Storefront, headers: &HeaderMap, cart_id: &str) -> Option<Response> {
+async fn replay_only(
+    state: &AppState,
+    storefront: &Storefront,
+    headers: &HeaderMap,
+    cart_id: &str,
+) -> Option<Response> {
     let key = headers.get("idempotency-key")?.to_str().ok()?;
-    crate::idempotency::answered(&state.pool, &storefront.name, key, &format!("POST /api/carts/{cart_id}/checkout")).await
+    crate::idempotency::answered(
+        &state.pool,
+        &storefront.name,
+        key,
+        &format!("POST /api/carts/{cart_id}/checkout"),
+    )
+    .await
 }

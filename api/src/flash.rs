@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use kassa_schemas::flash_keys::{GIVE_BACK_SCRIPT, admitted_key, bought_key, config_key, tokens_key};
+use kassa_schemas::flash_keys::{
+    GIVE_BACK_SCRIPT, admitted_key, bought_key, config_key, tokens_key,
+};
 use redis::aio::ConnectionManager;
 
 /// Per-customer counters are kept this long after the last purchase.
@@ -69,7 +71,9 @@ pub async fn sold_out_early(
     let script = redis::Script::new(PRECHECK_SCRIPT);
     let mut invocation = script.prepare_invoke();
     for sku in &skus {
-        invocation.key(tokens_key(sku)).key(admitted_key(sku, storefront, idempotency_key));
+        invocation
+            .key(tokens_key(sku))
+            .key(admitted_key(sku, storefront, idempotency_key));
     }
     for sku in &skus {
         invocation.arg(units[*sku]);
@@ -101,7 +105,9 @@ pub async fn admit(
     customer: &str,
     units: &BTreeMap<String, i32>,
 ) -> Gate {
-    let Some(conn) = redis else { return Gate::Admitted(BTreeMap::new()) };
+    let Some(conn) = redis else {
+        return Gate::Admitted(BTreeMap::new());
+    };
     let mut conn = conn.clone();
     let skus: Vec<&String> = units.keys().collect();
     let script = redis::Script::new(GATE_SCRIPT);
@@ -129,8 +135,15 @@ pub async fn admit(
             ),
             Some(verdict) => {
                 let index: usize = reply.get(1).and_then(|i| i.parse().ok()).unwrap_or(1);
-                let sku = skus.get(index.saturating_sub(1)).map(|s| (*s).clone()).unwrap_or_default();
-                if verdict == "sold_out" { Gate::SoldOut(sku) } else { Gate::PurchaseLimit(sku) }
+                let sku = skus
+                    .get(index.saturating_sub(1))
+                    .map(|s| (*s).clone())
+                    .unwrap_or_default();
+                if verdict == "sold_out" {
+                    Gate::SoldOut(sku)
+                } else {
+                    Gate::PurchaseLimit(sku)
+                }
             }
             None => Gate::Admitted(BTreeMap::new()),
         },
@@ -142,13 +155,22 @@ pub async fn admit(
 }
 
 /// Gives tokens back (an admitted order that then did not go ahead).
-pub async fn give_back(redis: &Option<ConnectionManager>, customer: &str, taken: &BTreeMap<String, i32>, units: &BTreeMap<String, i32>) {
+pub async fn give_back(
+    redis: &Option<ConnectionManager>,
+    customer: &str,
+    taken: &BTreeMap<String, i32>,
+    units: &BTreeMap<String, i32>,
+) {
     let Some(conn) = redis else { return };
     let mut conn = conn.clone();
     let script = redis::Script::new(GIVE_BACK_SCRIPT);
     for sku in taken.keys() {
-        let result: redis::RedisResult<i64> =
-            script.key(tokens_key(sku)).key(bought_key(sku, customer)).arg(units[sku]).invoke_async(&mut conn).await;
+        let result: redis::RedisResult<i64> = script
+            .key(tokens_key(sku))
+            .key(bought_key(sku, customer))
+            .arg(units[sku])
+            .invoke_async(&mut conn)
+            .await;
         if let Err(e) = result {
             tracing::warn!(sku, error = %e, "flash-sale tokens not given back");
         }
@@ -170,7 +192,13 @@ pub struct Sale {
 pub async fn start(conn: &mut ConnectionManager, sku: &str, sale: &Sale) -> redis::RedisResult<()> {
     redis::pipe()
         .atomic()
-        .hset_multiple(config_key(sku), &[("hold_seconds", sale.hold_seconds), ("per_customer_limit", sale.per_customer_limit)])
+        .hset_multiple(
+            config_key(sku),
+            &[
+                ("hold_seconds", sale.hold_seconds),
+                ("per_customer_limit", sale.per_customer_limit),
+            ],
+        )
         .set(tokens_key(sku), sale.tokens)
         .query_async(conn)
         .await
@@ -178,7 +206,11 @@ pub async fn start(conn: &mut ConnectionManager, sku: &str, sale: &Sale) -> redi
 
 /// Stops a sale: orders for the SKU are no longer gated (customer counters expire on their own).
 pub async fn stop(conn: &mut ConnectionManager, sku: &str) -> redis::RedisResult<bool> {
-    let removed: i64 = redis::cmd("DEL").arg(tokens_key(sku)).arg(config_key(sku)).query_async(conn).await?;
+    let removed: i64 = redis::cmd("DEL")
+        .arg(tokens_key(sku))
+        .arg(config_key(sku))
+        .query_async(conn)
+        .await?;
     Ok(removed > 0)
 }
 
@@ -190,5 +222,9 @@ pub async fn current(conn: &mut ConnectionManager, sku: &str) -> redis::RedisRes
         .hget(config_key(sku), "per_customer_limit")
         .query_async(conn)
         .await?;
-    Ok(tokens.map(|tokens| Sale { tokens, hold_seconds: hold.unwrap_or(0), per_customer_limit: limit.unwrap_or(0) }))
+    Ok(tokens.map(|tokens| Sale {
+        tokens,
+        hold_seconds: hold.unwrap_or(0),
+        per_customer_limit: limit.unwrap_or(0),
+    }))
 }

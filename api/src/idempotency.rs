@@ -33,14 +33,25 @@ pub enum Existing {
 /// The fingerprint of a request: its storefront, route and canonical body.
 pub fn fingerprint(storefront: &str, route: &str, canonical_body: &[u8]) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    for part in [storefront.as_bytes(), b"\0", route.as_bytes(), b"\0", canonical_body] {
+    for part in [
+        storefront.as_bytes(),
+        b"\0",
+        route.as_bytes(),
+        b"\0",
+        canonical_body,
+    ] {
         hasher.update(part);
     }
     hasher.finalize().to_vec()
 }
 
 /// Looks up the record for (storefront, key).
-pub async fn existing(pool: &PgPool, storefront: &str, key: &str, fingerprint: &[u8]) -> Result<Existing, sqlx::Error> {
+pub async fn existing(
+    pool: &PgPool,
+    storefront: &str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Existing, sqlx::Error> {
     let row: Option<(Vec<u8>, Uuid, Option<i32>, Option<serde_json::Value>)> = sqlx::query_as(
         "SELECT request_hash, order_id, response_status, response_body FROM api.idempotency_keys
          WHERE storefront = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
@@ -52,13 +63,22 @@ pub async fn existing(pool: &PgPool, storefront: &str, key: &str, fingerprint: &
     Ok(match row {
         None => Existing::None,
         Some((hash, _, _, _)) if hash != fingerprint => Existing::Reused,
-        Some((_, order_id, Some(status), Some(body))) => Existing::Answered { order_id, status: status as u16, body },
+        Some((_, order_id, Some(status), Some(body))) => Existing::Answered {
+            order_id,
+            status: status as u16,
+            body,
+        },
         Some((_, order_id, _, _)) => Existing::Pending { order_id },
     })
 }
 
 /// The stored answer for (storefront, key) if the key was used on `route` and answered.
-pub async fn answered(pool: &PgPool, storefront: &str, key: &str, route: &str) -> Option<axum::response::Response> {
+pub async fn answered(
+    pool: &PgPool,
+    storefront: &str,
+    key: &str,
+    route: &str,
+) -> Option<axum::response::Response> {
     let row: Option<(Uuid, i32, serde_json::Value)> = sqlx::query_as(
         "SELECT order_id, response_status, response_body FROM api.idempotency_keys
          WHERE storefront = $1 AND key = $2 AND route = $3 AND response_status IS NOT NULL
@@ -71,11 +91,19 @@ pub async fn answered(pool: &PgPool, storefront: &str, key: &str, route: &str) -
     .await
     .ok()
     .flatten();
-    row.map(|(order_id, status, body)| crate::orders::accepted_response(order_id, status as u16, body))
+    row.map(|(order_id, status, body)| {
+        crate::orders::accepted_response(order_id, status as u16, body)
+    })
 }
 
 /// Stores the answer to replay.
-pub async fn answer(pool: &PgPool, storefront: &str, key: &str, status: u16, body: &serde_json::Value) -> Result<(), sqlx::Error> {
+pub async fn answer(
+    pool: &PgPool,
+    storefront: &str,
+    key: &str,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE api.idempotency_keys SET response_status = $3, response_body = $4 WHERE storefront = $1 AND key = $2")
         .bind(storefront)
         .bind(key)
@@ -88,8 +116,10 @@ pub async fn answer(pool: &PgPool, storefront: &str, key: &str, status: u16, bod
 
 /// Deletes records older than 24 h; returns how many.
 pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM api.idempotency_keys WHERE created_at < now() - interval '24 hours'")
-        .execute(pool)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query(
+        "DELETE FROM api.idempotency_keys WHERE created_at < now() - interval '24 hours'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

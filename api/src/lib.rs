@@ -115,17 +115,34 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs))
         .route("/api/orders", post(orders::create))
-        .route("/api/orders/{id}", get(order_status::get).delete(order_requests::cancel))
+        .route(
+            "/api/orders/{id}",
+            get(order_status::get).delete(order_requests::cancel),
+        )
         .route("/api/orders/{id}/hold", post(order_requests::renew_hold))
         .route("/api/carts/me/merge", post(carts::merge))
-        .route("/api/carts/{cart_id}", get(carts::get).put(carts::put).delete(carts::delete))
+        .route(
+            "/api/carts/{cart_id}",
+            get(carts::get).put(carts::put).delete(carts::delete),
+        )
         .route("/api/carts/{cart_id}/items", post(carts::add_item))
-        .route("/api/carts/{cart_id}/items/{sku}", axum::routing::put(carts::set_item).delete(carts::remove_item))
+        .route(
+            "/api/carts/{cart_id}/items/{sku}",
+            axum::routing::put(carts::set_item).delete(carts::remove_item),
+        )
         .route("/api/carts/{cart_id}/checkout", post(carts::checkout))
         .route("/webhooks/stripe", post(webhooks::stripe))
-        .route("/admin/products/{sku}", get(admin::get_product).put(admin::put_product))
+        .route(
+            "/admin/products/{sku}",
+            get(admin::get_product).put(admin::put_product),
+        )
         .route("/admin/stock/{sku}", post(admin::post_stock))
-        .route("/admin/flash-sales/{sku}", get(admin::get_sale).put(admin::put_sale).delete(admin::delete_sale))
+        .route(
+            "/admin/flash-sales/{sku}",
+            get(admin::get_sale)
+                .put(admin::put_sale)
+                .delete(admin::delete_sale),
+        )
         .fallback(|| async { Problem::not_found("route") })
         .method_not_allowed_fallback(|| async {
             let mut p = Problem::not_found("route");
@@ -150,19 +167,35 @@ async fn health() -> Json<Value> {
 #[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "every dependency answers"), (status = 503, description = "a dependency does not", body = Problem, content_type = "application/problem+json")))]
 async fn ready(State(state): State<AppState>) -> axum::response::Response {
     let limit = Duration::from_secs(2);
-    let postgres = async { sqlx::query("SELECT 1").execute(&state.pool).await.map(drop).map_err(|e| e.to_string()) };
+    let postgres = async {
+        sqlx::query("SELECT 1")
+            .execute(&state.pool)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
     let kafka = async {
         let producer = state.producer.clone();
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
-            producer.client().fetch_metadata(None, Duration::from_secs(2)).map(drop).map_err(|e| e.to_string())
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()))
     };
     let redis = async {
-        let Some(mut conn) = state.redis.clone() else { return Err("not connected".to_owned()) };
-        redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string())
+        let Some(mut conn) = state.redis.clone() else {
+            return Err("not connected".to_owned());
+        };
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     };
     let (postgres, kafka, redis) = tokio::join!(
         tokio::time::timeout(limit, postgres),
@@ -174,8 +207,12 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
         Ok(Err(_)) => "failing",
         Err(_) => "timed out",
     };
-    let checks = json!({ "postgres": verdict(postgres), "kafka": verdict(kafka), "redis": verdict(redis) });
-    if checks.as_object().is_some_and(|c| c.values().all(|v| v == "ok")) {
+    let checks =
+        json!({ "postgres": verdict(postgres), "kafka": verdict(kafka), "redis": verdict(redis) });
+    if checks
+        .as_object()
+        .is_some_and(|c| c.values().all(|v| v == "ok"))
+    {
         Json(json!({ "status": "ready", "checks": checks })).into_response()
     } else {
         tracing::warn!(%checks, "not ready");
@@ -194,14 +231,29 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         .connect_lazy(&config.database_url)
         .map_err(|e| ServeError::Setup(format!("database URL: {e}")))?;
     let mut producer_config = ClientConfig::new();
-    producer_config.set("bootstrap.servers", &config.brokers).set("linger.ms", "1");
+    producer_config
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "1");
     for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
         producer_config.set(*key, *value);
     }
-    let producer: FutureProducer = producer_config.create().map_err(|e| ServeError::Setup(format!("Kafka producer: {e}")))?;
+    let producer: FutureProducer = producer_config
+        .create()
+        .map_err(|e| ServeError::Setup(format!("Kafka producer: {e}")))?;
     let codec = Codec::new(&config.registry_url).map_err(|e| ServeError::Setup(e.to_string()))?;
     let redis = connect_redis(&config.redis_url).await;
-    Ok(AppState { pool: pool.clone(), producer, codec: Arc::new(codec), redis, hold_seconds: config.hold_seconds, keys: Arc::default(), cart_ttl: config.cart_ttl, stripe_webhook_secret: config.stripe_webhook_secret.clone(), limits: Arc::new(limits::Limits::new(config.rate_limits)), status_feed: order_status::StatusFeed::start(pool.clone()) })
+    Ok(AppState {
+        pool: pool.clone(),
+        producer,
+        codec: Arc::new(codec),
+        redis,
+        hold_seconds: config.hold_seconds,
+        keys: Arc::default(),
+        cart_ttl: config.cart_ttl,
+        stripe_webhook_secret: config.stripe_webhook_secret.clone(),
+        limits: Arc::new(limits::Limits::new(config.rate_limits)),
+        status_feed: order_status::StatusFeed::start(pool.clone()),
+    })
 }
 
 /// A self-reconnecting Redis connection, or None (logged) if Redis cannot be reached within 3 s.
@@ -219,7 +271,12 @@ async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(5)));
-    match tokio::time::timeout(Duration::from_secs(3), redis::aio::ConnectionManager::new_with_config(client, config)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        redis::aio::ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Redis unreachable: flash-sale gate fails open");
@@ -234,7 +291,10 @@ async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
 
 /// Serves the API until `shutdown` completes, then drains in-flight requests. Prunes expired
 /// Idempotency-Key records every 10 minutes meanwhile.
-pub async fn serve(config: ApiConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn serve(
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let state = state(&config).await?;
     let pool = state.pool.clone();
     let limits = state.limits.clone();
@@ -251,7 +311,9 @@ pub async fn serve(config: ApiConfig, shutdown: impl Future<Output = ()> + Send 
         }
     });
     let addr = config.addr;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
     tracing::info!(%addr, "API listening");
     let served = serve_on(listener, state, shutdown).await;
     pruning.abort();
@@ -264,7 +326,9 @@ pub async fn serve(config: ApiConfig, shutdown: impl Future<Output = ()> + Send 
 pub async fn spawn(config: &ApiConfig) -> Result<SocketAddr, ServeError> {
     let state = state(config).await?;
     let addr = config.addr;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
     let bound = listener.local_addr()?;
     tokio::spawn(serve_on(listener, state, std::future::pending()));
     Ok(bound)
@@ -276,5 +340,7 @@ pub async fn serve_on(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

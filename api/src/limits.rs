@@ -19,7 +19,10 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self { storefront_per_second: 5_000, customer_per_second: 20 }
+        Self {
+            storefront_per_second: 5_000,
+            customer_per_second: 20,
+        }
     }
 }
 
@@ -48,13 +51,17 @@ impl Limits {
 
     /// Counts a request by `storefront`.
     pub fn storefront(&self, storefront: &str) -> Result<(), Problem> {
-        self.storefront.check_key(&storefront.to_owned()).map_err(|n| self.limited(n.wait_time_from(self.clock.now())))
+        self.storefront
+            .check_key(&storefront.to_owned())
+            .map_err(|n| self.limited(n.wait_time_from(self.clock.now())))
     }
 
     /// Counts a request for `customer` of `storefront`.
     pub fn customer(&self, storefront: &str, customer: &str) -> Result<(), Problem> {
         let key = (storefront.to_owned(), customer.to_owned());
-        self.customer.check_key(&key).map_err(|n| self.limited(n.wait_time_from(self.clock.now())))
+        self.customer
+            .check_key(&key)
+            .map_err(|n| self.limited(n.wait_time_from(self.clock.now())))
     }
 
     /// Forgets keys that are back to a full allowance (bounds the memory).

@@ -6,7 +6,9 @@ use axum::response::{Html, IntoResponse, Response};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{admin, carts, order_requests, order_status, orders, pricing, problem, telemetry, webhooks};
+use crate::{
+    admin, carts, order_requests, order_status, orders, pricing, problem, telemetry, webhooks,
+};
 
 /// The API's OpenAPI document.
 #[derive(OpenApi)]
@@ -44,8 +46,17 @@ struct Keys;
 impl utoipa::Modify for Keys {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        for (name, what) in [("storefront", "a storefront key (`kassa keys create storefront <name>`)"), ("admin", "an admin key (`kassa keys create admin <name>`)")] {
-            let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what)).build();
+        for (name, what) in [
+            (
+                "storefront",
+                "a storefront key (`kassa keys create storefront <name>`)",
+            ),
+            ("admin", "an admin key (`kassa keys create admin <name>`)"),
+        ] {
+            let scheme = HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(what))
+                .build();
             components.add_security_scheme(name, SecurityScheme::Http(scheme));
         }
     }

@@ -31,7 +31,11 @@ pub async fn cancel(
         reason: "customer requested".into(),
     });
     crate::produce::send(&state, &order, &Envelope::new(order.clone(), None, request)).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "cancel_requested" }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "order_id": order, "status": "cancel_requested" })),
+    )
+        .into_response())
 }
 
 /// The optional body of `POST /api/orders/{id}/hold`.
@@ -51,12 +55,21 @@ pub async fn renew_hold(
     crate::body::MaybeJson(body): crate::body::MaybeJson<HoldBody>,
 ) -> Result<Response, Problem> {
     let owned = owned_order(&state, &storefront, &headers, &id).await?;
-    let hold_seconds = body.and_then(|b| b.hold_seconds).unwrap_or(state.hold_seconds);
+    let hold_seconds = body
+        .and_then(|b| b.hold_seconds)
+        .unwrap_or(state.hold_seconds);
     if !(30..=3600).contains(&hold_seconds) {
-        return Err(Problem::validation(vec![FieldError { field: "hold_seconds".into(), message: "30 to 3600".into() }]));
+        return Err(Problem::validation(vec![FieldError {
+            field: "hold_seconds".into(),
+            message: "30 to 3600".into(),
+        }]));
     }
     let order = owned.order_id.to_string();
-    let request = OrderRequest::HoldRenewalRequested(HoldRenewalRequested { order_id: order.clone(), customer_id: owned.customer_id, hold_seconds });
+    let request = OrderRequest::HoldRenewalRequested(HoldRenewalRequested {
+        order_id: order.clone(),
+        customer_id: owned.customer_id,
+        hold_seconds,
+    });
     crate::produce::send(&state, &order, &Envelope::new(order.clone(), None, request)).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "hold_renewal_requested", "hold_seconds": hold_seconds }))).into_response())
 }

@@ -46,7 +46,9 @@ async fn listen(pool: PgPool, changed: broadcast::Sender<String>) {
         // Runs until the connection fails: only an error ends it.
         let listened: Result<std::convert::Infallible, sqlx::Error> = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(kassa_schemas::read_model::ORDER_STATUS_CHANNEL).await?;
+            listener
+                .listen(kassa_schemas::read_model::ORDER_STATUS_CHANNEL)
+                .await?;
             loop {
                 let notification = listener.recv().await?;
                 let _ = changed.send(notification.payload().to_owned());
@@ -146,14 +148,20 @@ pub async fn get(
 ) -> Result<Response, Problem> {
     let wait = query.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
-        return Err(Problem::validation(vec![FieldError { field: "wait".into(), message: "0 to 30 seconds".into() }]));
+        return Err(Problem::validation(vec![FieldError {
+            field: "wait".into(),
+            message: "0 to 30 seconds".into(),
+        }]));
     }
     let order = owned_order(&state, &storefront, &headers, &id).await?;
     let order_id = order.order_id.to_string();
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut changes = state.status_feed.changed.subscribe();
     let mut row = read(&state.pool, &order_id).await.map_err(db)?;
-    let since = query.since.filter(|s| !s.is_empty()).unwrap_or_else(|| status_name(&row).to_owned());
+    let since = query
+        .since
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| status_name(&row).to_owned());
     if wait > 0 && status_name(&row) == since {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         loop {

@@ -17,10 +17,10 @@ use crate::AppState;
 use crate::auth::Storefront;
 use crate::body::JsonBody;
 use crate::flash::{self, Gate};
-use crate::produce;
 use crate::idempotency::{self, Existing};
 use crate::pricing::{self, PricedLine, PricingError, Product};
 use crate::problem::{FieldError, Problem};
+use crate::produce;
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 50;
@@ -50,36 +50,60 @@ pub struct LineRequest {
 
 fn validate(request: &OrderRequest, key: Option<&str>) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let mut bad = |field: String, message: &str| errors.push(FieldError { field, message: message.to_owned() });
+    let mut bad = |field: String, message: &str| {
+        errors.push(FieldError {
+            field,
+            message: message.to_owned(),
+        })
+    };
     match key {
         None => bad("Idempotency-Key".into(), "the header is required"),
         Some(k) if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) => {
-            bad("Idempotency-Key".into(), "1 to 255 visible ASCII characters")
+            bad(
+                "Idempotency-Key".into(),
+                "1 to 255 visible ASCII characters",
+            )
         }
         Some(_) => {}
     }
     if !valid_id(&request.customer_id, 128) {
-        bad("customer_id".into(), "1 to 128 characters: letters, digits, '-', '_', '.', '@'");
+        bad(
+            "customer_id".into(),
+            "1 to 128 characters: letters, digits, '-', '_', '.', '@'",
+        );
     }
     if !valid_id(&request.payment_method_id, 255) {
-        bad("payment_method_id".into(), "1 to 255 characters: letters, digits, '-', '_', '.'");
+        bad(
+            "payment_method_id".into(),
+            "1 to 255 characters: letters, digits, '-', '_', '.'",
+        );
     }
     if request.lines.is_empty() || request.lines.len() > MAX_LINES {
         bad("lines".into(), &format!("1 to {MAX_LINES} lines"));
     }
     for (i, line) in request.lines.iter().enumerate().take(MAX_LINES) {
         if !valid_sku(&line.sku) {
-            bad(format!("lines[{i}].sku"), "1 to 64 characters: letters, digits, '.', '_', '-'");
+            bad(
+                format!("lines[{i}].sku"),
+                "1 to 64 characters: letters, digits, '.', '_', '-'",
+            );
         }
         if line.quantity < 1 || line.quantity > MAX_QUANTITY {
-            bad(format!("lines[{i}].quantity"), &format!("1 to {MAX_QUANTITY}"));
+            bad(
+                format!("lines[{i}].quantity"),
+                &format!("1 to {MAX_QUANTITY}"),
+            );
         }
     }
     errors
 }
 
 fn valid_id(value: &str, max: usize) -> bool {
-    !value.is_empty() && value.len() <= max && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
 }
 
 /// Whether `value` is a well-formed SKU: 1 to 64 characters, letters, digits, '.', '_', '-',
@@ -128,7 +152,9 @@ pub(crate) async fn place(
     request: &OrderRequest,
     route: &str,
 ) -> Result<Response, Problem> {
-    let key = headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("\u{0}"));
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
     let errors = validate(request, key);
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
@@ -149,29 +175,49 @@ pub(crate) async fn place(
 
     // At most two rounds: a lost race for the key is followed by the winner's record.
     for _ in 0..2 {
-        let accepted = match idempotency::existing(&state.pool, &storefront.name, key, &fingerprint).await.map_err(db)? {
+        let accepted = match idempotency::existing(&state.pool, &storefront.name, key, &fingerprint)
+            .await
+            .map_err(db)?
+        {
             Existing::Reused => return Err(Problem::idempotency_key_reused()),
-            Existing::Answered { order_id, status, body } => return Ok(accepted_response(order_id, status, body)),
+            Existing::Answered {
+                order_id,
+                status,
+                body,
+            } => return Ok(accepted_response(order_id, status, body)),
             Existing::Pending { order_id } => match load(state, order_id).await? {
                 Some(accepted) => accepted,
                 None => continue, // the winner has not committed its order yet: look again
             },
             Existing::None => {
-                state.limits.customer(&storefront.name, &request.customer_id)?;
+                state
+                    .limits
+                    .customer(&storefront.name, &request.customer_id)?;
                 // The gate before pricing and storing: a refused order costs no more work.
-                let taken = match flash::admit(&state.redis, &storefront.name, key, &request.customer_id, &units).await {
+                let taken = match flash::admit(
+                    &state.redis,
+                    &storefront.name,
+                    key,
+                    &request.customer_id,
+                    &units,
+                )
+                .await
+                {
                     Gate::Admitted(taken) => {
                         if !taken.is_empty() {
-                            metrics::counter!("kassa_flash_gate_total", "outcome" => "admitted").increment(1);
+                            metrics::counter!("kassa_flash_gate_total", "outcome" => "admitted")
+                                .increment(1);
                         }
                         taken
                     }
                     Gate::SoldOut(sku) => {
-                        metrics::counter!("kassa_flash_gate_total", "outcome" => "sold_out").increment(1);
+                        metrics::counter!("kassa_flash_gate_total", "outcome" => "sold_out")
+                            .increment(1);
                         return Err(Problem::sold_out(&sku));
                     }
                     Gate::PurchaseLimit(sku) => {
-                        metrics::counter!("kassa_flash_gate_total", "outcome" => "purchase_limit").increment(1);
+                        metrics::counter!("kassa_flash_gate_total", "outcome" => "purchase_limit")
+                            .increment(1);
                         return Err(Problem::purchase_limit(&sku));
                     }
                 };
@@ -192,10 +238,12 @@ pub(crate) async fn place(
                     payment_method_id: request.payment_method_id.clone(),
                     flash: taken,
                 };
-                let stored = claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await;
+                let stored =
+                    claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await;
                 if !matches!(stored, Ok(true)) {
                     // Lost the race for the key (or could not store): this order does not go ahead.
-                    flash::give_back(&state.redis, &accepted.customer_id, &accepted.flash, &units).await;
+                    flash::give_back(&state.redis, &accepted.customer_id, &accepted.flash, &units)
+                        .await;
                     stored?;
                     continue;
                 }
@@ -203,35 +251,60 @@ pub(crate) async fn place(
             }
         };
         publish(state, &accepted).await?;
-        metrics::counter!("kassa_order_lines_published_total").increment(accepted.lines.len() as u64);
+        metrics::counter!("kassa_order_lines_published_total")
+            .increment(accepted.lines.len() as u64);
         let body = order_json(&accepted, "accepted");
-        idempotency::answer(&state.pool, &storefront.name, key, 202, &body).await.map_err(db)?;
+        idempotency::answer(&state.pool, &storefront.name, key, 202, &body)
+            .await
+            .map_err(db)?;
         return Ok(accepted_response(accepted.order_id, 202, body));
     }
     // Two lost races in a row: the other request is mid-flight; the client may retry.
-    Err(Problem::unavailable("the same request is being processed; retry with the same Idempotency-Key", 1))
+    Err(Problem::unavailable(
+        "the same request is being processed; retry with the same Idempotency-Key",
+        1,
+    ))
 }
 
 async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Priced, Problem> {
     let skus: Vec<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
-    let rows: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT sku, price_minor, currency FROM api.products WHERE sku = ANY($1) AND active")
-            .bind(&skus)
-            .fetch_all(&state.pool)
-            .await
-            .map_err(db)?;
-    let catalog: HashMap<String, Product> =
-        rows.into_iter().map(|(sku, price_minor, currency)| (sku, Product { price_minor, currency })).collect();
-    let lines: Vec<(String, i32)> = request.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect();
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT sku, price_minor, currency FROM api.products WHERE sku = ANY($1) AND active",
+    )
+    .bind(&skus)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db)?;
+    let catalog: HashMap<String, Product> = rows
+        .into_iter()
+        .map(|(sku, price_minor, currency)| {
+            (
+                sku,
+                Product {
+                    price_minor,
+                    currency,
+                },
+            )
+        })
+        .collect();
+    let lines: Vec<(String, i32)> = request
+        .lines
+        .iter()
+        .map(|l| (l.sku.clone(), l.quantity))
+        .collect();
     pricing::price(&lines, &catalog).map_err(|e| match e {
         PricingError::UnknownSkus(skus) => Problem::unknown_sku(&skus),
         PricingError::MixedCurrencies(c) => Problem::validation(vec![FieldError {
             field: "lines".into(),
-            message: format!("all lines must be in one currency; these are in {}", c.join(", ")),
+            message: format!(
+                "all lines must be in one currency; these are in {}",
+                c.join(", ")
+            ),
         }]),
-        PricingError::Overflow => {
-            Problem::validation(vec![FieldError { field: "lines".into(), message: "the order total is too large".into() }])
-        }
+        PricingError::Overflow => Problem::validation(vec![FieldError {
+            field: "lines".into(),
+            message: "the order total is too large".into(),
+        }]),
     })
 }
 
@@ -275,7 +348,15 @@ async fn claim_and_store(
 }
 
 async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Accepted>, Problem> {
-    let row: Option<(String, String, String, i64, serde_json::Value, String, serde_json::Value)> = sqlx::query_as(
+    let row: Option<(
+        String,
+        String,
+        String,
+        i64,
+        serde_json::Value,
+        String,
+        serde_json::Value,
+    )> = sqlx::query_as(
         "SELECT storefront, customer_id, currency, total_minor, lines, payment_method_id, flash
          FROM api.orders WHERE order_id = $1",
     )
@@ -283,10 +364,23 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Accepted>, Prob
     .fetch_optional(&state.pool)
     .await
     .map_err(db)?;
-    let Some((storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)) = row else { return Ok(None) };
+    let Some((storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)) =
+        row
+    else {
+        return Ok(None);
+    };
     let lines = serde_json::from_value(lines).map_err(|_| Problem::internal())?;
     let flash = serde_json::from_value(flash).map_err(|_| Problem::internal())?;
-    Ok(Some(Accepted { order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash }))
+    Ok(Some(Accepted {
+        order_id,
+        storefront,
+        customer_id,
+        currency,
+        total_minor,
+        lines,
+        payment_method_id,
+        flash,
+    }))
 }
 
 /// Sends one `checkout.requests` message per line, keyed by SKU, and waits for every ack.
@@ -344,8 +438,13 @@ pub(crate) async fn owned_order(
     headers: &HeaderMap,
     id: &str,
 ) -> Result<Accepted, Problem> {
-    let customer = headers.get("x-customer-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let Ok(order_id) = Uuid::parse_str(id) else { return Err(Problem::not_found("order")) };
+    let customer = headers
+        .get("x-customer-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Ok(order_id) = Uuid::parse_str(id) else {
+        return Err(Problem::not_found("order"));
+    };
     let order = load(state, order_id).await?.filter(|o| {
         !customer.is_empty() && o.storefront == storefront.name && o.customer_id == customer
     });
@@ -358,7 +457,10 @@ pub(crate) async fn owned_order(
 /// 500 otherwise (logged; a bug to fix, never shown to the client).
 pub(crate) fn db(e: sqlx::Error) -> Problem {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => {
             tracing::warn!(error = %e, "database unreachable");
             Problem::unavailable("the database is unavailable", 1)
         }
@@ -376,7 +478,13 @@ mod tests {
     fn request(lines: Vec<(&str, i32)>) -> OrderRequest {
         OrderRequest {
             customer_id: "cus_1".into(),
-            lines: lines.into_iter().map(|(s, q)| LineRequest { sku: s.into(), quantity: q }).collect(),
+            lines: lines
+                .into_iter()
+                .map(|(s, q)| LineRequest {
+                    sku: s.into(),
+                    quantity: q,
+                })
+                .collect(),
             payment_method_id: "pm_card_visa".into(),
         }
     }
@@ -385,7 +493,10 @@ mod tests {
     fn validation_names_every_bad_field() {
         let errors = validate(&request(vec![("TEE", 0), ("bad sku!", 1)]), None);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["Idempotency-Key", "lines[0].quantity", "lines[1].sku"]);
+        assert_eq!(
+            fields,
+            ["Idempotency-Key", "lines[0].quantity", "lines[1].sku"]
+        );
         assert!(validate(&request(vec![("TEE", 1)]), Some("k-1")).is_empty());
         assert_eq!(validate(&request(vec![]), Some("k")).len(), 1);
         let many = request((0..=MAX_LINES).map(|_| ("TEE", 1)).collect());
@@ -397,6 +508,9 @@ mod tests {
         let order = Uuid::now_v7();
         assert_eq!(reserve_event_id(order, 0), reserve_event_id(order, 0));
         assert_ne!(reserve_event_id(order, 0), reserve_event_id(order, 1));
-        assert_ne!(reserve_event_id(order, 0), reserve_event_id(Uuid::now_v7(), 0));
+        assert_ne!(
+            reserve_event_id(order, 0),
+            reserve_event_id(Uuid::now_v7(), 0)
+        );
     }
 }

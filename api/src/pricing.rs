@@ -49,14 +49,24 @@ pub enum PricingError {
 }
 
 /// Prices `lines` (SKU, quantity) from `catalog`.
-pub fn price(lines: &[(String, i32)], catalog: &HashMap<String, Product>) -> Result<Priced, PricingError> {
-    let mut unknown: Vec<String> = lines.iter().filter(|(sku, _)| !catalog.contains_key(sku)).map(|(s, _)| s.clone()).collect();
+pub fn price(
+    lines: &[(String, i32)],
+    catalog: &HashMap<String, Product>,
+) -> Result<Priced, PricingError> {
+    let mut unknown: Vec<String> = lines
+        .iter()
+        .filter(|(sku, _)| !catalog.contains_key(sku))
+        .map(|(s, _)| s.clone())
+        .collect();
     if !unknown.is_empty() {
         unknown.sort();
         unknown.dedup();
         return Err(PricingError::UnknownSkus(unknown));
     }
-    let mut currencies: Vec<String> = lines.iter().map(|(sku, _)| catalog[sku].currency.clone()).collect();
+    let mut currencies: Vec<String> = lines
+        .iter()
+        .map(|(sku, _)| catalog[sku].currency.clone())
+        .collect();
     currencies.sort();
     currencies.dedup();
     if currencies.len() > 1 {
@@ -66,8 +76,12 @@ pub fn price(lines: &[(String, i32)], catalog: &HashMap<String, Product>) -> Res
     let mut total: i64 = 0;
     for (index, (sku, quantity)) in lines.iter().enumerate() {
         let unit = catalog[sku].price_minor;
-        let line_total = unit.checked_mul(i64::from(*quantity)).ok_or(PricingError::Overflow)?;
-        total = total.checked_add(line_total).ok_or(PricingError::Overflow)?;
+        let line_total = unit
+            .checked_mul(i64::from(*quantity))
+            .ok_or(PricingError::Overflow)?;
+        total = total
+            .checked_add(line_total)
+            .ok_or(PricingError::Overflow)?;
         priced.push(PricedLine {
             line_index: index as i32,
             sku: sku.clone(),
@@ -76,7 +90,11 @@ pub fn price(lines: &[(String, i32)], catalog: &HashMap<String, Product>) -> Res
             line_total_minor: line_total,
         });
     }
-    Ok(Priced { lines: priced, total_minor: total, currency: currencies.pop().unwrap_or_default() })
+    Ok(Priced {
+        lines: priced,
+        total_minor: total,
+        currency: currencies.pop().unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -84,10 +102,23 @@ mod tests {
     use super::*;
 
     fn catalog() -> HashMap<String, Product> {
-        [("TEE", 1999, "EUR"), ("MUG", 1250, "EUR"), ("HAT", 900, "USD"), ("GOLD", i64::MAX / 2, "EUR")]
-            .into_iter()
-            .map(|(sku, price, cur)| (sku.to_owned(), Product { price_minor: price, currency: cur.to_owned() }))
-            .collect()
+        [
+            ("TEE", 1999, "EUR"),
+            ("MUG", 1250, "EUR"),
+            ("HAT", 900, "USD"),
+            ("GOLD", i64::MAX / 2, "EUR"),
+        ]
+        .into_iter()
+        .map(|(sku, price, cur)| {
+            (
+                sku.to_owned(),
+                Product {
+                    price_minor: price,
+                    currency: cur.to_owned(),
+                },
+            )
+        })
+        .collect()
     }
 
     #[test]
@@ -103,14 +134,26 @@ mod tests {
     #[test]
     fn refuses_unknown_skus_mixed_currencies_and_overflow() {
         assert_eq!(
-            price(&[("NOPE".into(), 1), ("TEE".into(), 1), ("NOPE".into(), 2)], &catalog()),
+            price(
+                &[("NOPE".into(), 1), ("TEE".into(), 1), ("NOPE".into(), 2)],
+                &catalog()
+            ),
             Err(PricingError::UnknownSkus(vec!["NOPE".into()]))
         );
         assert_eq!(
             price(&[("TEE".into(), 1), ("HAT".into(), 1)], &catalog()),
-            Err(PricingError::MixedCurrencies(vec!["EUR".into(), "USD".into()]))
+            Err(PricingError::MixedCurrencies(vec![
+                "EUR".into(),
+                "USD".into()
+            ]))
         );
-        assert_eq!(price(&[("GOLD".into(), 3)], &catalog()), Err(PricingError::Overflow));
-        assert_eq!(price(&[("GOLD".into(), 1), ("GOLD".into(), 2)], &catalog()), Err(PricingError::Overflow));
+        assert_eq!(
+            price(&[("GOLD".into(), 3)], &catalog()),
+            Err(PricingError::Overflow)
+        );
+        assert_eq!(
+            price(&[("GOLD".into(), 1), ("GOLD".into(), 2)], &catalog()),
+            Err(PricingError::Overflow)
+        );
     }
 }

@@ -37,7 +37,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind: format!("https://kassa.dev/problems/{}", code.replace('_', "-")),
             title,
@@ -55,30 +60,64 @@ impl Problem {
             [one] => format!("{}: {}", one.field, one.message),
             many => format!("{} fields are invalid", many.len()),
         };
-        Self { errors, ..Self::new(StatusCode::BAD_REQUEST, "validation_failed", "The request is not valid", detail) }
+        Self {
+            errors,
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                "The request is not valid",
+                detail,
+            )
+        }
     }
 
     /// 400: the body is not the JSON this endpoint takes.
     pub fn malformed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed_request", "The request body cannot be read", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            "The request body cannot be read",
+            detail,
+        )
     }
 
     /// 401: no or an unknown API key.
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", "send a valid API key as `Authorization: Bearer <key>`")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            "send a valid API key as `Authorization: Bearer <key>`",
+        )
     }
 
     /// 404: no such resource (also for another customer's: never 403).
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            format!("no such {what}"),
+        )
     }
 
     /// 422: an SKU is not in the catalog (or not active).
     pub fn unknown_sku(skus: &[String]) -> Self {
-        let errors = skus.iter().map(|s| FieldError { field: "lines".into(), message: format!("unknown SKU {s}") }).collect();
+        let errors = skus
+            .iter()
+            .map(|s| FieldError {
+                field: "lines".into(),
+                message: format!("unknown SKU {s}"),
+            })
+            .collect();
         Self {
             errors,
-            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_sku", "Unknown product", format!("not in the catalog: {}", skus.join(", ")))
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_sku",
+                "Unknown product",
+                format!("not in the catalog: {}", skus.join(", ")),
+            )
         }
     }
 
@@ -94,17 +133,32 @@ impl Problem {
 
     /// 409: a flash sale has no tokens left for the units asked.
     pub fn sold_out(sku: &str) -> Self {
-        Self::new(StatusCode::CONFLICT, "sold_out", "Sold out", format!("{sku} is sold out"))
+        Self::new(
+            StatusCode::CONFLICT,
+            "sold_out",
+            "Sold out",
+            format!("{sku} is sold out"),
+        )
     }
 
     /// 409: the customer would go over the sale's per-customer limit.
     pub fn purchase_limit(sku: &str) -> Self {
-        Self::new(StatusCode::CONFLICT, "purchase_limit", "Purchase limit reached", format!("the per-customer limit for {sku} is reached"))
+        Self::new(
+            StatusCode::CONFLICT,
+            "purchase_limit",
+            "Purchase limit reached",
+            format!("the per-customer limit for {sku} is reached"),
+        )
     }
 
     /// 401 for a missing or storefront key on an admin route.
     pub fn admin_only() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", "this route needs an admin key")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            "this route needs an admin key",
+        )
     }
 
     /// 412: the cart changed since the version the client sent in `If-Match`.
@@ -113,7 +167,9 @@ impl Problem {
             StatusCode::PRECONDITION_FAILED,
             "stale_version",
             "Changed meanwhile",
-            format!("the cart is at version \"{current}\" now; reload it and apply your change again"),
+            format!(
+                "the cart is at version \"{current}\" now; reload it and apply your change again"
+            ),
         )
     }
 
@@ -129,35 +185,68 @@ impl Problem {
 
     /// 400: a webhook whose signature is missing, wrong or stale.
     pub fn bad_signature(detail: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_signature", "Signature not valid", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_signature",
+            "Signature not valid",
+            detail,
+        )
     }
 
     /// 429: too many requests; retry after `seconds`.
     pub fn rate_limited(seconds: u32) -> Self {
         Self {
             retry_after: Some(seconds),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests", format!("slow down; retry in {seconds} s"))
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                format!("slow down; retry in {seconds} s"),
+            )
         }
     }
 
     /// 413: the body is over the limit.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Request too large", format!("bodies are limited to {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Request too large",
+            format!("bodies are limited to {limit} bytes"),
+        )
     }
 
     /// 415: not a JSON body.
     pub fn unsupported_media_type() -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type", "send `Content-Type: application/json`")
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "send `Content-Type: application/json`",
+        )
     }
 
     /// 503: a dependency cannot take the request now; retry after `seconds`.
     pub fn unavailable(detail: impl Into<String>, seconds: u32) -> Self {
-        Self { retry_after: Some(seconds), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", detail) }
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Temporarily unavailable",
+                detail,
+            )
+        }
     }
 
     /// 500: something failed that the client cannot fix (details are logged, never sent).
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "the request failed; it is safe to retry with the same Idempotency-Key")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the request failed; it is safe to retry with the same Idempotency-Key",
+        )
     }
 }
 
@@ -167,7 +256,10 @@ impl IntoResponse for Problem {
         let retry_after = self.retry_after;
         let mut response = (status, Json(self)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

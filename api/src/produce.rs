@@ -20,21 +20,34 @@ pub async fn encode<P: Payload>(state: &AppState, event: &Envelope<P>) -> Result
 }
 
 /// Sends encoded values to `topic` and waits for every acknowledgement (503 if any fails).
-pub async fn send_all(state: &AppState, topic: &str, records: &[(String, Vec<u8>)]) -> Result<(), Problem> {
-    let sends = records
-        .iter()
-        .map(|(key, bytes)| state.producer.send(FutureRecord::to(topic).key(key).payload(bytes), ACK_TIMEOUT));
+pub async fn send_all(
+    state: &AppState,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Result<(), Problem> {
+    let sends = records.iter().map(|(key, bytes)| {
+        state
+            .producer
+            .send(FutureRecord::to(topic).key(key).payload(bytes), ACK_TIMEOUT)
+    });
     for result in futures::future::join_all(sends).await {
         if let Err((e, _)) = result {
             tracing::warn!(error = %e, topic, "Kafka did not acknowledge");
-            return Err(Problem::unavailable("Kafka cannot take writes right now", 2));
+            return Err(Problem::unavailable(
+                "Kafka cannot take writes right now",
+                2,
+            ));
         }
     }
     Ok(())
 }
 
 /// Encodes and sends one event keyed by `key`.
-pub async fn send<P: Payload>(state: &AppState, key: &str, event: &Envelope<P>) -> Result<(), Problem> {
+pub async fn send<P: Payload>(
+    state: &AppState,
+    key: &str,
+    event: &Envelope<P>,
+) -> Result<(), Problem> {
     let bytes = encode(state, event).await?;
     send_all(state, P::TOPIC.name(), &[(key.to_owned(), bytes)]).await
 }

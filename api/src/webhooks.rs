@@ -62,7 +62,8 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), S
         return Err(SignatureError::Stale);
     }
     for signature in signatures {
-        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+        let mut mac =
+            HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
         mac.update(format!("{timestamp}.").as_bytes());
         mac.update(body);
         if mac.verify_slice(&signature).is_ok() {
@@ -78,16 +79,29 @@ pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 /// `POST /webhooks/stripe`.
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks", params(("Stripe-Signature" = String, Header, description = "t=<unix time>,v1=<HMAC-SHA256 hex>")), request_body(content = String, content_type = "application/json", description = "the Stripe event, verbatim"), responses((status = 200, description = "verified and on `payments.webhooks`"), (status = 400, description = "`invalid_signature` or `malformed_request`", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Kafka or the webhook secret unavailable", body = Problem, content_type = "application/problem+json")))]
-pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, RawBody(body): RawBody) -> Result<Response, Problem> {
+pub async fn stripe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
     let Some(secret) = &state.stripe_webhook_secret else {
-        return Err(Problem::unavailable("Stripe webhooks are not configured (KASSA_STRIPE_WEBHOOK_SECRET)", 60));
+        return Err(Problem::unavailable(
+            "Stripe webhooks are not configured (KASSA_STRIPE_WEBHOOK_SECRET)",
+            60,
+        ));
     };
-    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let header = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if let Err(e) = verify(&secret.0, header, &body, Utc::now().timestamp()) {
         tracing::warn!(reason = ?e, "webhook refused");
         return Err(Problem::bad_signature(match e {
@@ -96,13 +110,22 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, RawBody(b
             SignatureError::Mismatch => "the signature does not match",
         }));
     }
-    let event: Value = serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
-    let id = event["id"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| Problem::malformed("the event has no id"))?;
+    let event: Value =
+        serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
+    let id = event["id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Problem::malformed("the event has no id"))?;
     let kind = event["type"].as_str().unwrap_or_default();
     let object = &event["data"]["object"];
     let order_id = object["metadata"]["order_id"].as_str().map(str::to_owned);
-    let intent = (object["object"] == "payment_intent").then(|| object["id"].as_str().map(str::to_owned)).flatten();
-    let key = order_id.clone().or_else(|| intent.clone()).unwrap_or_else(|| id.to_owned());
+    let intent = (object["object"] == "payment_intent")
+        .then(|| object["id"].as_str().map(str::to_owned))
+        .flatten();
+    let key = order_id
+        .clone()
+        .or_else(|| intent.clone())
+        .unwrap_or_else(|| id.to_owned());
     let received = WebhookReceived {
         provider: "stripe".into(),
         provider_event_id: id.to_owned(),
@@ -128,12 +151,30 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         let header = signature_header(SECRET, 1_800_000_000, body);
         assert_eq!(verify(SECRET, &header, body, 1_800_000_000), Ok(()));
-        assert_eq!(verify(SECRET, &header, body, 1_800_000_000 + TOLERANCE_SECONDS), Ok(()));
-        assert_eq!(verify(SECRET, &header, body, 1_800_000_000 + TOLERANCE_SECONDS + 1), Err(SignatureError::Stale));
-        assert_eq!(verify(SECRET, &header, br#"{"id":"evt_2"}"#, 1_800_000_000), Err(SignatureError::Mismatch));
-        assert_eq!(verify("whsec_other", &header, body, 1_800_000_000), Err(SignatureError::Mismatch));
-        assert_eq!(verify(SECRET, "", body, 1_800_000_000), Err(SignatureError::Malformed));
-        assert_eq!(verify(SECRET, "t=1800000000", body, 1_800_000_000), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(SECRET, &header, body, 1_800_000_000 + TOLERANCE_SECONDS),
+            Ok(())
+        );
+        assert_eq!(
+            verify(SECRET, &header, body, 1_800_000_000 + TOLERANCE_SECONDS + 1),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify(SECRET, &header, br#"{"id":"evt_2"}"#, 1_800_000_000),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify("whsec_other", &header, body, 1_800_000_000),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(SECRET, "", body, 1_800_000_000),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(SECRET, "t=1800000000", body, 1_800_000_000),
+            Err(SignatureError::Malformed)
+        );
         // A rolled secret: one of several v1 signatures matching is enough.
         let v1 = header.split_once(",v1=").unwrap().1;
         let two = format!("t=1800000000,v1={},v1={v1}", "00".repeat(32));

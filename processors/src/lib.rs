@@ -56,11 +56,21 @@ pub enum ProcessorError {
 
 /// Whether this build contains the processor for `group`.
 pub const fn is_built(group: ConsumerGroup) -> bool {
-    matches!(group, ConsumerGroup::Inventory | ConsumerGroup::Orders | ConsumerGroup::Payments | ConsumerGroup::Expiry)
+    matches!(
+        group,
+        ConsumerGroup::Inventory
+            | ConsumerGroup::Orders
+            | ConsumerGroup::Payments
+            | ConsumerGroup::Expiry
+    )
 }
 
 /// Runs the processor for `group` until `shutdown` turns true.
-pub async fn run(group: ConsumerGroup, config: ProcessorConfig, shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
+pub async fn run(
+    group: ConsumerGroup,
+    config: ProcessorConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ProcessorError> {
     let codec = Arc::new(Codec::new(&config.registry_url)?);
     match group {
         ConsumerGroup::Inventory => {
@@ -77,16 +87,25 @@ pub async fn run(group: ConsumerGroup, config: ProcessorConfig, shutdown: watch:
                     None
                 }
             };
-            let handler = inventory::Inventory::new(codec, config.default_hold, config.partitions, redis);
+            let handler =
+                inventory::Inventory::new(codec, config.default_hold, config.partitions, redis);
             runtime::run(&config.runtime, handler, shutdown).await?;
             Ok(())
         }
         ConsumerGroup::Orders => {
-            runtime::run(&config.runtime, orders::Orders::new(codec, config.order_policy), shutdown).await?;
+            runtime::run(
+                &config.runtime,
+                orders::Orders::new(codec, config.order_policy),
+                shutdown,
+            )
+            .await?;
             Ok(())
         }
         ConsumerGroup::Expiry => {
-            let Some(pool) = runtime::connect(&config.runtime, 2, &mut shutdown.clone()).await else { return Ok(()) };
+            let Some(pool) = runtime::connect(&config.runtime, 2, &mut shutdown.clone()).await
+            else {
+                return Ok(());
+            };
             let ticker = tokio::spawn(expiry::ticker::run(pool, codec.clone(), shutdown.clone()));
             let result = runtime::run(&config.runtime, expiry::Expiry::new(codec), shutdown).await;
             let _ = ticker.await;
@@ -94,15 +113,21 @@ pub async fn run(group: ConsumerGroup, config: ProcessorConfig, shutdown: watch:
         }
         ConsumerGroup::Payments => {
             // The worker's own pool: a connection per call in flight, one for its listener, one to claim.
-            let size = u32::try_from(config.payment_worker.concurrency).unwrap_or(u32::MAX).saturating_add(2);
-            let Some(pool) = runtime::connect(&config.runtime, size, &mut shutdown.clone()).await else { return Ok(()) };
+            let size = u32::try_from(config.payment_worker.concurrency)
+                .unwrap_or(u32::MAX)
+                .saturating_add(2);
+            let Some(pool) = runtime::connect(&config.runtime, size, &mut shutdown.clone()).await
+            else {
+                return Ok(());
+            };
             match &config.gateway {
                 payments::GatewayConfig::Simulated(sim) => {
                     let gateway = payments::gateway::simulated::Simulated::new(pool.clone(), *sim);
                     run_payments(&config, codec, pool, gateway, shutdown).await
                 }
                 payments::GatewayConfig::Stripe(stripe) => {
-                    let gateway = payments::gateway::stripe::StripeGateway::new(stripe).map_err(ProcessorError::Gateway)?;
+                    let gateway = payments::gateway::stripe::StripeGateway::new(stripe)
+                        .map_err(ProcessorError::Gateway)?;
                     run_payments(&config, codec, pool, gateway, shutdown).await
                 }
             }
@@ -120,8 +145,19 @@ async fn run_payments<G: payments::gateway::Gateway>(
 ) -> Result<(), ProcessorError> {
     let name = gateway.name();
     tracing::info!(gateway = name, "payments charging through");
-    let worker = tokio::spawn(payments::worker::run(pool, codec.clone(), Arc::new(gateway), config.payment_worker.clone(), shutdown.clone()));
-    let result = runtime::run(&config.runtime, payments::Payments::new(codec, name), shutdown).await;
+    let worker = tokio::spawn(payments::worker::run(
+        pool,
+        codec.clone(),
+        Arc::new(gateway),
+        config.payment_worker.clone(),
+        shutdown.clone(),
+    ));
+    let result = runtime::run(
+        &config.runtime,
+        payments::Payments::new(codec, name),
+        shutdown,
+    )
+    .await;
     let _ = worker.await;
     Ok(result?)
 }

@@ -16,11 +16,13 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::ResolvedSchema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
-use tokio::sync::OnceCell;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use tokio::sync::OnceCell;
 
 use crate::envelope::{Envelope, Header, Payload};
 use crate::topics::Topic;
@@ -61,13 +63,24 @@ impl Codec {
         let strategies = Topic::ALL
             .into_iter()
             .map(|topic| {
-                let strategy =
-                    SubjectNameStrategy::TopicNameStrategyWithSchema(topic.name().to_owned(), false, supplied(topic));
+                let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+                    topic.name().to_owned(),
+                    false,
+                    supplied(topic),
+                );
                 (topic, strategy)
             })
             .collect();
-        let ids = Topic::ALL.into_iter().map(|t| (t, OnceCell::new())).collect();
-        Ok(Self { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), strategies, ids })
+        let ids = Topic::ALL
+            .into_iter()
+            .map(|t| (t, OnceCell::new()))
+            .collect();
+        Ok(Self {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings),
+            strategies,
+            ids,
+        })
     }
 
     /// The registry id of this build's schema for `topic` (registered on first use if missing).
@@ -75,7 +88,11 @@ impl Codec {
         let id = self.ids[&topic]
             .get_or_try_init(|| async {
                 let strategy = self.strategies[&topic].clone();
-                match self.encoder.get_schema_and_id(&topic.subject(), strategy).await {
+                match self
+                    .encoder
+                    .get_schema_and_id(&topic.subject(), strategy)
+                    .await
+                {
                     Ok(schema) => Ok(schema.id),
                     Err(e) => {
                         // The converter caches non-transport errors for good; let the next call ask again.
@@ -102,7 +119,9 @@ impl Codec {
     /// Decodes a value read from `P::TOPIC`.
     pub async fn decode<P: Payload>(&self, bytes: &[u8]) -> Result<Envelope<P>, CodecError> {
         let Some(id) = schema_id(bytes) else {
-            return Err(CodecError::Malformed("missing magic byte 0 and schema id".into()));
+            return Err(CodecError::Malformed(
+                "missing magic byte 0 and schema id".into(),
+            ));
         };
         if id == self.schema_id_of(P::TOPIC).await? {
             // Written with this build's schema: read it with the prepared reader, no resolution.
@@ -169,16 +188,34 @@ fn local_schema(topic: Topic) -> &'static LocalSchema {
         let schemas = SCHEMAS.get_or_init(|| {
             Topic::ALL
                 .into_iter()
-                .map(|t| (t, Schema::parse_str(t.schema_json()).expect("schemas/avro files are valid Avro")))
+                .map(|t| {
+                    (
+                        t,
+                        Schema::parse_str(t.schema_json())
+                            .expect("schemas/avro files are valid Avro"),
+                    )
+                })
                 .collect()
         });
         schemas
             .iter()
             .map(|(t, schema)| {
                 let resolved = ResolvedSchema::new(schema).expect("schemas/avro files resolve");
-                let writer = GenericDatumWriter::builder(schema).build().expect("a writer for our own schema");
-                let reader = GenericDatumReader::builder(schema).build().expect("a reader for our own schema");
-                (*t, LocalSchema { schema, resolved, writer, reader })
+                let writer = GenericDatumWriter::builder(schema)
+                    .build()
+                    .expect("a writer for our own schema");
+                let reader = GenericDatumReader::builder(schema)
+                    .build()
+                    .expect("a reader for our own schema");
+                (
+                    *t,
+                    LocalSchema {
+                        schema,
+                        resolved,
+                        writer,
+                        reader,
+                    },
+                )
             })
             .collect()
     });
@@ -191,7 +228,11 @@ pub fn decode_value<P: Payload>(writer: &Schema, value: &Value) -> Result<Envelo
 }
 
 /// As [`decode_value`]; `resolve` false skips resolution when `writer` is this build's schema.
-fn decode_value_with<P: Payload>(writer: &Schema, value: &Value, resolve: bool) -> Result<Envelope<P>, CodecError> {
+fn decode_value_with<P: Payload>(
+    writer: &Schema,
+    value: &Value,
+    resolve: bool,
+) -> Result<Envelope<P>, CodecError> {
     let header: Header = apache_avro::from_value(value)?;
     let (name, inner) = union_branch(writer, value, "payload")?;
     let payload = if resolve {
@@ -200,7 +241,9 @@ fn decode_value_with<P: Payload>(writer: &Schema, value: &Value, resolve: bool) 
             .iter()
             .find(|s| s.name().is_some_and(|n| n.name() == name))
             .ok_or_else(|| CodecError::UnknownEventType(name.clone(), P::TOPIC.name()))?;
-        let resolved = inner.clone().resolve_with_names(branch, reader.get_names())?;
+        let resolved = inner
+            .clone()
+            .resolve_with_names(branch, reader.get_names())?;
         P::from_branch(&name, &resolved)?
     } else {
         P::from_branch(&name, inner)?
@@ -220,14 +263,25 @@ fn payload_branches(schema: &Schema) -> Result<&[Schema], CodecError> {
     let Schema::Record(record) = schema else {
         return Err(CodecError::Malformed("value schema is not a record".into()));
     };
-    match record.fields.iter().find(|f| f.name == "payload").map(|f| &f.schema) {
+    match record
+        .fields
+        .iter()
+        .find(|f| f.name == "payload")
+        .map(|f| &f.schema)
+    {
         Some(Schema::Union(union)) => Ok(union.variants()),
-        _ => Err(CodecError::Malformed("value schema has no payload union".into())),
+        _ => Err(CodecError::Malformed(
+            "value schema has no payload union".into(),
+        )),
     }
 }
 
 /// The short record name of the union branch a decoded record holds in `field`, and its value.
-fn union_branch<'v>(writer: &Schema, record: &'v Value, field: &str) -> Result<(String, &'v Value), CodecError> {
+fn union_branch<'v>(
+    writer: &Schema,
+    record: &'v Value,
+    field: &str,
+) -> Result<(String, &'v Value), CodecError> {
     let branches = payload_branches(writer)?;
     let Value::Record(fields) = record else {
         return Err(CodecError::Malformed("value is not a record".into()));
@@ -238,7 +292,9 @@ fn union_branch<'v>(writer: &Schema, record: &'v Value, field: &str) -> Result<(
     let name = branches
         .get(*index as usize)
         .and_then(|s| s.name())
-        .ok_or_else(|| CodecError::Malformed(format!("{field} branch {index} is not a named record")))?;
+        .ok_or_else(|| {
+            CodecError::Malformed(format!("{field} branch {index} is not a named record"))
+        })?;
     Ok((name.name().to_owned(), inner.as_ref()))
 }
 
@@ -255,8 +311,16 @@ mod tests {
     fn round_trip<P: Payload + PartialEq>(event: Envelope<P>) {
         let reader = local_schema(P::TOPIC);
         let schema = reader.get_root_schema();
-        let bytes = GenericDatumWriter::builder(schema).build().unwrap().write_ser_to_vec(&event).unwrap();
-        let value = GenericDatumReader::builder(schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
+        let bytes = GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_ser_to_vec(&event)
+            .unwrap();
+        let value = GenericDatumReader::builder(schema)
+            .build()
+            .unwrap()
+            .read_value(&mut &bytes[..])
+            .unwrap();
         let back: Envelope<P> = decode_value(schema, &value).unwrap();
         assert_eq!(back, event);
     }

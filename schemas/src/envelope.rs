@@ -8,7 +8,9 @@ use uuid::Uuid;
 use crate::topics::Topic;
 
 /// A topic's payload union: a Rust enum whose variants are, in order, the `.avsc` union branches.
-pub trait Payload: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait Payload:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
     /// The topic whose value schema holds this union.
     const TOPIC: Topic;
 
@@ -16,7 +18,10 @@ pub trait Payload: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send
     fn event_type(&self) -> &'static str;
 
     /// Builds the variant for the Avro record `name` (short name) from its resolved value.
-    fn from_branch(name: &str, value: &apache_avro::types::Value) -> Result<Self, apache_avro::Error>;
+    fn from_branch(
+        name: &str,
+        value: &apache_avro::types::Value,
+    ) -> Result<Self, apache_avro::Error>;
 
     /// The short names of every branch, in union order.
     fn branch_names() -> &'static [&'static str];

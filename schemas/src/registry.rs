@@ -71,7 +71,10 @@ impl Registry {
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .expect("a plain HTTP client builds");
-        Self { url: url.trim_end_matches('/').to_owned(), http }
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            http,
+        }
     }
 
     /// Registers this build's schema of every topic and pins each subject to BACKWARD_TRANSITIVE.
@@ -88,26 +91,36 @@ impl Registry {
             if !pinned {
                 self.set_compatibility(&subject).await?;
             }
-            out.push(Registered { subject, id: registered.id });
+            out.push(Registered {
+                subject,
+                id: registered.id,
+            });
         }
         Ok(out)
     }
 
     /// Checks each topic's schema from `dir/<topic>.avsc` (or this build's, when `dir` is None)
     /// against the registered versions under the subject's compatibility level.
-    pub async fn check_all(&self, dir: Option<&Path>) -> Result<Vec<(String, Verdict)>, RegistryError> {
+    pub async fn check_all(
+        &self,
+        dir: Option<&Path>,
+    ) -> Result<Vec<(String, Verdict)>, RegistryError> {
         let settings = sr_settings(&self.url)?;
         let mut out = Vec::new();
         for topic in Topic::ALL {
             let schema = match dir {
-                Some(dir) => read_schema_file(&dir.join(format!("{}.avsc", topic.name())))?,
+                Some(dir) => read_schema_file(&dir.join(format!("{}.avsc", topic.base_name())))?,
                 None => topic.schema_json().to_owned(),
             };
             let subject = topic.subject();
             let verdict = if !self.subject_exists(&subject).await? {
                 Verdict::NewSubject
-            } else if is_compatible_schema(&settings, subject.clone(), SuppliedSchema::new(None, SchemaType::Avro, schema))
-                .await?
+            } else if is_compatible_schema(
+                &settings,
+                subject.clone(),
+                SuppliedSchema::new(None, SchemaType::Avro, schema),
+            )
+            .await?
             {
                 Verdict::Compatible
             } else {
@@ -121,13 +134,25 @@ impl Registry {
     /// The compatibility level configured for `subject`, if any.
     pub async fn compatibility(&self, subject: &str) -> Result<Option<String>, RegistryError> {
         let url = format!("{}/config/{subject}", self.url);
-        let response = self.http.get(&url).send().await.map_err(|e| http_error("GET config", e))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| http_error("GET config", e))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let body: serde_json::Value = checked(response, "GET config").await?.json().await.map_err(|e| http_error("GET config", e))?;
+        let body: serde_json::Value = checked(response, "GET config")
+            .await?
+            .json()
+            .await
+            .map_err(|e| http_error("GET config", e))?;
         // Confluent answers `compatibilityLevel`; Apicurio also `compatibility`.
-        Ok(body["compatibilityLevel"].as_str().or(body["compatibility"].as_str()).map(str::to_owned))
+        Ok(body["compatibilityLevel"]
+            .as_str()
+            .or(body["compatibility"].as_str())
+            .map(str::to_owned))
     }
 
     async fn set_compatibility(&self, subject: &str) -> Result<(), RegistryError> {
@@ -145,7 +170,12 @@ impl Registry {
 
     async fn subject_exists(&self, subject: &str) -> Result<bool, RegistryError> {
         let url = format!("{}/subjects/{subject}/versions", self.url);
-        let response = self.http.get(&url).send().await.map_err(|e| http_error("GET versions", e))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| http_error("GET versions", e))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);
         }
@@ -154,21 +184,33 @@ impl Registry {
 }
 
 fn read_schema_file(path: &Path) -> Result<String, RegistryError> {
-    let file_error = |detail: String| RegistryError::File { path: path.display().to_string(), detail };
+    let file_error = |detail: String| RegistryError::File {
+        path: path.display().to_string(),
+        detail,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
     apache_avro::Schema::parse_str(&text).map_err(|e| file_error(e.to_string()))?;
     Ok(text)
 }
 
 fn http_error(what: &str, e: reqwest::Error) -> RegistryError {
-    RegistryError::Http { what: what.to_owned(), detail: e.without_url().to_string() }
+    RegistryError::Http {
+        what: what.to_owned(),
+        detail: e.without_url().to_string(),
+    }
 }
 
-async fn checked(response: reqwest::Response, what: &str) -> Result<reqwest::Response, RegistryError> {
+async fn checked(
+    response: reqwest::Response,
+    what: &str,
+) -> Result<reqwest::Response, RegistryError> {
     if response.status().is_success() {
         return Ok(response);
     }
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    Err(RegistryError::Http { what: what.to_owned(), detail: format!("{status}: {}", body.chars().take(300).collect::<String>()) })
+    Err(RegistryError::Http {
+        what: what.to_owned(),
+        detail: format!("{status}: {}", body.chars().take(300).collect::<String>()),
+    })
 }

@@ -1,4 +1,30 @@
 //! The topic catalogue: every topic kassa writes, its key, its schema, and the consumer groups.
+//!
+//! Names live in a namespace: `KASSA_NAMESPACE` (e.g. `staging.`, empty by default) prefixes
+//! every topic, dead-letter topic, Kafka consumer group id and, through the topic name, every
+//! registry subject, so several kassa deployments (or a test run beside a development kassa)
+//! can share one Kafka cluster and one registry without seeing each other's events.
+
+use std::sync::OnceLock;
+
+/// The environment variable holding the namespace.
+pub const NAMESPACE_ENV: &str = "KASSA_NAMESPACE";
+
+/// The namespace of this process (`KASSA_NAMESPACE`, read once), prefixed to every Kafka name.
+/// Characters Kafka does not allow in a topic name are refused with a panic at first use, as a
+/// misconfiguration that must not start.
+pub fn namespace() -> &'static str {
+    static NAMESPACE: OnceLock<String> = OnceLock::new();
+    NAMESPACE.get_or_init(|| {
+        let ns = std::env::var(NAMESPACE_ENV).unwrap_or_default();
+        assert!(
+            ns.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+            "{NAMESPACE_ENV}={ns:?}: only ASCII letters, digits, '.', '_' and '-' are allowed"
+        );
+        ns
+    })
+}
 
 /// One of kassa's event topics; its value schema is `schemas/avro/<name>.avsc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,8 +60,24 @@ impl Topic {
         Topic::ExpiryEvents,
     ];
 
-    /// The Kafka topic name.
-    pub const fn name(self) -> &'static str {
+    /// The Kafka topic name: the namespace, then the base name.
+    pub fn name(self) -> &'static str {
+        static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            Topic::ALL
+                .iter()
+                .map(|t| format!("{}{}", namespace(), t.base_name()))
+                .collect()
+        });
+        let index = Topic::ALL
+            .iter()
+            .position(|t| *t == self)
+            .expect("every topic is in ALL");
+        &names[index]
+    }
+
+    /// The topic's name without the namespace (its schema file is `schemas/avro/<base name>.avsc`).
+    pub const fn base_name(self) -> &'static str {
         match self {
             Topic::CheckoutRequests => "checkout.requests",
             Topic::InventoryCommands => "inventory.commands",
@@ -105,10 +147,19 @@ pub enum ConsumerGroup {
 
 impl ConsumerGroup {
     /// Every consumer group.
-    pub const ALL: [ConsumerGroup; 4] =
-        [ConsumerGroup::Inventory, ConsumerGroup::Orders, ConsumerGroup::Payments, ConsumerGroup::Expiry];
+    pub const ALL: [ConsumerGroup; 4] = [
+        ConsumerGroup::Inventory,
+        ConsumerGroup::Orders,
+        ConsumerGroup::Payments,
+        ConsumerGroup::Expiry,
+    ];
 
-    /// The Kafka group id (also the processor's Postgres schema).
+    /// The Kafka consumer group id: the namespace, then the name.
+    pub fn group_id(self) -> String {
+        format!("{}{}", namespace(), self.name())
+    }
+
+    /// The processor's name, which is also its Postgres schema.
     pub const fn name(self) -> &'static str {
         match self {
             ConsumerGroup::Inventory => "inventory",
@@ -122,9 +173,12 @@ impl ConsumerGroup {
     pub const fn inputs(self) -> &'static [Topic] {
         match self {
             ConsumerGroup::Inventory => &[Topic::CheckoutRequests, Topic::InventoryCommands],
-            ConsumerGroup::Orders => {
-                &[Topic::InventoryEvents, Topic::PaymentsEvents, Topic::ExpiryEvents, Topic::OrdersRequests]
-            }
+            ConsumerGroup::Orders => &[
+                Topic::InventoryEvents,
+                Topic::PaymentsEvents,
+                Topic::ExpiryEvents,
+                Topic::OrdersRequests,
+            ],
             ConsumerGroup::Payments => &[Topic::OrdersEvents, Topic::PaymentsWebhooks],
             ConsumerGroup::Expiry => &[Topic::OrdersEvents],
         }
@@ -132,7 +186,7 @@ impl ConsumerGroup {
 
     /// The dead-letter topic for messages the group cannot decode or declares invalid.
     pub fn dlq_topic(self) -> String {
-        format!("{}.dlq", self.name())
+        format!("{}{}.dlq", namespace(), self.name())
     }
 }
 
@@ -151,9 +205,22 @@ mod tests {
 
     #[test]
     fn every_input_topic_is_produced_by_someone() {
-        let consumed: std::collections::HashSet<_> =
-            ConsumerGroup::ALL.iter().flat_map(|g| g.inputs().iter().copied()).collect();
-        assert_eq!(consumed.len(), Topic::ALL.len(), "each topic has a consumer in kassa");
-        assert_eq!(ConsumerGroup::Inventory.dlq_topic(), "inventory.dlq");
+        let consumed: std::collections::HashSet<_> = ConsumerGroup::ALL
+            .iter()
+            .flat_map(|g| g.inputs().iter().copied())
+            .collect();
+        assert_eq!(
+            consumed.len(),
+            Topic::ALL.len(),
+            "each topic has a consumer in kassa"
+        );
+        assert_eq!(
+            ConsumerGroup::Inventory.dlq_topic(),
+            format!("{}inventory.dlq", namespace())
+        );
+        assert_eq!(
+            Topic::CheckoutRequests.name(),
+            format!("{}checkout.requests", namespace())
+        );
     }
 }

@@ -30,8 +30,13 @@ async fn drive(
     ok_status: u16,
     request: impl Fn(u64) -> reqwest::RequestBuilder,
 ) -> Step {
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")));
-    let counts = Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
+    let counts = Arc::new((
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ));
     let total = u64::from(rate) * duration.as_secs();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let started = tokio::time::Instant::now();
@@ -90,7 +95,11 @@ fn print_step(label: &str, s: &Step) {
 /// Puts `skus` in the catalog (19.99 EUR each) and starts the API in this process on a free
 /// loopback port, its rate limits lifted: a benchmark measures the work, not the limits. Returns
 /// its base URL and an HTTP client with room for many connections.
-pub(super) async fn serve_catalog(settings: &Settings, pool: &sqlx::PgPool, skus: &[String]) -> anyhow::Result<(String, reqwest::Client)> {
+pub(super) async fn serve_catalog(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    skus: &[String],
+) -> anyhow::Result<(String, reqwest::Client)> {
     for sku in skus {
         sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
             .bind(sku)
@@ -99,29 +108,61 @@ pub(super) async fn serve_catalog(settings: &Settings, pool: &sqlx::PgPool, skus
     }
     let mut config = settings.api_config();
     config.addr = "127.0.0.1:0".parse()?;
-    config.rate_limits = kassa_api::limits::RateLimits { storefront_per_second: 1_000_000, customer_per_second: 1_000_000 };
+    config.rate_limits = kassa_api::limits::RateLimits {
+        storefront_per_second: 1_000_000,
+        customer_per_second: 1_000_000,
+    };
     let base = format!("http://{}", kassa_api::spawn(&config).await?);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(30)).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(30))
+        .build()?;
     Ok((base, http))
 }
 
 /// Runs the benchmark at `rates` (requests per second), `seconds` each, against an in-process API;
 /// then the sold-out path at `flash_rate`.
-pub async fn run(settings: &Settings, rates: &[u32], flash_rate: u32, seconds: u64) -> anyhow::Result<()> {
+pub async fn run(
+    settings: &Settings,
+    rates: &[u32],
+    flash_rate: u32,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let pool = crate::migrate::connect(settings).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let key = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Storefront, &format!("bench-{run}")).await?;
-    let admin = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Admin, &format!("bench-admin-{run}")).await?;
+    let key = kassa_api::auth::create_key(
+        &pool,
+        kassa_api::auth::KeyKind::Storefront,
+        &format!("bench-{run}"),
+    )
+    .await?;
+    let admin = kassa_api::auth::create_key(
+        &pool,
+        kassa_api::auth::KeyKind::Admin,
+        &format!("bench-admin-{run}"),
+    )
+    .await?;
     let skus: Vec<String> = (0..20).map(|i| format!("BAPI-{run}-{i}")).collect();
     let (base, http) = serve_catalog(settings, &pool, &skus).await?;
 
-    println!("api bench: POST /api/orders open-loop, {seconds} s per rate, 2 lines per order, API in this process (release build recommended)");
-    println!("{:<28} {:>7} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}", "", "rate/s", "sent/s", "expected", "other", "p50 ms", "p99 ms", "p99.9 ms", "max ms");
+    println!(
+        "api bench: POST /api/orders open-loop, {seconds} s per rate, 2 lines per order, API in this process (release build recommended)"
+    );
+    println!(
+        "{:<28} {:>7} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "", "rate/s", "sent/s", "expected", "other", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
     // Warm-up: connections, registry ids, prepared statements.
-    drive(200, Duration::from_secs(1), 202, |i| order(&http, &base, &key, &skus, &format!("w-{run}"), i)).await;
+    drive(200, Duration::from_secs(1), 202, |i| {
+        order(&http, &base, &key, &skus, &format!("w-{run}"), i)
+    })
+    .await;
     for &rate in rates {
         let tag = format!("r{rate}-{run}");
-        let step = drive(rate, Duration::from_secs(seconds), 202, |i| order(&http, &base, &key, &skus, &tag, i)).await;
+        let step = drive(rate, Duration::from_secs(seconds), 202, |i| {
+            order(&http, &base, &key, &skus, &tag, i)
+        })
+        .await;
         print_step("accept (orders → Kafka)", &step);
     }
 
@@ -133,7 +174,11 @@ pub async fn run(settings: &Settings, rates: &[u32], flash_rate: u32, seconds: u
         .json(&json!({"tokens": 100, "hold_seconds": 120, "per_customer_limit": 1}))
         .send()
         .await?;
-    anyhow::ensure!(sale.status().is_success(), "starting the flash sale: {}", sale.status());
+    anyhow::ensure!(
+        sale.status().is_success(),
+        "starting the flash sale: {}",
+        sale.status()
+    );
     let tag = format!("f-{run}");
     let step = drive(flash_rate, Duration::from_secs(seconds), 409, |i| {
         http.post(format!("{base}/api/orders"))
@@ -147,7 +192,14 @@ pub async fn run(settings: &Settings, rates: &[u32], flash_rate: u32, seconds: u
     Ok(())
 }
 
-fn order(http: &reqwest::Client, base: &str, key: &str, skus: &[String], tag: &str, i: u64) -> reqwest::RequestBuilder {
+fn order(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    skus: &[String],
+    tag: &str,
+    i: u64,
+) -> reqwest::RequestBuilder {
     let (a, b) = (&skus[(i % 20) as usize], &skus[((i + 7) % 20) as usize]);
     http.post(format!("{base}/api/orders"))
         .bearer_auth(key)

@@ -78,7 +78,12 @@ impl Load {
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let skus: Vec<String> = (0..skus.max(1)).map(|i| format!("B-{run}-{i}")).collect();
         let stock_per_sku = ((requests / skus.len()) / 2).max(1) as i64;
-        Self { run, skus, stock_per_sku, requests }
+        Self {
+            run,
+            skus,
+            stock_per_sku,
+            requests,
+        }
     }
 
     fn prefix(&self) -> String {
@@ -107,11 +112,17 @@ impl Load {
 }
 
 /// `kassa bench inventory`: kassa's inventory processor, then the naive baseline, on the same load.
-pub async fn inventory(settings: &Settings, skus: usize, requests: usize) -> Result<(), BenchError> {
-    let pool = crate::migrate::connect(settings).await.map_err(|e| match e {
-        crate::migrate::MigrateError::Connect { source, .. } => BenchError::Database(source),
-        crate::migrate::MigrateError::Apply(e) => BenchError::Database(e.into()),
-    })?;
+pub async fn inventory(
+    settings: &Settings,
+    skus: usize,
+    requests: usize,
+) -> Result<(), BenchError> {
+    let pool = crate::migrate::connect(settings)
+        .await
+        .map_err(|e| match e {
+            crate::migrate::MigrateError::Connect { source, .. } => BenchError::Database(source),
+            crate::migrate::MigrateError::Apply(e) => BenchError::Database(e.into()),
+        })?;
     let codec = Codec::new(&settings.schema_registry_url)?;
     let producer = crate::kafka::producer(settings)?;
     println!(
@@ -124,7 +135,10 @@ pub async fn inventory(settings: &Settings, skus: usize, requests: usize) -> Res
     let naive = naive::run(settings, &pool, &codec, &producer, &load).await?;
 
     println!();
-    println!("{:<22} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}", "", "decisions/s", "elapsed", "batches", "avg batch", "largest", "pg tx/s");
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "", "decisions/s", "elapsed", "batches", "avg batch", "largest", "pg tx/s"
+    );
     for (name, m) in [("kassa (batched)", &kassa), ("naive (row lock)", &naive)] {
         println!(
             "{:<22} {:>12.0} {:>9.2}s {:>10} {:>10.0} {:>10} {:>10.0}",
@@ -137,7 +151,10 @@ pub async fn inventory(settings: &Settings, skus: usize, requests: usize) -> Res
             m.pg_commits as f64 / m.elapsed.as_secs_f64(),
         );
     }
-    println!("kassa decides {:.1}x faster than the naive design", kassa.per_second() / naive.per_second());
+    println!(
+        "kassa decides {:.1}x faster than the naive design",
+        kassa.per_second() / naive.per_second()
+    );
     Ok(())
 }
 
@@ -159,17 +176,25 @@ async fn run_kassa(
 
     // Stock the SKUs and wait until the processor has answered for them: it is consuming.
     for sku in &load.skus {
-        let command = InventoryCommand::SetStock(SetStock { sku: sku.clone(), on_hand: load.stock_per_sku, reason: "bench".into() });
+        let command = InventoryCommand::SetStock(SetStock {
+            sku: sku.clone(),
+            on_hand: load.stock_per_sku,
+            reason: "bench".into(),
+        });
         send(producer, codec, sku, &Envelope::new(sku, None, command)).await?;
     }
-    outcomes.wait(load.skus.len(), Duration::from_secs(120)).await?;
+    outcomes
+        .wait(load.skus.len(), Duration::from_secs(120))
+        .await?;
     println!("kassa: processor ready; sending {} requests", load.requests);
 
     let encoded = encode_all(codec, load).await?;
     let before = (BATCHES.snapshot(), pg_commits(pool).await?);
     let started = Instant::now();
     send_all_to(producer, &encoded, Topic::CheckoutRequests.name()).await?;
-    outcomes.wait(load.skus.len() + load.requests, Duration::from_secs(600)).await?;
+    outcomes
+        .wait(load.skus.len() + load.requests, Duration::from_secs(600))
+        .await?;
     let elapsed = started.elapsed();
     let after = (BATCHES.snapshot(), pg_commits(pool).await?);
     let _ = stop.send(true);
@@ -194,10 +219,17 @@ async fn encode_all(codec: &Codec, load: &Load) -> Result<Vec<(String, Vec<u8>)>
 }
 
 /// Sends encoded requests as fast as Kafka takes them (acks=all), in parallel chunks.
-async fn send_all_to(producer: &FutureProducer, encoded: &[(String, Vec<u8>)], topic: &str) -> Result<(), BenchError> {
+async fn send_all_to(
+    producer: &FutureProducer,
+    encoded: &[(String, Vec<u8>)],
+    topic: &str,
+) -> Result<(), BenchError> {
     for chunk in encoded.chunks(5_000) {
         let sends = chunk.iter().map(|(sku, bytes)| {
-            producer.send(FutureRecord::to(topic).key(sku).payload(bytes), Duration::from_secs(60))
+            producer.send(
+                FutureRecord::to(topic).key(sku).payload(bytes),
+                Duration::from_secs(60),
+            )
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(e, _)| e)?;
@@ -206,10 +238,18 @@ async fn send_all_to(producer: &FutureProducer, encoded: &[(String, Vec<u8>)], t
     Ok(())
 }
 
-async fn send<P: Payload>(producer: &FutureProducer, codec: &Codec, key: &str, event: &Envelope<P>) -> Result<(), BenchError> {
+async fn send<P: Payload>(
+    producer: &FutureProducer,
+    codec: &Codec,
+    key: &str,
+    event: &Envelope<P>,
+) -> Result<(), BenchError> {
     let bytes = codec.encode(event).await?;
     producer
-        .send(FutureRecord::to(P::TOPIC.name()).key(key).payload(&bytes), Duration::from_secs(60))
+        .send(
+            FutureRecord::to(P::TOPIC.name()).key(key).payload(&bytes),
+            Duration::from_secs(60),
+        )
         .await
         .map_err(|(e, _)| e)?;
     Ok(())
@@ -219,10 +259,14 @@ async fn send<P: Payload>(producer: &FutureProducer, codec: &Codec, key: &str, e
 /// other sessions flush theirs at least once a second, so readings lag by up to a second).
 async fn pg_commits(pool: &PgPool) -> Result<i64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *conn).await?;
-    sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-        .fetch_one(&mut *conn)
-        .await
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// Counts the messages on a topic whose key starts with a prefix, from now on, in the background.
@@ -246,11 +290,17 @@ impl Outcomes {
             .create()
             .expect("bench consumer");
         // Assign every partition at its current end, so only outcomes from now on are counted.
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
         let mut assignment = rdkafka::TopicPartitionList::new();
         for p in metadata.topics()[0].partitions() {
-            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
-            assignment.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high)).expect("offset");
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            assignment
+                .add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high))
+                .expect("offset");
         }
         consumer.assign(&assignment).expect("assign");
         let (count_in, stop_in) = (count.clone(), stop.clone());
@@ -276,7 +326,11 @@ impl Outcomes {
                 return Ok(());
             }
             if started.elapsed() > within {
-                return Err(BenchError::Timeout { seen, wanted: n, within });
+                return Err(BenchError::Timeout {
+                    seen,
+                    wanted: n,
+                    within,
+                });
             }
             if last_report.elapsed() > Duration::from_secs(2) {
                 eprintln!("  … {seen} / {n} outcomes");

@@ -60,7 +60,8 @@ pub(super) async fn run(
     let shared = Arc::new(Codec::new(&settings.schema_registry_url)?);
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        let (rx, pool, codec, producer) = (rx.clone(), pool.clone(), shared.clone(), producer.clone());
+        let (rx, pool, codec, producer) =
+            (rx.clone(), pool.clone(), shared.clone(), producer.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
@@ -74,7 +75,11 @@ pub(super) async fn run(
     let reader = tokio::spawn(async move {
         while let Ok(m) = consumer.recv().await {
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            if tx.send((key, m.payload().unwrap_or_default().to_vec())).await.is_err() {
+            if tx
+                .send((key, m.payload().unwrap_or_default().to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -85,7 +90,9 @@ pub(super) async fn run(
     let before = pg_commits(pool).await?;
     let started = Instant::now();
     send_all_to(producer, &encoded, REQUESTS).await?;
-    outcomes.wait(load.requests, Duration::from_secs(900)).await?;
+    outcomes
+        .wait(load.requests, Duration::from_secs(900))
+        .await?;
     let elapsed = started.elapsed();
     let after = pg_commits(pool).await?;
     reader.abort();
@@ -102,16 +109,33 @@ pub(super) async fn run(
 }
 
 /// One request, the naive way: lock the row, decide, write, commit, produce and wait for the ack.
-async fn decide_one(pool: &PgPool, codec: &Codec, producer: &FutureProducer, sku: &str, bytes: &[u8]) -> Result<(), BenchError> {
+async fn decide_one(
+    pool: &PgPool,
+    codec: &Codec,
+    producer: &FutureProducer,
+    sku: &str,
+    bytes: &[u8],
+) -> Result<(), BenchError> {
     let request: Envelope<CheckoutPayload> = codec.decode(bytes).await?;
     let CheckoutPayload::Reserve(r) = &request.payload;
     let mut tx = pool.begin().await?;
-    let row: Option<(i64, i64)> = sqlx::query_as("SELECT on_hand, reserved FROM bench.naive_stock WHERE sku = $1 FOR UPDATE")
-        .bind(sku)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let mut stock = row.map(|(on_hand, reserved)| Stock { on_hand, reserved, committed: 0 });
-    let (answer, _) = decide::reserve(stock.as_mut(), None, r.quantity, chrono::Duration::minutes(15), Utc::now());
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT on_hand, reserved FROM bench.naive_stock WHERE sku = $1 FOR UPDATE")
+            .bind(sku)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut stock = row.map(|(on_hand, reserved)| Stock {
+        on_hand,
+        reserved,
+        committed: 0,
+    });
+    let (answer, _) = decide::reserve(
+        stock.as_mut(),
+        None,
+        r.quantity,
+        chrono::Duration::minutes(15),
+        Utc::now(),
+    );
     if let Some(stock) = stock {
         sqlx::query("UPDATE bench.naive_stock SET on_hand = $2, reserved = $3 WHERE sku = $1")
             .bind(sku)
@@ -120,7 +144,11 @@ async fn decide_one(pool: &PgPool, codec: &Codec, producer: &FutureProducer, sku
             .execute(&mut *tx)
             .await?;
     }
-    let status = if matches!(answer, ReserveAnswer::Reserved { .. }) { "active" } else { "rejected" };
+    let status = if matches!(answer, ReserveAnswer::Reserved { .. }) {
+        "active"
+    } else {
+        "rejected"
+    };
     sqlx::query("INSERT INTO bench.naive_reservations (order_id, line_index, sku, quantity, status) VALUES ($1, $2, $3, $4, $5)")
         .bind(&r.order_id)
         .bind(r.line_index)
@@ -130,18 +158,40 @@ async fn decide_one(pool: &PgPool, codec: &Codec, producer: &FutureProducer, sku
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    let (order_id, line_index, sku, quantity) = (r.order_id.clone(), r.line_index, r.sku.clone(), r.quantity);
+    let (order_id, line_index, sku, quantity) =
+        (r.order_id.clone(), r.line_index, r.sku.clone(), r.quantity);
     let event: InventoryEvent = match answer {
-        ReserveAnswer::Reserved { expires_at } => {
-            Reserved { order_id, line_index, sku, quantity, expires_at, order: Some(LineOrder::of(r)) }.into()
+        ReserveAnswer::Reserved { expires_at } => Reserved {
+            order_id,
+            line_index,
+            sku,
+            quantity,
+            expires_at,
+            order: Some(LineOrder::of(r)),
         }
-        ReserveAnswer::Rejected(reason) => {
-            Rejected { order_id, line_index, sku, quantity, reason, order: Some(LineOrder::of(r)) }.into()
+        .into(),
+        ReserveAnswer::Rejected(reason) => Rejected {
+            order_id,
+            line_index,
+            sku,
+            quantity,
+            reason,
+            order: Some(LineOrder::of(r)),
         }
+        .into(),
     };
-    let bytes = codec.encode(&Envelope::new(r.order_id.clone(), Some(request.event_id), event)).await?;
+    let bytes = codec
+        .encode(&Envelope::new(
+            r.order_id.clone(),
+            Some(request.event_id),
+            event,
+        ))
+        .await?;
     producer
-        .send(FutureRecord::to(EVENTS).key(&r.order_id).payload(&bytes), Duration::from_secs(60))
+        .send(
+            FutureRecord::to(EVENTS).key(&r.order_id).payload(&bytes),
+            Duration::from_secs(60),
+        )
         .await
         .map_err(|(e, _)| e)?;
     Ok(())
@@ -150,9 +200,11 @@ async fn decide_one(pool: &PgPool, codec: &Codec, producer: &FutureProducer, sku
 async fn create_topics(settings: &Settings) -> Result<(), BenchError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &settings.kafka_brokers).create()?;
-    let topics = [REQUESTS, EVENTS].map(|t| NewTopic::new(t, settings.topic_partitions, TopicReplication::Fixed(1)));
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .create()?;
+    let topics = [REQUESTS, EVENTS]
+        .map(|t| NewTopic::new(t, settings.topic_partitions, TopicReplication::Fixed(1)));
     admin.create_topics(&topics, &AdminOptions::new()).await?;
     Ok(())
 }

@@ -18,10 +18,18 @@ const SKUS: usize = 20;
 
 /// Runs `orders` single-line orders at `rate` a second through the whole saga.
 pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Result<()> {
-    anyhow::ensure!(orders > 0 && rate > 0, "--orders and --rate must be positive");
+    anyhow::ensure!(
+        orders > 0 && rate > 0,
+        "--orders and --rate must be positive"
+    );
     let pool = crate::migrate::connect(settings).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let key = kassa_api::auth::create_key(&pool, kassa_api::auth::KeyKind::Storefront, &format!("bench-saga-{run}")).await?;
+    let key = kassa_api::auth::create_key(
+        &pool,
+        kassa_api::auth::KeyKind::Storefront,
+        &format!("bench-saga-{run}"),
+    )
+    .await?;
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BSAGA-{run}-{i}")).collect();
 
     // Every processor and the API in this process, as `kassa run all` starts them.
@@ -36,13 +44,23 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
     let codec = Codec::new(&settings.schema_registry_url)?;
     let producer = crate::kafka::producer(settings)?;
-    let stocked = Outcomes::start(settings, Topic::InventoryEvents.name(), format!("BSAGA-{run}"));
+    let stocked = Outcomes::start(
+        settings,
+        Topic::InventoryEvents.name(),
+        format!("BSAGA-{run}"),
+    );
     for sku in &skus {
-        let command = InventoryCommand::SetStock(SetStock { sku: sku.clone(), on_hand: orders as i64, reason: "bench".into() });
+        let command = InventoryCommand::SetStock(SetStock {
+            sku: sku.clone(),
+            on_hand: orders as i64,
+            reason: "bench".into(),
+        });
         send(&producer, &codec, sku, &Envelope::new(sku, None, command)).await?;
     }
     stocked.wait(skus.len(), Duration::from_secs(120)).await?;
-    println!("saga bench: {orders} orders at {rate}/s over HTTP, one line each, simulated gateway (pm_card_visa), API and processors in this process");
+    println!(
+        "saga bench: {orders} orders at {rate}/s over HTTP, one line each, simulated gateway (pm_card_visa), API and processors in this process"
+    );
 
     let accepted = place(&http, &base, &key, &skus, &run, orders, rate).await;
     let ids: Vec<String> = accepted.keys().cloned().collect();
@@ -56,19 +74,45 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     .bind(&ids)
     .fetch_all(&pool)
     .await?;
-    let mut to_confirmed: Vec<i64> = confirmed.iter().map(|(id, at)| (*at - accepted[id]).num_milliseconds()).collect();
-    let mut to_completed: Vec<i64> =
-        finals.iter().filter(|f| f.1 == "completed").map(|(id, _, at)| (*at - accepted[id]).num_milliseconds()).collect();
+    let mut to_confirmed: Vec<i64> = confirmed
+        .iter()
+        .map(|(id, at)| (*at - accepted[id]).num_milliseconds())
+        .collect();
+    let mut to_completed: Vec<i64> = finals
+        .iter()
+        .filter(|f| f.1 == "completed")
+        .map(|(id, _, at)| (*at - accepted[id]).num_milliseconds())
+        .collect();
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for (_, state, _) in &finals {
         *counts.entry(state.as_str()).or_default() += 1;
     }
-    println!("accepted {} of {orders}; final states {counts:?}", accepted.len());
-    println!("{:<26} {:>8} {:>8} {:>8} {:>8}", "", "p50 ms", "p99 ms", "max ms", "orders");
-    for (label, latencies) in [("accept -> confirmed", &mut to_confirmed), ("accept -> completed", &mut to_completed)] {
+    println!(
+        "accepted {} of {orders}; final states {counts:?}",
+        accepted.len()
+    );
+    println!(
+        "{:<26} {:>8} {:>8} {:>8} {:>8}",
+        "", "p50 ms", "p99 ms", "max ms", "orders"
+    );
+    for (label, latencies) in [
+        ("accept -> confirmed", &mut to_confirmed),
+        ("accept -> completed", &mut to_completed),
+    ] {
         latencies.sort_unstable();
-        let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
-        println!("{label:<26} {:>8} {:>8} {:>8} {:>8}", at(0.5), at(0.99), latencies.last().copied().unwrap_or(0), latencies.len());
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "{label:<26} {:>8} {:>8} {:>8} {:>8}",
+            at(0.5),
+            at(0.99),
+            latencies.last().copied().unwrap_or(0),
+            latencies.len()
+        );
     }
     println!("target: accept -> confirmed p99 < 1000 ms");
     Ok(())
@@ -135,7 +179,12 @@ async fn wait_final(
         if finals.len() == ids.len() {
             return Ok(finals);
         }
-        anyhow::ensure!(started.elapsed() < within, "only {} of {} orders ended within {within:?}", finals.len(), ids.len());
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "only {} of {} orders ended within {within:?}",
+            finals.len(),
+            ids.len()
+        );
         if last_report.elapsed() > Duration::from_secs(2) {
             eprintln!("  … {} / {} orders ended", finals.len(), ids.len());
             last_report = std::time::Instant::now();

@@ -23,11 +23,21 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
     let settings = super::setup().await;
     let pool = kassa::migrate::connect(&settings).await.expect("database");
     let name = uuid::Uuid::new_v4().simple().to_string();
-    let storefront = create_key(&pool, KeyKind::Storefront, &format!("sf-{name}")).await.expect("storefront key");
-    let admin = create_key(&pool, KeyKind::Admin, &format!("admin-{name}")).await.expect("admin key");
+    let storefront = create_key(&pool, KeyKind::Storefront, &format!("sf-{name}"))
+        .await
+        .expect("storefront key");
+    let admin = create_key(&pool, KeyKind::Admin, &format!("admin-{name}"))
+        .await
+        .expect("admin key");
     let mut config = settings.api_config();
     config.addr = "127.0.0.1:0".parse().expect("address");
     adjust(&mut config);
     let addr = kassa_api::spawn(&config).await.expect("API starts");
-    TestApi { base: format!("http://{addr}"), storefront, admin, pool, settings }
+    TestApi {
+        base: format!("http://{addr}"),
+        storefront,
+        admin,
+        pool,
+        settings,
+    }
 }

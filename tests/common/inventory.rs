@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use kassa::settings::Settings;
 use kassa_schemas::events::checkout::{CheckoutPayload, Reserve};
 use kassa_schemas::events::inventory::{InventoryCommand, InventoryEvent, SetStock};
-use kassa_schemas::{Codec, Envelope, Payload};
+use kassa_schemas::{Codec, Envelope, Payload, Topic};
+use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 /// A `kassa run inventory` process, killed (SIGKILL) when dropped.
 pub type Processor = super::processes::Component;
@@ -56,10 +56,18 @@ impl Feed {
     /// Encodes and sends one event with a W3C `traceparent` header.
     pub async fn send_traced<P: Payload>(&self, key: &str, event: &Envelope<P>, traceparent: &str) {
         let bytes = self.codec.encode(event).await.expect("encode");
-        let headers = rdkafka::message::OwnedHeaders::new()
-            .insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent) });
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "traceparent",
+            value: Some(traceparent),
+        });
         self.producer
-            .send(FutureRecord::to(P::TOPIC.name()).key(key).payload(&bytes).headers(headers), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(P::TOPIC.name())
+                    .key(key)
+                    .payload(&bytes)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("Kafka acknowledged");
@@ -68,7 +76,10 @@ impl Feed {
     /// Sends raw bytes.
     pub async fn send_raw(&self, topic: &str, key: &str, bytes: &[u8]) {
         self.producer
-            .send(FutureRecord::to(topic).key(key).payload(bytes), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(topic).key(key).payload(bytes),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("Kafka acknowledged");
@@ -78,18 +89,34 @@ impl Feed {
     /// (`Restocked`): requests sent afterwards on `checkout.requests` find the stock, since Kafka
     /// orders nothing across topics.
     pub async fn set_stock(&self, settings: &Settings, stock: &[(&str, i64)]) {
-        let from = end_offsets(settings, "inventory.events");
+        let from = end_offsets(settings, Topic::InventoryEvents.name());
         for (sku, on_hand) in stock {
-            let command = InventoryCommand::SetStock(SetStock { sku: (*sku).into(), on_hand: *on_hand, reason: "test".into() });
+            let command = InventoryCommand::SetStock(SetStock {
+                sku: (*sku).into(),
+                on_hand: *on_hand,
+                reason: "test".into(),
+            });
             self.send(sku, &Envelope::new(*sku, None, command)).await;
         }
         let skus: Vec<&[u8]> = stock.iter().map(|(s, _)| s.as_bytes()).collect();
-        read_until(settings, "inventory.events", &from, Duration::from_secs(60), |m| skus.contains(&m.key().unwrap_or_default()), |n| n >= stock.len());
+        read_until(
+            settings,
+            Topic::InventoryEvents.name(),
+            &from,
+            Duration::from_secs(60),
+            |m| skus.contains(&m.key().unwrap_or_default()),
+            |n| n >= stock.len(),
+        );
     }
 }
 
 /// A reserve request for one order line.
-pub fn reserve(order_id: &str, line_index: i32, sku: &str, quantity: i32) -> Envelope<CheckoutPayload> {
+pub fn reserve(
+    order_id: &str,
+    line_index: i32,
+    sku: &str,
+    quantity: i32,
+) -> Envelope<CheckoutPayload> {
     Envelope::new(
         order_id,
         None,
@@ -111,13 +138,25 @@ pub fn reserve(order_id: &str, line_index: i32, sku: &str, quantity: i32) -> Env
 
 /// Current end offsets of every partition of `topic`.
 pub fn end_offsets(settings: &Settings, topic: &str) -> HashMap<i32, i64> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", &settings.kafka_brokers).create().expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     metadata.topics()[0]
         .partitions()
         .iter()
-        .map(|p| (p.id(), consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks").1))
+        .map(|p| {
+            (
+                p.id(),
+                consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1,
+            )
+        })
         .collect()
 }
 
@@ -131,14 +170,30 @@ pub fn read_until(
     keep: impl FnMut(&rdkafka::message::OwnedMessage) -> bool,
     done: impl Fn(usize) -> bool,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    super::read_kept(settings, topic, from, super::Isolation::Committed, deadline, keep, |kept| done(kept.len()))
+    super::read_kept(
+        settings,
+        topic,
+        from,
+        super::Isolation::Committed,
+        deadline,
+        keep,
+        |kept| done(kept.len()),
+    )
 }
 
 /// Decodes inventory events.
-pub async fn decode_events(codec: &Codec, messages: &[rdkafka::message::OwnedMessage]) -> Vec<Envelope<InventoryEvent>> {
+pub async fn decode_events(
+    codec: &Codec,
+    messages: &[rdkafka::message::OwnedMessage],
+) -> Vec<Envelope<InventoryEvent>> {
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
-        out.push(codec.decode(m.payload().expect("value")).await.expect("decode inventory event"));
+        out.push(
+            codec
+                .decode(m.payload().expect("value"))
+                .await
+                .expect("decode inventory event"),
+        );
     }
     out
 }
@@ -167,20 +222,39 @@ impl Outcomes {
         let (settings, registry) = (settings.clone(), settings.schema_registry_url.clone());
         let (seen_in, stop_in) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let codec = Codec::new(&registry).unwrap();
-            let consumer = super::assigned_consumer(&settings, "inventory.events", &from, super::Isolation::Committed);
+            let consumer = super::assigned_consumer(
+                &settings,
+                Topic::InventoryEvents.name(),
+                &from,
+                super::Isolation::Committed,
+            );
             while !stop_in.load(std::sync::atomic::Ordering::Relaxed) {
-                let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
                 let message = message.expect("consume");
-                if !message.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
+                if !message
+                    .key()
+                    .is_some_and(|k| k.starts_with(prefix.as_bytes()))
+                {
                     continue;
                 }
-                let event = runtime.block_on(codec.decode(message.payload().unwrap())).expect("decode");
+                let event = runtime
+                    .block_on(codec.decode(message.payload().unwrap()))
+                    .expect("decode");
                 seen_in.lock().unwrap().push(event);
             }
         });
-        Self { seen, stop, thread: Some(thread) }
+        Self {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Events seen so far (physical messages, duplicates included).
@@ -197,7 +271,10 @@ impl Outcomes {
             if lines >= n {
                 return;
             }
-            assert!(started.elapsed() < deadline, "only {lines} of {n} order lines answered within {deadline:?}");
+            assert!(
+                started.elapsed() < deadline,
+                "only {lines} of {n} order lines answered within {deadline:?}"
+            );
             poll.tick().await;
         }
     }

@@ -22,9 +22,13 @@ pub async fn setup() -> Settings {
     let settings = settings();
     READY
         .get_or_init(|| async {
-            let pool = kassa::migrate::connect(&settings).await.expect("PostgreSQL is up (scripts/dev up)");
+            let pool = kassa::migrate::connect(&settings)
+                .await
+                .expect("PostgreSQL is up (scripts/dev up)");
             kassa::migrate::run(&pool).await.expect("migrations apply");
-            kassa::topics::create_all(&settings).await.expect("Kafka is up and topics can be created");
+            kassa::topics::create_all(&settings)
+                .await
+                .expect("Kafka is up and topics can be created");
             kassa_schemas::registry::Registry::new(&settings.schema_registry_url)
                 .register_all()
                 .await
@@ -45,7 +49,12 @@ pub enum Isolation {
 
 /// A test consumer (its own throw-away group) with `isolation`, assigned to `topic` at the given
 /// per-partition offsets.
-pub fn assigned_consumer(settings: &Settings, topic: &str, from: &HashMap<i32, i64>, isolation: Isolation) -> BaseConsumer {
+pub fn assigned_consumer(
+    settings: &Settings,
+    topic: &str,
+    from: &HashMap<i32, i64>,
+    isolation: Isolation,
+) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka_brokers)
         .set("group.id", format!("kassa-test-{}", uuid::Uuid::new_v4()))
@@ -61,7 +70,9 @@ pub fn assigned_consumer(settings: &Settings, topic: &str, from: &HashMap<i32, i
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for (partition, offset) in from {
-        assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("offset");
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .expect("offset");
     }
     consumer.assign(&assignment).expect("assign");
     consumer
@@ -107,7 +118,15 @@ pub fn read_from(
     deadline: Duration,
     done: impl Fn(&[OwnedMessage]) -> bool,
 ) -> Vec<OwnedMessage> {
-    read_kept(settings, topic, &HashMap::from([(partition, offset)]), isolation, deadline, |_| true, done)
+    read_kept(
+        settings,
+        topic,
+        &HashMap::from([(partition, offset)]),
+        isolation,
+        deadline,
+        |_| true,
+        done,
+    )
 }
 
 /// The message key as text.
@@ -120,10 +139,15 @@ pub async fn ensure_scratch_topic(settings: &Settings, name: &str, partitions: i
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &settings.kafka_brokers).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .create()
+        .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin.create_topics([&topic], &AdminOptions::new()).await.expect("create topic");
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("create topic");
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

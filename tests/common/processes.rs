@@ -26,9 +26,12 @@ fn pid_list() -> std::path::PathBuf {
 pub fn reap_leftovers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let Ok(list) = std::fs::read_to_string(pid_list()) else { return };
+        let Ok(list) = std::fs::read_to_string(pid_list()) else {
+            return;
+        };
         let alive = |pid: &str| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("kassa"))
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("kassa"))
         };
         let pids: Vec<&str> = list.lines().filter(|p| alive(p)).collect();
         for pid in &pids {
@@ -52,15 +55,27 @@ impl Component {
     /// Starts `kassa run <name>` with the test settings plus `env`.
     pub fn start(name: &str, env: &[(&str, &str)]) -> Self {
         reap_leftovers();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Self::spawn(name, env)
     }
 
     fn spawn(name: &str, env: Vec<(String, String)>) -> Self {
-        let log = std::env::var("KASSA_TEST_PROCESSOR_LOG")
-            .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).expect("log file"));
+        let log = std::env::var("KASSA_TEST_PROCESSOR_LOG").map(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("log file")
+        });
         let mut command = Command::new(env!("CARGO_BIN_EXE_kassa"));
-        command.args(["run", name]).stdin(Stdio::piped()).stdout(Stdio::null()).env("KASSA_STOP_ON_STDIN_EOF", "1");
+        command
+            .args(["run", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .env("KASSA_STOP_ON_STDIN_EOF", "1");
         for (key, value) in &env {
             command.env(key, value);
         }
@@ -68,12 +83,23 @@ impl Component {
             Ok(file) => command.stderr(file),
             Err(_) => command.stderr(Stdio::null()),
         };
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("start kassa run {name}: {e}"));
-        if let Ok(mut list) = std::fs::OpenOptions::new().create(true).append(true).open(pid_list()) {
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start kassa run {name}: {e}"));
+        if let Ok(mut list) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pid_list())
+        {
             let _ = writeln!(list, "{}", child.id());
         }
         let stdin = child.stdin.take();
-        Self { name: name.to_owned(), env, child, stdin }
+        Self {
+            name: name.to_owned(),
+            env,
+            child,
+            stdin,
+        }
     }
 
     /// SIGKILL: no chance to finish anything.
@@ -92,13 +118,20 @@ impl Component {
     /// SIGTERM, then waits for the exit status (within `deadline`).
     pub fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(started.elapsed() < deadline, "{} did not exit within {deadline:?} of SIGTERM", self.name);
+            assert!(
+                started.elapsed() < deadline,
+                "{} did not exit within {deadline:?} of SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50)); // poll the exit status until the deadline
         }
     }

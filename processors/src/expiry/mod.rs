@@ -39,7 +39,9 @@ pub fn plan(event: &OrderEvent) -> Vec<(DeadlineKind, Change)> {
         | OrderEvent::OrderConfirmed(_)
         | OrderEvent::OrderCompleted(_)
         | OrderEvent::OrderRejected(_)
-        | OrderEvent::OrderCancelled(_) => vec![(Hold, Change::Cancel), (PaymentAction, Change::Cancel)],
+        | OrderEvent::OrderCancelled(_) => {
+            vec![(Hold, Change::Cancel), (PaymentAction, Change::Cancel)]
+        }
     }
 }
 
@@ -78,14 +80,21 @@ impl Handler for Expiry {
         input.event_id
     }
 
-    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Self::Input>]) -> Result<Handled, HandleError> {
+    async fn handle(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[Delivered<Self::Input>],
+    ) -> Result<Handled, HandleError> {
         let mut handled = Handled::default();
         // The last change per (order, kind) in the batch wins: events of one order arrive in order.
         let mut changes: BTreeMap<(String, &'static str), Change> = BTreeMap::new();
         for (index, d) in batch.iter().enumerate() {
             let order = d.input.payload.order_id();
             if d.key.as_deref() != Some(order) {
-                handled.invalid.push((index, format!("message key {:?} is not the order id {order}", d.key)));
+                handled.invalid.push((
+                    index,
+                    format!("message key {:?} is not the order id {order}", d.key),
+                ));
                 continue;
             }
             for (kind, change) in plan(&d.input.payload) {
@@ -98,8 +107,12 @@ impl Handler for Expiry {
         let rows: Vec<serde_json::Value> = changes
             .iter()
             .map(|((order, kind), change)| match change {
-                Change::Due(at) => json!({"order_id": order, "kind": kind, "due_at": at, "state": "pending"}),
-                Change::Cancel => json!({"order_id": order, "kind": kind, "due_at": null, "state": "cancelled"}),
+                Change::Due(at) => {
+                    json!({"order_id": order, "kind": kind, "due_at": at, "state": "pending"})
+                }
+                Change::Cancel => {
+                    json!({"order_id": order, "kind": kind, "due_at": null, "state": "cancelled"})
+                }
             })
             .collect();
         // A cancel of a deadline never set is not stored; a cancel keeps the due time for the record.
@@ -136,12 +149,24 @@ mod tests {
     #[test]
     fn holds_are_set_and_renewed_and_forgotten_once_stock_is_committed() {
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let renewed: OrderEvent = HoldRenewed { order_id: "o".into(), hold_expires_at: at }.into();
+        let renewed: OrderEvent = HoldRenewed {
+            order_id: "o".into(),
+            hold_expires_at: at,
+        }
+        .into();
         assert_eq!(plan(&renewed), [(DeadlineKind::Hold, Change::Due(at))]);
-        let authorized: OrderEvent = OrderAuthorized { order_id: "o".into(), total_minor: 1, currency: "EUR".into() }.into();
+        let authorized: OrderEvent = OrderAuthorized {
+            order_id: "o".into(),
+            total_minor: 1,
+            currency: "EUR".into(),
+        }
+        .into();
         assert_eq!(
             plan(&authorized),
-            [(DeadlineKind::Hold, Change::Cancel), (DeadlineKind::PaymentAction, Change::Cancel)]
+            [
+                (DeadlineKind::Hold, Change::Cancel),
+                (DeadlineKind::PaymentAction, Change::Cancel)
+            ]
         );
     }
 }

@@ -77,11 +77,20 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
     let fired_at = Utc::now();
     let mut rows = Vec::with_capacity(due.len());
     for (order_id, kind, due_at) in &due {
-        let kind = if kind == "hold" { DeadlineKind::Hold } else { DeadlineKind::PaymentAction };
+        let kind = if kind == "hold" {
+            DeadlineKind::Hold
+        } else {
+            DeadlineKind::PaymentAction
+        };
         let event = Envelope::new(
             order_id.as_str(),
             None,
-            ExpiryEvent::from(DeadlinePassed { order_id: order_id.clone(), kind, due_at: *due_at, fired_at }),
+            ExpiryEvent::from(DeadlinePassed {
+                order_id: order_id.clone(),
+                kind,
+                due_at: *due_at,
+                fired_at,
+            }),
         );
         rows.push(OutboxRow {
             topic: Topic::ExpiryEvents.name().to_owned(),
@@ -92,7 +101,11 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
     }
     store::append_outbox(&mut tx, "expiry", &rows).await?;
     tx.commit().await?;
-    let late_ms = due.iter().map(|(_, _, at)| (fired_at - *at).num_milliseconds()).max().unwrap_or(0);
+    let late_ms = due
+        .iter()
+        .map(|(_, _, at)| (fired_at - *at).num_milliseconds())
+        .max()
+        .unwrap_or(0);
     tracing::debug!(fired = due.len(), late_ms, "deadlines fired");
     metrics::counter!("kassa_deadlines_fired_total").increment(due.len() as u64);
     Ok(due.len())

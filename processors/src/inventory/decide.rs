@@ -71,7 +71,11 @@ pub fn reserve(
         return (answer_of(previous), None);
     }
     let reject = |reason| {
-        let stored = Reservation { quantity, status: Status::Rejected(reason), expires_at: now };
+        let stored = Reservation {
+            quantity,
+            status: Status::Rejected(reason),
+            expires_at: now,
+        };
         (ReserveAnswer::Rejected(reason), Some(stored))
     };
     if quantity <= 0 || quantity > MAX_LINE_QUANTITY {
@@ -87,14 +91,23 @@ pub fn reserve(
     stock.on_hand -= units;
     stock.reserved += units;
     let expires_at = now + hold;
-    (ReserveAnswer::Reserved { expires_at }, Some(Reservation { quantity, status: Status::Active, expires_at }))
+    (
+        ReserveAnswer::Reserved { expires_at },
+        Some(Reservation {
+            quantity,
+            status: Status::Active,
+            expires_at,
+        }),
+    )
 }
 
 /// The answer a stored reservation stands for.
 fn answer_of(reservation: &Reservation) -> ReserveAnswer {
     match reservation.status {
         Status::Rejected(reason) => ReserveAnswer::Rejected(reason),
-        _ => ReserveAnswer::Reserved { expires_at: reservation.expires_at },
+        _ => ReserveAnswer::Reserved {
+            expires_at: reservation.expires_at,
+        },
     }
 }
 
@@ -112,26 +125,44 @@ pub enum LineChange {
 
 /// Gives an active reservation's units back to stock.
 pub fn release(stock: &mut Stock, reservation: Option<&mut Reservation>) -> LineChange {
-    move_line(stock, reservation, Status::Active, Status::Released, |s, u| {
-        s.reserved -= u;
-        s.on_hand += u;
-    })
+    move_line(
+        stock,
+        reservation,
+        Status::Active,
+        Status::Released,
+        |s, u| {
+            s.reserved -= u;
+            s.on_hand += u;
+        },
+    )
 }
 
 /// Turns an active reservation's units into sold stock.
 pub fn commit(stock: &mut Stock, reservation: Option<&mut Reservation>) -> LineChange {
-    move_line(stock, reservation, Status::Active, Status::Committed, |s, u| {
-        s.reserved -= u;
-        s.committed += u;
-    })
+    move_line(
+        stock,
+        reservation,
+        Status::Active,
+        Status::Committed,
+        |s, u| {
+            s.reserved -= u;
+            s.committed += u;
+        },
+    )
 }
 
 /// Returns a committed reservation's units to stock (compensation when a capture fails).
 pub fn restock_line(stock: &mut Stock, reservation: Option<&mut Reservation>) -> LineChange {
-    move_line(stock, reservation, Status::Committed, Status::Restocked, |s, u| {
-        s.committed -= u;
-        s.on_hand += u;
-    })
+    move_line(
+        stock,
+        reservation,
+        Status::Committed,
+        Status::Restocked,
+        |s, u| {
+            s.committed -= u;
+            s.on_hand += u;
+        },
+    )
 }
 
 fn move_line(
@@ -153,7 +184,9 @@ fn move_line(
     }
     apply(stock, i64::from(reservation.quantity));
     reservation.status = to;
-    LineChange::Applied { units: reservation.quantity }
+    LineChange::Applied {
+        units: reservation.quantity,
+    }
 }
 
 /// Adds delivered units to on-hand stock. Returns the change in on-hand units.
@@ -185,31 +218,64 @@ mod tests {
     const HOLD: Duration = Duration::minutes(15);
 
     fn stocked(units: i64) -> Stock {
-        Stock { on_hand: units, ..Stock::default() }
+        Stock {
+            on_hand: units,
+            ..Stock::default()
+        }
     }
 
     #[test]
     fn reserves_while_units_are_free_then_rejects_out_of_stock() {
         let mut stock = stocked(5);
         let (a, stored) = reserve(Some(&mut stock), None, 3, HOLD, now());
-        assert_eq!(a, ReserveAnswer::Reserved { expires_at: now() + HOLD });
+        assert_eq!(
+            a,
+            ReserveAnswer::Reserved {
+                expires_at: now() + HOLD
+            }
+        );
         assert_eq!(stored.unwrap().status, Status::Active);
-        assert_eq!(stock, Stock { on_hand: 2, reserved: 3, committed: 0 });
+        assert_eq!(
+            stock,
+            Stock {
+                on_hand: 2,
+                reserved: 3,
+                committed: 0
+            }
+        );
         let (b, _) = reserve(Some(&mut stock), None, 3, HOLD, now());
         assert_eq!(b, ReserveAnswer::Rejected(RejectReason::OutOfStock));
-        assert_eq!(stock, Stock { on_hand: 2, reserved: 3, committed: 0 }, "a rejection changes nothing");
+        assert_eq!(
+            stock,
+            Stock {
+                on_hand: 2,
+                reserved: 3,
+                committed: 0
+            },
+            "a rejection changes nothing"
+        );
         let (c, _) = reserve(Some(&mut stock), None, 2, HOLD, now());
-        assert!(matches!(c, ReserveAnswer::Reserved { .. }), "the last units still go");
+        assert!(
+            matches!(c, ReserveAnswer::Reserved { .. }),
+            "the last units still go"
+        );
         assert_eq!(stock.on_hand, 0);
     }
 
     #[test]
     fn rejects_unknown_skus_and_invalid_quantities() {
-        assert_eq!(reserve(None, None, 1, HOLD, now()).0, ReserveAnswer::Rejected(RejectReason::UnknownSku));
+        assert_eq!(
+            reserve(None, None, 1, HOLD, now()).0,
+            ReserveAnswer::Rejected(RejectReason::UnknownSku)
+        );
         let mut stock = stocked(100_000);
         for q in [0, -1, MAX_LINE_QUANTITY + 1] {
             let (answer, _) = reserve(Some(&mut stock), None, q, HOLD, now());
-            assert_eq!(answer, ReserveAnswer::Rejected(RejectReason::InvalidQuantity), "quantity {q}");
+            assert_eq!(
+                answer,
+                ReserveAnswer::Rejected(RejectReason::InvalidQuantity),
+                "quantity {q}"
+            );
         }
         assert_eq!(stock, stocked(100_000));
     }
@@ -223,11 +289,26 @@ mod tests {
         let (again, changed) = reserve(Some(&mut stock), Some(&stored), 1, HOLD, now() + HOLD);
         assert_eq!(again, first);
         assert_eq!(changed, None);
-        assert_eq!(stock, Stock { on_hand: 10, reserved: 1, committed: 0 });
+        assert_eq!(
+            stock,
+            Stock {
+                on_hand: 10,
+                reserved: 1,
+                committed: 0
+            }
+        );
 
-        let rejected = Reservation { quantity: 5, status: Status::Rejected(RejectReason::OutOfStock), expires_at: now() };
+        let rejected = Reservation {
+            quantity: 5,
+            status: Status::Rejected(RejectReason::OutOfStock),
+            expires_at: now(),
+        };
         let (again, _) = reserve(Some(&mut stock), Some(&rejected), 5, HOLD, now());
-        assert_eq!(again, ReserveAnswer::Rejected(RejectReason::OutOfStock), "a rejection is repeated too");
+        assert_eq!(
+            again,
+            ReserveAnswer::Rejected(RejectReason::OutOfStock),
+            "a rejection is repeated too"
+        );
     }
 
     #[test]
@@ -236,16 +317,54 @@ mod tests {
         let (_, r1) = reserve(Some(&mut stock), None, 4, HOLD, now());
         let (_, r2) = reserve(Some(&mut stock), None, 3, HOLD, now());
         let (mut r1, mut r2) = (r1.unwrap(), r2.unwrap());
-        assert_eq!(release(&mut stock, Some(&mut r1)), LineChange::Applied { units: 4 });
-        assert_eq!(release(&mut stock, Some(&mut r1)), LineChange::NoOp("reservation already finished"));
-        assert_eq!(commit(&mut stock, Some(&mut r1)), LineChange::NoOp("reservation already finished"));
-        assert_eq!(commit(&mut stock, Some(&mut r2)), LineChange::Applied { units: 3 });
-        assert_eq!(release(&mut stock, Some(&mut r2)), LineChange::NoOp("reservation already finished"));
-        assert_eq!(release(&mut stock, None), LineChange::NoOp("unknown reservation"));
-        assert_eq!(stock, Stock { on_hand: 7, reserved: 0, committed: 3 });
-        assert_eq!(restock_line(&mut stock, Some(&mut r2)), LineChange::Applied { units: 3 });
-        assert_eq!(restock_line(&mut stock, Some(&mut r2)), LineChange::NoOp("reservation already finished"));
-        assert_eq!(stock, Stock { on_hand: 10, reserved: 0, committed: 0 });
+        assert_eq!(
+            release(&mut stock, Some(&mut r1)),
+            LineChange::Applied { units: 4 }
+        );
+        assert_eq!(
+            release(&mut stock, Some(&mut r1)),
+            LineChange::NoOp("reservation already finished")
+        );
+        assert_eq!(
+            commit(&mut stock, Some(&mut r1)),
+            LineChange::NoOp("reservation already finished")
+        );
+        assert_eq!(
+            commit(&mut stock, Some(&mut r2)),
+            LineChange::Applied { units: 3 }
+        );
+        assert_eq!(
+            release(&mut stock, Some(&mut r2)),
+            LineChange::NoOp("reservation already finished")
+        );
+        assert_eq!(
+            release(&mut stock, None),
+            LineChange::NoOp("unknown reservation")
+        );
+        assert_eq!(
+            stock,
+            Stock {
+                on_hand: 7,
+                reserved: 0,
+                committed: 3
+            }
+        );
+        assert_eq!(
+            restock_line(&mut stock, Some(&mut r2)),
+            LineChange::Applied { units: 3 }
+        );
+        assert_eq!(
+            restock_line(&mut stock, Some(&mut r2)),
+            LineChange::NoOp("reservation already finished")
+        );
+        assert_eq!(
+            stock,
+            Stock {
+                on_hand: 10,
+                reserved: 0,
+                committed: 0
+            }
+        );
     }
 
     #[test]
@@ -274,7 +393,8 @@ mod tests {
                     let (mut s, mut l) = (stock, lines.clone());
                     match *op {
                         "reserve" => {
-                            let (_, stored) = reserve(Some(&mut s), l[line].as_ref(), 2, HOLD, now());
+                            let (_, stored) =
+                                reserve(Some(&mut s), l[line].as_ref(), 2, HOLD, now());
                             if let Some(stored) = stored {
                                 l[line] = Some(stored);
                             }

@@ -8,7 +8,6 @@
 use kassa_schemas::flash_keys::{bought_key, tokens_key};
 use redis::aio::ConnectionManager;
 
-
 /// One release to give back.
 #[derive(Debug, Clone)]
 pub struct GiveBack {
@@ -25,9 +24,17 @@ pub async fn give_back(redis: &mut Option<ConnectionManager>, releases: Vec<Give
     let Some(conn) = redis.as_mut() else { return };
     let script = redis::Script::new(kassa_schemas::flash_keys::GIVE_BACK_SCRIPT);
     for r in releases {
-        let bought = r.customer_id.as_deref().map(|c| bought_key(&r.sku, c)).unwrap_or_default();
-        let result: redis::RedisResult<i64> =
-            script.key(tokens_key(&r.sku)).key(bought).arg(r.units).invoke_async(conn).await;
+        let bought = r
+            .customer_id
+            .as_deref()
+            .map(|c| bought_key(&r.sku, c))
+            .unwrap_or_default();
+        let result: redis::RedisResult<i64> = script
+            .key(tokens_key(&r.sku))
+            .key(bought)
+            .arg(r.units)
+            .invoke_async(conn)
+            .await;
         if let Err(e) = result {
             tracing::warn!(sku = %r.sku, units = r.units, error = %e, "flash-sale tokens not given back");
         }

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use kassa_schemas::events::checkout::{CheckoutPayload, Reserve};
 use kassa_schemas::events::inventory::{
-    Committed, InventoryCommand, InventoryEvent, LineOrder, Rejected, Released, Reserved, Restock, Restocked, SetStock,
+    Committed, InventoryCommand, InventoryEvent, LineOrder, Rejected, Released, Reserved, Restock,
+    Restocked, SetStock,
 };
 use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
-use decide::{LineChange, ReserveAnswer, Reservation};
+use decide::{LineChange, Reservation, ReserveAnswer};
 use store::{Ignored, LineRecord, Versioned};
 
 /// What inventory reads: reserve requests and stock commands.
@@ -108,14 +109,20 @@ impl Handler for Inventory {
         }
     }
 
-    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Input>]) -> Result<Handled, HandleError> {
+    async fn handle(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[Delivered<Input>],
+    ) -> Result<Handled, HandleError> {
         // Load what the batch needs that is not in memory: stock of new SKUs, and order lines.
         let mut missing: Vec<String> = Vec::new();
         let mut lines: Vec<(String, i32)> = Vec::new();
         for d in batch {
             let (sku, line) = subject(&d.input);
             let bucket = self.bucket(sku);
-            if !self.stock.get(&bucket).is_some_and(|b| b.contains_key(sku)) && !missing.iter().any(|s| s == sku) {
+            if !self.stock.get(&bucket).is_some_and(|b| b.contains_key(sku))
+                && !missing.iter().any(|s| s == sku)
+            {
                 missing.push(sku.to_owned());
             }
             if let Some((order, index)) = line {
@@ -141,7 +148,10 @@ impl Handler for Inventory {
         for (index, d) in batch.iter().enumerate() {
             let (sku, _) = subject(&d.input);
             if d.key.as_deref() != Some(sku) {
-                out.handled.invalid.push((index, format!("message key {:?} is not the SKU {sku}", d.key)));
+                out.handled.invalid.push((
+                    index,
+                    format!("message key {:?} is not the SKU {sku}", d.key),
+                ));
                 continue;
             }
             let bucket = self.bucket(sku);
@@ -149,7 +159,11 @@ impl Handler for Inventory {
             match &d.input {
                 Input::Checkout(e) => {
                     let CheckoutPayload::Reserve(r) = &e.payload;
-                    let hold = if r.hold_seconds > 0 { Duration::seconds(i64::from(r.hold_seconds)) } else { self.default_hold };
+                    let hold = if r.hold_seconds > 0 {
+                        Duration::seconds(i64::from(r.hold_seconds))
+                    } else {
+                        self.default_hold
+                    };
                     let key = (r.order_id.clone(), r.line_index);
                     let existing = records.get(&key).map(|rec| &rec.reservation);
                     let stock = skus.get_mut(sku).map(|v| &mut v.stock);
@@ -166,12 +180,40 @@ impl Handler for Inventory {
                 }
                 Input::Command(e) => match &e.payload {
                     InventoryCommand::Release(c) => {
-                        let change = line_change(skus, &mut records, sku, (&c.order_id, c.line_index), decide::release);
-                        out.line_result(index, e, sku, (&c.order_id, c.line_index), "release", change, &records);
+                        let change = line_change(
+                            skus,
+                            &mut records,
+                            sku,
+                            (&c.order_id, c.line_index),
+                            decide::release,
+                        );
+                        out.line_result(
+                            index,
+                            e,
+                            sku,
+                            (&c.order_id, c.line_index),
+                            "release",
+                            change,
+                            &records,
+                        );
                     }
                     InventoryCommand::Commit(c) => {
-                        let change = line_change(skus, &mut records, sku, (&c.order_id, c.line_index), decide::commit);
-                        out.line_result(index, e, sku, (&c.order_id, c.line_index), "commit", change, &records);
+                        let change = line_change(
+                            skus,
+                            &mut records,
+                            sku,
+                            (&c.order_id, c.line_index),
+                            decide::commit,
+                        );
+                        out.line_result(
+                            index,
+                            e,
+                            sku,
+                            (&c.order_id, c.line_index),
+                            "commit",
+                            change,
+                            &records,
+                        );
                     }
                     InventoryCommand::Restock(c) => out.restock(index, e, c, skus, &mut records),
                     InventoryCommand::SetStock(c) => out.set_stock(index, e, c, skus),
@@ -187,21 +229,33 @@ impl Handler for Inventory {
             .filter(|(sku, _)| out.touched.contains(*sku))
             .collect();
         if !store::write_stock(conn, &mut touched).await? {
-            return Err(HandleError::Conflict("stock changed by another instance".into()));
+            return Err(HandleError::Conflict(
+                "stock changed by another instance".into(),
+            ));
         }
-        let (updated, new): (Vec<_>, Vec<_>) =
-            out.changed.iter().map(|k| (k, &records[k])).partition(|(k, _)| from_table.contains(*k));
+        let (updated, new): (Vec<_>, Vec<_>) = out
+            .changed
+            .iter()
+            .map(|k| (k, &records[k]))
+            .partition(|(k, _)| from_table.contains(*k));
         let existed = store::insert_lines(conn, &new).await?;
         if !existed.is_empty() {
             let n = existed.len();
             self.known_lines.extend(existed);
-            return Err(HandleError::Conflict(format!("{n} order line(s) already known: redoing the batch with them")));
+            return Err(HandleError::Conflict(format!(
+                "{n} order line(s) already known: redoing the batch with them"
+            )));
         }
         store::update_lines(conn, &updated).await?;
         store::write_ignored(conn, &out.ignored).await?;
         for (cause, key, event) in out.events {
             let payload = self.codec.encode(&event).await?;
-            out.handled.emit.push(Emit { topic: Topic::InventoryEvents, key, payload, cause });
+            out.handled.emit.push(Emit {
+                topic: Topic::InventoryEvents,
+                key,
+                payload,
+                cause,
+            });
         }
         self.known_lines.clear();
         self.give_back.extend(out.give_back);
@@ -224,7 +278,12 @@ impl Handler for Inventory {
 }
 
 fn record(r: &Reserve, reservation: Reservation) -> LineRecord {
-    LineRecord { sku: r.sku.clone(), reservation, customer_id: Some(r.customer_id.clone()), flash_sale: r.flash_sale }
+    LineRecord {
+        sku: r.sku.clone(),
+        reservation,
+        customer_id: Some(r.customer_id.clone()),
+        flash_sale: r.flash_sale,
+    }
 }
 
 /// Applies a line transition (release / commit / restock of a line) to memory.
@@ -258,20 +317,56 @@ struct Batch {
 }
 
 impl Batch {
-    fn event(&mut self, cause: usize, key: &str, causation: Uuid, payload: impl Into<InventoryEvent>) {
-        self.events.push((cause, key.to_owned(), Envelope::new(key, Some(causation), payload.into())));
+    fn event(
+        &mut self,
+        cause: usize,
+        key: &str,
+        causation: Uuid,
+        payload: impl Into<InventoryEvent>,
+    ) {
+        self.events.push((
+            cause,
+            key.to_owned(),
+            Envelope::new(key, Some(causation), payload.into()),
+        ));
     }
 
-    fn emit_reserve_answer(&mut self, cause: usize, e: &Envelope<CheckoutPayload>, r: &Reserve, answer: ReserveAnswer) {
-        let (order_id, line_index, sku, quantity) = (r.order_id.clone(), r.line_index, r.sku.clone(), r.quantity);
+    fn emit_reserve_answer(
+        &mut self,
+        cause: usize,
+        e: &Envelope<CheckoutPayload>,
+        r: &Reserve,
+        answer: ReserveAnswer,
+    ) {
+        let (order_id, line_index, sku, quantity) =
+            (r.order_id.clone(), r.line_index, r.sku.clone(), r.quantity);
         let order = Some(LineOrder::of(r));
         match answer {
             ReserveAnswer::Reserved { expires_at } => {
-                let event = Reserved { order_id, line_index, sku, quantity, expires_at, order };
+                let event = Reserved {
+                    order_id,
+                    line_index,
+                    sku,
+                    quantity,
+                    expires_at,
+                    order,
+                };
                 self.event(cause, &r.order_id, e.event_id, event);
             }
             ReserveAnswer::Rejected(reason) => {
-                self.event(cause, &r.order_id, e.event_id, Rejected { order_id, line_index, sku, quantity, reason, order });
+                self.event(
+                    cause,
+                    &r.order_id,
+                    e.event_id,
+                    Rejected {
+                        order_id,
+                        line_index,
+                        sku,
+                        quantity,
+                        reason,
+                        order,
+                    },
+                );
             }
         }
     }
@@ -296,11 +391,35 @@ impl Batch {
                 if command == "release" {
                     let record = &records[&key];
                     if record.flash_sale {
-                        self.give_back.push(flash::GiveBack { sku: sku_owned.clone(), customer_id: record.customer_id.clone(), units });
+                        self.give_back.push(flash::GiveBack {
+                            sku: sku_owned.clone(),
+                            customer_id: record.customer_id.clone(),
+                            units,
+                        });
                     }
-                    self.event(cause, line.0, e.event_id, Released { order_id, line_index, sku: sku_owned, quantity: units });
+                    self.event(
+                        cause,
+                        line.0,
+                        e.event_id,
+                        Released {
+                            order_id,
+                            line_index,
+                            sku: sku_owned,
+                            quantity: units,
+                        },
+                    );
                 } else {
-                    self.event(cause, line.0, e.event_id, Committed { order_id, line_index, sku: sku_owned, quantity: units });
+                    self.event(
+                        cause,
+                        line.0,
+                        e.event_id,
+                        Committed {
+                            order_id,
+                            line_index,
+                            sku: sku_owned,
+                            quantity: units,
+                        },
+                    );
                 }
             }
             LineChange::NoOp(reason) => self.ignored.push(Ignored {
@@ -347,24 +466,48 @@ impl Batch {
             }
             return;
         }
-        let entry = skus.entry(c.sku.clone()).or_insert(Versioned { stock: decide::Stock::default(), version: None });
+        let entry = skus.entry(c.sku.clone()).or_insert(Versioned {
+            stock: decide::Stock::default(),
+            version: None,
+        });
         match decide::restock(&mut entry.stock, c.quantity) {
             Ok(delta) => {
                 self.touched.insert(c.sku.clone());
                 let on_hand = entry.stock.on_hand;
-                let event = Restocked { sku: c.sku.clone(), quantity_delta: delta, on_hand, order_id: None, reason: c.reason.clone() };
+                let event = Restocked {
+                    sku: c.sku.clone(),
+                    quantity_delta: delta,
+                    on_hand,
+                    order_id: None,
+                    reason: c.reason.clone(),
+                };
                 self.event(cause, &c.sku, e.event_id, event);
             }
             Err(reason) => self.handled.invalid.push((cause, reason.to_owned())),
         }
     }
 
-    fn set_stock(&mut self, cause: usize, e: &Envelope<InventoryCommand>, c: &SetStock, skus: &mut HashMap<String, Versioned>) {
-        let entry = skus.entry(c.sku.clone()).or_insert(Versioned { stock: decide::Stock::default(), version: None });
+    fn set_stock(
+        &mut self,
+        cause: usize,
+        e: &Envelope<InventoryCommand>,
+        c: &SetStock,
+        skus: &mut HashMap<String, Versioned>,
+    ) {
+        let entry = skus.entry(c.sku.clone()).or_insert(Versioned {
+            stock: decide::Stock::default(),
+            version: None,
+        });
         match decide::set_stock(&mut entry.stock, c.on_hand) {
             Ok(delta) => {
                 self.touched.insert(c.sku.clone());
-                let event = Restocked { sku: c.sku.clone(), quantity_delta: delta, on_hand: c.on_hand, order_id: None, reason: c.reason.clone() };
+                let event = Restocked {
+                    sku: c.sku.clone(),
+                    quantity_delta: delta,
+                    on_hand: c.on_hand,
+                    order_id: None,
+                    reason: c.reason.clone(),
+                };
                 self.event(cause, &c.sku, e.event_id, event);
             }
             Err(reason) => self.handled.invalid.push((cause, reason.to_owned())),

@@ -47,7 +47,10 @@ pub struct Ignored {
 }
 
 /// Loads the stock of `skus` (absent SKUs are not stocked).
-pub async fn load_stock(conn: &mut PgConnection, skus: &[String]) -> Result<HashMap<String, Versioned>, sqlx::Error> {
+pub async fn load_stock(
+    conn: &mut PgConnection,
+    skus: &[String],
+) -> Result<HashMap<String, Versioned>, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT sku, on_hand, reserved, committed, version FROM inventory.stock WHERE sku = ANY($1)",
     )
@@ -57,7 +60,17 @@ pub async fn load_stock(conn: &mut PgConnection, skus: &[String]) -> Result<Hash
     Ok(rows
         .into_iter()
         .map(|(sku, on_hand, reserved, committed, version)| {
-            (sku, Versioned { stock: Stock { on_hand, reserved, committed }, version: Some(version) })
+            (
+                sku,
+                Versioned {
+                    stock: Stock {
+                        on_hand,
+                        reserved,
+                        committed,
+                    },
+                    version: Some(version),
+                },
+            )
         })
         .collect())
 }
@@ -67,8 +80,19 @@ pub async fn load_lines(
     conn: &mut PgConnection,
     lines: &[(String, i32)],
 ) -> Result<HashMap<(String, i32), LineRecord>, sqlx::Error> {
-    let (orders, indexes): (Vec<&str>, Vec<i32>) = lines.iter().map(|(o, i)| (o.as_str(), *i)).unzip();
-    type Row = (String, i32, String, i32, String, Option<String>, Option<String>, bool, DateTime<Utc>);
+    let (orders, indexes): (Vec<&str>, Vec<i32>) =
+        lines.iter().map(|(o, i)| (o.as_str(), *i)).unzip();
+    type Row = (
+        String,
+        i32,
+        String,
+        i32,
+        String,
+        Option<String>,
+        Option<String>,
+        bool,
+        DateTime<Utc>,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT r.order_id, r.line_index, r.sku, r.quantity, r.status, r.reject_reason, r.customer_id,
                 r.flash_sale, r.expires_at
@@ -81,23 +105,54 @@ pub async fn load_lines(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(order_id, line_index, sku, quantity, status, reason, customer_id, flash_sale, expires_at)| {
-            let status = status_from(&status, reason.as_deref());
-            let reservation = Reservation { quantity, status, expires_at };
-            ((order_id, line_index), LineRecord { sku, reservation, customer_id, flash_sale })
-        })
+        .map(
+            |(
+                order_id,
+                line_index,
+                sku,
+                quantity,
+                status,
+                reason,
+                customer_id,
+                flash_sale,
+                expires_at,
+            )| {
+                let status = status_from(&status, reason.as_deref());
+                let reservation = Reservation {
+                    quantity,
+                    status,
+                    expires_at,
+                };
+                (
+                    (order_id, line_index),
+                    LineRecord {
+                        sku,
+                        reservation,
+                        customer_id,
+                        flash_sale,
+                    },
+                )
+            },
+        )
         .collect())
 }
 
 /// Writes the stock of the touched SKUs, each only if its version is still the one read.
 /// Returns false if any was changed meanwhile (the batch must roll back and be redone).
-pub async fn write_stock(conn: &mut PgConnection, touched: &mut [(&String, &mut Versioned)]) -> Result<bool, sqlx::Error> {
-    let (existing, new): (Vec<_>, Vec<_>) = touched.iter_mut().partition(|(_, v)| v.version.is_some());
+pub async fn write_stock(
+    conn: &mut PgConnection,
+    touched: &mut [(&String, &mut Versioned)],
+) -> Result<bool, sqlx::Error> {
+    let (existing, new): (Vec<_>, Vec<_>) =
+        touched.iter_mut().partition(|(_, v)| v.version.is_some());
     let mut written = 0usize;
     if !existing.is_empty() {
         let skus: Vec<&str> = existing.iter().map(|(s, _)| s.as_str()).collect();
         let columns = columns(&existing);
-        let versions: Vec<i64> = existing.iter().map(|(_, v)| v.version.unwrap_or_default()).collect();
+        let versions: Vec<i64> = existing
+            .iter()
+            .map(|(_, v)| v.version.unwrap_or_default())
+            .collect();
         written += sqlx::query(
             "UPDATE inventory.stock s SET on_hand = a.on_hand, reserved = a.reserved, committed = a.committed,
                     version = s.version + 1, updated_at = now()
@@ -160,7 +215,10 @@ pub async fn insert_lines(
     let indexes: Vec<i32> = lines.iter().map(|(k, _)| k.1).collect();
     let skus: Vec<&str> = lines.iter().map(|(_, r)| r.sku.as_str()).collect();
     let quantities: Vec<i32> = lines.iter().map(|(_, r)| r.reservation.quantity).collect();
-    let statuses: Vec<&str> = lines.iter().map(|(_, r)| status_name(r.reservation.status)).collect();
+    let statuses: Vec<&str> = lines
+        .iter()
+        .map(|(_, r)| status_name(r.reservation.status))
+        .collect();
     let reasons: Vec<Option<&str>> = lines
         .iter()
         .map(|(_, r)| match r.reservation.status {
@@ -168,9 +226,15 @@ pub async fn insert_lines(
             _ => None,
         })
         .collect();
-    let customers: Vec<Option<&str>> = lines.iter().map(|(_, r)| r.customer_id.as_deref()).collect();
+    let customers: Vec<Option<&str>> = lines
+        .iter()
+        .map(|(_, r)| r.customer_id.as_deref())
+        .collect();
     let flash: Vec<bool> = lines.iter().map(|(_, r)| r.flash_sale).collect();
-    let expires: Vec<DateTime<Utc>> = lines.iter().map(|(_, r)| r.reservation.expires_at).collect();
+    let expires: Vec<DateTime<Utc>> = lines
+        .iter()
+        .map(|(_, r)| r.reservation.expires_at)
+        .collect();
     let inserted: Vec<(String, i32)> = sqlx::query_as(
         "INSERT INTO inventory.reservations
            (order_id, line_index, sku, quantity, status, reject_reason, customer_id, flash_sale, expires_at)
@@ -194,17 +258,27 @@ pub async fn insert_lines(
         return Ok(Vec::new());
     }
     let inserted: std::collections::HashSet<(String, i32)> = inserted.into_iter().collect();
-    Ok(lines.iter().map(|(k, _)| (*k).clone()).filter(|k| !inserted.contains(k)).collect())
+    Ok(lines
+        .iter()
+        .map(|(k, _)| (*k).clone())
+        .filter(|k| !inserted.contains(k))
+        .collect())
 }
 
 /// Updates the status of order lines that were read from the table.
-pub async fn update_lines(conn: &mut PgConnection, lines: &[(&(String, i32), &LineRecord)]) -> Result<(), sqlx::Error> {
+pub async fn update_lines(
+    conn: &mut PgConnection,
+    lines: &[(&(String, i32), &LineRecord)],
+) -> Result<(), sqlx::Error> {
     if lines.is_empty() {
         return Ok(());
     }
     let orders: Vec<&str> = lines.iter().map(|(k, _)| k.0.as_str()).collect();
     let indexes: Vec<i32> = lines.iter().map(|(k, _)| k.1).collect();
-    let statuses: Vec<&str> = lines.iter().map(|(_, r)| status_name(r.reservation.status)).collect();
+    let statuses: Vec<&str> = lines
+        .iter()
+        .map(|(_, r)| status_name(r.reservation.status))
+        .collect();
     sqlx::query(
         "UPDATE inventory.reservations r SET status = a.status, updated_at = now()
          FROM unnest($1::text[], $2::int[], $3::text[]) AS a(order_id, line_index, status)
@@ -219,15 +293,24 @@ pub async fn update_lines(conn: &mut PgConnection, lines: &[(&(String, i32), &Li
 }
 
 /// Records commands that changed nothing.
-pub async fn write_ignored(conn: &mut PgConnection, ignored: &[Ignored]) -> Result<(), sqlx::Error> {
+pub async fn write_ignored(
+    conn: &mut PgConnection,
+    ignored: &[Ignored],
+) -> Result<(), sqlx::Error> {
     if ignored.is_empty() {
         return Ok(());
     }
     let ids: Vec<Uuid> = ignored.iter().map(|i| i.event_id).collect();
     let commands: Vec<&str> = ignored.iter().map(|i| i.command).collect();
     let skus: Vec<&str> = ignored.iter().map(|i| i.sku.as_str()).collect();
-    let orders: Vec<Option<&str>> = ignored.iter().map(|i| i.line.as_ref().map(|l| l.0.as_str())).collect();
-    let indexes: Vec<Option<i32>> = ignored.iter().map(|i| i.line.as_ref().map(|l| l.1)).collect();
+    let orders: Vec<Option<&str>> = ignored
+        .iter()
+        .map(|i| i.line.as_ref().map(|l| l.0.as_str()))
+        .collect();
+    let indexes: Vec<Option<i32>> = ignored
+        .iter()
+        .map(|i| i.line.as_ref().map(|l| l.1))
+        .collect();
     let reasons: Vec<&str> = ignored.iter().map(|i| i.reason).collect();
     sqlx::query(
         "INSERT INTO inventory.ignored_commands (event_id, command, sku, order_id, line_index, reason)

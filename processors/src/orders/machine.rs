@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use kassa_schemas::events::RejectReason;
 use kassa_schemas::events::expiry::{DeadlineKind, ExpiryEvent};
-use kassa_schemas::events::inventory::{Commit, InventoryCommand, InventoryEvent, LineOrder, Release, Restock};
+use kassa_schemas::events::inventory::{
+    Commit, InventoryCommand, InventoryEvent, LineOrder, Release, Restock,
+};
 use kassa_schemas::events::orders::{
-    CancelReason, HoldRenewed, OrderActionRequired, OrderAuthorized, OrderCancelled, OrderCompleted, OrderConfirmed,
-    OrderEvent, OrderLine, OrderRejected, OrderRequest, OrderReserved,
+    CancelReason, HoldRenewed, OrderActionRequired, OrderAuthorized, OrderCancelled,
+    OrderCompleted, OrderConfirmed, OrderEvent, OrderLine, OrderRejected, OrderRequest,
+    OrderReserved,
 };
 use kassa_schemas::events::payments::{PaymentEvent, PaymentStep};
 
@@ -167,7 +170,10 @@ pub const TRANSITIONS: &[(State, Trigger, State)] = &[
 
 /// The state `trigger` leads to from `from`, if that is legal.
 pub fn next(from: State, trigger: Trigger) -> Option<State> {
-    TRANSITIONS.iter().find(|(f, t, _)| *f == from && *t == trigger).map(|(_, _, to)| *to)
+    TRANSITIONS
+        .iter()
+        .find(|(f, t, _)| *f == from && *t == trigger)
+        .map(|(_, _, to)| *to)
 }
 
 /// Where one order line stands, as orders knows it.
@@ -266,7 +272,10 @@ impl Order {
 
     /// The order total in minor units (the API's pricing refuses totals that would overflow).
     pub fn total_minor(&self) -> i64 {
-        self.lines.values().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum()
+        self.lines
+            .values()
+            .map(|l| l.unit_price_minor * i64::from(l.quantity))
+            .sum()
     }
 
     fn order_lines(&self) -> Vec<OrderLine> {
@@ -335,7 +344,10 @@ pub struct Applied {
 
 impl Applied {
     fn ignored(reason: impl Into<String>) -> Self {
-        Self { ignored: Some(reason.into()), ..Self::default() }
+        Self {
+            ignored: Some(reason.into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -350,7 +362,11 @@ enum Update {
     None,
     Line(i32, Line, Option<Terms>),
     LineStatus(i32, LineStatus),
-    Payment { provider: String, provider_ref: Option<String>, client_secret: Option<String> },
+    Payment {
+        provider: String,
+        provider_ref: Option<String>,
+        client_secret: Option<String>,
+    },
     Failure(String, String),
     Hold(DateTime<Utc>),
 }
@@ -369,9 +385,17 @@ pub fn order_of(signal: Signal<'_>) -> Option<&str> {
 /// result (which carries the order's terms) or a cancel (which may overtake the line results).
 pub fn first(signal: Signal<'_>) -> Option<Order> {
     match signal {
-        Signal::Inventory(InventoryEvent::Reserved(r)) => r.order.as_ref().map(|o| Order::new(&r.order_id, &o.customer_id)),
-        Signal::Inventory(InventoryEvent::Rejected(r)) => r.order.as_ref().map(|o| Order::new(&r.order_id, &o.customer_id)),
-        Signal::Request(OrderRequest::CancelRequested(c)) => Some(Order::new(&c.order_id, &c.customer_id)),
+        Signal::Inventory(InventoryEvent::Reserved(r)) => r
+            .order
+            .as_ref()
+            .map(|o| Order::new(&r.order_id, &o.customer_id)),
+        Signal::Inventory(InventoryEvent::Rejected(r)) => r
+            .order
+            .as_ref()
+            .map(|o| Order::new(&r.order_id, &o.customer_id)),
+        Signal::Request(OrderRequest::CancelRequested(c)) => {
+            Some(Order::new(&c.order_id, &c.customer_id))
+        }
         _ => None,
     }
 }
@@ -391,35 +415,75 @@ fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: DateTime<Ut
     match signal {
         Signal::Inventory(InventoryEvent::Reserved(r)) => {
             let status = LineStatus::Reserved;
-            line_result(order, r.line_index, &r.sku, r.quantity, r.order.as_ref(), status, Some(r.expires_at), |context| {
-                if order.state.is_final() {
-                    T::LateLineReserved
-                } else if order.count(LineStatus::Reserved) + 1 == context.line_count {
-                    T::AllLinesReserved
-                } else {
-                    T::LineReserved
-                }
-            })
+            line_result(
+                order,
+                r.line_index,
+                &r.sku,
+                r.quantity,
+                r.order.as_ref(),
+                status,
+                Some(r.expires_at),
+                |context| {
+                    if order.state.is_final() {
+                        T::LateLineReserved
+                    } else if order.count(LineStatus::Reserved) + 1 == context.line_count {
+                        T::AllLinesReserved
+                    } else {
+                        T::LineReserved
+                    }
+                },
+            )
         }
         Signal::Inventory(InventoryEvent::Rejected(r)) => {
             let status = LineStatus::Rejected(r.reason);
-            line_result(order, r.line_index, &r.sku, r.quantity, r.order.as_ref(), status, None, |_| T::LineRejected)
+            line_result(
+                order,
+                r.line_index,
+                &r.sku,
+                r.quantity,
+                r.order.as_ref(),
+                status,
+                None,
+                |_| T::LineRejected,
+            )
         }
-        Signal::Inventory(InventoryEvent::Released(r)) => line_moved(order, r.line_index, LineStatus::Reserved, LineStatus::Released, T::LineReleased),
+        Signal::Inventory(InventoryEvent::Released(r)) => line_moved(
+            order,
+            r.line_index,
+            LineStatus::Reserved,
+            LineStatus::Released,
+            T::LineReleased,
+        ),
         Signal::Inventory(InventoryEvent::Committed(r)) => {
             let trigger = if line_count == Some(order.count(LineStatus::Committed) + 1) {
                 T::AllLinesCommitted
             } else {
                 T::LineCommitted
             };
-            line_moved(order, r.line_index, LineStatus::Reserved, LineStatus::Committed, trigger)
+            line_moved(
+                order,
+                r.line_index,
+                LineStatus::Reserved,
+                LineStatus::Committed,
+                trigger,
+            )
         }
         Signal::Inventory(InventoryEvent::Restocked(r)) => {
-            let Some(index) = order.lines.iter().find(|(_, l)| l.sku == r.sku && l.status == LineStatus::Committed).map(|(i, _)| *i)
+            let Some(index) = order
+                .lines
+                .iter()
+                .find(|(_, l)| l.sku == r.sku && l.status == LineStatus::Committed)
+                .map(|(i, _)| *i)
             else {
                 return Ignore(format!("no committed line of {} to restock", r.sku));
             };
-            line_moved(order, index, LineStatus::Committed, LineStatus::Restocked, T::LineRestocked)
+            line_moved(
+                order,
+                index,
+                LineStatus::Committed,
+                LineStatus::Restocked,
+                T::LineRestocked,
+            )
         }
         Signal::Payment(p) => {
             let (provider, provider_ref) = p.provider();
@@ -442,7 +506,10 @@ fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: DateTime<Ut
                     }
                     Fire(T::PaymentAuthorized, update(None))
                 }
-                PaymentEvent::PaymentActionRequired(a) => Fire(T::PaymentActionRequired, update(Some(a.client_secret.clone()))),
+                PaymentEvent::PaymentActionRequired(a) => Fire(
+                    T::PaymentActionRequired,
+                    update(Some(a.client_secret.clone())),
+                ),
                 PaymentEvent::PaymentFailed(f) => {
                     let trigger = match f.step {
                         PaymentStep::Authorize => T::PaymentDeclined,
@@ -458,11 +525,15 @@ fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: DateTime<Ut
         }
         Signal::Expiry(ExpiryEvent::DeadlinePassed(d)) => match d.kind {
             DeadlineKind::Hold => match order.hold_expires_at {
-                Some(hold) if hold > d.due_at => Ignore(format!("stale: the hold now runs to {hold}")),
+                Some(hold) if hold > d.due_at => {
+                    Ignore(format!("stale: the hold now runs to {hold}"))
+                }
                 _ => Fire(T::HoldExpired, Update::None),
             },
             DeadlineKind::PaymentAction => match order.action_due_at {
-                Some(due) if due > d.due_at => Ignore(format!("stale: the action is now due at {due}")),
+                Some(due) if due > d.due_at => {
+                    Ignore(format!("stale: the action is now due at {due}"))
+                }
                 _ => Fire(T::ActionExpired, Update::None),
             },
         },
@@ -470,14 +541,20 @@ fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: DateTime<Ut
             if c.customer_id != order.customer_id {
                 return Ignore("cancel asked by another customer".into());
             }
-            Fire(T::CancelRequested, Update::Failure("customer_requested".into(), c.reason.clone()))
+            Fire(
+                T::CancelRequested,
+                Update::Failure("customer_requested".into(), c.reason.clone()),
+            )
         }
         Signal::Request(OrderRequest::HoldRenewalRequested(h)) => {
             if h.customer_id != order.customer_id {
                 return Ignore("hold renewal asked by another customer".into());
             }
             let asked = Duration::seconds(i64::from(h.hold_seconds.max(1)));
-            Fire(T::HoldRenewed, Update::Hold(to_millis(now + asked.min(policy.max_hold))))
+            Fire(
+                T::HoldRenewed,
+                Update::Hold(to_millis(now + asked.min(policy.max_hold))),
+            )
         }
     }
 }
@@ -494,51 +571,86 @@ fn line_result(
     expires_at: Option<DateTime<Utc>>,
     trigger: impl FnOnce(&LineOrder) -> Trigger,
 ) -> Classified {
-    let Some(context) = context else { return Classified::Ignore("line result without the order's terms".into()) };
+    let Some(context) = context else {
+        return Classified::Ignore("line result without the order's terms".into());
+    };
     if let Some(reason) = line_problem(order, index, context) {
         return Classified::Ignore(reason);
     }
-    let line = Line { sku: sku.to_owned(), quantity, unit_price_minor: context.unit_price_minor, status, expires_at };
-    Classified::Fire(trigger(context), Update::Line(index, line, Some(terms(context))))
+    let line = Line {
+        sku: sku.to_owned(),
+        quantity,
+        unit_price_minor: context.unit_price_minor,
+        status,
+        expires_at,
+    };
+    Classified::Fire(
+        trigger(context),
+        Update::Line(index, line, Some(terms(context))),
+    )
 }
 
 /// Why a line result cannot be taken: out of range, disagreeing terms, or a repeat.
 fn line_problem(order: &Order, index: i32, context: &LineOrder) -> Option<String> {
     if index < 0 || index >= context.line_count {
-        return Some(format!("line {index} of an order of {} lines", context.line_count));
+        return Some(format!(
+            "line {index} of an order of {} lines",
+            context.line_count
+        ));
     }
     if let Some(known) = &order.terms
         && (known.line_count != context.line_count || known.currency != context.currency)
     {
-        return Some(format!("line {index} disagrees with the order's line count or currency"));
+        return Some(format!(
+            "line {index} disagrees with the order's line count or currency"
+        ));
     }
     if let Some(line) = order.lines.get(&index) {
-        return Some(format!("duplicate: line {index} already has a result ({:?})", line.status));
+        return Some(format!(
+            "duplicate: line {index} already has a result ({:?})",
+            line.status
+        ));
     }
     None
 }
 
-fn line_moved(order: &Order, index: i32, from: LineStatus, to: LineStatus, trigger: Trigger) -> Classified {
+fn line_moved(
+    order: &Order,
+    index: i32,
+    from: LineStatus,
+    to: LineStatus,
+    trigger: Trigger,
+) -> Classified {
     match order.lines.get(&index) {
-        Some(line) if line.status == from => Classified::Fire(trigger, Update::LineStatus(index, to)),
-        Some(line) => Classified::Ignore(format!("line {index} is {:?}, not {from:?}", line.status)),
+        Some(line) if line.status == from => {
+            Classified::Fire(trigger, Update::LineStatus(index, to))
+        }
+        Some(line) => {
+            Classified::Ignore(format!("line {index} is {:?}, not {from:?}", line.status))
+        }
         None => Classified::Ignore(format!("line {index} is not known")),
     }
 }
 
 /// Applies one input to `order` (changed in place when legal) at `now`.
-pub fn apply(order: &mut Order, signal: Signal<'_>, policy: &Policy, now: DateTime<Utc>) -> Applied {
+pub fn apply(
+    order: &mut Order,
+    signal: Signal<'_>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Applied {
     let (trigger, update) = match classify(order, signal, policy, now) {
         Classified::Fire(trigger, update) => (trigger, update),
         Classified::Ignore(reason) => return Applied::ignored(reason),
     };
     let from = order.state;
     let Some(to) = next(from, trigger) else {
-        let reason = if from.is_final() || matches!(trigger, T::PaymentAuthorized | T::PaymentCaptured) {
-            format!("{trigger:?} when {} (illegal or repeated)", from.as_str())
-        } else {
-            format!("{trigger:?} is not legal when {}", from.as_str())
-        };
+        let reason =
+            if from.is_final() || matches!(trigger, T::PaymentAuthorized | T::PaymentCaptured) {
+                format!("{trigger:?} when {} (illegal or repeated)", from.as_str())
+            } else {
+                format!("{trigger:?} is not legal when {}", from.as_str())
+            };
         return Applied::ignored(reason);
     };
     let mut out = Applied::default();
@@ -555,7 +667,11 @@ pub fn apply(order: &mut Order, signal: Signal<'_>, policy: &Policy, now: DateTi
                 line.status = status;
             }
         }
-        Update::Payment { provider, provider_ref, client_secret } => {
+        Update::Payment {
+            provider,
+            provider_ref,
+            client_secret,
+        } => {
             order.payment.provider = Some(provider);
             if provider_ref.is_some() {
                 order.payment.provider_ref = provider_ref;
@@ -572,7 +688,13 @@ pub fn apply(order: &mut Order, signal: Signal<'_>, policy: &Policy, now: DateTi
         }
         Update::Hold(until) => {
             order.hold_expires_at = Some(until);
-            out.events.push(HoldRenewed { order_id: order.id.clone(), hold_expires_at: until }.into());
+            out.events.push(
+                HoldRenewed {
+                    order_id: order.id.clone(),
+                    hold_expires_at: until,
+                }
+                .into(),
+            );
         }
     }
     order.state = to;
@@ -581,20 +703,37 @@ pub fn apply(order: &mut Order, signal: Signal<'_>, policy: &Policy, now: DateTi
     if trigger == T::AllLinesReserved {
         let to = next(Reserved, T::PaymentRequested).expect("reserved asks for payment");
         order.state = to;
-        out.steps.push(Step { from: Reserved, to, trigger: T::PaymentRequested });
+        out.steps.push(Step {
+            from: Reserved,
+            to,
+            trigger: T::PaymentRequested,
+        });
     }
     out
 }
 
 /// The effects of a step: events to publish and commands to send.
-fn enter(order: &mut Order, trigger: Trigger, signal: Signal<'_>, policy: &Policy, now: DateTime<Utc>, out: &mut Applied) {
+fn enter(
+    order: &mut Order,
+    trigger: Trigger,
+    signal: Signal<'_>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    out: &mut Applied,
+) {
     let id = order.id.clone();
     let terms = order.terms.clone();
-    let (currency, payment_method_id) =
-        terms.map(|t| (t.currency, t.payment_method_id)).unwrap_or_default();
+    let (currency, payment_method_id) = terms
+        .map(|t| (t.currency, t.payment_method_id))
+        .unwrap_or_default();
     match trigger {
         T::AllLinesReserved => {
-            let hold = order.lines.values().filter_map(|l| l.expires_at).min().unwrap_or(now);
+            let hold = order
+                .lines
+                .values()
+                .filter_map(|l| l.expires_at)
+                .min()
+                .unwrap_or(now);
             order.hold_expires_at = Some(hold);
             out.events.push(
                 OrderReserved {
@@ -610,21 +749,50 @@ fn enter(order: &mut Order, trigger: Trigger, signal: Signal<'_>, policy: &Polic
             );
         }
         T::LineRejected if order.state == Rejected && order.reason.is_none() => {
-            let Signal::Inventory(InventoryEvent::Rejected(r)) = signal else { return };
+            let Signal::Inventory(InventoryEvent::Rejected(r)) = signal else {
+                return;
+            };
             order.reason = Some(reject_reason_name(r.reason).into());
-            order.detail = Some(format!("line {} ({}) could not be reserved", r.line_index, r.sku));
-            out.events.push(OrderRejected { order_id: id, reason: r.reason, rejected_line_index: r.line_index }.into());
+            order.detail = Some(format!(
+                "line {} ({}) could not be reserved",
+                r.line_index, r.sku
+            ));
+            out.events.push(
+                OrderRejected {
+                    order_id: id,
+                    reason: r.reason,
+                    rejected_line_index: r.line_index,
+                }
+                .into(),
+            );
             release_held(order, "order rejected", out);
         }
         T::LateLineReserved => {
-            let Signal::Inventory(InventoryEvent::Reserved(r)) = signal else { return };
+            let Signal::Inventory(InventoryEvent::Reserved(r)) = signal else {
+                return;
+            };
             let reason = format!("order already {}", order.state.as_str());
-            out.commands.push(release(&id, r.line_index, &r.sku, &reason));
+            out.commands
+                .push(release(&id, r.line_index, &r.sku, &reason));
         }
         T::PaymentAuthorized => {
-            out.events.push(OrderAuthorized { order_id: id.clone(), total_minor: order.total_minor(), currency }.into());
+            out.events.push(
+                OrderAuthorized {
+                    order_id: id.clone(),
+                    total_minor: order.total_minor(),
+                    currency,
+                }
+                .into(),
+            );
             for (index, line) in &order.lines {
-                out.commands.push(Commit { order_id: id.clone(), line_index: *index, sku: line.sku.clone() }.into());
+                out.commands.push(
+                    Commit {
+                        order_id: id.clone(),
+                        line_index: *index,
+                        sku: line.sku.clone(),
+                    }
+                    .into(),
+                );
             }
         }
         T::PaymentActionRequired => {
@@ -633,10 +801,23 @@ fn enter(order: &mut Order, trigger: Trigger, signal: Signal<'_>, policy: &Polic
                 due = due.min(hold);
             }
             order.action_due_at = Some(due);
-            out.events.push(OrderActionRequired { order_id: id, action_due_at: due }.into());
+            out.events.push(
+                OrderActionRequired {
+                    order_id: id,
+                    action_due_at: due,
+                }
+                .into(),
+            );
         }
         T::AllLinesCommitted => {
-            out.events.push(OrderConfirmed { order_id: id, total_minor: order.total_minor(), currency }.into());
+            out.events.push(
+                OrderConfirmed {
+                    order_id: id,
+                    total_minor: order.total_minor(),
+                    currency,
+                }
+                .into(),
+            );
         }
         T::PaymentCaptured => {
             out.events.push(
@@ -650,18 +831,36 @@ fn enter(order: &mut Order, trigger: Trigger, signal: Signal<'_>, policy: &Polic
                 .into(),
             );
         }
-        T::PaymentDeclined | T::CaptureFailed | T::HoldExpired | T::ActionExpired | T::CancelRequested => {
+        T::PaymentDeclined
+        | T::CaptureFailed
+        | T::HoldExpired
+        | T::ActionExpired
+        | T::CancelRequested => {
             let (reason, default_detail) = match trigger {
                 T::PaymentDeclined => (CancelReason::PaymentDeclined, "the payment was declined"),
                 T::CaptureFailed => (CancelReason::CaptureFailed, "capturing the payment failed"),
                 T::HoldExpired => (CancelReason::HoldExpired, "the reservation hold ran out"),
-                T::ActionExpired => (CancelReason::PaymentActionExpired, "3-D Secure was not completed in time"),
+                T::ActionExpired => (
+                    CancelReason::PaymentActionExpired,
+                    "3-D Secure was not completed in time",
+                ),
                 _ => (CancelReason::CustomerRequested, "cancelled by the customer"),
             };
             order.reason = Some(cancel_reason_name(reason).into());
-            let detail = order.detail.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| default_detail.into());
+            let detail = order
+                .detail
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| default_detail.into());
             order.detail = Some(detail.clone());
-            out.events.push(OrderCancelled { order_id: id.clone(), reason, detail }.into());
+            out.events.push(
+                OrderCancelled {
+                    order_id: id.clone(),
+                    reason,
+                    detail,
+                }
+                .into(),
+            );
             if trigger == T::CaptureFailed {
                 for (index, line) in &order.lines {
                     if line.status == LineStatus::Committed {
@@ -692,13 +891,20 @@ fn to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 fn release(order_id: &str, line_index: i32, sku: &str, reason: &str) -> InventoryCommand {
-    Release { order_id: order_id.to_owned(), line_index, sku: sku.to_owned(), reason: reason.to_owned() }.into()
+    Release {
+        order_id: order_id.to_owned(),
+        line_index,
+        sku: sku.to_owned(),
+        reason: reason.to_owned(),
+    }
+    .into()
 }
 
 fn release_held(order: &Order, reason: &str, out: &mut Applied) {
     for (index, line) in &order.lines {
         if line.status == LineStatus::Reserved {
-            out.commands.push(release(&order.id, *index, &line.sku, reason));
+            out.commands
+                .push(release(&order.id, *index, &line.sku, reason));
         }
     }
 }

@@ -68,8 +68,15 @@ impl Orders {
         Self { codec, policy }
     }
 
-    async fn encode<P: Payload>(&self, order_id: &str, cause: Uuid, payload: P) -> Result<Vec<u8>, CodecError> {
-        self.codec.encode(&Envelope::new(order_id, Some(cause), payload)).await
+    async fn encode<P: Payload>(
+        &self,
+        order_id: &str,
+        cause: Uuid,
+        payload: P,
+    ) -> Result<Vec<u8>, CodecError> {
+        self.codec
+            .encode(&Envelope::new(order_id, Some(cause), payload))
+            .await
     }
 }
 
@@ -93,8 +100,15 @@ impl Handler for Orders {
         input.header().0
     }
 
-    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Input>]) -> Result<Handled, HandleError> {
-        let mut ids: Vec<&str> = batch.iter().filter_map(|d| machine::order_of(d.input.signal())).collect();
+    async fn handle(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[Delivered<Input>],
+    ) -> Result<Handled, HandleError> {
+        let mut ids: Vec<&str> = batch
+            .iter()
+            .filter_map(|d| machine::order_of(d.input.signal()))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let mut orders = store::load(conn, &ids).await?;
@@ -108,9 +122,14 @@ impl Handler for Orders {
             let signal = d.input.signal();
             let (cause, cause_type) = d.input.header();
             // Stock-only events (a delivery, a stock count) are not about an order.
-            let Some(order_id) = machine::order_of(signal) else { continue };
+            let Some(order_id) = machine::order_of(signal) else {
+                continue;
+            };
             if d.key.as_deref() != Some(order_id) {
-                handled.invalid.push((index, format!("message key {:?} is not the order id {order_id}", d.key)));
+                handled.invalid.push((
+                    index,
+                    format!("message key {:?} is not the order id {order_id}", d.key),
+                ));
                 continue;
             }
             let row = |from, to, trigger: Option<String>, applied, reason| AuditRow {
@@ -127,7 +146,13 @@ impl Handler for Orders {
                 match machine::first(signal) {
                     Some(order) => orders.insert(order_id.to_owned(), order),
                     None => {
-                        audit.push(row(None, None, None, false, Some("the order is not known".into())));
+                        audit.push(row(
+                            None,
+                            None,
+                            None,
+                            false,
+                            Some("the order is not known".into()),
+                        ));
                         continue;
                     }
                 };
@@ -136,15 +161,37 @@ impl Handler for Orders {
             let applied = machine::apply(order, signal, &self.policy, now);
             if let Some(reason) = applied.ignored {
                 tracing::debug!(order = order_id, cause_type, %reason, "input ignored");
-                audit.push(row(Some(order.state), Some(order.state), None, false, Some(reason)));
+                audit.push(row(
+                    Some(order.state),
+                    Some(order.state),
+                    None,
+                    false,
+                    Some(reason),
+                ));
                 continue;
             }
             changed.insert(order_id.to_owned());
             for step in &applied.steps {
-                audit.push(row(Some(step.from), Some(step.to), Some(format!("{:?}", step.trigger)), true, None));
+                audit.push(row(
+                    Some(step.from),
+                    Some(step.to),
+                    Some(format!("{:?}", step.trigger)),
+                    true,
+                    None,
+                ));
             }
-            events.extend(applied.events.into_iter().map(|e| (index, order_id.to_owned(), cause, e)));
-            commands.extend(applied.commands.into_iter().map(|c| (index, order_id.to_owned(), cause, c)));
+            events.extend(
+                applied
+                    .events
+                    .into_iter()
+                    .map(|e| (index, order_id.to_owned(), cause, e)),
+            );
+            commands.extend(
+                applied
+                    .commands
+                    .into_iter()
+                    .map(|c| (index, order_id.to_owned(), cause, c)),
+            );
         }
 
         let mut to_save: Vec<&Order> = changed.iter().filter_map(|id| orders.get(id)).collect();
@@ -153,12 +200,22 @@ impl Handler for Orders {
         store::audit(conn, &audit).await?;
         for (cause_index, order_id, cause, event) in events {
             let payload = self.encode(&order_id, cause, event).await?;
-            handled.emit.push(Emit { topic: Topic::OrdersEvents, key: order_id, payload, cause: cause_index });
+            handled.emit.push(Emit {
+                topic: Topic::OrdersEvents,
+                key: order_id,
+                payload,
+                cause: cause_index,
+            });
         }
         for (cause_index, order_id, cause, command) in commands {
             let sku = command.sku().to_owned();
             let payload = self.encode(&order_id, cause, command).await?;
-            handled.emit.push(Emit { topic: Topic::InventoryCommands, key: sku, payload, cause: cause_index });
+            handled.emit.push(Emit {
+                topic: Topic::InventoryCommands,
+                key: sku,
+                payload,
+                cause: cause_index,
+            });
         }
         metrics::counter!("kassa_orders_changed_total").increment(changed.len() as u64);
         Ok(handled)

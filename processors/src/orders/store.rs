@@ -33,7 +33,10 @@ pub struct AuditRow {
 }
 
 /// Loads the orders `ids`, with their lines, locking them for this transaction.
-pub async fn load(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, Order>, sqlx::Error> {
+pub async fn load(
+    conn: &mut PgConnection,
+    ids: &[&str],
+) -> Result<HashMap<String, Order>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT order_id, state, customer_id, line_count, currency, payment_method_id, hold_expires_at,
                 action_due_at, reason, detail, provider, provider_ref, client_secret
@@ -50,7 +53,9 @@ pub async fn load(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<Strin
         let terms = line_count.map(|line_count| Terms {
             line_count,
             currency: row.get::<Option<String>, _>("currency").unwrap_or_default(),
-            payment_method_id: row.get::<Option<String>, _>("payment_method_id").unwrap_or_default(),
+            payment_method_id: row
+                .get::<Option<String>, _>("payment_method_id")
+                .unwrap_or_default(),
         });
         let order = Order {
             id: id.clone(),
@@ -73,7 +78,16 @@ pub async fn load(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<Strin
     if orders.is_empty() {
         return Ok(orders);
     }
-    type LineRow = (String, i32, String, i32, i64, String, Option<String>, Option<DateTime<Utc>>);
+    type LineRow = (
+        String,
+        i32,
+        String,
+        i32,
+        i64,
+        String,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    );
     let lines: Vec<LineRow> = sqlx::query_as(
         "SELECT order_id, line_index, sku, quantity, unit_price_minor, status, reject_reason, expires_at
          FROM orders.order_lines WHERE order_id = ANY($1)",
@@ -81,7 +95,9 @@ pub async fn load(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<Strin
     .bind(ids)
     .fetch_all(conn)
     .await?;
-    for (order_id, index, sku, quantity, unit_price_minor, status, reject_reason, expires_at) in lines {
+    for (order_id, index, sku, quantity, unit_price_minor, status, reject_reason, expires_at) in
+        lines
+    {
         let status = match status.as_str() {
             "reserved" => LineStatus::Reserved,
             "released" => LineStatus::Released,
@@ -90,17 +106,30 @@ pub async fn load(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<Strin
             _ => LineStatus::Rejected(parse_reject_reason(reject_reason.as_deref())),
         };
         if let Some(order) = orders.get_mut(&order_id) {
-            order.lines.insert(index, Line { sku, quantity, unit_price_minor, status, expires_at });
+            order.lines.insert(
+                index,
+                Line {
+                    sku,
+                    quantity,
+                    unit_price_minor,
+                    status,
+                    expires_at,
+                },
+            );
         }
     }
     Ok(orders)
 }
 
 fn parse_reject_reason(name: Option<&str>) -> RejectReason {
-    [RejectReason::OutOfStock, RejectReason::UnknownSku, RejectReason::InvalidQuantity]
-        .into_iter()
-        .find(|r| Some(reject_reason_name(*r)) == name)
-        .unwrap_or(RejectReason::Other)
+    [
+        RejectReason::OutOfStock,
+        RejectReason::UnknownSku,
+        RejectReason::InvalidQuantity,
+    ]
+    .into_iter()
+    .find(|r| Some(reject_reason_name(*r)) == name)
+    .unwrap_or(RejectReason::Other)
 }
 
 /// Writes `orders` (inserted or updated, lines included) and notifies the status channel.

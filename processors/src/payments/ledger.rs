@@ -91,7 +91,13 @@ impl OrderStage {
 
     /// The stage stored under `name`.
     pub fn parse(name: &str) -> Option<OrderStage> {
-        [OrderStage::Reserved, OrderStage::Confirmed, OrderStage::Cancelled].into_iter().find(|s| s.as_str() == name)
+        [
+            OrderStage::Reserved,
+            OrderStage::Confirmed,
+            OrderStage::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 }
 
@@ -165,7 +171,9 @@ pub fn next_work(p: &Payment) -> Option<Work> {
     use Status as S;
     match (p.status, p.stage) {
         (S::New | S::Created, O::Reserved) => Some(Work::Authorize),
-        (S::Created | S::ActionRequired | S::Authorized | S::CaptureFailed, O::Cancelled) => Some(Work::Void),
+        (S::Created | S::ActionRequired | S::Authorized | S::CaptureFailed, O::Cancelled) => {
+            Some(Work::Void)
+        }
         (S::Authorized, O::Confirmed) => Some(Work::Capture),
         (S::Captured, O::Cancelled) => Some(Work::Refund),
         _ => None,
@@ -198,7 +206,11 @@ pub fn observed(p: &Payment, intent: &Intent) -> Option<Status> {
         IntentStatus::RequiresAction => Status::ActionRequired,
         IntentStatus::Processing => return None,
         IntentStatus::RequiresCapture => Status::Authorized,
-        IntentStatus::Succeeded if intent.refunded_minor > 0 && intent.refunded_minor >= intent.received_minor => Status::Refunded,
+        IntentStatus::Succeeded
+            if intent.refunded_minor > 0 && intent.refunded_minor >= intent.received_minor =>
+        {
+            Status::Refunded
+        }
         IntentStatus::Succeeded => Status::Captured,
         IntentStatus::Canceled if p.stage == OrderStage::Confirmed => Status::CaptureFailed,
         IntentStatus::Canceled => Status::Voided,
@@ -207,7 +219,12 @@ pub fn observed(p: &Payment, intent: &Intent) -> Option<Status> {
 
 /// Moves the payment to `status` (learnt from the provider) and returns the event that means,
 /// if any. Statuses only move forward: an older answer never undoes a newer one.
-pub fn settle(p: &mut Payment, status: Status, intent: Option<&Intent>, failure: Option<(String, String)>) -> Option<Fact> {
+pub fn settle(
+    p: &mut Payment,
+    status: Status,
+    intent: Option<&Intent>,
+    failure: Option<(String, String)>,
+) -> Option<Fact> {
     if let Some(intent) = intent {
         if intent.client_secret.is_some() {
             p.client_secret.clone_from(&intent.client_secret);
@@ -227,10 +244,12 @@ pub fn settle(p: &mut Payment, status: Status, intent: Option<&Intent>, failure:
         // An authorization for a cancelled order is voided without telling orders it happened.
         Status::Authorized if p.stage == OrderStage::Cancelled => None,
         Status::Authorized => Some(Fact::Authorized),
-        Status::ActionRequired if p.stage == OrderStage::Reserved => {
-            Some(Fact::ActionRequired(p.client_secret.clone().unwrap_or_default()))
+        Status::ActionRequired if p.stage == OrderStage::Reserved => Some(Fact::ActionRequired(
+            p.client_secret.clone().unwrap_or_default(),
+        )),
+        Status::Declined if from != Status::Declined => {
+            Some(Fact::Failed(PaymentStep::Authorize, code, message))
         }
-        Status::Declined if from != Status::Declined => Some(Fact::Failed(PaymentStep::Authorize, code, message)),
         Status::Captured => {
             p.captured_minor = p.captured_minor.max(p.amount_minor);
             Some(Fact::Captured)
@@ -304,7 +323,11 @@ mod tests {
             id: "pi_1".into(),
             status,
             amount_minor: 4998,
-            received_minor: if status == IntentStatus::Succeeded { 4998 } else { 0 },
+            received_minor: if status == IntentStatus::Succeeded {
+                4998
+            } else {
+                0
+            },
             refunded_minor: 0,
             client_secret: Some("pi_1_secret".into()),
             last_error: None,
@@ -330,7 +353,11 @@ mod tests {
             (S::Abandoned, O::Cancelled, None),
         ];
         for (status, stage, work) in cases {
-            assert_eq!(next_work(&payment(status, stage)), work, "{status:?} {stage:?}");
+            assert_eq!(
+                next_work(&payment(status, stage)),
+                work,
+                "{status:?} {stage:?}"
+            );
         }
         let mut unsure = payment(S::Authorized, O::Confirmed);
         unsure.needs_lookup = true;
@@ -341,16 +368,35 @@ mod tests {
     fn a_learnt_status_is_told_once_and_never_goes_back() {
         let mut p = payment(Status::Created, OrderStage::Reserved);
         let authorized = intent(IntentStatus::RequiresCapture);
-        assert_eq!(settle(&mut p, Status::Authorized, Some(&authorized), None), Some(Fact::Authorized));
-        assert_eq!(settle(&mut p, Status::Authorized, Some(&authorized), None), None, "told once");
-        assert_eq!(settle(&mut p, Status::Created, None, None), None, "an older answer changes nothing");
+        assert_eq!(
+            settle(&mut p, Status::Authorized, Some(&authorized), None),
+            Some(Fact::Authorized)
+        );
+        assert_eq!(
+            settle(&mut p, Status::Authorized, Some(&authorized), None),
+            None,
+            "told once"
+        );
+        assert_eq!(
+            settle(&mut p, Status::Created, None, None),
+            None,
+            "an older answer changes nothing"
+        );
         assert_eq!(p.status, Status::Authorized);
     }
 
     #[test]
     fn a_late_authorization_of_a_cancelled_order_is_voided_silently() {
         let mut p = payment(Status::Created, OrderStage::Cancelled);
-        assert_eq!(settle(&mut p, Status::Authorized, Some(&intent(IntentStatus::RequiresCapture)), None), None);
+        assert_eq!(
+            settle(
+                &mut p,
+                Status::Authorized,
+                Some(&intent(IntentStatus::RequiresCapture)),
+                None
+            ),
+            None
+        );
         assert_eq!(next_work(&p), Some(Work::Void));
     }
 
@@ -361,12 +407,23 @@ mod tests {
         assert_eq!(observed(&p, &declined), Some(Status::Created));
         declined.last_error = Some(("card_declined".into(), "no".into()));
         assert_eq!(observed(&p, &declined), Some(Status::Declined));
-        assert_eq!(observed(&p, &intent(IntentStatus::Canceled)), Some(Status::CaptureFailed), "cancelled under a capture");
-        assert_eq!(observed(&p, &intent(IntentStatus::Processing)), None, "not known yet");
+        assert_eq!(
+            observed(&p, &intent(IntentStatus::Canceled)),
+            Some(Status::CaptureFailed),
+            "cancelled under a capture"
+        );
+        assert_eq!(
+            observed(&p, &intent(IntentStatus::Processing)),
+            None,
+            "not known yet"
+        );
         let mut refunded = intent(IntentStatus::Succeeded);
         refunded.refunded_minor = 4998;
         assert_eq!(observed(&p, &refunded), Some(Status::Refunded));
-        assert_eq!(implied_by_webhook("payment_intent.amount_capturable_updated"), Some(Status::Authorized));
+        assert_eq!(
+            implied_by_webhook("payment_intent.amount_capturable_updated"),
+            Some(Status::Authorized)
+        );
         assert_eq!(implied_by_webhook("customer.created"), None);
         assert_eq!(idempotency_key("o1", "confirm"), "kassa-o1-confirm");
     }

@@ -89,7 +89,11 @@ impl Handler for Payments {
         }
     }
 
-    async fn handle(&mut self, conn: &mut PgConnection, batch: &[Delivered<Input>]) -> Result<Handled, HandleError> {
+    async fn handle(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[Delivered<Input>],
+    ) -> Result<Handled, HandleError> {
         let mut handled = Handled::default();
         let mut orders: Vec<&str> = batch.iter().filter_map(|d| order_of(&d.input)).collect();
         orders.sort_unstable();
@@ -99,20 +103,31 @@ impl Handler for Payments {
         for (index, d) in batch.iter().enumerate() {
             match &d.input {
                 Input::Order(e) => {
-                    let Some(order_id) = order_of(&d.input) else { continue };
+                    let Some(order_id) = order_of(&d.input) else {
+                        continue;
+                    };
                     if d.key.as_deref() != Some(order_id) {
-                        handled.invalid.push((index, format!("message key {:?} is not the order id {order_id}", d.key)));
+                        handled.invalid.push((
+                            index,
+                            format!("message key {:?} is not the order id {order_id}", d.key),
+                        ));
                         continue;
                     }
                     match &e.payload {
                         OrderEvent::OrderReserved(r) => {
                             if payments.contains_key(order_id) {
-                                tracing::debug!(order = order_id, "payment exists: reservation seen before");
+                                tracing::debug!(
+                                    order = order_id,
+                                    "payment exists: reservation seen before"
+                                );
                                 continue;
                             }
                             let payment = Payment {
                                 order_id: order_id.to_owned(),
-                                payment_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("kassa-payment-{order_id}").as_bytes()),
+                                payment_id: Uuid::new_v5(
+                                    &Uuid::NAMESPACE_OID,
+                                    format!("kassa-payment-{order_id}").as_bytes(),
+                                ),
                                 provider: self.provider.to_owned(),
                                 amount_minor: r.total_minor,
                                 currency: r.currency.clone(),
@@ -129,12 +144,17 @@ impl Handler for Payments {
                             payments.insert(order_id.to_owned(), payment);
                         }
                         OrderEvent::OrderConfirmed(c) => {
-                            let Some(p) = payments.get_mut(order_id) else { continue };
+                            let Some(p) = payments.get_mut(order_id) else {
+                                continue;
+                            };
                             if c.total_minor != p.amount_minor || c.currency != p.currency {
-                                handled.invalid.push((index, format!(
-                                    "confirmed {} {} but {} {} was authorized",
-                                    c.total_minor, c.currency, p.amount_minor, p.currency
-                                )));
+                                handled.invalid.push((
+                                    index,
+                                    format!(
+                                        "confirmed {} {} but {} {} was authorized",
+                                        c.total_minor, c.currency, p.amount_minor, p.currency
+                                    ),
+                                ));
                                 continue;
                             }
                             if p.stage == OrderStage::Reserved {
@@ -142,7 +162,9 @@ impl Handler for Payments {
                             }
                         }
                         OrderEvent::OrderCancelled(_) => {
-                            let Some(p) = payments.get_mut(order_id) else { continue };
+                            let Some(p) = payments.get_mut(order_id) else {
+                                continue;
+                            };
                             p.stage = OrderStage::Cancelled;
                             if p.status == Status::New {
                                 p.status = Status::Abandoned;
@@ -169,8 +191,10 @@ impl Handler for Payments {
                 }
             }
         }
-        let mut rows: Vec<(&Payment, Option<Uuid>)> =
-            changed.iter().filter_map(|(id, cause)| payments.get(id).map(|p| (p, *cause))).collect();
+        let mut rows: Vec<(&Payment, Option<Uuid>)> = changed
+            .iter()
+            .filter_map(|(id, cause)| payments.get(id).map(|p| (p, *cause)))
+            .collect();
         rows.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
         store::save(conn, &rows, None, None, false).await?;
         Ok(handled)

@@ -37,14 +37,20 @@ const COLUMNS: &str = "order_id, payment_id, provider, amount_minor, currency, p
                        stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts";
 
 /// Loads the payments of `orders`, locked for this transaction.
-pub async fn load(conn: &mut PgConnection, orders: &[&str]) -> Result<HashMap<String, Payment>, sqlx::Error> {
+pub async fn load(
+    conn: &mut PgConnection,
+    orders: &[&str],
+) -> Result<HashMap<String, Payment>, sqlx::Error> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM payments.payments WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     )))
     .bind(orders)
     .fetch_all(conn)
     .await?;
-    Ok(rows.iter().map(|r| (r.get::<String, _>("order_id"), from_row(r))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<String, _>("order_id"), from_row(r)))
+        .collect())
 }
 
 /// Writes `payments` (inserted or updated) with their next work due at `due_at` (now when
@@ -96,14 +102,20 @@ pub async fn save(
     .execute(&mut *conn)
     .await?;
     if due_at.is_none() && payments.iter().any(|(p, _)| next_work(p).is_some()) {
-        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(conn).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
 
 /// A payment the worker writes a result for (locked), with the event its next events are caused
 /// by and whether webhooks are kept for it.
-pub async fn load_for_result(conn: &mut PgConnection, order_id: &str) -> Result<Option<(Payment, Option<Uuid>, bool)>, sqlx::Error> {
+pub async fn load_for_result(
+    conn: &mut PgConnection,
+    order_id: &str,
+) -> Result<Option<(Payment, Option<Uuid>, bool)>, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, cause_event_id,
                 EXISTS (SELECT 1 FROM payments.webhooks w WHERE w.order_id = p.order_id AND w.applied_at IS NULL) AS kept
@@ -117,7 +129,11 @@ pub async fn load_for_result(conn: &mut PgConnection, order_id: &str) -> Result<
 
 /// Records the intent created for `order_id` unless one is recorded already; returns the
 /// recorded one (the only intent that will ever be confirmed for the order).
-pub async fn record_intent(conn: &mut PgConnection, order_id: &str, intent_id: &str) -> Result<String, sqlx::Error> {
+pub async fn record_intent(
+    conn: &mut PgConnection,
+    order_id: &str,
+    intent_id: &str,
+) -> Result<String, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE payments.payments SET provider_ref = coalesce(provider_ref, $2), updated_at = now()
          WHERE order_id = $1 RETURNING provider_ref",
@@ -220,7 +236,10 @@ pub async fn insert_webhook(
 }
 
 /// Webhooks kept for `order_id` (not applied yet), oldest first.
-pub async fn kept_webhooks(conn: &mut PgConnection, order_id: &str) -> Result<Vec<KeptWebhook>, sqlx::Error> {
+pub async fn kept_webhooks(
+    conn: &mut PgConnection,
+    order_id: &str,
+) -> Result<Vec<KeptWebhook>, sqlx::Error> {
     let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT provider_event_id, event_type, payment_intent_id FROM payments.webhooks
          WHERE order_id = $1 AND applied_at IS NULL ORDER BY received_at",
@@ -230,12 +249,22 @@ pub async fn kept_webhooks(conn: &mut PgConnection, order_id: &str) -> Result<Ve
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(provider_event_id, event_type, payment_intent_id)| KeptWebhook { provider_event_id, event_type, payment_intent_id })
+        .map(
+            |(provider_event_id, event_type, payment_intent_id)| KeptWebhook {
+                provider_event_id,
+                event_type,
+                payment_intent_id,
+            },
+        )
         .collect())
 }
 
 /// Marks a webhook applied, with what came of it.
-pub async fn mark_webhook(conn: &mut PgConnection, provider_event_id: &str, outcome: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_webhook(
+    conn: &mut PgConnection,
+    provider_event_id: &str,
+    outcome: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE payments.webhooks SET applied_at = now(), outcome = $2 WHERE provider_event_id = $1")
         .bind(provider_event_id)
         .bind(outcome)

@@ -10,7 +10,9 @@ use super::store;
 
 /// Applies the kept webhooks of `payment` if its intent is known (may set `needs_lookup`).
 pub async fn apply_kept(conn: &mut PgConnection, payment: &mut Payment) -> Result<(), sqlx::Error> {
-    let Some(intent) = payment.provider_ref.clone() else { return Ok(()) };
+    let Some(intent) = payment.provider_ref.clone() else {
+        return Ok(());
+    };
     for webhook in store::kept_webhooks(conn, &payment.order_id).await? {
         let outcome = if webhook.payment_intent_id.as_deref() != Some(intent.as_str()) {
             "about another intent: not applied"
@@ -24,7 +26,12 @@ pub async fn apply_kept(conn: &mut PgConnection, payment: &mut Payment) -> Resul
                 }
             }
         };
-        tracing::debug!(order = payment.order_id, event = webhook.provider_event_id, outcome, "webhook applied");
+        tracing::debug!(
+            order = payment.order_id,
+            event = webhook.provider_event_id,
+            outcome,
+            "webhook applied"
+        );
         store::mark_webhook(conn, &webhook.provider_event_id, outcome).await?;
     }
     Ok(())

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kassa_schemas::events::payments::{
-    PaymentActionRequired, PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentFailed, PaymentRefunded, PaymentStep,
-    PaymentVoided,
+    PaymentActionRequired, PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentFailed,
+    PaymentRefunded, PaymentStep, PaymentVoided,
 };
 use kassa_schemas::{Codec, Envelope, Topic};
 use sqlx::PgPool;
@@ -18,7 +18,9 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use super::gateway::{Gateway, GatewayError, Intent, IntentRequest};
-use super::ledger::{Fact, OrderStage, Payment, Status, Work, idempotency_key, next_work, observed, settle};
+use super::ledger::{
+    Fact, OrderStage, Payment, Status, Work, idempotency_key, next_work, observed, settle,
+};
 use super::{store, webhooks};
 use crate::runtime::TaskError;
 use crate::runtime::backoff::Backoff;
@@ -42,7 +44,12 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 64, lease: Duration::from_secs(30), recheck: Duration::from_secs(30), owner: None }
+        Self {
+            concurrency: 64,
+            lease: Duration::from_secs(30),
+            recheck: Duration::from_secs(30),
+            owner: None,
+        }
     }
 }
 
@@ -61,13 +68,28 @@ enum Outcome {
 
 /// Works the queue with `gateway` until `shutdown` turns true; calls in flight finish first.
 /// Up to `concurrency` payments are worked on at once; free slots are filled as they free up.
-pub async fn run<G: Gateway>(pool: PgPool, codec: Arc<Codec>, gateway: Arc<G>, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run<G: Gateway>(
+    pool: PgPool,
+    codec: Arc<Codec>,
+    gateway: Arc<G>,
+    config: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let owner = config.owner.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let owner = config
+        .owner
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     match store::release_leases(&pool, &owner).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(leases = n, owner, "took back the leases of this worker's previous run"),
-        Err(e) => tracing::warn!(error = %e, "could not take back old leases; they run out by themselves"),
+        Ok(n) => tracing::info!(
+            leases = n,
+            owner,
+            "took back the leases of this worker's previous run"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take back old leases; they run out by themselves")
+        }
     }
     let mut listener: Option<PgListener> = None;
     let mut in_flight = tokio::task::JoinSet::new();
@@ -138,24 +160,51 @@ async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-async fn claim(pool: &PgPool, provider: &str, owner: &str, limit: usize, lease: Duration) -> Result<Vec<Payment>, sqlx::Error> {
+async fn claim(
+    pool: &PgPool,
+    provider: &str,
+    owner: &str,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Payment>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let claimed = store::claim(&mut tx, provider, owner, limit as i64, lease.as_secs().max(1) as i64).await?;
+    let claimed = store::claim(
+        &mut tx,
+        provider,
+        owner,
+        limit as i64,
+        lease.as_secs().max(1) as i64,
+    )
+    .await?;
     tx.commit().await?;
     Ok(claimed)
 }
 
 /// Does the payment's due work at the provider and records the outcome.
-async fn work_on<G: Gateway>(pool: &PgPool, codec: &Codec, gateway: &G, payment: Payment, recheck: Duration) -> Result<(), TaskError> {
-    let Some(work) = next_work(&payment) else { return Ok(()) };
+async fn work_on<G: Gateway>(
+    pool: &PgPool,
+    codec: &Codec,
+    gateway: &G,
+    payment: Payment,
+    recheck: Duration,
+) -> Result<(), TaskError> {
+    let Some(work) = next_work(&payment) else {
+        return Ok(());
+    };
     let started = std::time::Instant::now();
     let outcome = perform(pool, gateway, &payment, work).await?;
-    metrics::histogram!("kassa_payment_call_seconds", "work" => work.as_str()).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("kassa_payment_call_seconds", "work" => work.as_str())
+        .record(started.elapsed().as_secs_f64());
     record(pool, codec, &payment.order_id, work, outcome, recheck).await
 }
 
 /// The provider calls for `work`.
-async fn perform<G: Gateway>(pool: &PgPool, gateway: &G, p: &Payment, work: Work) -> Result<Outcome, sqlx::Error> {
+async fn perform<G: Gateway>(
+    pool: &PgPool,
+    gateway: &G,
+    p: &Payment,
+    work: Work,
+) -> Result<Outcome, sqlx::Error> {
     let order = p.order_id.as_str();
     let key = |step: &str| idempotency_key(order, step);
     let intent_id = p.provider_ref.clone();
@@ -172,50 +221,92 @@ async fn perform<G: Gateway>(pool: &PgPool, gateway: &G, p: &Payment, work: Work
                     };
                     match gateway.create(&request, &key("create")).await {
                         // Recorded before anything is confirmed; the recorded intent is the only one confirmed.
-                        Ok(intent) => store::record_intent(&mut *pool.acquire().await?, order, &intent.id).await?,
-                        Err(GatewayError::Declined(code, message)) => return Ok(Outcome::Failed(PaymentStep::Authorize, code, message)),
-                        Err(GatewayError::Refused(message)) => {
-                            return Ok(Outcome::Failed(PaymentStep::Authorize, "refused".into(), message));
+                        Ok(intent) => {
+                            store::record_intent(&mut *pool.acquire().await?, order, &intent.id)
+                                .await?
                         }
-                        Err(e) => return Ok(Outcome::Retry { ambiguous: false, error: format!("create: {e}") }),
+                        Err(GatewayError::Declined(code, message)) => {
+                            return Ok(Outcome::Failed(PaymentStep::Authorize, code, message));
+                        }
+                        Err(GatewayError::Refused(message)) => {
+                            return Ok(Outcome::Failed(
+                                PaymentStep::Authorize,
+                                "refused".into(),
+                                message,
+                            ));
+                        }
+                        Err(e) => {
+                            return Ok(Outcome::Retry {
+                                ambiguous: false,
+                                error: format!("create: {e}"),
+                            });
+                        }
                     }
                 }
             };
             let confirm_key = key("confirm");
-            twice(|| gateway.confirm(&intent_id, &confirm_key), PaymentStep::Authorize).await
+            twice(
+                || gateway.confirm(&intent_id, &confirm_key),
+                PaymentStep::Authorize,
+            )
+            .await
         }
         Work::Capture => match intent_id {
             Some(id) => {
                 let capture_key = key("capture");
                 twice(|| gateway.capture(&id, &capture_key), PaymentStep::Capture).await
             }
-            None => Outcome::Failed(PaymentStep::Capture, "no_intent".into(), "nothing was authorized".into()),
+            None => Outcome::Failed(
+                PaymentStep::Capture,
+                "no_intent".into(),
+                "nothing was authorized".into(),
+            ),
         },
         Work::Void => match intent_id {
             Some(id) => {
                 let cancel_key = key("cancel");
                 twice(|| gateway.cancel(&id, &cancel_key), PaymentStep::Void).await
             }
-            None => Outcome::Failed(PaymentStep::Void, "no_intent".into(), "nothing was authorized".into()),
+            None => Outcome::Failed(
+                PaymentStep::Void,
+                "no_intent".into(),
+                "nothing was authorized".into(),
+            ),
         },
         Work::Refund => match intent_id {
             Some(id) => {
                 let amount = p.captured_minor.max(p.amount_minor) - p.refunded_minor;
                 match gateway.refund(&id, amount, &key("refund")).await {
                     Ok(refunded) => Outcome::Refunded(refunded),
-                    Err(GatewayError::Transient(e)) => Outcome::Retry { ambiguous: false, error: format!("refund: {e}") },
+                    Err(GatewayError::Transient(e)) => Outcome::Retry {
+                        ambiguous: false,
+                        error: format!("refund: {e}"),
+                    },
                     // Unsure, or refused (already refunded?): look the intent up before refunding again.
-                    Err(e) => Outcome::Retry { ambiguous: true, error: format!("refund: {e}") },
+                    Err(e) => Outcome::Retry {
+                        ambiguous: true,
+                        error: format!("refund: {e}"),
+                    },
                 }
             }
-            None => Outcome::Failed(PaymentStep::Refund, "no_intent".into(), "nothing was captured".into()),
+            None => Outcome::Failed(
+                PaymentStep::Refund,
+                "no_intent".into(),
+                "nothing was captured".into(),
+            ),
         },
         Work::Lookup => match intent_id {
             Some(id) => match gateway.retrieve(&id).await {
                 Ok(intent) => Outcome::Observed(intent),
-                Err(e) => Outcome::Retry { ambiguous: true, error: format!("look-up: {e}") },
+                Err(e) => Outcome::Retry {
+                    ambiguous: true,
+                    error: format!("look-up: {e}"),
+                },
             },
-            None => Outcome::Retry { ambiguous: false, error: "look-up without an intent".into() },
+            None => Outcome::Retry {
+                ambiguous: false,
+                error: "look-up without an intent".into(),
+            },
         },
     })
 }
@@ -233,20 +324,37 @@ where
     }
     match result {
         Ok(intent) => Outcome::Observed(intent),
-        Err(GatewayError::Declined(code, message)) if matches!(step, PaymentStep::Authorize | PaymentStep::Capture) => {
+        Err(GatewayError::Declined(code, message))
+            if matches!(step, PaymentStep::Authorize | PaymentStep::Capture) =>
+        {
             Outcome::Failed(step, code, message)
         }
-        Err(GatewayError::Transient(e)) => Outcome::Retry { ambiguous: false, error: e },
+        Err(GatewayError::Transient(e)) => Outcome::Retry {
+            ambiguous: false,
+            error: e,
+        },
         // Ambiguous twice, or refused (the intent is not where we thought): the provider decides.
-        Err(e) => Outcome::Retry { ambiguous: true, error: e.to_string() },
+        Err(e) => Outcome::Retry {
+            ambiguous: true,
+            error: e.to_string(),
+        },
     }
 }
 
 /// Writes what the calls found out: one transaction with the payment locked and re-read (the
 /// order may have moved on meanwhile), the attempt, and the resulting event in the outbox.
-async fn record(pool: &PgPool, codec: &Codec, order_id: &str, work: Work, outcome: Outcome, recheck: Duration) -> Result<(), TaskError> {
+async fn record(
+    pool: &PgPool,
+    codec: &Codec,
+    order_id: &str,
+    work: Work,
+    outcome: Outcome,
+    recheck: Duration,
+) -> Result<(), TaskError> {
     let mut tx = pool.begin().await?;
-    let Some((mut p, cause, kept)) = store::load_for_result(&mut tx, order_id).await? else { return Ok(()) };
+    let Some((mut p, cause, kept)) = store::load_for_result(&mut tx, order_id).await? else {
+        return Ok(());
+    };
     let before = p.status;
     let mut due_at = None;
     let mut error = None;
@@ -259,7 +367,10 @@ async fn record(pool: &PgPool, codec: &Codec, order_id: &str, work: Work, outcom
             match observed(&p, &intent) {
                 Some(status) => {
                     p.needs_lookup = false;
-                    (settle(&mut p, status, Some(&intent), None), format!("ok: {status:?}"))
+                    (
+                        settle(&mut p, status, Some(&intent), None),
+                        format!("ok: {status:?}"),
+                    )
                 }
                 None => {
                     p.needs_lookup = true;
@@ -283,16 +394,29 @@ async fn record(pool: &PgPool, codec: &Codec, order_id: &str, work: Work, outcom
         Outcome::Refunded(amount) => {
             p.attempts = 0;
             p.refunded_minor += amount;
-            (settle(&mut p, Status::Refunded, None, None), format!("refunded {amount}"))
+            (
+                settle(&mut p, Status::Refunded, None, None),
+                format!("refunded {amount}"),
+            )
         }
-        Outcome::Retry { ambiguous, error: e } => {
+        Outcome::Retry {
+            ambiguous,
+            error: e,
+        } => {
             p.attempts += 1;
             p.needs_lookup |= ambiguous;
-            let delay = Backoff::delay_for(p.attempts as u32, Duration::from_millis(200), Duration::from_secs(30));
+            let delay = Backoff::delay_for(
+                p.attempts as u32,
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+            );
             due_at = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
             tracing::info!(order = order_id, work = work.as_str(), attempts = p.attempts, error = %e, "payment call to be retried");
             error = Some(e);
-            (None, if ambiguous { "ambiguous" } else { "retry" }.to_owned())
+            (
+                None,
+                if ambiguous { "ambiguous" } else { "retry" }.to_owned(),
+            )
         }
     };
     if kept && p.status != before {
@@ -304,7 +428,15 @@ async fn record(pool: &PgPool, codec: &Codec, order_id: &str, work: Work, outcom
         due_at = Some(Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default());
     }
     let key = step_key(work).map(|step| idempotency_key(order_id, step));
-    store::record_attempt(&mut tx, order_id, work.as_str(), key.as_deref(), &attempt, error.as_deref()).await?;
+    store::record_attempt(
+        &mut tx,
+        order_id,
+        work.as_str(),
+        key.as_deref(),
+        &attempt,
+        error.as_deref(),
+    )
+    .await?;
     store::save(&mut tx, &[(&p, None)], due_at, error.as_deref(), true).await?;
     if let Some(fact) = fact {
         let event = Envelope::new(order_id, cause, event_of(&p, fact));
@@ -333,8 +465,12 @@ fn step_key(work: Work) -> Option<&'static str> {
 
 /// The `payments.events` event for a fact about `p`.
 fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
-    let (order_id, payment_id, provider, provider_ref) =
-        (p.order_id.clone(), p.payment_id, p.provider.clone(), p.provider_ref.clone());
+    let (order_id, payment_id, provider, provider_ref) = (
+        p.order_id.clone(),
+        p.payment_id,
+        p.provider.clone(),
+        p.provider_ref.clone(),
+    );
     match fact {
         Fact::Authorized => PaymentAuthorized {
             order_id,
@@ -345,10 +481,24 @@ fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
             currency: p.currency.clone(),
         }
         .into(),
-        Fact::ActionRequired(client_secret) => {
-            PaymentActionRequired { order_id, payment_id, provider, provider_ref, client_secret }.into()
+        Fact::ActionRequired(client_secret) => PaymentActionRequired {
+            order_id,
+            payment_id,
+            provider,
+            provider_ref,
+            client_secret,
         }
-        Fact::Failed(step, code, message) => PaymentFailed { order_id, payment_id, provider, provider_ref, step, code, message }.into(),
+        .into(),
+        Fact::Failed(step, code, message) => PaymentFailed {
+            order_id,
+            payment_id,
+            provider,
+            provider_ref,
+            step,
+            code,
+            message,
+        }
+        .into(),
         Fact::Captured => PaymentCaptured {
             order_id,
             payment_id,
@@ -358,9 +508,21 @@ fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
             currency: p.currency.clone(),
         }
         .into(),
-        Fact::Voided => PaymentVoided { order_id, payment_id, provider, provider_ref }.into(),
-        Fact::Refunded(amount) => {
-            PaymentRefunded { order_id, payment_id, provider, provider_ref, refunded_minor: amount, currency: p.currency.clone() }.into()
+        Fact::Voided => PaymentVoided {
+            order_id,
+            payment_id,
+            provider,
+            provider_ref,
         }
+        .into(),
+        Fact::Refunded(amount) => PaymentRefunded {
+            order_id,
+            payment_id,
+            provider,
+            provider_ref,
+            refunded_minor: amount,
+            currency: p.currency.clone(),
+        }
+        .into(),
     }
 }

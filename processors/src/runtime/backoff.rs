@@ -14,12 +14,19 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `initial`, never waiting longer than `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, next: initial, failures: 0 }
+        Self {
+            initial,
+            max,
+            next: initial,
+            failures: 0,
+        }
     }
 
     /// The wait before retry number `failures` (1-based) when the count is kept elsewhere.
     pub fn delay_for(failures: u32, initial: Duration, max: Duration) -> Duration {
-        initial.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(30))).min(max)
+        initial
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(30)))
+            .min(max)
     }
 
     /// The wait before the next retry; each call doubles the following one, up to the cap.

@@ -8,7 +8,7 @@ use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 use sqlx::PgPool;
 
-use super::store::{self, OutboxRow, TopicPartition};
+use super::store::{self, Advance, OutboxRow, TopicPartition};
 use super::trace::{TRACEPARENT, child_of};
 use super::{Delivered, HandleError, Handler};
 
@@ -68,9 +68,14 @@ pub(super) async fn process<H: Handler>(
     let mut dead = Vec::new();
     for (index, message) in messages.iter().enumerate() {
         let topic = Topic::from_name(message.topic()).expect("subscribed topics are kassa topics");
-        match handler.decode(topic, message.payload().unwrap_or_default()).await {
+        match handler
+            .decode(topic, message.payload().unwrap_or_default())
+            .await
+        {
             Ok(input) => decoded.push((index, delivered(message, topic, input))),
-            Err(CodecError::Registry(e)) if e.retriable => return Err(BatchError::Registry(CodecError::Registry(e))),
+            Err(CodecError::Registry(e)) if e.retriable => {
+                return Err(BatchError::Registry(CodecError::Registry(e)));
+            }
             Err(e) => dead.push((index, format!("undecodable: {e}"))),
         }
     }
@@ -105,21 +110,43 @@ pub(super) async fn process<H: Handler>(
             headers: vec![(TRACEPARENT.to_owned(), child_of(parent))],
         });
     }
-    dead.extend(handled.invalid.into_iter().map(|(i, reason)| (fresh_index[i], format!("invalid: {reason}"))));
+    dead.extend(
+        handled
+            .invalid
+            .into_iter()
+            .map(|(i, reason)| (fresh_index[i], format!("invalid: {reason}"))),
+    );
     for (index, reason) in &dead {
         rows.push(dead_letter(group.dlq_topic(), &messages[*index], reason));
     }
     if !dead.is_empty() {
-        metrics::counter!("kassa_dead_letters_total", "group" => schema).increment(dead.len() as u64);
+        metrics::counter!("kassa_dead_letters_total", "group" => schema)
+            .increment(dead.len() as u64);
     }
     store::append_outbox(&mut tx, schema, &rows).await?;
     let outbox_ms = lap(&mut since);
 
-    let mut next: HashMap<TopicPartition, i64> = HashMap::new();
+    // Each partition advances from where this instance expects its stored offset (the sync made
+    // the batch start there) past the batch's highest offset.
+    let mut span: HashMap<TopicPartition, (i64, i64)> = HashMap::new();
     for message in messages {
-        next.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+        let (offset, tp) = (
+            message.offset(),
+            (message.topic().to_owned(), message.partition()),
+        );
+        let entry = span.entry(tp).or_insert((offset, offset + 1));
+        entry.0 = entry.0.min(offset);
+        entry.1 = entry.1.max(offset + 1);
     }
-    let advances: Vec<_> = next.iter().map(|(tp, n)| (tp.clone(), stored.get(tp).copied().flatten(), *n)).collect();
+    let advances: Vec<Advance> = span
+        .iter()
+        .map(|(tp, (first, next))| Advance {
+            partition: tp.clone(),
+            expected: stored.get(tp).copied().flatten(),
+            first: *first,
+            next: *next,
+        })
+        .collect();
     let fenced = store::advance_offsets(&mut tx, schema, &advances).await?;
     if !fenced.is_empty() {
         tx.rollback().await?;
@@ -140,21 +167,29 @@ pub(super) async fn process<H: Handler>(
         offsets_and_commit_ms = commit_ms,
         "batch committed"
     );
-    Ok(Outcome::Committed(next.into_iter().collect()))
+    Ok(Outcome::Committed(
+        advances
+            .into_iter()
+            .map(|a| (a.partition, a.next))
+            .collect(),
+    ))
 }
 
 fn delivered<I>(message: &OwnedMessage, topic: Topic, input: I) -> Delivered<I> {
     let traceparent = message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == TRACEPARENT)
-            .and_then(|h| h.value.and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned))
+        headers.iter().find(|h| h.key == TRACEPARENT).and_then(|h| {
+            h.value
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        })
     });
     Delivered {
         topic,
         partition: message.partition(),
         offset: message.offset(),
-        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
         traceparent,
         input,
     }
@@ -162,15 +197,26 @@ fn delivered<I>(message: &OwnedMessage, topic: Topic, input: I) -> Delivered<I> 
 
 /// A dead letter: the original key and bytes, with the reason and source in headers.
 fn dead_letter(dlq: String, message: &OwnedMessage, reason: &str) -> OutboxRow {
-    tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), reason, "dead-lettered");
+    tracing::warn!(
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        reason,
+        "dead-lettered"
+    );
     OutboxRow {
         topic: dlq,
-        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
         payload: message.payload().unwrap_or_default().to_vec(),
         headers: vec![
             (dlq_headers::REASON.to_owned(), reason.to_owned()),
             (dlq_headers::TOPIC.to_owned(), message.topic().to_owned()),
-            (dlq_headers::PARTITION.to_owned(), message.partition().to_string()),
+            (
+                dlq_headers::PARTITION.to_owned(),
+                message.partition().to_string(),
+            ),
             (dlq_headers::OFFSET.to_owned(), message.offset().to_string()),
         ],
     }

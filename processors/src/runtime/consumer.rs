@@ -2,11 +2,12 @@
 //! partition is sought to the offset stored in Postgres when first seen after an assignment,
 //! rebalances drop what a revoked partition had in flight, failures retry with backoff.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kassa_schemas::Topic;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -17,7 +18,8 @@ use tracing::Instrument;
 
 use super::backoff::Backoff;
 use super::batch::{self, Outcome};
-use super::store::{self, TopicPartition};
+use super::position::Positions;
+use super::store::TopicPartition;
 use super::{Handler, RuntimeConfig, relay};
 
 /// Why a processor stopped with an error (it never stops for a transient failure).
@@ -42,22 +44,18 @@ impl ClientContext for Context {}
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let _ = self.events.send(RebalanceEvent::Revoked(partitions_of(list)));
+            let _ = self
+                .events
+                .send(RebalanceEvent::Revoked(partitions_of(list)));
         }
     }
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
-    list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
-}
-
-/// Where this instance stands on a partition it owns.
-#[derive(Debug, Clone, Copy)]
-struct Cursor {
-    /// The next offset stored in Postgres (None: nothing processed yet).
-    stored: Option<i64>,
-    /// Whether the consumer has been sought to `stored` since the assignment.
-    synced: bool,
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 /// Runs `handler` until `shutdown` turns true: finishes the batch in flight, lets the relay drain,
@@ -72,20 +70,30 @@ pub async fn run<H: Handler>(
     let Some(pool) = pool else { return Ok(()) };
 
     let mut producer_config = ClientConfig::new();
-    producer_config.set("bootstrap.servers", &config.brokers).set("linger.ms", "2");
+    producer_config
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "2");
     for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
         producer_config.set(*key, *value);
     }
     let producer: FutureProducer = producer_config.create()?;
     // The relay stops only after the loop has committed its last batch, so it drains that too.
     let (relay_stop, relay_shutdown) = watch::channel(false);
-    let relay = Relay { stop: relay_stop, task: tokio::spawn(relay::run(pool.clone(), group.name(), producer, relay_shutdown)) };
+    let relay = Relay {
+        stop: relay_stop,
+        task: tokio::spawn(relay::run(
+            pool.clone(),
+            group.name(),
+            producer,
+            relay_shutdown,
+        )),
+    };
 
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("bootstrap.servers", &config.brokers)
-        .set("group.id", group.name())
+        .set("group.id", group.group_id())
         .set("max.poll.interval.ms", "600000")
         // A killed instance's partitions move after 6 s (the broker's minimum), not librdkafka's 45 s.
         .set("session.timeout.ms", "6000")
@@ -97,23 +105,35 @@ pub async fn run<H: Handler>(
         consumer_config.set(*key, *value);
     }
     if let Some(id) = &config.instance_id {
-        consumer_config.set("group.instance.id", format!("{}-{id}", group.name()));
+        consumer_config.set("group.instance.id", format!("{}-{id}", group.group_id()));
     }
-    let consumer: StreamConsumer<Context> = consumer_config.create_with_context(Context { events: events_tx })?;
+    let consumer: StreamConsumer<Context> =
+        consumer_config.create_with_context(Context { events: events_tx })?;
     let topics: Vec<&str> = group.inputs().iter().map(|t| t.name()).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(group = group.name(), ?topics, "processor consuming");
 
-    let mut cursors: HashMap<TopicPartition, Cursor> = HashMap::new();
+    let mut positions = Positions::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !*shutdown.borrow() {
-        let mut messages = assemble(&consumer, &mut events, config, &mut cursors, &mut handler, &mut shutdown).await;
+        let mut messages = assemble(
+            &consumer,
+            &mut events,
+            config,
+            &mut positions,
+            &mut handler,
+            &mut shutdown,
+        )
+        .await;
         if messages.is_empty() {
             continue;
         }
         // Sync each partition to Postgres; retry until the database answers.
         loop {
-            match sync(&pool, group.name(), &consumer, &mut cursors, &mut messages).await {
+            match positions
+                .sync(&pool, group.name(), &consumer, &mut messages)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     if !wait_out(&mut backoff, &mut shutdown, &e).await {
@@ -123,20 +143,19 @@ pub async fn run<H: Handler>(
             }
         }
         while !messages.is_empty() {
-            let stored: HashMap<TopicPartition, Option<i64>> =
-                cursors.iter().map(|(tp, c)| (tp.clone(), c.stored)).collect();
+            let stored = positions.expected();
             let started = Instant::now();
             let span = tracing::info_span!("batch", group = group.name(), size = messages.len());
-            let result = batch::process(&pool, &mut handler, &messages, &stored).instrument(span).await;
+            let result = batch::process(&pool, &mut handler, &messages, &stored)
+                .instrument(span)
+                .await;
             match result {
                 Ok(Outcome::Committed(advanced)) => {
                     backoff.reset();
                     metrics_batch(group.name(), messages.len(), started.elapsed());
                     let mut lag_commit = TopicPartitionList::new();
                     for (tp, next) in advanced {
-                        if let Some(cursor) = cursors.get_mut(&tp) {
-                            cursor.stored = Some(next);
-                        }
+                        positions.committed(&tp, next);
                         let _ = lag_commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
                     }
                     // For lag tools only: correctness rests on the offsets in Postgres.
@@ -145,10 +164,10 @@ pub async fn run<H: Handler>(
                     messages.clear();
                 }
                 Ok(Outcome::Fenced(lost)) => {
-                    tracing::warn!(group = group.name(), partitions = ?lost, "another instance advanced these partitions; dropping them");
+                    tracing::warn!(group = group.name(), partitions = ?lost, "the stored offsets of these partitions moved under this instance (another instance, or an operator): taking them up again from there");
                     forget_all(&mut handler, &messages);
                     for tp in &lost {
-                        cursors.remove(tp);
+                        positions.let_go(tp);
                     }
                     messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
                 }
@@ -167,7 +186,11 @@ pub async fn run<H: Handler>(
 
 /// A pool of up to `size` connections to the processor's database, waiting out an outage
 /// (None: shut down while waiting).
-pub async fn connect(config: &RuntimeConfig, size: u32, shutdown: &mut watch::Receiver<bool>) -> Option<PgPool> {
+pub async fn connect(
+    config: &RuntimeConfig,
+    size: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<PgPool> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let attempt = PgPoolOptions::new()
@@ -187,7 +210,11 @@ pub async fn connect(config: &RuntimeConfig, size: u32, shutdown: &mut watch::Re
 }
 
 /// Logs a transient failure and waits the backoff delay. False when shutdown came instead.
-async fn wait_out(backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>, error: &(dyn std::fmt::Display + Sync)) -> bool {
+async fn wait_out(
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+    error: &(dyn std::fmt::Display + Sync),
+) -> bool {
     let delay = backoff.next_delay();
     tracing::warn!(error = %error, ?delay, failures = backoff.failures(), "transient failure; retrying");
     tokio::select! {
@@ -226,7 +253,7 @@ async fn assemble<H: Handler>(
     consumer: &StreamConsumer<Context>,
     events: &mut tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     config: &RuntimeConfig,
-    cursors: &mut HashMap<TopicPartition, Cursor>,
+    positions: &mut Positions,
     handler: &mut H,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Vec<OwnedMessage> {
@@ -243,10 +270,12 @@ async fn assemble<H: Handler>(
         while let Ok(RebalanceEvent::Revoked(lost)) = events.try_recv() {
             tracing::info!(partitions = ?lost, "partitions revoked");
             for tp in &lost {
-                cursors.remove(tp);
+                positions.let_go(tp);
             }
-            let revoked: Vec<(Topic, i32)> =
-                lost.iter().filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p))).collect();
+            let revoked: Vec<(Topic, i32)> = lost
+                .iter()
+                .filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p)))
+                .collect();
             handler.forget(&revoked);
             batch.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
         }
@@ -264,65 +293,12 @@ async fn assemble<H: Handler>(
     }
 }
 
-/// Makes sure every partition in `messages` is positioned at its stored offset: loads unknown
-/// cursors, seeks a partition whose first message is not where Postgres says to resume (dropping
-/// its messages; they come again from the right place), and drops anything already processed.
-async fn sync(
-    pool: &PgPool,
-    schema: &str,
-    consumer: &StreamConsumer<Context>,
-    cursors: &mut HashMap<TopicPartition, Cursor>,
-    messages: &mut Vec<OwnedMessage>,
-) -> Result<(), sqlx::Error> {
-    let mut unknown: Vec<TopicPartition> = Vec::new();
-    for m in messages.iter() {
-        let tp = (m.topic().to_owned(), m.partition());
-        if !cursors.contains_key(&tp) && !unknown.contains(&tp) {
-            unknown.push(tp);
-        }
-    }
-    if !unknown.is_empty() {
-        let mut conn = pool.acquire().await?;
-        let stored = store::load_offsets(&mut conn, schema, &unknown).await?;
-        for tp in unknown {
-            let offset = stored.get(&tp).copied();
-            cursors.insert(tp, Cursor { stored: offset, synced: false });
-        }
-    }
-    let mut reseek: Vec<TopicPartition> = Vec::new();
-    for m in messages.iter() {
-        let tp = (m.topic().to_owned(), m.partition());
-        let cursor = cursors.get_mut(&tp).expect("loaded above");
-        if cursor.synced || reseek.contains(&tp) {
-            continue;
-        }
-        if cursor.stored == Some(m.offset()) {
-            cursor.synced = true;
-        } else {
-            reseek.push(tp);
-        }
-    }
-    for tp in &reseek {
-        let cursor = cursors.get_mut(tp).expect("loaded above");
-        let to = cursor.stored.map_or(Offset::Beginning, Offset::Offset);
-        match consumer.seek(&tp.0, tp.1, to, Duration::from_secs(10)) {
-            Ok(()) => cursor.synced = true,
-            Err(e) => tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "seek failed; will retry"),
-        }
-        tracing::info!(topic = %tp.0, partition = tp.1, ?to, "resuming from the offset stored in Postgres");
-    }
-    messages.retain(|m| {
-        let tp = (m.topic().to_owned(), m.partition());
-        let cursor = cursors[&tp];
-        !reseek.contains(&tp) && cursor.stored.is_none_or(|s| m.offset() >= s)
-    });
-    Ok(())
-}
-
 /// Reports a committed batch.
 fn metrics_batch(group: &str, size: usize, took: Duration) {
     super::stats::BATCHES.record(size);
-    metrics::counter!("kassa_batch_messages_total", "group" => group.to_owned()).increment(size as u64);
-    metrics::histogram!("kassa_batch_duration_seconds", "group" => group.to_owned()).record(took.as_secs_f64());
+    metrics::counter!("kassa_batch_messages_total", "group" => group.to_owned())
+        .increment(size as u64);
+    metrics::histogram!("kassa_batch_duration_seconds", "group" => group.to_owned())
+        .record(took.as_secs_f64());
     tracing::debug!(group, size, took_ms = took.as_millis() as u64, "batch");
 }

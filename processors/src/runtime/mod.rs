@@ -14,6 +14,7 @@
 pub mod backoff;
 mod batch;
 mod consumer;
+mod position;
 pub mod relay;
 pub mod stats;
 pub mod store;
@@ -119,7 +120,11 @@ pub trait Handler: Send + 'static {
     fn group(&self) -> ConsumerGroup;
 
     /// Decodes a message read from `topic`.
-    fn decode(&self, topic: Topic, bytes: &[u8]) -> impl Future<Output = Result<Self::Input, CodecError>> + Send;
+    fn decode(
+        &self,
+        topic: Topic,
+        bytes: &[u8],
+    ) -> impl Future<Output = Result<Self::Input, CodecError>> + Send;
 
     /// The event id of an input (what the inbox deduplicates on).
     fn event_id(input: &Self::Input) -> Uuid;

@@ -36,7 +36,12 @@ enum Failure {
 
 /// Runs the relay for `schema` until `shutdown` turns true; then drains what is committed and
 /// returns. Transient failures are retried with backoff, never given up on.
-pub async fn run(pool: PgPool, schema: &'static str, producer: FutureProducer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    pool: PgPool,
+    schema: &'static str,
+    producer: FutureProducer,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match lead(&pool, schema, &producer, &mut shutdown).await {
@@ -67,10 +72,11 @@ async fn lead(
     // failure would wait as a standby behind its own lock.
     let mut lock_conn = pool.acquire().await?.detach();
     loop {
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('kassa.outbox.' || $1))")
-            .bind(schema)
-            .fetch_one(&mut lock_conn)
-            .await?;
+        let leader: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('kassa.outbox.' || $1))")
+                .bind(schema)
+                .fetch_one(&mut lock_conn)
+                .await?;
         if leader {
             break;
         }
@@ -86,9 +92,11 @@ async fn lead(
     loop {
         let published = publish_round(pool, schema, producer).await?;
         if last_prune.elapsed() > Duration::from_secs(60) {
-            sqlx::query(AssertSqlSafe(format!("DELETE FROM {schema}.outbox WHERE sent_at < now() - interval '{KEEP_SENT}'")))
-                .execute(pool)
-                .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {schema}.outbox WHERE sent_at < now() - interval '{KEEP_SENT}'"
+            )))
+            .execute(pool)
+            .await?;
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {schema}.inbox WHERE processed_at < now() - interval '{KEEP_INBOX}'"
             )))
@@ -113,7 +121,11 @@ async fn lead(
 }
 
 /// Publishes the oldest unsent rows, in id order, and marks them sent. Returns how many.
-async fn publish_round(pool: &PgPool, schema: &str, producer: &FutureProducer) -> Result<usize, Failure> {
+async fn publish_round(
+    pool: &PgPool,
+    schema: &str,
+    producer: &FutureProducer,
+) -> Result<usize, Failure> {
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT id, topic, key, payload, headers FROM {schema}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
     )))
@@ -135,7 +147,10 @@ async fn publish_round(pool: &PgPool, schema: &str, producer: &FutureProducer) -
         let mut kafka_headers = OwnedHeaders::new();
         if let Some(map) = headers.as_object() {
             for (name, value) in map {
-                kafka_headers = kafka_headers.insert(Header { key: name, value: value.as_str() });
+                kafka_headers = kafka_headers.insert(Header {
+                    key: name,
+                    value: value.as_str(),
+                });
             }
         }
         let mut record = FutureRecord::to(&topic).headers(kafka_headers);
@@ -158,13 +173,21 @@ async fn publish_round(pool: &PgPool, schema: &str, producer: &FutureProducer) -
         }
     }
     let published_ms = started.elapsed().as_secs_f64() * 1000.0;
-    sqlx::query(AssertSqlSafe(format!("UPDATE {schema}.outbox SET sent_at = now() WHERE id = ANY($1)")))
-        .bind(&ids)
-        .execute(pool)
-        .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {schema}.outbox SET sent_at = now() WHERE id = ANY($1)"
+    )))
+    .bind(&ids)
+    .execute(pool)
+    .await?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::debug!(schema, rows = ids.len(), published_ms, total_ms, "outbox round");
-    metrics::counter!("kassa_outbox_published_total", "schema" => schema.to_owned()).increment(ids.len() as u64);
+    tracing::debug!(
+        schema,
+        rows = ids.len(),
+        published_ms,
+        total_ms,
+        "outbox round"
+    );
+    metrics::counter!("kassa_outbox_published_total", "schema" => schema.to_owned())
+        .increment(ids.len() as u64);
     Ok(ids.len())
 }
-

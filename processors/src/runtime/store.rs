@@ -30,7 +30,8 @@ pub async fn load_offsets(
     schema: &str,
     partitions: &[TopicPartition],
 ) -> Result<HashMap<TopicPartition, i64>, sqlx::Error> {
-    let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
+    let (topics, numbers): (Vec<&str>, Vec<i32>) =
+        partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
     let rows: Vec<(String, i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT o.topic, o.partition, o.next_offset FROM {schema}.consumer_offsets o
          JOIN unnest($1::text[], $2::int[]) AS w(topic, partition) USING (topic, partition)"
@@ -42,23 +43,43 @@ pub async fn load_offsets(
     Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }
 
-/// Advances the stored offsets, but only where they still hold what this instance last read
-/// (`expected`, None = no row yet). Returns the partitions where they did not: another instance
-/// has processed them since, so this batch must not commit.
+/// One partition's advance in a batch: from the stored offset this instance expects (None: no
+/// row yet) past the batch's messages, `first` to `next - 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The stored offset this instance expects (None: nothing stored yet).
+    pub expected: Option<i64>,
+    /// The batch's lowest offset in the partition.
+    pub first: i64,
+    /// One past the batch's highest offset in the partition.
+    pub next: i64,
+}
+
+/// Advances the stored offsets, but only where they still hold what this instance expects.
+/// Returns the partitions where they did not: another instance (or an operator) has moved them
+/// since, so this batch must not commit. The offsets passed (`expected` up to `next`) join the
+/// partition's processed ranges, so a later move past offsets nobody processed shows as a hole.
 pub async fn advance_offsets(
     conn: &mut PgConnection,
     schema: &str,
-    advances: &[(TopicPartition, Option<i64>, i64)],
+    advances: &[Advance],
 ) -> Result<Vec<TopicPartition>, sqlx::Error> {
-    let (known, first): (Vec<_>, Vec<_>) = advances.iter().partition(|(_, expected, _)| expected.is_some());
+    let (known, first): (Vec<&Advance>, Vec<&Advance>) =
+        advances.iter().partition(|a| a.expected.is_some());
     let mut moved: HashSet<(String, i32)> = HashSet::new();
     if !known.is_empty() {
-        let topics: Vec<&str> = known.iter().map(|a| a.0.0.as_str()).collect();
-        let partitions: Vec<i32> = known.iter().map(|a| a.0.1).collect();
-        let expected: Vec<i64> = known.iter().map(|a| a.1.unwrap_or_default()).collect();
-        let next: Vec<i64> = known.iter().map(|a| a.2).collect();
+        let topics: Vec<&str> = known.iter().map(|a| a.partition.0.as_str()).collect();
+        let partitions: Vec<i32> = known.iter().map(|a| a.partition.1).collect();
+        let expected: Vec<i64> = known
+            .iter()
+            .map(|a| a.expected.unwrap_or_default())
+            .collect();
+        let next: Vec<i64> = known.iter().map(|a| a.next).collect();
         let rows: Vec<(String, i32)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE {schema}.consumer_offsets o SET next_offset = a.next, updated_at = now()
+            "UPDATE {schema}.consumer_offsets o SET next_offset = a.next, updated_at = now(),
+                    processed = o.processed + int8multirange(int8range(a.expected, a.next))
              FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS a(topic, partition, expected, next)
              WHERE o.topic = a.topic AND o.partition = a.partition AND o.next_offset = a.expected
              RETURNING o.topic, o.partition"
@@ -72,23 +93,120 @@ pub async fn advance_offsets(
         moved.extend(rows);
     }
     if !first.is_empty() {
-        let topics: Vec<&str> = first.iter().map(|a| a.0.0.as_str()).collect();
-        let partitions: Vec<i32> = first.iter().map(|a| a.0.1).collect();
-        let next: Vec<i64> = first.iter().map(|a| a.2).collect();
+        let topics: Vec<&str> = first.iter().map(|a| a.partition.0.as_str()).collect();
+        let partitions: Vec<i32> = first.iter().map(|a| a.partition.1).collect();
+        let from: Vec<i64> = first.iter().map(|a| a.first).collect();
+        let next: Vec<i64> = first.iter().map(|a| a.next).collect();
         let rows: Vec<(String, i32)> = sqlx::query_as(AssertSqlSafe(format!(
-            "INSERT INTO {schema}.consumer_offsets (topic, partition, next_offset)
-             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+            "INSERT INTO {schema}.consumer_offsets (topic, partition, next_offset, processed)
+             SELECT topic, partition, next, int8multirange(int8range(first, next))
+             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS a(topic, partition, first, next)
              ON CONFLICT (topic, partition) DO NOTHING
              RETURNING topic, partition"
         )))
         .bind(&topics)
         .bind(&partitions)
+        .bind(&from)
         .bind(&next)
         .fetch_all(&mut *conn)
         .await?;
         moved.extend(rows);
     }
-    Ok(advances.iter().map(|(tp, _, _)| tp.clone()).filter(|tp| !moved.contains(tp)).collect())
+    Ok(advances
+        .iter()
+        .map(|a| a.partition.clone())
+        .filter(|tp| !moved.contains(tp))
+        .collect())
+}
+
+/// A stretch of a partition that a move of its stored offset passed over without processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// First offset passed over.
+    pub from: i64,
+    /// One past the last.
+    pub to: i64,
+    /// The operator moves (`moved_by: reason`) that account for it; empty: nobody said so.
+    pub intended_by: Vec<String>,
+    /// Whether it was already found and reported as a skip nobody intended.
+    pub reported: bool,
+}
+
+/// The stretches of `[from, to)` on `partition` that were never processed, each with the
+/// operator moves recorded over it.
+pub async fn unprocessed(
+    conn: &mut PgConnection,
+    schema: &str,
+    partition: &TopicPartition,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Skipped>, sqlx::Error> {
+    let holes: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT lower(h), upper(h) FROM {schema}.consumer_offsets o,
+                unnest(int8multirange(int8range($3, $4)) - o.processed) AS h
+         WHERE o.topic = $1 AND o.partition = $2 ORDER BY 1"
+    )))
+    .bind(&partition.0)
+    .bind(partition.1)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut skipped = Vec::with_capacity(holes.len());
+    for (from, to) in holes {
+        let moves: Vec<(bool, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT intended, moved_by || ': ' || reason FROM {schema}.offset_moves
+             WHERE topic = $1 AND partition = $2
+               AND int8range(coalesce(from_offset, 0), to_offset) && int8range($3, $4)
+             ORDER BY id"
+        )))
+        .bind(&partition.0)
+        .bind(partition.1)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *conn)
+        .await?;
+        let reported = moves.iter().any(|(intended, _)| !intended);
+        let intended_by = moves
+            .into_iter()
+            .filter(|(intended, _)| *intended)
+            .map(|(_, by)| by)
+            .collect();
+        skipped.push(Skipped {
+            from,
+            to,
+            intended_by,
+            reported,
+        });
+    }
+    Ok(skipped)
+}
+
+/// Records a move of a stored offset that was not processing: an operator's (`intended`) or
+/// one the runtime found (not intended).
+pub async fn record_move(
+    conn: &mut PgConnection,
+    schema: &str,
+    partition: &TopicPartition,
+    range: (Option<i64>, i64),
+    intended: bool,
+    moved_by: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.offset_moves (topic, partition, from_offset, to_offset, intended, moved_by, reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    )))
+    .bind(&partition.0)
+    .bind(partition.1)
+    .bind(range.0)
+    .bind(range.1)
+    .bind(intended)
+    .bind(moved_by)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Records event ids in the inbox; returns the ids that were new (not seen before).
@@ -120,7 +238,11 @@ pub async fn record_inbox(
 }
 
 /// Appends rows to the outbox and wakes the relay when the transaction commits.
-pub async fn append_outbox(conn: &mut PgConnection, schema: &str, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
+pub async fn append_outbox(
+    conn: &mut PgConnection,
+    schema: &str,
+    rows: &[OutboxRow],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -129,7 +251,14 @@ pub async fn append_outbox(conn: &mut PgConnection, schema: &str, rows: &[Outbox
     let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
     let headers: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| serde_json::Value::Object(r.headers.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect()))
+        .map(|r| {
+            serde_json::Value::Object(
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect(),
+            )
+        })
         .collect();
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {schema}.outbox (topic, key, payload, headers)
@@ -141,7 +270,10 @@ pub async fn append_outbox(conn: &mut PgConnection, schema: &str, rows: &[Outbox
     .bind(&headers)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(outbox_channel(schema)).execute(conn).await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(outbox_channel(schema))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

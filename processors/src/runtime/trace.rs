@@ -18,8 +18,13 @@ pub fn child_of(parent: Option<&str>) -> String {
 /// The trace id and flags of a well-formed version-00 `traceparent`.
 fn parse(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.split('-');
-    let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     let valid = version == "00"
         && parts.next().is_none()
         && hex(trace_id, 32)
@@ -45,7 +50,11 @@ mod tests {
 
     #[test]
     fn a_missing_or_malformed_parent_starts_a_new_trace() {
-        for bad in [None, Some("garbage"), Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01")] {
+        for bad in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ] {
             let child = child_of(bad);
             assert!(parse(&child).is_some(), "{child}");
         }

@@ -33,7 +33,10 @@ payload_union! {
     /// Everything on `orders.requests`.
     OrderRequest for Topic::OrdersRequests => { CancelRequested, HoldRenewalRequested }
 }
-order_keyed!(OrderRequest { CancelRequested, HoldRenewalRequested });
+order_keyed!(OrderRequest {
+    CancelRequested,
+    HoldRenewalRequested
+});
 
 /// One priced order line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +178,12 @@ payload_union! {
     }
 }
 order_keyed!(OrderEvent {
-    OrderReserved, OrderActionRequired, OrderAuthorized, OrderConfirmed, OrderCompleted, OrderRejected, OrderCancelled,
+    OrderReserved,
+    OrderActionRequired,
+    OrderAuthorized,
+    OrderConfirmed,
+    OrderCompleted,
+    OrderRejected,
+    OrderCancelled,
     HoldRenewed,
 });

@@ -98,7 +98,12 @@ payload_union! {
     }
 }
 order_keyed!(PaymentEvent {
-    PaymentAuthorized, PaymentActionRequired, PaymentFailed, PaymentCaptured, PaymentVoided, PaymentRefunded,
+    PaymentAuthorized,
+    PaymentActionRequired,
+    PaymentFailed,
+    PaymentCaptured,
+    PaymentVoided,
+    PaymentRefunded,
 });
 
 impl PaymentEvent {

@@ -83,20 +83,44 @@ pub trait Gateway: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Creates an unconfirmed PaymentIntent with manual capture (nothing is charged yet).
-    fn create(&self, request: &IntentRequest<'_>, key: &str) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
+    fn create(
+        &self,
+        request: &IntentRequest<'_>,
+        key: &str,
+    ) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
 
     /// Confirms the intent: authorizes it, or asks for 3-D Secure, or declines.
-    fn confirm(&self, intent_id: &str, key: &str) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
+    fn confirm(
+        &self,
+        intent_id: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
 
     /// Captures the authorized amount.
-    fn capture(&self, intent_id: &str, key: &str) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
+    fn capture(
+        &self,
+        intent_id: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
 
     /// Cancels the intent (voids an authorization).
-    fn cancel(&self, intent_id: &str, key: &str) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
+    fn cancel(
+        &self,
+        intent_id: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
 
     /// Refunds `amount_minor` of a captured intent; returns the amount refunded.
-    fn refund(&self, intent_id: &str, amount_minor: i64, key: &str) -> impl Future<Output = Result<i64, GatewayError>> + Send;
+    fn refund(
+        &self,
+        intent_id: &str,
+        amount_minor: i64,
+        key: &str,
+    ) -> impl Future<Output = Result<i64, GatewayError>> + Send;
 
     /// Reads the intent as the provider has it.
-    fn retrieve(&self, intent_id: &str) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
+    fn retrieve(
+        &self,
+        intent_id: &str,
+    ) -> impl Future<Output = Result<Intent, GatewayError>> + Send;
 }

@@ -36,10 +36,18 @@ pub struct SimConfig {
 impl SimConfig {
     /// Parses `transient=0.1,timeout=0.05,lost=0.05` (any subset; empty: no faults).
     pub fn parse_faults(text: &str, latency: Duration) -> Result<Self, String> {
-        let mut config = SimConfig { latency, ..SimConfig::default() };
+        let mut config = SimConfig {
+            latency,
+            ..SimConfig::default()
+        };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, value) = part.split_once('=').ok_or_else(|| format!("{part:?} is not name=rate"))?;
-            let rate: f64 = value.trim().parse().map_err(|_| format!("{value:?} is not a rate"))?;
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not name=rate"))?;
+            let rate: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{value:?} is not a rate"))?;
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("rate {rate} is not between 0 and 1"));
             }
@@ -47,7 +55,11 @@ impl SimConfig {
                 "transient" => config.transient = rate,
                 "timeout" => config.timeout = rate,
                 "lost" => config.lost = rate,
-                other => return Err(format!("unknown fault {other:?} (transient, timeout, lost)")),
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (transient, timeout, lost)"
+                    ));
+                }
             }
         }
         if config.transient + config.timeout + config.lost > 1.0 {
@@ -76,12 +88,18 @@ struct IntentRow {
 
 /// The id of the intent created with idempotency key `key`.
 pub fn intent_id_for(key: &str) -> String {
-    format!("pi_sim_{}", Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).simple())
+    format!(
+        "pi_sim_{}",
+        Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).simple()
+    )
 }
 
 /// A number in [0, 1) from `key` and the call's number, the same on every run.
 fn roll(key: &str, call: i64, salt: &str) -> f64 {
-    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{key}#{call}#{salt}").as_bytes());
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{key}#{call}#{salt}").as_bytes(),
+    );
     let bits = u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"));
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -93,7 +111,14 @@ impl Simulated {
     }
 
     /// Runs one call: latency, fault injection, idempotent replay, the effect, the record.
-    async fn call(&self, op: &'static str, key: &str, intent_id: &str, amount: i64, effect: Effect) -> Result<Intent, GatewayError> {
+    async fn call(
+        &self,
+        op: &'static str,
+        key: &str,
+        intent_id: &str,
+        amount: i64,
+        effect: Effect,
+    ) -> Result<Intent, GatewayError> {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
@@ -110,7 +135,9 @@ impl Simulated {
         let dice = roll(key, number, "fault");
         let c = self.config;
         if dice < c.transient {
-            return Err(GatewayError::Transient("simulated 500: nothing was done".into()));
+            return Err(GatewayError::Transient(
+                "simulated 500: nothing was done".into(),
+            ));
         }
         let performed = self.perform(op, key, intent_id, amount, effect);
         if dice < c.transient + c.timeout {
@@ -129,17 +156,25 @@ impl Simulated {
     /// Does the call once per key: a repeated key replays the stored answer. Three statements:
     /// lock the intent (every key of an intent waits for it), look for an answer stored for the
     /// key, write the intent, the effect and the answer together.
-    async fn perform(&self, op: &'static str, key: &str, intent_id: &str, amount: i64, effect: Effect) -> Result<Intent, GatewayError> {
+    async fn perform(
+        &self,
+        op: &'static str,
+        key: &str,
+        intent_id: &str,
+        amount: i64,
+        effect: Effect,
+    ) -> Result<Intent, GatewayError> {
         let mut tx = self.pool.begin().await.map_err(transient)?;
         let Some(mut row) = load(&mut tx, intent_id).await? else {
             return Err(GatewayError::Refused(format!("no such intent {intent_id}")));
         };
         // Read after the lock: a call with this key that committed meanwhile is seen.
-        let replay: Option<serde_json::Value> = sqlx::query_scalar("SELECT reply FROM simulator.replies WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(transient)?;
+        let replay: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT reply FROM simulator.replies WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(transient)?;
         if let Some(reply) = replay {
             return from_reply(&reply);
         }
@@ -197,9 +232,17 @@ fn status_name(s: IntentStatus) -> &'static str {
 /// The status stored or answered under `name` (Stripe's names).
 pub fn parse_status(name: &str) -> Option<IntentStatus> {
     use IntentStatus::*;
-    [RequiresPaymentMethod, RequiresConfirmation, RequiresAction, Processing, RequiresCapture, Succeeded, Canceled]
-        .into_iter()
-        .find(|s| status_name(*s) == name)
+    [
+        RequiresPaymentMethod,
+        RequiresConfirmation,
+        RequiresAction,
+        Processing,
+        RequiresCapture,
+        Succeeded,
+        Canceled,
+    ]
+    .into_iter()
+    .find(|s| status_name(*s) == name)
 }
 
 fn to_reply(answer: &Result<Intent, GatewayError>) -> serde_json::Value {
@@ -216,25 +259,35 @@ fn to_reply(answer: &Result<Intent, GatewayError>) -> serde_json::Value {
 
 fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
     if let Some(d) = reply.get("declined") {
-        return Err(GatewayError::Declined(d[0].as_str().unwrap_or("").into(), d[1].as_str().unwrap_or("").into()));
+        return Err(GatewayError::Declined(
+            d[0].as_str().unwrap_or("").into(),
+            d[1].as_str().unwrap_or("").into(),
+        ));
     }
     if let Some(r) = reply.get("refused") {
         return Err(GatewayError::Refused(r.as_str().unwrap_or("").into()));
     }
     Ok(Intent {
         id: reply["id"].as_str().unwrap_or_default().into(),
-        status: parse_status(reply["status"].as_str().unwrap_or_default()).unwrap_or(IntentStatus::Processing),
+        status: parse_status(reply["status"].as_str().unwrap_or_default())
+            .unwrap_or(IntentStatus::Processing),
         amount_minor: reply["amount"].as_i64().unwrap_or(0),
         received_minor: reply["received"].as_i64().unwrap_or(0),
         refunded_minor: reply["refunded"].as_i64().unwrap_or(0),
         client_secret: reply["client_secret"].as_str().map(str::to_owned),
         last_error: reply["error"].as_array().map(|e| {
-            (e[0].as_str().unwrap_or("").to_owned(), e[1].as_str().unwrap_or("").to_owned())
+            (
+                e[0].as_str().unwrap_or("").to_owned(),
+                e[1].as_str().unwrap_or("").to_owned(),
+            )
         }),
     })
 }
 
-async fn load(tx: &mut Transaction<'_, Postgres>, intent_id: &str) -> Result<Option<IntentRow>, GatewayError> {
+async fn load(
+    tx: &mut Transaction<'_, Postgres>,
+    intent_id: &str,
+) -> Result<Option<IntentRow>, GatewayError> {
     let row = sqlx::query(
         "SELECT id, status, amount_minor, received_minor, refunded_minor, client_secret, error_code, error_message,
                 payment_method
@@ -252,21 +305,37 @@ async fn load(tx: &mut Transaction<'_, Postgres>, intent_id: &str) -> Result<Opt
             received_minor: r.get("received_minor"),
             refunded_minor: r.get("refunded_minor"),
             client_secret: r.get("client_secret"),
-            last_error: r.get::<Option<String>, _>("error_code").map(|c| (c, r.get::<Option<String>, _>("error_message").unwrap_or_default())),
+            last_error: r.get::<Option<String>, _>("error_code").map(|c| {
+                (
+                    c,
+                    r.get::<Option<String>, _>("error_message")
+                        .unwrap_or_default(),
+                )
+            }),
         },
         payment_method: r.get("payment_method"),
     }))
 }
 
-fn confirm_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+fn confirm_effect(
+    row: &mut IntentRow,
+    _: i64,
+) -> Result<Option<(&'static str, i64)>, GatewayError> {
     let i = &mut row.intent;
     if i.status != IntentStatus::RequiresConfirmation {
-        return Err(GatewayError::Refused(format!("intent is {}, not requires_confirmation", status_name(i.status))));
+        return Err(GatewayError::Refused(format!(
+            "intent is {}, not requires_confirmation",
+            status_name(i.status)
+        )));
     }
     let decline = |code: &str, message: &str| Some((code.to_owned(), message.to_owned()));
     match row.payment_method.as_str() {
-        "pm_card_chargeDeclined" => i.last_error = decline("card_declined", "Your card was declined."),
-        "pm_card_chargeDeclinedInsufficientFunds" => i.last_error = decline("insufficient_funds", "Your card has insufficient funds."),
+        "pm_card_chargeDeclined" => {
+            i.last_error = decline("card_declined", "Your card was declined.")
+        }
+        "pm_card_chargeDeclinedInsufficientFunds" => {
+            i.last_error = decline("insufficient_funds", "Your card has insufficient funds.")
+        }
         "pm_card_threeDSecure2Required" | "pm_card_authenticationRequired" => {
             i.status = IntentStatus::RequiresAction;
             return Ok(None);
@@ -282,10 +351,16 @@ fn confirm_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i
     Err(GatewayError::Declined(code, message))
 }
 
-fn capture_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+fn capture_effect(
+    row: &mut IntentRow,
+    _: i64,
+) -> Result<Option<(&'static str, i64)>, GatewayError> {
     let i = &mut row.intent;
     if i.status != IntentStatus::RequiresCapture {
-        return Err(GatewayError::Refused(format!("intent is {}, not requires_capture", status_name(i.status))));
+        return Err(GatewayError::Refused(format!(
+            "intent is {}, not requires_capture",
+            status_name(i.status)
+        )));
     }
     i.status = IntentStatus::Succeeded;
     i.received_minor = i.amount_minor;
@@ -296,20 +371,36 @@ fn cancel_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i6
     let i = &mut row.intent;
     match i.status {
         IntentStatus::Succeeded | IntentStatus::Canceled | IntentStatus::Processing => {
-            Err(GatewayError::Refused(format!("intent is {}: it cannot be cancelled", status_name(i.status))))
+            Err(GatewayError::Refused(format!(
+                "intent is {}: it cannot be cancelled",
+                status_name(i.status)
+            )))
         }
         _ => {
-            let voided = if i.status == IntentStatus::RequiresCapture { i.amount_minor } else { 0 };
+            let voided = if i.status == IntentStatus::RequiresCapture {
+                i.amount_minor
+            } else {
+                0
+            };
             i.status = IntentStatus::Canceled;
             Ok(Some(("void", voided)))
         }
     }
 }
 
-fn refund_effect(row: &mut IntentRow, amount: i64) -> Result<Option<(&'static str, i64)>, GatewayError> {
+fn refund_effect(
+    row: &mut IntentRow,
+    amount: i64,
+) -> Result<Option<(&'static str, i64)>, GatewayError> {
     let i = &mut row.intent;
-    if i.status != IntentStatus::Succeeded || amount <= 0 || amount > i.received_minor - i.refunded_minor {
-        return Err(GatewayError::Refused(format!("cannot refund {amount} of an intent that is {}", status_name(i.status))));
+    if i.status != IntentStatus::Succeeded
+        || amount <= 0
+        || amount > i.received_minor - i.refunded_minor
+    {
+        return Err(GatewayError::Refused(format!(
+            "cannot refund {amount} of an intent that is {}",
+            status_name(i.status)
+        )));
     }
     i.refunded_minor += amount;
     Ok(Some(("refund", amount)))
@@ -317,8 +408,16 @@ fn refund_effect(row: &mut IntentRow, amount: i64) -> Result<Option<(&'static st
 
 /// Completes (or fails) 3-D Secure for an intent waiting on it, as the customer would at the
 /// provider. Returns false when the intent was not waiting.
-pub async fn authenticate(pool: &PgPool, intent_id: &str, success: bool) -> Result<bool, sqlx::Error> {
-    let (status, effect) = if success { ("requires_capture", Some("authorize")) } else { ("requires_payment_method", None) };
+pub async fn authenticate(
+    pool: &PgPool,
+    intent_id: &str,
+    success: bool,
+) -> Result<bool, sqlx::Error> {
+    let (status, effect) = if success {
+        ("requires_capture", Some("authorize"))
+    } else {
+        ("requires_payment_method", None)
+    };
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "UPDATE simulator.intents SET status = $2, updated_at = now(),
@@ -373,19 +472,28 @@ impl Gateway for Simulated {
     }
 
     async fn confirm(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.call("confirm", key, intent_id, 0, confirm_effect).await
+        self.call("confirm", key, intent_id, 0, confirm_effect)
+            .await
     }
 
     async fn capture(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.call("capture", key, intent_id, 0, capture_effect).await
+        self.call("capture", key, intent_id, 0, capture_effect)
+            .await
     }
 
     async fn cancel(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
         self.call("cancel", key, intent_id, 0, cancel_effect).await
     }
 
-    async fn refund(&self, intent_id: &str, amount_minor: i64, key: &str) -> Result<i64, GatewayError> {
-        self.call("refund", key, intent_id, amount_minor, refund_effect).await.map(|_| amount_minor)
+    async fn refund(
+        &self,
+        intent_id: &str,
+        amount_minor: i64,
+        key: &str,
+    ) -> Result<i64, GatewayError> {
+        self.call("refund", key, intent_id, amount_minor, refund_effect)
+            .await
+            .map(|_| amount_minor)
     }
 
     async fn retrieve(&self, intent_id: &str) -> Result<Intent, GatewayError> {
@@ -395,7 +503,8 @@ impl Gateway for Simulated {
         let mut tx = self.pool.begin().await.map_err(transient)?;
         let row = load(&mut tx, intent_id).await?;
         tx.commit().await.map_err(transient)?;
-        row.map(|r| r.intent).ok_or_else(|| GatewayError::Refused(format!("no such intent {intent_id}")))
+        row.map(|r| r.intent)
+            .ok_or_else(|| GatewayError::Refused(format!("no such intent {intent_id}")))
     }
 }
 
@@ -405,7 +514,8 @@ mod tests {
 
     #[test]
     fn faults_parse_and_rolls_repeat() {
-        let c = SimConfig::parse_faults("transient=0.1, timeout=0.05,lost=0.05", Duration::ZERO).unwrap();
+        let c = SimConfig::parse_faults("transient=0.1, timeout=0.05,lost=0.05", Duration::ZERO)
+            .unwrap();
         assert_eq!((c.transient, c.timeout, c.lost), (0.1, 0.05, 0.05));
         assert!(SimConfig::parse_faults("lost=2", Duration::ZERO).is_err());
         assert!(SimConfig::parse_faults("slow=0.1", Duration::ZERO).is_err());
@@ -413,7 +523,10 @@ mod tests {
         assert_eq!(roll("k", 1, "fault"), roll("k", 1, "fault"));
         assert_ne!(roll("k", 1, "fault"), roll("k", 2, "fault"));
         let mean = (0..10_000).map(|n| roll("k", n, "fault")).sum::<f64>() / 10_000.0;
-        assert!((0.45..0.55).contains(&mean), "rolls spread evenly: mean {mean}");
+        assert!(
+            (0.45..0.55).contains(&mean),
+            "rolls spread evenly: mean {mean}"
+        );
         assert!(intent_id_for("kassa-o1-create").starts_with("pi_sim_"));
     }
 }

@@ -14,7 +14,8 @@ use serde_json::Value;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_core::PaymentIntentCaptureMethod;
 use stripe_core::payment_intent::{
-    CancelPaymentIntent, CapturePaymentIntent, ConfirmPaymentIntent, CreatePaymentIntent, RetrievePaymentIntent,
+    CancelPaymentIntent, CapturePaymentIntent, ConfirmPaymentIntent, CreatePaymentIntent,
+    RetrievePaymentIntent,
 };
 use stripe_core::refund::CreateRefund;
 use stripe_types::Currency;
@@ -47,24 +48,37 @@ impl StripeGateway {
             builder = builder.url(base.clone());
         }
         // The error text never holds the key.
-        let client = builder.build().map_err(|e| format!("Stripe client: {}", describe(&e)))?;
+        let client = builder
+            .build()
+            .map_err(|e| format!("Stripe client: {}", describe(&e)))?;
         Ok(Self { client })
     }
 
     /// Sends a request built by async-stripe with `key` (if any) and reads the answer as JSON.
-    async fn send(&self, request: stripe_client_core::RequestBuilder, key: Option<&str>) -> Result<Value, GatewayError> {
+    async fn send(
+        &self,
+        request: stripe_client_core::RequestBuilder,
+        key: Option<&str>,
+    ) -> Result<Value, GatewayError> {
         let mut request = request.customize::<miniserde::json::Value>();
         if let Some(key) = key {
-            let key = IdempotencyKey::new(key).map_err(|e| GatewayError::Refused(format!("idempotency key: {e:?}")))?;
+            let key = IdempotencyKey::new(key)
+                .map_err(|e| GatewayError::Refused(format!("idempotency key: {e:?}")))?;
             request = request.request_strategy(RequestStrategy::Idempotent(key));
         }
         let answer = request.send(&self.client).await.map_err(|e| classify(&e))?;
-        serde_json::from_str(&miniserde::json::to_string(&answer)).map_err(|e| GatewayError::Ambiguous(format!("answer: {e}")))
+        serde_json::from_str(&miniserde::json::to_string(&answer))
+            .map_err(|e| GatewayError::Ambiguous(format!("answer: {e}")))
     }
 
-    async fn intent(&self, request: stripe_client_core::RequestBuilder, key: Option<&str>) -> Result<Intent, GatewayError> {
+    async fn intent(
+        &self,
+        request: stripe_client_core::RequestBuilder,
+        key: Option<&str>,
+    ) -> Result<Intent, GatewayError> {
         let value = self.send(request, key).await?;
-        read_intent(&value).ok_or_else(|| GatewayError::Ambiguous("the answer is not a PaymentIntent".into()))
+        read_intent(&value)
+            .ok_or_else(|| GatewayError::Ambiguous("the answer is not a PaymentIntent".into()))
     }
 }
 
@@ -73,7 +87,11 @@ impl StripeGateway {
 fn classify(e: &StripeError) -> GatewayError {
     match e {
         StripeError::Stripe(error, status) => {
-            let code = error.code.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_else(|| "unknown".into());
+            let code = error
+                .code
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_else(|| "unknown".into());
             let message = error.message.clone().unwrap_or_default();
             match *status {
                 402 => GatewayError::Declined(error.decline_code.clone().unwrap_or(code), message),
@@ -83,13 +101,17 @@ fn classify(e: &StripeError) -> GatewayError {
             }
         }
         StripeError::ConfigError(_) => GatewayError::Refused(describe(e)),
-        StripeError::Timeout | StripeError::ClientError(_) | StripeError::JSONDeserialize(_) => GatewayError::Ambiguous(describe(e)),
+        StripeError::Timeout | StripeError::ClientError(_) | StripeError::JSONDeserialize(_) => {
+            GatewayError::Ambiguous(describe(e))
+        }
     }
 }
 
 fn describe(e: &StripeError) -> String {
     match e {
-        StripeError::Stripe(error, status) => format!("{status}: {}", error.message.clone().unwrap_or_default()),
+        StripeError::Stripe(error, status) => {
+            format!("{status}: {}", error.message.clone().unwrap_or_default())
+        }
         StripeError::JSONDeserialize(m) => format!("unreadable answer: {m}"),
         StripeError::ClientError(m) => format!("connection: {m}"),
         StripeError::ConfigError(m) => format!("configuration: {m}"),
@@ -114,20 +136,40 @@ fn read_intent(v: &Value) -> Option<Intent> {
     let received_minor = v
         .get("amount_received")
         .and_then(Value::as_i64)
-        .or_else(|| charge.filter(|c| c["captured"] == true).and_then(|c| c["amount"].as_i64()))
-        .unwrap_or(if status == IntentStatus::Succeeded { amount_minor } else { 0 });
-    let refunded_minor = charge.and_then(|c| c["amount_refunded"].as_i64()).unwrap_or(0);
-    let last_error = v.get("last_payment_error").filter(|e| e.is_object()).map(|e| {
-        let code = e["decline_code"].as_str().or(e["code"].as_str()).unwrap_or("declined").to_owned();
-        (code, e["message"].as_str().unwrap_or_default().to_owned())
-    });
+        .or_else(|| {
+            charge
+                .filter(|c| c["captured"] == true)
+                .and_then(|c| c["amount"].as_i64())
+        })
+        .unwrap_or(if status == IntentStatus::Succeeded {
+            amount_minor
+        } else {
+            0
+        });
+    let refunded_minor = charge
+        .and_then(|c| c["amount_refunded"].as_i64())
+        .unwrap_or(0);
+    let last_error = v
+        .get("last_payment_error")
+        .filter(|e| e.is_object())
+        .map(|e| {
+            let code = e["decline_code"]
+                .as_str()
+                .or(e["code"].as_str())
+                .unwrap_or("declined")
+                .to_owned();
+            (code, e["message"].as_str().unwrap_or_default().to_owned())
+        });
     Some(Intent {
         id,
         status,
         amount_minor,
         received_minor,
         refunded_minor,
-        client_secret: v.get("client_secret").and_then(Value::as_str).map(str::to_owned),
+        client_secret: v
+            .get("client_secret")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         last_error,
     })
 }
@@ -138,7 +180,8 @@ impl Gateway for StripeGateway {
     }
 
     async fn create(&self, request: &IntentRequest<'_>, key: &str) -> Result<Intent, GatewayError> {
-        let currency = Currency::from_str(&request.currency.to_ascii_lowercase()).unwrap_or_else(|e| match e {});
+        let currency = Currency::from_str(&request.currency.to_ascii_lowercase())
+            .unwrap_or_else(|e| match e {});
         let metadata = HashMap::from([("order_id".to_owned(), request.order_id.to_owned())]);
         let create = CreatePaymentIntent::new(request.amount_minor, currency)
             .capture_method(PaymentIntentCaptureMethod::Manual)
@@ -148,24 +191,44 @@ impl Gateway for StripeGateway {
     }
 
     async fn confirm(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(ConfirmPaymentIntent::new(intent_id).build(), Some(key)).await
+        self.intent(ConfirmPaymentIntent::new(intent_id).build(), Some(key))
+            .await
     }
 
     async fn capture(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(CapturePaymentIntent::new(intent_id).build(), Some(key)).await
+        self.intent(CapturePaymentIntent::new(intent_id).build(), Some(key))
+            .await
     }
 
     async fn cancel(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(CancelPaymentIntent::new(intent_id).build(), Some(key)).await
+        self.intent(CancelPaymentIntent::new(intent_id).build(), Some(key))
+            .await
     }
 
-    async fn refund(&self, intent_id: &str, amount_minor: i64, key: &str) -> Result<i64, GatewayError> {
-        let refund = self.send(CreateRefund::new().payment_intent(intent_id).amount(amount_minor).build(), Some(key)).await?;
-        Ok(refund.get("amount").and_then(Value::as_i64).unwrap_or(amount_minor))
+    async fn refund(
+        &self,
+        intent_id: &str,
+        amount_minor: i64,
+        key: &str,
+    ) -> Result<i64, GatewayError> {
+        let refund = self
+            .send(
+                CreateRefund::new()
+                    .payment_intent(intent_id)
+                    .amount(amount_minor)
+                    .build(),
+                Some(key),
+            )
+            .await?;
+        Ok(refund
+            .get("amount")
+            .and_then(Value::as_i64)
+            .unwrap_or(amount_minor))
     }
 
     async fn retrieve(&self, intent_id: &str) -> Result<Intent, GatewayError> {
-        self.intent(RetrievePaymentIntent::new(intent_id).build(), None).await
+        self.intent(RetrievePaymentIntent::new(intent_id).build(), None)
+            .await
     }
 }
 
@@ -180,12 +243,18 @@ mod tests {
             "client_secret": "pi_1_secret_x", "latest_charge": {"id": "ch_1", "amount": 4998, "captured": true, "amount_refunded": 1000},
         });
         let intent = read_intent(&localstripe).unwrap();
-        assert_eq!((intent.status, intent.received_minor, intent.refunded_minor), (IntentStatus::Succeeded, 4998, 1000));
+        assert_eq!(
+            (intent.status, intent.received_minor, intent.refunded_minor),
+            (IntentStatus::Succeeded, 4998, 1000)
+        );
         let declined = serde_json::json!({
             "id": "pi_2", "status": "requires_payment_method", "amount": 10,
             "last_payment_error": {"code": "card_declined", "message": "Your card was declined."},
         });
-        assert_eq!(read_intent(&declined).unwrap().last_error, Some(("card_declined".into(), "Your card was declined.".into())));
+        assert_eq!(
+            read_intent(&declined).unwrap().last_error,
+            Some(("card_declined".into(), "Your card was declined.".into()))
+        );
         assert!(read_intent(&serde_json::json!({"object": "refund"})).is_none());
     }
 }
