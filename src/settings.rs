@@ -82,6 +82,16 @@ pub struct Settings {
     )]
     pub default_hold_seconds: u64,
 
+    /// How long an order may wait in `authorized` or `confirmed` (on stock being committed, on
+    /// its payment being captured) before the processor it waits on is asked again, in seconds.
+    #[arg(
+        long,
+        env = "KASSA_PROGRESS_DEADLINE_SECONDS",
+        default_value_t = 120,
+        global = true
+    )]
+    pub progress_deadline_seconds: u64,
+
     /// How long a customer has to complete 3-D Secure before the order is cancelled, in seconds.
     #[arg(
         long,
@@ -231,6 +241,7 @@ impl Settings {
             redis_url: self.redis_url.clone(),
             partitions: self.topic_partitions,
             default_hold: std::time::Duration::from_secs(self.default_hold_seconds),
+            progress_after: std::time::Duration::from_secs(self.progress_deadline_seconds.max(1)),
             order_policy: kassa_processors::orders::machine::Policy {
                 action_window: seconds(self.payment_action_seconds),
                 max_hold: seconds(self.max_hold_seconds),

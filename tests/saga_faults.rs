@@ -9,12 +9,16 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::inventory::end_offsets;
+use common::proxy::{Fault, FaultProxy};
 use common::saga::{
-    Placed, Saga, start_processor, start_processors, stop_processor, wait_for, with_processor,
+    Placed, Saga, skip_backlog, start_processor, start_processors, stop_processor, wait_for,
+    with_processor,
 };
 use futures::StreamExt;
 use kassa_processors::payments::gateway::simulated::intent_id_for;
 use kassa_processors::payments::ledger::idempotency_key;
+use kassa_schemas::ConsumerGroup;
 
 const SECRET: &str = "whsec_saga_faults_test";
 const FAULTS: &str = "transient=0.1,timeout=0.1,lost=0.1";
@@ -24,7 +28,11 @@ const ENV: &[(&str, &str)] = &[
     ("KASSA_PAYMENT_RECHECK_SECONDS", "1"),
     // Static membership: a restarted processor gets its partitions back at once.
     ("KASSA_INSTANCE_ID", "saga-faults"),
+    // An order waiting in authorized / confirmed is found stalled (and its processor asked again)
+    // after 3 s; the SIGKILL run below exercises it too.
+    ("KASSA_PROGRESS_DEADLINE_SECONDS", "3"),
 ];
+const PROCESSORS: [&str; 4] = ["inventory", "orders", "payments", "expiry"];
 
 /// The tests stop and kill the shared processors: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -393,4 +401,176 @@ async fn two_thousand_orders_with_each_processor_killed_once_all_end_and_the_boo
         counts.contains_key("rejected") && counts.contains_key("cancelled"),
         "every outcome happened: {counts:?}"
     );
+}
+
+/// Messages on every processor's dead-letter topic now, per group.
+fn dead_letter_ends(saga: &Saga) -> HashMap<&'static str, i64> {
+    ConsumerGroup::ALL
+        .into_iter()
+        .map(|g| {
+            (
+                g.name(),
+                end_offsets(&saga.api.settings, &g.dlq_topic())
+                    .values()
+                    .sum(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_failures_while_processors_restart_cold_dead_letter_no_valid_message() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let sku = saga.sku("REGISTRY");
+    saga.product(&sku, 700, 1_000).await;
+    let dead_before = dead_letter_ends(&saga);
+
+    // Processors restart cold (no schema cached) behind a registry that fails in every way a
+    // registry restarting over a restarting Postgres fails, while orders stream in. The saga is a
+    // chain, so each phase restarts the processors further down it: inventory first (35 s of
+    // faults, everything behind it waits), then orders, then payments and expiry.
+    let registry = saga.api.settings.schema_registry_url.clone();
+    let rest = registry
+        .strip_prefix("http://")
+        .expect("an http registry URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let upstream = tokio::net::lookup_host(authority)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::Pass).await;
+    let proxied = proxy.url(path);
+    let env: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .chain([("KASSA_SCHEMA_REGISTRY_URL", proxied.as_str())])
+        .collect();
+    let sequence = [
+        Fault::Status(500),
+        Fault::Status(504),
+        Fault::Status(401),
+        Fault::Status(403),
+        Fault::Status(404),
+        Fault::Garbage,
+        Fault::Refuse,
+    ];
+    let phases: [(&[&str], u64, usize); 3] = [
+        (&PROCESSORS, 5, 300),
+        (&PROCESSORS[1..], 2, 100),
+        (&["payments", "expiry"], 2, 100),
+    ];
+    let mut placed = Vec::new();
+    for (restarted, seconds_each, orders) in phases {
+        proxy.set(sequence[0]);
+        for name in restarted {
+            stop_processor(name);
+            start_processor(name, &env);
+        }
+        let placing = async {
+            let mut placed = Vec::new();
+            let mut pace = tokio::time::interval(Duration::from_millis(50));
+            for _ in 0..orders {
+                pace.tick().await;
+                placed.push(saga.place("pm_card_visa", &[(&sku, 1)]).await);
+            }
+            placed
+        };
+        let faults = async {
+            for fault in sequence {
+                proxy.set(fault);
+                tokio::time::sleep(Duration::from_secs(seconds_each)).await; // each fault's length is the test's input
+            }
+            proxy.set(Fault::Pass);
+        };
+        let (phase, ()) = tokio::join!(placing, faults);
+        placed.extend(phase);
+    }
+    for order in &placed {
+        saga.wait_status(order, "completed", Duration::from_secs(180))
+            .await;
+    }
+    let dead_after = dead_letter_ends(&saga);
+    assert_eq!(
+        dead_after, dead_before,
+        "no valid message was dead-lettered"
+    );
+    println!(
+        "registry faults: {} orders placed during registry failures (35 s, then 14 s twice), all completed, 0 dead letters",
+        placed.len()
+    );
+    for name in PROCESSORS {
+        stop_processor(name);
+        start_processor(name, ENV);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_whose_commit_or_confirmation_was_lost_is_asked_again_and_completes() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let pool = saga.pool().clone();
+    let settings = saga.api.settings.clone();
+    let sku = saga.sku("STALL");
+    saga.product(&sku, 900, 10).await;
+
+    // A lost Commit: inventory is stopped while the order is authorized, and its backlog (the
+    // Commit) skipped by an operator.
+    stop_processor("payments");
+    let first = saga.place("pm_card_visa", &[(&sku, 1)]).await;
+    saga.wait_status(&first, "authorizing", Duration::from_secs(60))
+        .await;
+    stop_processor("inventory");
+    start_processor("payments", ENV);
+    saga.wait_status(&first, "authorized", Duration::from_secs(60))
+        .await;
+    skip_backlog(&settings, &pool, ConsumerGroup::Inventory).await;
+    start_processor("inventory", ENV);
+    saga.wait_status(&first, "completed", Duration::from_secs(60))
+        .await;
+
+    // A lost OrderConfirmed: payments is stopped once the order is authorized, and its backlog
+    // (the confirmation) skipped.
+    stop_processor("payments");
+    let second = saga.place("pm_card_visa", &[(&sku, 1)]).await;
+    saga.wait_status(&second, "authorizing", Duration::from_secs(60))
+        .await;
+    stop_processor("inventory");
+    start_processor("payments", ENV);
+    saga.wait_status(&second, "authorized", Duration::from_secs(60))
+        .await;
+    stop_processor("payments");
+    start_processor("inventory", ENV);
+    saga.wait_status(&second, "confirmed", Duration::from_secs(60))
+        .await;
+    skip_backlog(&settings, &pool, ConsumerGroup::Payments).await;
+    start_processor("payments", ENV);
+    saga.wait_status(&second, "completed", Duration::from_secs(60))
+        .await;
+
+    for (order, waited_in) in [(&first, "authorized"), (&second, "confirmed")] {
+        let stalls: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders.transitions WHERE order_id = $1 AND trigger = 'ProgressDue' AND applied AND to_state = $2",
+        )
+        .bind(&order.id)
+        .bind(waited_in)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(
+            stalls >= 1,
+            "order {} was found stalled in {waited_in} and asked again",
+            order.id
+        );
+        let (authorizations, captures, _) =
+            effects(&saga, std::slice::from_ref(&order.id)).await[&order.id];
+        assert_eq!(
+            (authorizations, captures),
+            (1, 1),
+            "order {}: one authorization, one capture",
+            order.id
+        );
+    }
+    saga.wait_stock(&sku, (8, 0, 2)).await;
 }

@@ -29,6 +29,9 @@ pub struct ProcessorConfig {
     pub partitions: i32,
     /// Reservation hold when a request names none.
     pub default_hold: Duration,
+    /// How long an order may wait on stock being committed or its payment captured before it
+    /// is found stalled and the processor it waits on is asked again.
+    pub progress_after: Duration,
     /// How the orders processor decides (3-D Secure window, longest renewed hold).
     pub order_policy: orders::machine::Policy,
     /// The payment gateway.
@@ -107,7 +110,16 @@ pub async fn run(
                 return Ok(());
             };
             let ticker = tokio::spawn(expiry::ticker::run(pool, codec.clone(), shutdown.clone()));
-            let result = runtime::run(&config.runtime, expiry::Expiry::new(codec), shutdown).await;
+            let result = runtime::run(
+                &config.runtime,
+                expiry::Expiry::new(
+                    codec,
+                    chrono::Duration::from_std(config.progress_after)
+                        .unwrap_or(chrono::Duration::minutes(2)),
+                ),
+                shutdown,
+            )
+            .await;
             let _ = ticker.await;
             Ok(result?)
         }

@@ -17,7 +17,7 @@ use apache_avro::schema::ResolvedSchema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_id};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
@@ -42,6 +42,20 @@ pub enum CodecError {
     /// The payload is a record this build does not know (a newer writer's event type).
     #[error("unknown event type {0} on {1}")]
     UnknownEventType(String, &'static str),
+    /// The registry says the value's writer schema id does not exist, while it answers other
+    /// requests normally: the value can never be read.
+    #[error("the registry has no schema with id {0}")]
+    UnknownSchema(u32),
+}
+
+impl CodecError {
+    /// Whether the failure may pass by itself (retry), rather than being a property of the
+    /// bytes (dead-letter). Every registry failure is transient, whatever its status (5xx, 401,
+    /// an unreadable 200: a registry restarting over a restarting Postgres answers all of these),
+    /// unless it positively says the schema id does not exist ([`CodecError::UnknownSchema`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CodecError::Registry(_))
+    }
 }
 
 /// Encodes and decodes kassa events against a Schema Registry; cheap to share (`Arc`) across tasks.
@@ -50,6 +64,7 @@ pub enum CodecError {
 /// once; its registry id is asked once. Encoding always writes with it; decoding a value written
 /// with it skips schema resolution. Values written with another version take the general path.
 pub struct Codec {
+    settings: SrSettings,
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     strategies: HashMap<Topic, SubjectNameStrategy>,
@@ -77,7 +92,8 @@ impl Codec {
             .collect();
         Ok(Self {
             encoder: AvroEncoder::new(settings.clone()),
-            decoder: AvroDecoder::new(settings),
+            decoder: AvroDecoder::new(settings.clone()),
+            settings,
             strategies,
             ids,
         })
@@ -134,10 +150,28 @@ impl Codec {
             Ok(None) => return Err(CodecError::Malformed("empty value".into())),
             Err(e) => {
                 self.decoder.remove_errors_from_cache();
-                return Err(e.into());
+                return Err(self.classify_lookup_failure(id, e).await);
             }
         };
         decode_value(&decoded.schema.parsed, &decoded.value)
+    }
+}
+
+impl Codec {
+    /// What a failed look-up of writer schema `id` means: the value can never be read only when
+    /// the registry answered 404 for it and, asked again at once for a schema it has (this
+    /// build's), answers normally; anything else may pass.
+    async fn classify_lookup_failure(&self, id: u32, error: SRCError) -> CodecError {
+        if !error.error.contains("status 404") {
+            return CodecError::Registry(error);
+        }
+        let Some(known) = self.ids.values().find_map(|cell| cell.get().copied()) else {
+            return CodecError::Registry(error);
+        };
+        match get_schema_by_id(known, &self.settings).await {
+            Ok(_) => CodecError::UnknownSchema(id),
+            Err(_) => CodecError::Registry(error),
+        }
     }
 }
 

@@ -159,4 +159,5 @@ pub async fn ensure_scratch_topic(settings: &Settings, name: &str, partitions: i
 pub mod api;
 pub mod inventory;
 pub mod processes;
+pub mod proxy;
 pub mod saga;

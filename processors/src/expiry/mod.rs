@@ -1,14 +1,16 @@
 //! The expiry processor: owns deadlines. It learns them from `orders.events` (a hold when an order
-//! is reserved or its hold renewed, a payment action when 3-D Secure is needed) and forgets them
-//! when the order moves on; its [`ticker`] fires due ones onto `expiry.events`. What a passed
-//! deadline means is for the orders processor to decide.
+//! is reserved or its hold renewed, a payment action when 3-D Secure is needed, progress while
+//! the order waits on stock being committed or its payment captured) and forgets them when the
+//! order moves on; its [`ticker`] fires due ones onto `expiry.events` (a progress deadline
+//! recurs, further apart each time, until the order is decided). What a passed deadline means is
+//! for the orders processor to decide.
 
 pub mod ticker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use kassa_schemas::events::expiry::DeadlineKind;
 use kassa_schemas::events::orders::OrderEvent;
 use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
@@ -27,21 +29,40 @@ pub enum Change {
     Cancel,
 }
 
-/// The deadline changes an order event implies.
-pub fn plan(event: &OrderEvent) -> Vec<(DeadlineKind, Change)> {
-    use DeadlineKind::{Hold, PaymentAction};
+/// The deadline changes an order event that occurred at `at` implies; `progress_after` is how
+/// long an order may wait on another processor before it is found stalled.
+pub fn plan(
+    event: &OrderEvent,
+    at: DateTime<Utc>,
+    progress_after: Duration,
+) -> Vec<(DeadlineKind, Change)> {
+    use DeadlineKind::{Hold, PaymentAction, Progress};
+    let progress = at + progress_after;
     match event {
         OrderEvent::OrderReserved(e) => vec![(Hold, Change::Due(e.hold_expires_at))],
         OrderEvent::HoldRenewed(e) => vec![(Hold, Change::Due(e.hold_expires_at))],
         OrderEvent::OrderActionRequired(e) => vec![(PaymentAction, Change::Due(e.action_due_at))],
-        // Stock is being committed: no deadline may cancel the order any more.
-        OrderEvent::OrderAuthorized(_)
-        | OrderEvent::OrderConfirmed(_)
-        | OrderEvent::OrderCompleted(_)
+        // Stock is being committed: no deadline may cancel the order any more, but it must not
+        // wait for ever either.
+        OrderEvent::OrderAuthorized(_) => {
+            vec![
+                (Hold, Change::Cancel),
+                (PaymentAction, Change::Cancel),
+                (Progress, Change::Due(progress)),
+            ]
+        }
+        OrderEvent::OrderConfirmed(_) => vec![(Progress, Change::Due(progress))],
+        OrderEvent::OrderCompleted(_)
         | OrderEvent::OrderRejected(_)
         | OrderEvent::OrderCancelled(_) => {
-            vec![(Hold, Change::Cancel), (PaymentAction, Change::Cancel)]
+            vec![
+                (Hold, Change::Cancel),
+                (PaymentAction, Change::Cancel),
+                (Progress, Change::Cancel),
+            ]
         }
+        // The ticker re-arms a progress deadline itself.
+        OrderEvent::OrderStalled(_) => Vec::new(),
     }
 }
 
@@ -50,18 +71,35 @@ pub const fn kind_name(kind: DeadlineKind) -> &'static str {
     match kind {
         DeadlineKind::Hold => "hold",
         DeadlineKind::PaymentAction => "payment_action",
+        DeadlineKind::Progress => "progress",
     }
+}
+
+/// The deadline kind stored under `name`.
+pub fn parse_kind(name: &str) -> Option<DeadlineKind> {
+    [
+        DeadlineKind::Hold,
+        DeadlineKind::PaymentAction,
+        DeadlineKind::Progress,
+    ]
+    .into_iter()
+    .find(|k| kind_name(*k) == name)
 }
 
 /// The expiry processor's handler (learning deadlines; firing is the ticker's).
 pub struct Expiry {
     codec: Arc<Codec>,
+    progress_after: Duration,
 }
 
 impl Expiry {
-    /// A handler decoding with `codec`.
-    pub fn new(codec: Arc<Codec>) -> Self {
-        Self { codec }
+    /// A handler decoding with `codec`; orders waiting on another processor are found stalled
+    /// after `progress_after`.
+    pub fn new(codec: Arc<Codec>, progress_after: Duration) -> Self {
+        Self {
+            codec,
+            progress_after,
+        }
     }
 }
 
@@ -97,7 +135,7 @@ impl Handler for Expiry {
                 ));
                 continue;
             }
-            for (kind, change) in plan(&d.input.payload) {
+            for (kind, change) in plan(&d.input.payload, d.input.occurred_at, self.progress_after) {
                 changes.insert((order.to_owned(), kind_name(kind)), change);
             }
         }
@@ -116,15 +154,19 @@ impl Handler for Expiry {
             })
             .collect();
         // A cancel of a deadline never set is not stored; a cancel keeps the due time for the record.
+        // A progress deadline recurs: after firing it comes again `repeat_every` later (doubling).
+        let repeat = self.progress_after.num_milliseconds() as f64 / 1000.0;
         sqlx::query(
-            "INSERT INTO expiry.deadlines AS d (order_id, kind, due_at, state)
-             SELECT order_id, kind, due_at, state FROM jsonb_to_recordset($1)
-                  AS x(order_id text, kind text, due_at timestamptz, state text)
+            "INSERT INTO expiry.deadlines AS d (order_id, kind, due_at, state, repeat_every)
+             SELECT order_id, kind, due_at, state,
+                    CASE WHEN kind = 'progress' THEN make_interval(secs => $2) END
+             FROM jsonb_to_recordset($1) AS x(order_id text, kind text, due_at timestamptz, state text)
              WHERE state = 'pending'
              ON CONFLICT (order_id, kind) DO UPDATE SET due_at = excluded.due_at, state = 'pending',
-                  fired_at = NULL, updated_at = now()",
+                  repeat_every = excluded.repeat_every, fired_at = NULL, updated_at = now()",
         )
         .bind(serde_json::Value::Array(rows.clone()))
+        .bind(repeat)
         .execute(&mut *conn)
         .await?;
         sqlx::query(
@@ -144,17 +186,23 @@ impl Handler for Expiry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kassa_schemas::events::orders::{HoldRenewed, OrderAuthorized};
+    use kassa_schemas::events::orders::{
+        HoldRenewed, OrderAuthorized, OrderCompleted, OrderConfirmed,
+    };
 
     #[test]
-    fn holds_are_set_and_renewed_and_forgotten_once_stock_is_committed() {
+    fn holds_are_set_and_renewed_and_forgotten_once_stock_is_committed_and_progress_is_watched() {
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let wait = Duration::seconds(120);
         let renewed: OrderEvent = HoldRenewed {
             order_id: "o".into(),
             hold_expires_at: at,
         }
         .into();
-        assert_eq!(plan(&renewed), [(DeadlineKind::Hold, Change::Due(at))]);
+        assert_eq!(
+            plan(&renewed, at, wait),
+            [(DeadlineKind::Hold, Change::Due(at))]
+        );
         let authorized: OrderEvent = OrderAuthorized {
             order_id: "o".into(),
             total_minor: 1,
@@ -162,11 +210,41 @@ mod tests {
         }
         .into();
         assert_eq!(
-            plan(&authorized),
+            plan(&authorized, at, wait),
             [
                 (DeadlineKind::Hold, Change::Cancel),
-                (DeadlineKind::PaymentAction, Change::Cancel)
+                (DeadlineKind::PaymentAction, Change::Cancel),
+                (DeadlineKind::Progress, Change::Due(at + wait))
             ]
         );
+        let confirmed: OrderEvent = OrderConfirmed {
+            order_id: "o".into(),
+            total_minor: 1,
+            currency: "EUR".into(),
+        }
+        .into();
+        assert_eq!(
+            plan(&confirmed, at, wait),
+            [(DeadlineKind::Progress, Change::Due(at + wait))]
+        );
+        let completed: OrderEvent = OrderCompleted {
+            order_id: "o".into(),
+            customer_id: "c".into(),
+            lines: vec![],
+            total_minor: 1,
+            currency: "EUR".into(),
+        }
+        .into();
+        assert!(
+            plan(&completed, at, wait).contains(&(DeadlineKind::Progress, Change::Cancel)),
+            "a decided order is watched no more"
+        );
+        for kind in [
+            DeadlineKind::Hold,
+            DeadlineKind::PaymentAction,
+            DeadlineKind::Progress,
+        ] {
+            assert_eq!(parse_kind(kind_name(kind)), Some(kind));
+        }
     }
 }

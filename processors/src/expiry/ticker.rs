@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kassa_schemas::events::expiry::{DeadlineKind, DeadlinePassed, ExpiryEvent};
+use kassa_schemas::events::expiry::{DeadlinePassed, ExpiryEvent};
 use kassa_schemas::{Codec, Envelope, Topic};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -59,14 +59,20 @@ pub async fn run(pool: PgPool, codec: Arc<Codec>, mut shutdown: watch::Receiver<
 /// Fires up to [`ROUND`] due deadlines in one transaction; returns how many.
 async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
     let mut tx = pool.begin().await?;
+    // A recurring deadline (progress) stays pending, due again after its interval, which doubles
+    // up to an hour: an order stuck for long is asked again, ever less often.
     let due: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
         "WITH due AS (
-             SELECT order_id, kind FROM expiry.deadlines
+             SELECT order_id, kind, due_at FROM expiry.deadlines
              WHERE state = 'pending' AND due_at <= now()
              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         UPDATE expiry.deadlines d SET state = 'fired', fired_at = now(), updated_at = now()
+         UPDATE expiry.deadlines d
+         SET state = CASE WHEN d.repeat_every IS NULL THEN 'fired' ELSE 'pending' END,
+             due_at = CASE WHEN d.repeat_every IS NULL THEN d.due_at ELSE now() + d.repeat_every END,
+             repeat_every = least(d.repeat_every * 2, interval '1 hour'),
+             fired_at = now(), updated_at = now()
          FROM due WHERE d.order_id = due.order_id AND d.kind = due.kind
-         RETURNING d.order_id, d.kind, d.due_at",
+         RETURNING d.order_id, d.kind, due.due_at",
     )
     .bind(ROUND)
     .fetch_all(&mut *tx)
@@ -77,10 +83,13 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
     let fired_at = Utc::now();
     let mut rows = Vec::with_capacity(due.len());
     for (order_id, kind, due_at) in &due {
-        let kind = if kind == "hold" {
-            DeadlineKind::Hold
-        } else {
-            DeadlineKind::PaymentAction
+        let Some(kind) = super::parse_kind(kind) else {
+            tracing::error!(
+                order = order_id,
+                kind,
+                "a deadline of an unknown kind: not fired"
+            );
+            continue;
         };
         let event = Envelope::new(
             order_id.as_str(),

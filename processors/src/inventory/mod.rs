@@ -409,27 +409,52 @@ impl Batch {
                         },
                     );
                 } else {
-                    self.event(
-                        cause,
-                        line.0,
-                        e.event_id,
-                        Committed {
-                            order_id,
-                            line_index,
-                            sku: sku_owned,
-                            quantity: units,
-                        },
-                    );
+                    self.committed(cause, e.event_id, line, sku, units);
                 }
             }
-            LineChange::NoOp(reason) => self.ignored.push(Ignored {
-                event_id: e.event_id,
-                command,
-                sku: sku.to_owned(),
-                line: Some(key),
-                reason,
-            }),
+            LineChange::NoOp(reason) => {
+                // A repeated commit (orders asks again when an order waits too long for its
+                // stock): answered again, with the same event id, in case the answer was lost.
+                let record = records.get(&key).filter(|r| r.sku == sku);
+                if command == "commit"
+                    && let Some(record) = record
+                    && record.reservation.status == decide::Status::Committed
+                {
+                    self.committed(cause, e.event_id, line, sku, record.reservation.quantity);
+                }
+                self.ignored.push(Ignored {
+                    event_id: e.event_id,
+                    command,
+                    sku: sku.to_owned(),
+                    line: Some(key),
+                    reason,
+                });
+            }
         }
+    }
+
+    /// Announces that a line's units are sold; the event id is the line's, the same however
+    /// often it is announced.
+    fn committed(
+        &mut self,
+        cause: usize,
+        causation: Uuid,
+        line: (&str, i32),
+        sku: &str,
+        units: i32,
+    ) {
+        let payload = Committed {
+            order_id: line.0.to_owned(),
+            line_index: line.1,
+            sku: sku.to_owned(),
+            quantity: units,
+        };
+        let mut event = Envelope::new(line.0, Some(causation), InventoryEvent::from(payload));
+        event.event_id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("kassa-committed-{}-{}", line.0, line.1).as_bytes(),
+        );
+        self.events.push((cause, line.0.to_owned(), event));
     }
 
     fn restock(

@@ -13,7 +13,7 @@ use kassa_schemas::events::inventory::{
 use kassa_schemas::events::orders::{
     CancelReason, HoldRenewed, OrderActionRequired, OrderAuthorized, OrderCancelled,
     OrderCompleted, OrderConfirmed, OrderEvent, OrderLine, OrderRejected, OrderRequest,
-    OrderReserved,
+    OrderReserved, OrderStalled,
 };
 use kassa_schemas::events::payments::{PaymentEvent, PaymentStep};
 
@@ -125,6 +125,9 @@ pub enum Trigger {
     CancelRequested,
     /// The customer keeps the reservation longer.
     HoldRenewed,
+    /// The order waited in `authorized` or `confirmed` past its progress deadline: whoever it
+    /// waits on is asked again.
+    ProgressDue,
 }
 
 use State::*;
@@ -153,8 +156,10 @@ pub const TRANSITIONS: &[(State, Trigger, State)] = &[
     (ActionRequired, T::CancelRequested, Cancelled),
     (ActionRequired, T::HoldRenewed, ActionRequired),
     (Authorized, T::LineCommitted, Authorized),
+    (Authorized, T::ProgressDue, Authorized),
     (Authorized, T::AllLinesCommitted, Confirmed),
     (Confirmed, T::PaymentCaptured, Completed),
+    (Confirmed, T::ProgressDue, Confirmed),
     (Confirmed, T::CaptureFailed, Cancelled),
     (Rejected, T::LineRejected, Rejected),
     (Rejected, T::LateLineReserved, Rejected),
@@ -536,6 +541,7 @@ fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: DateTime<Ut
                 }
                 _ => Fire(T::ActionExpired, Update::None),
             },
+            DeadlineKind::Progress => Fire(T::ProgressDue, Update::None),
         },
         Signal::Request(OrderRequest::CancelRequested(c)) => {
             if c.customer_id != order.customer_id {
@@ -808,6 +814,37 @@ fn enter(
                 }
                 .into(),
             );
+        }
+        T::ProgressDue => {
+            let Signal::Expiry(ExpiryEvent::DeadlinePassed(d)) = signal else {
+                return;
+            };
+            out.events.push(
+                OrderStalled {
+                    order_id: id.clone(),
+                    state: order.state.as_str().to_owned(),
+                    since: d.due_at,
+                }
+                .into(),
+            );
+            // Stock not committed yet: ask inventory again (a commit is answered once applied,
+            // and answered again when repeated).
+            if order.state == Authorized {
+                for (index, line) in order
+                    .lines
+                    .iter()
+                    .filter(|(_, l)| l.status == LineStatus::Reserved)
+                {
+                    out.commands.push(
+                        Commit {
+                            order_id: id.clone(),
+                            line_index: *index,
+                            sku: line.sku.clone(),
+                        }
+                        .into(),
+                    );
+                }
+            }
         }
         T::AllLinesCommitted => {
             out.events.push(

@@ -197,6 +197,37 @@ pub enum Fact {
     Refunded(i64),
 }
 
+impl Fact {
+    /// The event id of the event announcing this fact about `payment_id`: the same every time it
+    /// is announced, so a re-announcement (when an order is found stalled) is a duplicate to
+    /// everyone who saw the first, and news to whoever lost it.
+    pub fn event_id(&self, payment_id: uuid::Uuid) -> uuid::Uuid {
+        let name = match self {
+            Fact::Authorized => "authorized".to_owned(),
+            Fact::ActionRequired(_) => "action_required".to_owned(),
+            Fact::Failed(step, _, _) => format!("failed:{step:?}"),
+            Fact::Captured => "captured".to_owned(),
+            Fact::Voided => "voided".to_owned(),
+            Fact::Refunded(amount) => format!("refunded:{amount}"),
+        };
+        uuid::Uuid::new_v5(&payment_id, name.as_bytes())
+    }
+}
+
+/// The fact that settled the payment once the order is confirmed, to announce again when the
+/// order is found waiting for it (None: nothing settled yet; the worker is on it).
+pub fn settled_after_confirmation(p: &Payment) -> Option<Fact> {
+    match p.status {
+        Status::Captured => Some(Fact::Captured),
+        Status::CaptureFailed => Some(Fact::Failed(
+            PaymentStep::Capture,
+            "capture_failed".into(),
+            "capturing the payment failed".into(),
+        )),
+        _ => None,
+    }
+}
+
 /// The status an intent's state means, given what kassa asked for.
 pub fn observed(p: &Payment, intent: &Intent) -> Option<Status> {
     Some(match intent.status {

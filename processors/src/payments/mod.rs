@@ -22,7 +22,7 @@ use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::runtime::{Delivered, HandleError, Handled, Handler};
+use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
 use ledger::{OrderStage, Payment, Status};
 
 /// Which gateway the payments processor charges through.
@@ -159,6 +159,31 @@ impl Handler for Payments {
                             }
                             if p.stage == OrderStage::Reserved {
                                 p.stage = OrderStage::Confirmed;
+                            }
+                        }
+                        OrderEvent::OrderStalled(stalled) if stalled.state == "confirmed" => {
+                            let Some(p) = payments.get_mut(order_id) else {
+                                continue;
+                            };
+                            if p.stage == OrderStage::Reserved {
+                                // Its OrderConfirmed never arrived: capture now.
+                                p.stage = OrderStage::Confirmed;
+                            } else if let Some(fact) = ledger::settled_after_confirmation(p) {
+                                // Settled, but orders never heard: say it again, same event id.
+                                let mut event = Envelope::new(
+                                    order_id,
+                                    Some(e.event_id),
+                                    worker::event_of(p, fact.clone()),
+                                );
+                                event.event_id = fact.event_id(p.payment_id);
+                                let payload = self.codec.encode(&event).await?;
+                                handled.emit.push(Emit {
+                                    topic: Topic::PaymentsEvents,
+                                    key: order_id.to_owned(),
+                                    payload,
+                                    cause: index,
+                                });
+                                continue;
                             }
                         }
                         OrderEvent::OrderCancelled(_) => {

@@ -439,7 +439,8 @@ async fn record(
     .await?;
     store::save(&mut tx, &[(&p, None)], due_at, error.as_deref(), true).await?;
     if let Some(fact) = fact {
-        let event = Envelope::new(order_id, cause, event_of(&p, fact));
+        let mut event = Envelope::new(order_id, cause, event_of(&p, fact.clone()));
+        event.event_id = fact.event_id(p.payment_id);
         let row = OutboxRow {
             topic: Topic::PaymentsEvents.name().to_owned(),
             key: Some(order_id.to_owned()),
@@ -464,7 +465,7 @@ fn step_key(work: Work) -> Option<&'static str> {
 }
 
 /// The `payments.events` event for a fact about `p`.
-fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
+pub(super) fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
     let (order_id, payment_id, provider, provider_ref) = (
         p.order_id.clone(),
         p.payment_id,

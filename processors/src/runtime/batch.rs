@@ -73,8 +73,8 @@ pub(super) async fn process<H: Handler>(
             .await
         {
             Ok(input) => decoded.push((index, delivered(message, topic, input))),
-            Err(CodecError::Registry(e)) if e.retriable => {
-                return Err(BatchError::Registry(CodecError::Registry(e)));
+            Err(e) if e.is_transient() => {
+                return Err(BatchError::Registry(e));
             }
             Err(e) => dead.push((index, format!("undecodable: {e}"))),
         }

@@ -14,6 +14,9 @@ pub enum DeadlineKind {
     Hold,
     /// Completing a payment action (3-D Secure).
     PaymentAction,
+    /// Progress of an order waiting on another processor (stock commit, capture): recurs until
+    /// the order moves on, each time asking again.
+    Progress,
 }
 
 /// A tracked deadline is due.

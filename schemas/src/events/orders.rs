@@ -170,11 +170,23 @@ pub struct HoldRenewed {
     pub hold_expires_at: DateTime<Utc>,
 }
 
+/// The order has waited past its progress deadline: whoever it waits on answers again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderStalled {
+    /// The order.
+    pub order_id: String,
+    /// The state it waits in (`authorized` or `confirmed`).
+    pub state: String,
+    /// When the progress deadline was due.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub since: DateTime<Utc>,
+}
+
 payload_union! {
     /// Everything on `orders.events`.
     OrderEvent for Topic::OrdersEvents => {
         OrderReserved, OrderActionRequired, OrderAuthorized, OrderConfirmed,
-        OrderCompleted, OrderRejected, OrderCancelled, HoldRenewed,
+        OrderCompleted, OrderRejected, OrderCancelled, HoldRenewed, OrderStalled,
     }
 }
 order_keyed!(OrderEvent {
@@ -186,4 +198,5 @@ order_keyed!(OrderEvent {
     OrderRejected,
     OrderCancelled,
     HoldRenewed,
+    OrderStalled,
 });

@@ -33,7 +33,7 @@ pub enum Sample {
 }
 
 /// How many event types the schemas define (the length of `all()`).
-pub const EVENT_TYPES: usize = 1 + 4 + 5 + 2 + 8 + 6 + 1 + 1;
+pub const EVENT_TYPES: usize = 1 + 4 + 5 + 2 + 9 + 6 + 1 + 1;
 
 fn at(millis: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).expect("valid timestamp")
@@ -256,6 +256,14 @@ pub fn all() -> Vec<Sample> {
             HoldRenewed {
                 order_id: o.into(),
                 hold_expires_at: at(1_800_000_300_000),
+            },
+        )),
+        Sample::OrderEvent(envelope(
+            o,
+            OrderStalled {
+                order_id: o.into(),
+                state: "confirmed".into(),
+                since: at(1_800_000_400_000),
             },
         )),
         Sample::PaymentEvent(envelope(

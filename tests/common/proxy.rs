@@ -1,0 +1,121 @@
+//! A fault-injecting TCP proxy in front of a real service, on loopback, for faults the service
+//! cannot be made to produce itself: answering HTTP errors or garbage in its place, refusing
+//! connections, or black-holing them (accepted, never answered). Switching the fault drops the
+//! connections opened under the previous one, so pooled clients meet the new fault at once.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwards bytes both ways.
+    Pass,
+    /// Answers every HTTP request with this status and a JSON error body.
+    Status(u16),
+    /// Answers every HTTP request 200 with a body that is not what was asked for.
+    Garbage,
+    /// Closes every connection at once.
+    Refuse,
+    /// Accepts, reads, never answers.
+    BlackHole,
+}
+
+/// A running proxy; stops when dropped.
+pub struct FaultProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    mode: watch::Sender<Fault>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// A proxy on a free loopback port in front of `upstream`, starting with `fault`.
+    pub async fn start(upstream: SocketAddr, fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let (mode, watching) = watch::channel(fault);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut watching = watching.clone();
+                let fault = *watching.borrow_and_update();
+                tokio::spawn(async move {
+                    let served = serve(client, upstream, fault);
+                    tokio::select! {
+                        _ = served => {}
+                        _ = watching.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, mode, task }
+    }
+
+    /// Switches the fault; connections opened under the previous one are dropped.
+    pub fn set(&self, fault: Fault) {
+        self.mode.send_replace(fault);
+    }
+
+    /// `http://<addr>` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
+    match fault {
+        Fault::Pass => {
+            let Ok(mut server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        }
+        Fault::Refuse => {}
+        Fault::BlackHole => {
+            let mut sink = [0u8; 4096];
+            while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        Fault::Status(_) | Fault::Garbage => {
+            // One answer per request head read (bodies of the registry's requests are small and
+            // arrive with their head); the client may keep the connection.
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), client.read(&mut buffer)).await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+                let (status, body) = match fault {
+                    Fault::Status(code) => (
+                        code,
+                        format!(r#"{{"error_code":{code}00,"message":"injected fault"}}"#),
+                    ),
+                    _ => (200, "<html>not a schema</html>".to_owned()),
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status} Injected\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if client.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
