@@ -522,3 +522,142 @@ async fn an_offset_moved_under_a_running_processor_is_reported_never_taken_silen
         "records passed over without a trace: offsets {silent:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_fails_every_time_is_dead_lettered_and_its_partition_moves_on() {
+    use kassa_schemas::events::inventory::{InventoryCommand, Restock, SetStock};
+    use kassa_schemas::{ConsumerGroup, Envelope};
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let _serial = SERIAL.lock().await;
+    let settings = common::setup().await;
+    let pool = kassa::migrate::connect(&settings).await.unwrap();
+    let feed = Feed::new(&settings);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // A stock row the database refuses every time: a trigger stands in for a bug that fails one
+    // message deterministically (a constraint violation).
+    for statement in [
+        "CREATE OR REPLACE FUNCTION inventory.kassa_test_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.sku LIKE 'POISON-%' THEN
+             RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation';
+           END IF;
+           RETURN NEW;
+         END $$",
+        "DROP TRIGGER IF EXISTS kassa_test_refuse_poison ON inventory.stock",
+        "CREATE TRIGGER kassa_test_refuse_poison BEFORE INSERT OR UPDATE ON inventory.stock
+         FOR EACH ROW EXECUTE FUNCTION inventory.kassa_test_refuse_poison()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let poison = format!("POISON-{run}");
+    let absurd = format!("ABSURD-{run}");
+    let topic = Topic::InventoryCommands.name();
+    let partitions = end_offsets(&settings, topic).len() as u32;
+    let partition_of = |sku: &str| kassa_schemas::kafka::java_partition(sku.as_bytes(), partitions);
+    // Good SKUs on the poison's partition: their commands queue behind it.
+    let good: Vec<String> = (0..)
+        .map(|i| format!("G-{run}-{i}"))
+        .filter(|s| partition_of(s) == partition_of(&poison))
+        .take(5)
+        .collect();
+    let dlq = ConsumerGroup::Inventory.dlq_topic();
+    let dlq_from = end_offsets(&settings, &dlq);
+    let events_from = end_offsets(&settings, Topic::InventoryEvents.name());
+    let _processor = Processor::start_inventory();
+
+    let command = |sku: &str, payload: InventoryCommand| Envelope::new(sku, None, payload);
+    let set = |sku: &str, on_hand: i64| {
+        command(
+            sku,
+            InventoryCommand::SetStock(SetStock {
+                sku: sku.into(),
+                on_hand,
+                reason: "test".into(),
+            }),
+        )
+    };
+    let restock = |sku: &str, quantity: i32| {
+        command(
+            sku,
+            InventoryCommand::Restock(Restock {
+                sku: sku.into(),
+                quantity,
+                order_id: None,
+                line_index: None,
+                reason: "test".into(),
+            }),
+        )
+    };
+    // One burst, so the poison shares batches with good commands before and after it.
+    for sku in &good[..2] {
+        feed.send(sku, &set(sku, 10)).await;
+    }
+    feed.send(&poison, &set(&poison, 10)).await;
+    for sku in &good[2..] {
+        feed.send(sku, &set(sku, 10)).await;
+    }
+    feed.send(&absurd, &set(&absurd, i64::MAX)).await;
+    feed.send(&absurd, &restock(&absurd, 1)).await;
+    for sku in &good {
+        feed.send(sku, &restock(sku, 5)).await;
+    }
+
+    let answered: Vec<&[u8]> = good
+        .iter()
+        .map(|s| s.as_bytes())
+        .chain([absurd.as_bytes()])
+        .collect();
+    common::inventory::read_until(
+        &settings,
+        Topic::InventoryEvents.name(),
+        &events_from,
+        Duration::from_secs(120),
+        |m| answered.contains(&m.key().unwrap_or_default()),
+        |n| n >= 2 * good.len() + 1,
+    );
+    for sku in &good {
+        assert_eq!(
+            stock_of(&pool, sku).await,
+            Some((15, 0, 0)),
+            "{sku}: counted, then restocked"
+        );
+    }
+    assert_eq!(
+        stock_of(&pool, &absurd).await,
+        Some((1, 0, 0)),
+        "an absurd count is refused, the delivery after it taken"
+    );
+    let dead = common::inventory::read_until(
+        &settings,
+        &dlq,
+        &dlq_from,
+        Duration::from_secs(60),
+        |m| [poison.as_bytes(), absurd.as_bytes()].contains(&m.key().unwrap_or_default()),
+        |n| n >= 2,
+    );
+    let reason = |m: &rdkafka::message::OwnedMessage| {
+        let header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "kassa.dlq.reason"))
+            .expect("a reason");
+        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned()
+    };
+    let of = |sku: &str| {
+        dead.iter()
+            .find(|m| m.key() == Some(sku.as_bytes()))
+            .map(reason)
+            .unwrap_or_default()
+    };
+    assert!(
+        of(&poison).starts_with("failed 3 times")
+            && of(&poison).contains("refused by a test trigger"),
+        "{}",
+        of(&poison)
+    );
+    assert!(of(&absurd).starts_with("invalid:"), "{}", of(&absurd));
+    sqlx::query("DROP TRIGGER IF EXISTS kassa_test_refuse_poison ON inventory.stock")
+        .execute(&pool)
+        .await
+        .unwrap();
+}

@@ -230,18 +230,26 @@ async fn answer(
         .map(|(s, p, c, a)| (s, (p, c, a)))
         .collect();
     let mut subtotal: BTreeMap<String, i64> = BTreeMap::new();
-    let items: Vec<serde_json::Value> = cart
-        .items
-        .iter()
-        .map(|(sku, quantity)| match catalog.get(sku) {
+    let too_large = || {
+        Problem::validation(vec![FieldError {
+            field: "items".into(),
+            message: "the cart total is too large".into(),
+        }])
+    };
+    let mut items: Vec<serde_json::Value> = Vec::with_capacity(cart.items.len());
+    for (sku, quantity) in &cart.items {
+        match catalog.get(sku) {
             Some((price, currency, true)) => {
-                let total = price.saturating_mul(i64::from(*quantity));
-                *subtotal.entry(currency.clone()).or_default() += total;
-                json!({ "sku": sku, "quantity": quantity, "unit_price_minor": price, "line_total_minor": total, "currency": currency, "available": true })
+                let total = price
+                    .checked_mul(i64::from(*quantity))
+                    .ok_or_else(too_large)?;
+                let sum = subtotal.entry(currency.clone()).or_default();
+                *sum = sum.checked_add(total).ok_or_else(too_large)?;
+                items.push(json!({ "sku": sku, "quantity": quantity, "unit_price_minor": price, "line_total_minor": total, "currency": currency, "available": true }));
             }
-            _ => json!({ "sku": sku, "quantity": quantity, "available": false }),
-        })
-        .collect();
+            _ => items.push(json!({ "sku": sku, "quantity": quantity, "available": false })),
+        }
+    }
     let body = json!({ "cart_id": cart_id, "version": cart.version, "items": items, "subtotal_minor": subtotal });
     let mut response = (status, Json(body)).into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", cart.version)) {

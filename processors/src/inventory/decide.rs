@@ -8,6 +8,10 @@ use kassa_schemas::events::RejectReason;
 /// The most units one order line may reserve.
 pub const MAX_LINE_QUANTITY: i32 = 10_000;
 
+/// The most units one SKU may count in all (on hand + reserved + committed): restocks and counts
+/// beyond it are refused, so no move of units between the three can overflow.
+pub const MAX_UNITS: i64 = 1_000_000_000_000;
+
 /// One SKU's stock. `on_hand + reserved + committed` only changes through restock / set-stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stock {
@@ -189,12 +193,26 @@ fn move_line(
     }
 }
 
+/// Units held or sold (reserved + committed), checked.
+fn taken(stock: &Stock) -> Option<i64> {
+    stock.reserved.checked_add(stock.committed)
+}
+
 /// Adds delivered units to on-hand stock. Returns the change in on-hand units.
 pub fn restock(stock: &mut Stock, quantity: i32) -> Result<i64, &'static str> {
     if quantity <= 0 {
         return Err("restock quantity must be positive");
     }
-    stock.on_hand += i64::from(quantity);
+    let on_hand = stock
+        .on_hand
+        .checked_add(i64::from(quantity))
+        .filter(|n| {
+            taken(stock)
+                .and_then(|t| t.checked_add(*n))
+                .is_some_and(|all| all <= MAX_UNITS)
+        })
+        .ok_or("restock would take the SKU's units past the most one SKU may count")?;
+    stock.on_hand = on_hand;
     Ok(i64::from(quantity))
 }
 
@@ -203,7 +221,15 @@ pub fn set_stock(stock: &mut Stock, on_hand: i64) -> Result<i64, &'static str> {
     if on_hand < 0 {
         return Err("on-hand stock cannot be negative");
     }
-    let delta = on_hand - stock.on_hand;
+    if taken(stock)
+        .and_then(|t| t.checked_add(on_hand))
+        .is_none_or(|all| all > MAX_UNITS)
+    {
+        return Err("the count would take the SKU's units past the most one SKU may count");
+    }
+    let delta = on_hand
+        .checked_sub(stock.on_hand)
+        .ok_or("the change in stock does not fit")?;
     stock.on_hand = on_hand;
     Ok(delta)
 }
@@ -375,6 +401,34 @@ mod tests {
         assert_eq!(set_stock(&mut stock, 4), Ok(-6));
         assert!(set_stock(&mut stock, -1).is_err());
         assert_eq!(stock.on_hand, 4);
+    }
+
+    #[test]
+    fn counts_and_deliveries_never_overflow() {
+        let mut stock = stocked(0);
+        assert!(
+            set_stock(&mut stock, i64::MAX).is_err(),
+            "an absurd count is refused"
+        );
+        assert_eq!(set_stock(&mut stock, MAX_UNITS - 5), Ok(MAX_UNITS - 5));
+        assert!(
+            restock(&mut stock, 6).is_err(),
+            "past the most one SKU may count"
+        );
+        assert_eq!(restock(&mut stock, 5), Ok(5));
+        let (answer, stored) = reserve(Some(&mut stock), None, 10, HOLD, now());
+        assert!(matches!(answer, ReserveAnswer::Reserved { .. }));
+        assert!(
+            set_stock(&mut stock, MAX_UNITS).is_err(),
+            "held units count too"
+        );
+        let mut held = stored.unwrap();
+        assert_eq!(
+            release(&mut stock, Some(&mut held)),
+            LineChange::Applied { units: 10 }
+        );
+        assert_eq!(stock.on_hand, MAX_UNITS);
+        assert!(restock(&mut stock, i32::MAX).is_err());
     }
 
     #[test]

@@ -275,12 +275,22 @@ impl Order {
         }
     }
 
-    /// The order total in minor units (the API's pricing refuses totals that would overflow).
+    /// The order total in minor units. A line whose total would not fit is never taken (see
+    /// [`Order::total_with`]), so this never saturates in practice.
     pub fn total_minor(&self) -> i64 {
+        self.total_with(None).unwrap_or(i64::MAX)
+    }
+
+    /// The order total with one more line of `quantity` × `unit_price_minor`, checked: None when
+    /// it does not fit in 64 bits of minor units.
+    fn total_with(&self, extra: Option<(i32, i64)>) -> Option<i64> {
         self.lines
             .values()
-            .map(|l| l.unit_price_minor * i64::from(l.quantity))
-            .sum()
+            .map(|l| (l.quantity, l.unit_price_minor))
+            .chain(extra)
+            .try_fold(0i64, |sum, (quantity, price)| {
+                sum.checked_add(price.checked_mul(i64::from(quantity))?)
+            })
     }
 
     fn order_lines(&self) -> Vec<OrderLine> {
@@ -291,7 +301,7 @@ impl Order {
                 sku: l.sku.clone(),
                 quantity: l.quantity,
                 unit_price_minor: l.unit_price_minor,
-                line_total_minor: l.unit_price_minor * i64::from(l.quantity),
+                line_total_minor: l.unit_price_minor.saturating_mul(i64::from(l.quantity)),
             })
             .collect()
     }
@@ -580,7 +590,7 @@ fn line_result(
     let Some(context) = context else {
         return Classified::Ignore("line result without the order's terms".into());
     };
-    if let Some(reason) = line_problem(order, index, context) {
+    if let Some(reason) = line_problem(order, index, quantity, context) {
         return Classified::Ignore(reason);
     }
     let line = Line {
@@ -597,7 +607,7 @@ fn line_result(
 }
 
 /// Why a line result cannot be taken: out of range, disagreeing terms, or a repeat.
-fn line_problem(order: &Order, index: i32, context: &LineOrder) -> Option<String> {
+fn line_problem(order: &Order, index: i32, quantity: i32, context: &LineOrder) -> Option<String> {
     if index < 0 || index >= context.line_count {
         return Some(format!(
             "line {index} of an order of {} lines",
@@ -615,6 +625,14 @@ fn line_problem(order: &Order, index: i32, context: &LineOrder) -> Option<String
         return Some(format!(
             "duplicate: line {index} already has a result ({:?})",
             line.status
+        ));
+    }
+    if order
+        .total_with(Some((quantity, context.unit_price_minor)))
+        .is_none()
+    {
+        return Some(format!(
+            "line {index} would take the order total past what 64 bits hold"
         ));
     }
     None

@@ -32,6 +32,48 @@ pub(super) enum BatchError {
     /// The registry could not be asked for a writer schema.
     #[error("schema registry: {0}")]
     Registry(CodecError),
+    /// The handler panicked (a bug, met again on every retry).
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+}
+
+impl BatchError {
+    /// Whether retrying the same batch may succeed: connections, timeouts, serialization
+    /// failures, deadlocks, an unreachable registry, state changed under the handler. Anything
+    /// else (a constraint or data error, a value that cannot be encoded, a panic) comes back on
+    /// every retry: the message causing it is isolated and, after a few attempts, dead-lettered.
+    pub(super) fn is_transient(&self) -> bool {
+        match self {
+            BatchError::Database(e) | BatchError::Handler(HandleError::Database(e)) => {
+                transient_database(e)
+            }
+            BatchError::Registry(_) | BatchError::Handler(HandleError::Conflict(_)) => true,
+            BatchError::Handler(HandleError::Codec(e)) => e.is_transient(),
+            BatchError::Panicked(_) => false,
+        }
+    }
+}
+
+/// Whether a database failure may pass: a lost or refused connection, a pool timeout, or a
+/// SQLSTATE of class 08 (connection), 40 (serialization failure, deadlock), 53 (insufficient
+/// resources), 57 (operator intervention: shutdown, cancel), 58 (system error), 55P03 (lock not
+/// available) or XX (internal error).
+pub(super) fn transient_database(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_none_or(|code| {
+            ["08", "40", "53", "57", "58", "XX"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55P03"
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }
 
 /// Header names on dead letters.
@@ -173,6 +215,40 @@ pub(super) async fn process<H: Handler>(
             .map(|a| (a.partition, a.next))
             .collect(),
     ))
+}
+
+/// Dead-letters one message that failed for good (with `reason`) and moves its partition past it,
+/// in one transaction, fenced like a batch.
+pub(super) async fn dead_letter_one(
+    pool: &PgPool,
+    group: kassa_schemas::ConsumerGroup,
+    message: &OwnedMessage,
+    reason: &str,
+    stored: &HashMap<TopicPartition, Option<i64>>,
+) -> Result<Outcome, BatchError> {
+    let schema = group.name();
+    let tp = (message.topic().to_owned(), message.partition());
+    let advance = Advance {
+        partition: tp.clone(),
+        expected: stored.get(&tp).copied().flatten(),
+        first: message.offset(),
+        next: message.offset() + 1,
+    };
+    let mut tx = pool.begin().await?;
+    store::append_outbox(
+        &mut tx,
+        schema,
+        &[dead_letter(group.dlq_topic(), message, reason)],
+    )
+    .await?;
+    let fenced = store::advance_offsets(&mut tx, schema, std::slice::from_ref(&advance)).await?;
+    if !fenced.is_empty() {
+        tx.rollback().await?;
+        return Ok(Outcome::Fenced(fenced));
+    }
+    tx.commit().await?;
+    metrics::counter!("kassa_dead_letters_total", "group" => schema).increment(1);
+    Ok(Outcome::Committed(vec![(tp, advance.next)]))
 }
 
 fn delivered<I>(message: &OwnedMessage, topic: Topic, input: I) -> Delivered<I> {

@@ -2,7 +2,10 @@
 //! partition is sought to the offset stored in Postgres when first seen after an assignment,
 //! rebalances drop what a revoked partition had in flight, failures retry with backoff.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use kassa_schemas::Topic;
 use rdkafka::consumer::{
@@ -17,7 +20,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::backoff::Backoff;
-use super::batch::{self, Outcome};
+use super::batch::{self, BatchError, Outcome};
 use super::position::Positions;
 use super::store::TopicPartition;
 use super::{Handler, RuntimeConfig, relay};
@@ -142,26 +145,30 @@ pub async fn run<H: Handler>(
                 }
             }
         }
+        // How much of `messages` the next attempt takes: all, or a prefix while the message
+        // behind a failure that retrying does not fix is being isolated (halving).
+        let mut take = messages.len();
+        let mut poison_attempts = 0;
         while !messages.is_empty() {
             let stored = positions.expected();
             let started = Instant::now();
-            let span = tracing::info_span!("batch", group = group.name(), size = messages.len());
-            let result = batch::process(&pool, &mut handler, &messages, &stored)
+            let taken = take.clamp(1, messages.len());
+            let slice = &messages[..taken];
+            let span = tracing::info_span!("batch", group = group.name(), size = slice.len());
+            let result = AssertUnwindSafe(batch::process(&pool, &mut handler, slice, &stored))
+                .catch_unwind()
                 .instrument(span)
-                .await;
+                .await
+                .unwrap_or_else(|panic| Err(BatchError::Panicked(panic_text(panic.as_ref()))));
             match result {
                 Ok(Outcome::Committed(advanced)) => {
                     backoff.reset();
-                    metrics_batch(group.name(), messages.len(), started.elapsed());
-                    let mut lag_commit = TopicPartitionList::new();
-                    for (tp, next) in advanced {
-                        positions.committed(&tp, next);
-                        let _ = lag_commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
-                    }
-                    // For lag tools only: correctness rests on the offsets in Postgres.
-                    let _ = consumer.commit(&lag_commit, CommitMode::Async);
+                    metrics_batch(group.name(), taken, started.elapsed());
+                    committed(&consumer, &mut positions, advanced);
                     handler.after_commit().await;
-                    messages.clear();
+                    messages.drain(..taken);
+                    take = messages.len();
+                    poison_attempts = 0;
                 }
                 Ok(Outcome::Fenced(lost)) => {
                     tracing::warn!(group = group.name(), partitions = ?lost, "the stored offsets of these partitions moved under this instance (another instance, or an operator): taking them up again from there");
@@ -170,18 +177,85 @@ pub async fn run<H: Handler>(
                         positions.let_go(tp);
                     }
                     messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+                    take = messages.len();
                 }
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     // Memory may hold what the rolled-back transaction did: forget and redo.
                     forget_all(&mut handler, &messages);
                     if !wait_out(&mut backoff, &mut shutdown, &e).await {
                         return finish(relay).await;
                     }
                 }
+                Err(e) if taken > 1 => {
+                    forget_all(&mut handler, &messages);
+                    tracing::warn!(group = group.name(), size = taken, error = %e, "a batch failed in a way retrying does not fix: isolating the message behind it");
+                    take = taken / 2;
+                }
+                Err(e) => {
+                    forget_all(&mut handler, &messages);
+                    poison_attempts += 1;
+                    if poison_attempts < POISON_ATTEMPTS {
+                        if !wait_out(&mut backoff, &mut shutdown, &e).await {
+                            return finish(relay).await;
+                        }
+                        continue;
+                    }
+                    let reason = format!("failed {POISON_ATTEMPTS} times: {e}");
+                    tracing::error!(group = group.name(), topic = messages[0].topic(), partition = messages[0].partition(), offset = messages[0].offset(), %reason, "dead-lettering a message that fails every time");
+                    match batch::dead_letter_one(&pool, group, &messages[0], &reason, &stored).await
+                    {
+                        Ok(Outcome::Committed(advanced)) => {
+                            committed(&consumer, &mut positions, advanced);
+                            messages.remove(0);
+                            take = messages.len();
+                            poison_attempts = 0;
+                        }
+                        Ok(Outcome::Fenced(lost)) => {
+                            for tp in &lost {
+                                positions.let_go(tp);
+                            }
+                            messages
+                                .retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+                            take = messages.len();
+                        }
+                        Err(e) => {
+                            if !wait_out(&mut backoff, &mut shutdown, &e).await {
+                                return finish(relay).await;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
     finish(relay).await
+}
+
+/// Attempts a message that fails in a way retrying does not fix gets before it is dead-lettered.
+const POISON_ATTEMPTS: u32 = 3;
+
+/// Records committed offsets: the cursors, and Kafka's committed offsets (for lag tools only:
+/// correctness rests on the offsets in Postgres).
+fn committed(
+    consumer: &StreamConsumer<Context>,
+    positions: &mut Positions,
+    advanced: Vec<(TopicPartition, i64)>,
+) {
+    let mut lag_commit = TopicPartitionList::new();
+    for (tp, next) in advanced {
+        positions.committed(&tp, next);
+        let _ = lag_commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
+    }
+    let _ = consumer.commit(&lag_commit, CommitMode::Async);
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// A pool of up to `size` connections to the processor's database, waiting out an outage
