@@ -239,7 +239,6 @@ impl Settings {
             },
             registry_url: self.schema_registry_url.clone(),
             redis_url: self.redis_url.clone(),
-            partitions: self.topic_partitions,
             default_hold: std::time::Duration::from_secs(self.default_hold_seconds),
             progress_after: std::time::Duration::from_secs(self.progress_deadline_seconds.max(1)),
             order_policy: kassa_processors::orders::machine::Policy {

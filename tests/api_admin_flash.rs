@@ -23,7 +23,11 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
-        let api = common::api::start(|_| {}).await;
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut kassa_api::ApiConfig)) -> Self {
+        let api = common::api::start(adjust).await;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         Self {
             base: api.base,
@@ -420,5 +424,53 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
         got,
         ["hold 600 by erin", "cancel by erin"],
         "in order, on the order's partition"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_at_start_fails_open_and_the_gate_holds_once_redis_is_back() {
+    let mut redis = common::redis_server::PrivateRedis::reserve();
+    let url = redis.url();
+    let api = Api::start_with(move |config| config.redis_url = url).await;
+    let sku = api.product("COMEBACK", 1000).await;
+    let sale = json!({"tokens": 2, "hold_seconds": 60, "per_customer_limit": 5});
+    let path = format!("/admin/flash-sales/{sku}");
+
+    // Redis is down: no sale can be set up, and orders are not refused for it (fail open).
+    assert_eq!(
+        code_of(api.admin_put(&path, sale.clone()).await).await.0,
+        503
+    );
+    assert_eq!(
+        code_of(api.order("down-1", "dora", &sku, 1).await).await.0,
+        202
+    );
+
+    // Redis comes up: the API connects by itself, and from then on the gate holds.
+    redis.start();
+    let started = std::time::Instant::now();
+    loop {
+        let status = api.admin_put(&path, sale.clone()).await.status();
+        if status.is_success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the API never reconnected to Redis: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll the admin route until the deadline
+    }
+    assert_eq!(
+        code_of(api.order("up-1", "erin", &sku, 1).await).await.0,
+        202
+    );
+    assert_eq!(
+        code_of(api.order("up-2", "finn", &sku, 1).await).await.0,
+        202
+    );
+    assert_eq!(
+        code_of(api.order("up-3", "gina", &sku, 1).await).await,
+        (409, "sold_out".to_owned()),
+        "two tokens, two buyers: the third is turned away"
     );
 }

@@ -661,3 +661,134 @@ async fn a_message_that_fails_every_time_is_dead_lettered_and_its_partition_move
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_black_holed_during_a_flash_sales_releases_stalls_nothing_and_gives_each_token_back_once()
+ {
+    use common::proxy::{Fault, FaultProxy};
+    use kassa_schemas::Envelope;
+    use kassa_schemas::events::checkout::{CheckoutPayload, Reserve};
+    use kassa_schemas::events::inventory::{InventoryCommand, Release};
+    use kassa_schemas::flash_keys::tokens_key;
+    const BUYERS: usize = 1_000;
+    let _serial = SERIAL.lock().await;
+    let settings = common::setup().await;
+    let pool = kassa::migrate::connect(&settings).await.unwrap();
+    let feed = Feed::new(&settings);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let sku = format!("FLASH-{run}");
+    let mut redis = common::redis_server::PrivateRedis::reserve();
+    redis.start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::Pass).await;
+    let proxied = format!("redis://{}", proxy.addr);
+    let outcomes = Outcomes::collect(
+        &settings,
+        end_offsets(&settings, Topic::InventoryEvents.name()),
+        run.clone(),
+    );
+    let _processor = Processor::start("inventory", &[("KASSA_REDIS_URL", proxied.as_str())]);
+    feed.set_stock(&settings, &[(sku.as_str(), BUYERS as i64)])
+        .await;
+
+    // A sale of 1,000 units: every buyer holds one (the gate took all the tokens).
+    let mut direct = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(tokens_key(&sku))
+        .arg(0)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    for i in 0..BUYERS {
+        let order = format!("{run}-{i}");
+        let reserve = Reserve {
+            order_id: order.clone(),
+            line_index: 0,
+            line_count: 1,
+            sku: sku.clone(),
+            quantity: 1,
+            customer_id: format!("cus_{run}_{i}"),
+            currency: "EUR".into(),
+            unit_price_minor: 1000,
+            payment_method_id: "pm_card_visa".into(),
+            hold_seconds: 60,
+            flash_sale: true,
+        };
+        feed.send(
+            &sku,
+            &Envelope::new(order.as_str(), None, CheckoutPayload::Reserve(reserve)),
+        )
+        .await;
+    }
+    outcomes
+        .wait_for_lines(BUYERS, Duration::from_secs(120))
+        .await;
+
+    // Redis takes requests and never answers, while every hold is released.
+    proxy.set(Fault::DropReplies);
+    let released_from = outcomes.count();
+    let started = Instant::now();
+    for i in 0..BUYERS {
+        let order = format!("{run}-{i}");
+        let release = Release {
+            order_id: order.clone(),
+            line_index: 0,
+            sku: sku.clone(),
+            reason: "test".into(),
+        };
+        feed.send(
+            &sku,
+            &Envelope::new(order.as_str(), None, InventoryCommand::Release(release)),
+        )
+        .await;
+    }
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    while outcomes.count() < released_from + BUYERS {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "releases stalled behind Redis: {} of {BUYERS} answered",
+            outcomes.count() - released_from
+        );
+        poll.tick().await;
+    }
+    let releases_took = started.elapsed();
+    assert_eq!(
+        stock_of(&pool, &sku).await,
+        Some((BUYERS as i64, 0, 0)),
+        "every unit is back in stock"
+    );
+
+    // Redis answers again: every token comes back, exactly once, although Redis already applied
+    // the give-backs whose answers it dropped.
+    proxy.set(Fault::Pass);
+    let started = Instant::now();
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM inventory.flash_give_backs WHERE sku = $1")
+                .bind(&sku)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{pending} give-backs still pending after Redis came back"
+        );
+        poll.tick().await;
+    }
+    let tokens: i64 = redis::cmd("GET")
+        .arg(tokens_key(&sku))
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(
+        tokens, BUYERS as i64,
+        "each released unit's token came back exactly once"
+    );
+    println!(
+        "flash releases with Redis black-holed: {BUYERS} releases answered in {releases_took:?}; tokens back within {:?} of Redis answering",
+        started.elapsed()
+    );
+}

@@ -167,7 +167,7 @@ pub async fn post_stock(
 }
 
 fn redis(state: &AppState) -> Result<redis::aio::ConnectionManager, Problem> {
-    state.redis.clone().ok_or_else(|| {
+    state.redis.get().ok_or_else(|| {
         Problem::unavailable("Redis is unavailable: flash sales cannot be managed", 5)
     })
 }

@@ -116,7 +116,7 @@ return 1";
 fn conn(state: &AppState) -> Result<ConnectionManager, Problem> {
     state
         .redis
-        .clone()
+        .get()
         .ok_or_else(|| Problem::unavailable("carts are unavailable (Redis)", 2))
 }
 

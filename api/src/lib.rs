@@ -30,6 +30,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, response::IntoResponse};
 use kassa_schemas::Codec;
+use kassa_schemas::redis_link::RedisLink;
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
@@ -71,8 +72,8 @@ pub struct AppState {
     pub producer: FutureProducer,
     /// Event codec.
     pub codec: Arc<Codec>,
-    /// Redis (None when it could not be reached at start: the gate then fails open).
-    pub redis: Option<redis::aio::ConnectionManager>,
+    /// Redis, connected in the background (while it cannot be reached the gate fails open).
+    pub redis: RedisLink,
     /// Reservation hold, in seconds.
     pub hold_seconds: i32,
     /// Recent API key lookups.
@@ -188,7 +189,7 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
         .unwrap_or_else(|e| Err(e.to_string()))
     };
     let redis = async {
-        let Some(mut conn) = state.redis.clone() else {
+        let Some(mut conn) = state.redis.get() else {
             return Err("not connected".to_owned());
         };
         redis::cmd("PING")
@@ -241,7 +242,14 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         .create()
         .map_err(|e| ServeError::Setup(format!("Kafka producer: {e}")))?;
     let codec = Codec::new(&config.registry_url).map_err(|e| ServeError::Setup(e.to_string()))?;
-    let redis = connect_redis(&config.redis_url).await;
+    // The client's default 500 ms answer deadline is shorter than a burst of a flash sale can make
+    // a busy API wait for its turn to read Redis' answer: the gate would then fail open while
+    // Redis is up, and let more buyers in than it has tokens. A refused connection still fails at once.
+    let redis = RedisLink::start(&config.redis_url, Duration::from_secs(5));
+    // Give Redis a moment at start so the first requests meet the gate; never wait longer.
+    if redis.wait(Duration::from_secs(3)).await.is_none() {
+        tracing::warn!("Redis not reachable at start: the flash-sale gate fails open until it is");
+    }
     Ok(AppState {
         pool: pool.clone(),
         producer,
@@ -254,39 +262,6 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
         status_feed: order_status::StatusFeed::start(pool.clone()),
     })
-}
-
-/// A self-reconnecting Redis connection, or None (logged) if Redis cannot be reached within 3 s.
-async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
-    let client = match redis::Client::open(url) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::warn!(error = %e, "bad Redis URL: flash-sale gate off");
-            return None;
-        }
-    };
-    // The client's default 500 ms answer deadline is shorter than a burst of a flash sale can make
-    // a busy API wait for its turn to read Redis' answer: the gate would then fail open while
-    // Redis is up, and let more buyers in than it has tokens. A refused connection still fails at once.
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        redis::aio::ConnectionManager::new_with_config(client, config),
-    )
-    .await
-    {
-        Ok(Ok(conn)) => Some(conn),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "Redis unreachable: flash-sale gate fails open");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("Redis did not answer in 3 s: flash-sale gate fails open");
-            None
-        }
-    }
 }
 
 /// Serves the API until `shutdown` completes, then drains in-flight requests. Prunes expired

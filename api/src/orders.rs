@@ -168,7 +168,9 @@ pub(crate) async fn place(
     for line in &request.lines {
         *units.entry(line.sku.clone()).or_default() += line.quantity;
     }
-    if let Some(sku) = flash::sold_out_early(&state.redis, &storefront.name, key, &units).await {
+    if let Some(sku) =
+        flash::sold_out_early(&state.redis.get(), &storefront.name, key, &units).await
+    {
         metrics::counter!("kassa_flash_gate_total", "outcome" => "sold_out").increment(1);
         return Err(Problem::sold_out(&sku));
     }
@@ -195,7 +197,7 @@ pub(crate) async fn place(
                     .customer(&storefront.name, &request.customer_id)?;
                 // The gate before pricing and storing: a refused order costs no more work.
                 let taken = match flash::admit(
-                    &state.redis,
+                    &state.redis.get(),
                     &storefront.name,
                     key,
                     &request.customer_id,
@@ -224,7 +226,8 @@ pub(crate) async fn place(
                 let priced = match price(state, request).await {
                     Ok(priced) => priced,
                     Err(problem) => {
-                        flash::give_back(&state.redis, &request.customer_id, &taken, &units).await;
+                        flash::give_back(&state.redis.get(), &request.customer_id, &taken, &units)
+                            .await;
                         return Err(problem);
                     }
                 };
@@ -242,8 +245,13 @@ pub(crate) async fn place(
                     claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await;
                 if !matches!(stored, Ok(true)) {
                     // Lost the race for the key (or could not store): this order does not go ahead.
-                    flash::give_back(&state.redis, &accepted.customer_id, &accepted.flash, &units)
-                        .await;
+                    flash::give_back(
+                        &state.redis.get(),
+                        &accepted.customer_id,
+                        &accepted.flash,
+                        &units,
+                    )
+                    .await;
                     stored?;
                     continue;
                 }

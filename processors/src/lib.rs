@@ -10,6 +10,7 @@ pub mod runtime;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kassa_schemas::redis_link::RedisLink;
 use kassa_schemas::{Codec, ConsumerGroup};
 use tokio::sync::watch;
 
@@ -25,8 +26,6 @@ pub struct ProcessorConfig {
     pub registry_url: String,
     /// Redis URL (flash-sale tokens).
     pub redis_url: String,
-    /// Partitions of the SKU-keyed topics.
-    pub partitions: i32,
     /// Reservation hold when a request names none.
     pub default_hold: Duration,
     /// How long an order may wait on stock being committed or its payment captured before it
@@ -77,23 +76,20 @@ pub async fn run(
     let codec = Arc::new(Codec::new(&config.registry_url)?);
     match group {
         ConsumerGroup::Inventory => {
-            let redis = match redis::Client::open(config.redis_url.as_str()) {
-                Ok(client) => match redis::aio::ConnectionManager::new(client).await {
-                    Ok(conn) => Some(conn),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis unreachable: flash-sale tokens will not be given back");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "bad Redis URL: flash-sale tokens will not be given back");
-                    None
-                }
+            let Some(pool) = runtime::connect(&config.runtime, 2, &mut shutdown.clone()).await
+            else {
+                return Ok(());
             };
-            let handler =
-                inventory::Inventory::new(codec, config.default_hold, config.partitions, redis);
-            runtime::run(&config.runtime, handler, shutdown).await?;
-            Ok(())
+            let redis = RedisLink::start(&config.redis_url, Duration::from_secs(5));
+            let retry = tokio::spawn(inventory::flash::retry(
+                pool.clone(),
+                redis.clone(),
+                shutdown.clone(),
+            ));
+            let handler = inventory::Inventory::new(codec, config.default_hold, redis, pool);
+            let result = runtime::run(&config.runtime, handler, shutdown).await;
+            let _ = retry.await;
+            Ok(result?)
         }
         ConsumerGroup::Orders => {
             runtime::run(

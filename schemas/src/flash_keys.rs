@@ -24,6 +24,19 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], ARGV[1]) end
 return 1";
 
+/// Marks one give-back (by its id) as applied, for a week: a retried give-back is applied once.
+pub fn given_key(sku: &str, give_back_id: &str) -> String {
+    format!("kassa:flash:{{{sku}}}:given:{give_back_id}")
+}
+
+/// Lua: [`GIVE_BACK_SCRIPT`] at most once per give-back: `KEYS[3]` is its marker
+/// ([`given_key`]), kept `ARGV[2]` seconds. Returns 1 when applied now, 0 when applied before.
+pub const GIVE_BACK_ONCE_SCRIPT: &str = r"
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
+if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], ARGV[1]) end
+return 1";
+
 /// Marks an Idempotency-Key (of a storefront) as let into a SKU's sale, for 24 hours: a replay
 /// of an admitted order is never turned away by the sold-out fast path.
 pub fn admitted_key(sku: &str, storefront: &str, idempotency_key: &str) -> String {

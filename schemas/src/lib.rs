@@ -7,6 +7,7 @@ pub mod events;
 pub mod flash_keys;
 pub mod kafka;
 pub mod read_model;
+pub mod redis_link;
 pub mod registry;
 pub mod topics;
 

@@ -167,9 +167,12 @@ async fn run_kassa(
 ) -> Result<Measured, BenchError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = settings.processor_config().map_err(BenchError::Settings)?;
+    let handler_pool = pool.clone();
     let processor = tokio::spawn(async move {
         let codec = std::sync::Arc::new(Codec::new(&config.registry_url).expect("codec"));
-        let handler = Inventory::new(codec, config.default_hold, config.partitions, None);
+        let redis =
+            kassa_schemas::redis_link::RedisLink::start(&config.redis_url, Duration::from_secs(5));
+        let handler = Inventory::new(codec, config.default_hold, redis, handler_pool);
         kassa_processors::runtime::run(&config.runtime, handler, stopped).await
     });
     let outcomes = Outcomes::start(settings, Topic::InventoryEvents.name(), load.prefix());

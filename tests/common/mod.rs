@@ -160,4 +160,5 @@ pub mod api;
 pub mod inventory;
 pub mod processes;
 pub mod proxy;
+pub mod redis_server;
 pub mod saga;

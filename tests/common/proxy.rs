@@ -24,6 +24,9 @@ pub enum Fault {
     Refuse,
     /// Accepts, reads, never answers.
     BlackHole,
+    /// Forwards requests to the service but drops its answers: what was asked is done, and the
+    /// client never learns it.
+    DropReplies,
 }
 
 /// A running proxy; stops when dropped.
@@ -87,6 +90,17 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         }
         Fault::Refuse => {}
+        Fault::DropReplies => {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let (mut server_read, mut server_write) = server.into_split();
+            let (mut client_read, _client_write) = client.into_split();
+            let forward = tokio::io::copy(&mut client_read, &mut server_write);
+            let mut sink = tokio::io::sink();
+            let drop_answers = tokio::io::copy(&mut server_read, &mut sink);
+            let _ = tokio::join!(forward, drop_answers);
+        }
         Fault::BlackHole => {
             let mut sink = [0u8; 4096];
             while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}

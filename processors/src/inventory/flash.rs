@@ -1,16 +1,34 @@
-//! Gives flash-sale tokens back in Redis when held stock is released, after the batch committed.
+//! Gives flash-sale tokens back in Redis when held stock is released.
 //!
 //! Key layout: `kassa_schemas::flash_keys` (shared with the API's gate, which takes tokens).
 //!
-//! A token comes back only while the sale is on (the key exists). Redis is a shield, not the
-//! authority: if it is down the give-back is logged and skipped (fewer tokens, never oversold).
+//! A give-back is written to `inventory.flash_give_backs` in the batch transaction that released
+//! the hold, so it is never lost. After the commit it goes to Redis in one pipeline, bounded in
+//! time, off the consume loop; what Redis confirmed is deleted, the rest is retried by
+//! [`retry`] every few seconds. Redis applies each give-back at most once (a marker per id), so
+//! a retry after a timeout never gives a token back twice. A token comes back only while the sale
+//! is on (its key exists): a sale that ended stays ended.
 
-use kassa_schemas::flash_keys::{bought_key, tokens_key};
-use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+use kassa_schemas::flash_keys::{GIVE_BACK_ONCE_SCRIPT, bought_key, given_key, tokens_key};
+use kassa_schemas::redis_link::RedisLink;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// How long one give-back pipeline may take before it is left to the retry.
+pub const GIVE_BACK_LIMIT: Duration = Duration::from_secs(2);
+/// How often pending give-backs are retried.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// How long Redis remembers that a give-back was applied (its markers).
+const MARKER_SECONDS: u64 = 7 * 24 * 3600;
 
 /// One release to give back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GiveBack {
+    /// Its id: one per released order line.
+    pub id: Uuid,
     /// The SKU.
     pub sku: String,
     /// The customer whose hold it was.
@@ -19,24 +37,171 @@ pub struct GiveBack {
     pub units: i32,
 }
 
-/// Gives the units back; failures are logged, never retried (at most once, by design).
-pub async fn give_back(redis: &mut Option<ConnectionManager>, releases: Vec<GiveBack>) {
-    let Some(conn) = redis.as_mut() else { return };
-    let script = redis::Script::new(kassa_schemas::flash_keys::GIVE_BACK_SCRIPT);
-    for r in releases {
-        let bought = r
+impl GiveBack {
+    /// The give-back for the release of line `line_index` of `order_id`.
+    pub fn of_line(
+        order_id: &str,
+        line_index: i32,
+        sku: &str,
+        customer_id: Option<String>,
+        units: i32,
+    ) -> Self {
+        let id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("kassa-give-back-{order_id}-{line_index}").as_bytes(),
+        );
+        Self {
+            id,
+            sku: sku.to_owned(),
+            customer_id,
+            units,
+        }
+    }
+}
+
+/// Records give-backs in the transaction that released their holds.
+pub async fn record(conn: &mut PgConnection, give_backs: &[GiveBack]) -> Result<(), sqlx::Error> {
+    if give_backs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = give_backs.iter().map(|g| g.id).collect();
+    let skus: Vec<&str> = give_backs.iter().map(|g| g.sku.as_str()).collect();
+    let customers: Vec<Option<&str>> = give_backs
+        .iter()
+        .map(|g| g.customer_id.as_deref())
+        .collect();
+    let units: Vec<i32> = give_backs.iter().map(|g| g.units).collect();
+    sqlx::query(
+        "INSERT INTO inventory.flash_give_backs (id, sku, customer_id, units)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&skus)
+    .bind(&customers)
+    .bind(&units)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives `give_backs` back in one Redis pipeline, waiting at most `limit`, and deletes the ones
+/// Redis confirmed. Returns how many were confirmed; the others stay recorded for [`retry`].
+pub async fn give_back(
+    pool: &PgPool,
+    redis: &RedisLink,
+    give_backs: &[GiveBack],
+    limit: Duration,
+) -> usize {
+    if give_backs.is_empty() {
+        return 0;
+    }
+    let Some(mut conn) = redis.get() else {
+        tracing::debug!(
+            pending = give_backs.len(),
+            "Redis not connected: flash-sale tokens wait to be given back"
+        );
+        return 0;
+    };
+    let mut pipe = redis::pipe();
+    for g in give_backs {
+        let bought = g
             .customer_id
             .as_deref()
-            .map(|c| bought_key(&r.sku, c))
+            .map(|c| bought_key(&g.sku, c))
             .unwrap_or_default();
-        let result: redis::RedisResult<i64> = script
-            .key(tokens_key(&r.sku))
-            .key(bought)
-            .arg(r.units)
-            .invoke_async(conn)
+        pipe.cmd("EVAL")
+            .arg(GIVE_BACK_ONCE_SCRIPT)
+            .arg(3)
+            .arg(tokens_key(&g.sku))
+            .arg(bought)
+            .arg(given_key(&g.sku, &g.id.to_string()))
+            .arg(g.units)
+            .arg(MARKER_SECONDS);
+    }
+    let applied = tokio::time::timeout(limit, pipe.query_async::<Vec<i64>>(&mut conn)).await;
+    let ids: Vec<Uuid> = give_backs.iter().map(|g| g.id).collect();
+    match applied {
+        Ok(Ok(_)) => {
+            let deleted = sqlx::query("DELETE FROM inventory.flash_give_backs WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(pool)
+                .await;
+            if let Err(e) = deleted {
+                // Redis took them; the retry finds their markers and only deletes the rows.
+                tracing::warn!(error = %e, "given back, but the records stay until the next retry");
+            }
+            metrics::counter!("kassa_flash_tokens_given_back_total")
+                .increment(give_backs.len() as u64);
+            give_backs.len()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, pending = give_backs.len(), "Redis refused the give-back: kept for a retry");
+            mark_attempted(pool, &ids).await;
+            0
+        }
+        Err(_) => {
+            tracing::warn!(
+                pending = give_backs.len(),
+                ?limit,
+                "Redis did not confirm the give-back in time: kept for a retry"
+            );
+            mark_attempted(pool, &ids).await;
+            0
+        }
+    }
+}
+
+async fn mark_attempted(pool: &PgPool, ids: &[Uuid]) {
+    let marked = sqlx::query(
+        "UPDATE inventory.flash_give_backs SET attempted_at = now() WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await;
+    if let Err(e) = marked {
+        tracing::debug!(error = %e, "could not note the give-back attempt");
+    }
+}
+
+/// Retries recorded give-backs (older than a few seconds: fresh ones are being given back after
+/// their batch) until `shutdown` turns true.
+pub async fn retry(pool: PgPool, redis: RedisLink, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        let pending: Result<Vec<(Uuid, String, Option<String>, i32)>, sqlx::Error> =
+            sqlx::query_as(
+                "SELECT id, sku, customer_id, units FROM inventory.flash_give_backs
+             WHERE created_at < now() - interval '3 seconds' ORDER BY created_at LIMIT 1000",
+            )
+            .fetch_all(&pool)
             .await;
-        if let Err(e) = result {
-            tracing::warn!(sku = %r.sku, units = r.units, error = %e, "flash-sale tokens not given back");
+        match pending {
+            Ok(rows) if !rows.is_empty() => {
+                let give_backs: Vec<GiveBack> = rows
+                    .into_iter()
+                    .map(|(id, sku, customer_id, units)| GiveBack {
+                        id,
+                        sku,
+                        customer_id,
+                        units,
+                    })
+                    .collect();
+                let done = give_back(&pool, &redis, &give_backs, GIVE_BACK_LIMIT).await;
+                tracing::info!(
+                    retried = give_backs.len(),
+                    done,
+                    "flash-sale give-backs retried"
+                );
+                if done == 1000 {
+                    continue;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read pending give-backs"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_EVERY) => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

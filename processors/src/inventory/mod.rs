@@ -16,8 +16,9 @@ use kassa_schemas::events::inventory::{
     Committed, InventoryCommand, InventoryEvent, LineOrder, Rejected, Released, Reserved, Restock,
     Restocked, SetStock,
 };
+use kassa_schemas::redis_link::RedisLink;
 use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
@@ -37,10 +38,10 @@ pub enum Input {
 pub struct Inventory {
     codec: Arc<Codec>,
     default_hold: Duration,
-    partitions: i32,
-    /// Stock per partition, then per SKU, while the partition is owned.
+    /// Stock per partition it was delivered on, then per SKU, while the partition is owned.
     stock: HashMap<i32, HashMap<String, Versioned>>,
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: RedisLink,
+    pool: PgPool,
     give_back: Vec<flash::GiveBack>,
     /// Order lines found to exist when a batch assumed they were new: the redo loads them.
     /// (New lines are not looked up first: a repeated reserve is rare, a lookup per line is not.)
@@ -49,27 +50,23 @@ pub struct Inventory {
 
 impl Inventory {
     /// A handler encoding with `codec`; holds default to `default_hold` when a request has none.
-    /// `redis` is where flash-sale tokens go back (None: no flash sales).
+    /// `redis` is where flash-sale tokens go back; `pool` is where the give-backs are recorded
+    /// until Redis took them.
     pub fn new(
         codec: Arc<Codec>,
         default_hold: std::time::Duration,
-        partitions: i32,
-        redis: Option<redis::aio::ConnectionManager>,
+        redis: RedisLink,
+        pool: PgPool,
     ) -> Self {
         Self {
             codec,
             default_hold: Duration::from_std(default_hold).unwrap_or(Duration::minutes(15)),
-            partitions,
             stock: HashMap::new(),
             redis,
+            pool,
             give_back: Vec::new(),
             known_lines: HashSet::new(),
         }
-    }
-
-    /// The partition a SKU's state is cached under.
-    fn bucket(&self, sku: &str) -> i32 {
-        kassa_schemas::kafka::java_partition(sku.as_bytes(), self.partitions.max(1) as u32) as i32
     }
 }
 
@@ -117,9 +114,16 @@ impl Handler for Inventory {
         // Load what the batch needs that is not in memory: stock of new SKUs, and order lines.
         let mut missing: Vec<String> = Vec::new();
         let mut lines: Vec<(String, i32)> = Vec::new();
+        // A SKU's state is cached under the partition its messages are delivered on (the one
+        // whose revocation or failure forgets it), never one computed from a configured count.
+        let mut buckets: HashMap<&str, Vec<i32>> = HashMap::new();
         for d in batch {
             let (sku, line) = subject(&d.input);
-            let bucket = self.bucket(sku);
+            let bucket = d.partition;
+            let known = buckets.entry(sku).or_default();
+            if !known.contains(&bucket) {
+                known.push(bucket);
+            }
             if !self.stock.get(&bucket).is_some_and(|b| b.contains_key(sku))
                 && !missing.iter().any(|s| s == sku)
             {
@@ -136,8 +140,10 @@ impl Handler for Inventory {
         if !missing.is_empty() {
             let loaded = store::load_stock(conn, &missing).await?;
             for (sku, versioned) in loaded {
-                let bucket = self.bucket(&sku);
-                self.stock.entry(bucket).or_default().insert(sku, versioned);
+                for bucket in buckets.get(sku.as_str()).into_iter().flatten() {
+                    let cached = self.stock.entry(*bucket).or_default();
+                    cached.entry(sku.clone()).or_insert(versioned);
+                }
             }
         }
         let mut records = store::load_lines(conn, &lines).await?;
@@ -154,8 +160,7 @@ impl Handler for Inventory {
                 ));
                 continue;
             }
-            let bucket = self.bucket(sku);
-            let skus = self.stock.entry(bucket).or_default();
+            let skus = self.stock.entry(d.partition).or_default();
             match &d.input {
                 Input::Checkout(e) => {
                     let CheckoutPayload::Reserve(r) = &e.payload;
@@ -248,6 +253,7 @@ impl Handler for Inventory {
         }
         store::update_lines(conn, &updated).await?;
         store::write_ignored(conn, &out.ignored).await?;
+        flash::record(conn, &out.give_back).await?;
         for (cause, key, event) in out.events {
             let payload = self.codec.encode(&event).await?;
             out.handled.emit.push(Emit {
@@ -270,9 +276,14 @@ impl Handler for Inventory {
     }
 
     async fn after_commit(&mut self) {
+        // Off the consume loop: a slow or black-holed Redis never holds up the next batch. What it
+        // does not confirm in time stays recorded and is retried by `flash::retry`.
         let releases = std::mem::take(&mut self.give_back);
         if !releases.is_empty() {
-            flash::give_back(&mut self.redis, releases).await;
+            let (pool, redis) = (self.pool.clone(), self.redis.clone());
+            tokio::spawn(async move {
+                flash::give_back(&pool, &redis, &releases, flash::GIVE_BACK_LIMIT).await
+            });
         }
     }
 }
@@ -391,11 +402,10 @@ impl Batch {
                 if command == "release" {
                     let record = &records[&key];
                     if record.flash_sale {
-                        self.give_back.push(flash::GiveBack {
-                            sku: sku_owned.clone(),
-                            customer_id: record.customer_id.clone(),
-                            units,
-                        });
+                        let customer = record.customer_id.clone();
+                        self.give_back.push(flash::GiveBack::of_line(
+                            line.0, line.1, sku, customer, units,
+                        ));
                     }
                     self.event(
                         cause,
