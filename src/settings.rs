@@ -144,6 +144,16 @@ pub struct Settings {
     )]
     pub payment_concurrency: usize,
 
+    /// How long a payments worker holds a payment it works on before another may take it, in
+    /// seconds (renewed every third of it while the provider calls last).
+    #[arg(
+        long,
+        env = "KASSA_PAYMENT_LEASE_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub payment_lease_seconds: u64,
+
     /// How often a payment waiting for 3-D Secure is looked up at the provider, in seconds.
     #[arg(
         long,
@@ -249,6 +259,7 @@ impl Settings {
             payment_worker: kassa_processors::payments::worker::WorkerConfig {
                 concurrency: self.payment_concurrency.max(1),
                 recheck: std::time::Duration::from_secs(self.payment_recheck_seconds.max(1)),
+                lease: std::time::Duration::from_secs(self.payment_lease_seconds.max(1)),
                 owner: self.instance_id.as_ref().map(|id| format!("payments-{id}")),
                 ..Default::default()
             },

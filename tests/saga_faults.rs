@@ -574,3 +574,76 @@ async fn an_order_whose_commit_or_confirmation_was_lost_is_asked_again_and_compl
     }
     saga.wait_stock(&sku, (8, 0, 2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_slower_than_the_lease_that_replays_500s_still_charges_each_order_once() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let sku = saga.sku("SLOW");
+    saga.product(&sku, 1100, 100).await;
+    // Every provider call takes 1.5 s against a 1 s lease, and a third of the keys answer a 500
+    // that the provider then replays for that key, as Stripe does.
+    let env: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .filter(|(name, _)| *name != "KASSA_SIM_FAULTS")
+        .chain([
+            ("KASSA_SIM_FAULTS", "cached500=0.33"),
+            ("KASSA_SIM_LATENCY_MS", "1500"),
+            ("KASSA_PAYMENT_LEASE_SECONDS", "1"),
+        ])
+        .collect();
+    stop_processor("payments");
+    start_processor("payments", &env);
+    let lines = [(sku.as_str(), 1)];
+    let placed: Vec<Placed> = futures::stream::iter(0..20)
+        .map(|_| saga.place("pm_card_visa", &lines))
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    for order in &placed {
+        saga.wait_status(order, "completed", Duration::from_secs(240))
+            .await;
+    }
+    let ids: Vec<String> = placed.iter().map(|o| o.id.clone()).collect();
+    let effects = effects(&saga, &ids).await;
+    for id in &ids {
+        assert_eq!(
+            effects.get(id),
+            Some(&(1, 1, 1100)),
+            "order {id}: one authorization, one capture of its total"
+        );
+    }
+    // One task per payment at a time: calls for one order never overlap (each takes 1.5 s).
+    let overlapping: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT order_id, gap FROM (
+             SELECT i.order_id, extract(epoch FROM c.at - lag(c.at) OVER (PARTITION BY i.order_id ORDER BY c.at))::float8 AS gap
+             FROM simulator.calls c JOIN simulator.intents i ON i.id = c.intent_id WHERE i.order_id = ANY($1)) g
+         WHERE gap < 1.0",
+    )
+    .bind(&ids)
+    .fetch_all(saga.pool())
+    .await
+    .unwrap();
+    assert!(
+        overlapping.is_empty(),
+        "calls for one payment overlapped: {overlapping:?}"
+    );
+    let fresh_keys: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM simulator.calls c JOIN simulator.intents i ON i.id = c.intent_id
+         WHERE i.order_id = ANY($1) AND c.key LIKE '%-g_'",
+    )
+    .bind(&ids)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(
+        fresh_keys > 0,
+        "some calls met a replayed 500 and moved to fresh keys"
+    );
+    println!(
+        "slow provider: 20 orders completed, each charged once; {fresh_keys} calls with fresh keys after replayed 500s"
+    );
+    stop_processor("payments");
+    start_processor("payments", ENV);
+}

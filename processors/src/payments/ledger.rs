@@ -117,6 +117,20 @@ pub enum Work {
 }
 
 impl Work {
+    /// Every piece of work.
+    pub const ALL: [Work; 5] = [
+        Work::Authorize,
+        Work::Capture,
+        Work::Void,
+        Work::Refund,
+        Work::Lookup,
+    ];
+
+    /// The work stored under `name`.
+    pub fn parse(name: &str) -> Option<Work> {
+        Work::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+
     /// The stored name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -160,6 +174,22 @@ pub struct Payment {
     pub needs_lookup: bool,
     /// Failed attempts of the current work (for backoff).
     pub attempts: i32,
+    /// Which idempotency keys the calls use (0 at first): moved on only once a look-up proved
+    /// that a call answered with an error did nothing, because Stripe replays a key's first
+    /// answer, a 500 included, for a day.
+    pub key_generation: i32,
+    /// The work whose last call got no sure answer, until a look-up tells what it did.
+    pub unsure: Option<Work>,
+}
+
+impl Payment {
+    /// The idempotency key of `step` for this payment's current key generation.
+    pub fn key(&self, step: &str) -> String {
+        match self.key_generation {
+            0 => idempotency_key(&self.order_id, step),
+            n => format!("{}-g{n}", idempotency_key(&self.order_id, step)),
+        }
+    }
 }
 
 /// The next call to make at the provider, if any.
@@ -346,6 +376,8 @@ mod tests {
             refunded_minor: 0,
             needs_lookup: false,
             attempts: 0,
+            key_generation: 0,
+            unsure: None,
         }
     }
 
@@ -457,5 +489,14 @@ mod tests {
         );
         assert_eq!(implied_by_webhook("customer.created"), None);
         assert_eq!(idempotency_key("o1", "confirm"), "kassa-o1-confirm");
+        let mut p = payment(Status::Created, OrderStage::Reserved);
+        assert_eq!(
+            p.key("confirm"),
+            "kassa-o1-confirm",
+            "generation 0 keeps the first keys"
+        );
+        p.key_generation = 2;
+        assert_eq!(p.key("confirm"), "kassa-o1-confirm-g2");
+        assert_eq!(Work::parse(Work::Capture.as_str()), Some(Work::Capture));
     }
 }

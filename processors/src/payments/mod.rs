@@ -140,6 +140,8 @@ impl Handler for Payments {
                                 refunded_minor: 0,
                                 needs_lookup: false,
                                 attempts: 0,
+                                key_generation: 0,
+                                unsure: None,
                             };
                             payments.insert(order_id.to_owned(), payment);
                         }
@@ -221,7 +223,7 @@ impl Handler for Payments {
             .filter_map(|(id, cause)| payments.get(id).map(|p| (p, *cause)))
             .collect();
         rows.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
-        store::save(conn, &rows, None, None, false).await?;
+        store::save(conn, &rows, None, None, None).await?;
         Ok(handled)
     }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::ledger::{OrderStage, Payment, Status, next_work};
+use super::ledger::{OrderStage, Payment, Status, Work, next_work};
 
 /// The channel that wakes the worker when work is due now.
 pub const WORK_CHANNEL: &str = "kassa_payments_work";
@@ -30,11 +30,16 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Payment {
         refunded_minor: row.get("refunded_minor"),
         needs_lookup: row.get("needs_lookup"),
         attempts: row.get("attempts"),
+        key_generation: row.get("key_generation"),
+        unsure: row
+            .get::<Option<&str>, _>("unsure_work")
+            .and_then(Work::parse),
     }
 }
 
 const COLUMNS: &str = "order_id, payment_id, provider, amount_minor, currency, payment_method_id, provider_ref, status,
-                       stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts";
+                       stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, key_generation,
+                       unsure_work";
 
 /// Loads the payments of `orders`, locked for this transaction.
 pub async fn load(
@@ -54,14 +59,15 @@ pub async fn load(
 }
 
 /// Writes `payments` (inserted or updated) with their next work due at `due_at` (now when
-/// None), and wakes the worker if work is due now. `release` ends the worker's lease (only the
+/// None), and wakes the worker if work is due now. `release` ends the lease of the worker of
+/// that name, if it still holds it (a lease another worker took meanwhile is left alone; only the
 /// worker that holds it may); otherwise a call in flight keeps it.
 pub async fn save(
     conn: &mut PgConnection,
     payments: &[(&Payment, Option<Uuid>)],
     due_at: Option<DateTime<Utc>>,
     last_error: Option<&str>,
-    release: bool,
+    release: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     if payments.is_empty() {
         return Ok(());
@@ -76,24 +82,26 @@ pub async fn save(
                 "client_secret": p.client_secret, "captured_minor": p.captured_minor,
                 "refunded_minor": p.refunded_minor, "needs_lookup": p.needs_lookup, "attempts": p.attempts,
                 "work": next_work(p).map(|w| w.as_str()), "cause_event_id": cause,
+                "key_generation": p.key_generation, "unsure_work": p.unsure.map(|w| w.as_str()),
             })
         })
         .collect();
     sqlx::query(
         "INSERT INTO payments.payments AS p (order_id, payment_id, provider, amount_minor, currency, payment_method_id,
               provider_ref, status, stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, work,
-              cause_event_id, due_at, last_error)
+              cause_event_id, key_generation, unsure_work, due_at, last_error)
          SELECT x.*, coalesce($2, now()), $3 FROM jsonb_to_recordset($1) AS x(order_id text, payment_id uuid, provider text,
               amount_minor bigint, currency text, payment_method_id text, provider_ref text, status text, stage text,
               client_secret text, captured_minor bigint, refunded_minor bigint, needs_lookup boolean, attempts int,
-              work text, cause_event_id uuid)
+              work text, cause_event_id uuid, key_generation int, unsure_work text)
          ON CONFLICT (order_id) DO UPDATE SET provider_ref = excluded.provider_ref, status = excluded.status,
               stage = excluded.stage, client_secret = excluded.client_secret, captured_minor = excluded.captured_minor,
               refunded_minor = excluded.refunded_minor, needs_lookup = excluded.needs_lookup,
               attempts = excluded.attempts, work = excluded.work,
               cause_event_id = coalesce(excluded.cause_event_id, p.cause_event_id),
+              key_generation = excluded.key_generation, unsure_work = excluded.unsure_work,
               due_at = excluded.due_at, last_error = excluded.last_error,
-              leased_until = CASE WHEN $4 THEN NULL ELSE p.leased_until END, updated_at = now()",
+              leased_until = CASE WHEN p.leased_by = $4 THEN NULL ELSE p.leased_until END, updated_at = now()",
     )
     .bind(serde_json::Value::Array(rows))
     .bind(due_at)
@@ -144,21 +152,59 @@ pub async fn record_intent(
     .await
 }
 
+/// Extends the lease `owner` holds on `order_id`'s payment to `lease_seconds` from now; false
+/// when it no longer holds it.
+pub async fn renew_lease(
+    pool: &sqlx::PgPool,
+    order_id: &str,
+    owner: &str,
+    lease_seconds: i64,
+) -> Result<bool, sqlx::Error> {
+    let renewed = sqlx::query(
+        "UPDATE payments.payments SET leased_until = now() + make_interval(secs => $3)
+         WHERE order_id = $1 AND leased_by = $2 AND leased_until IS NOT NULL",
+    )
+    .bind(order_id)
+    .bind(owner)
+    .bind(lease_seconds as f64)
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Whether a refund made with idempotency key `key` is recorded already (its amount counted).
+pub async fn refund_recorded(
+    conn: &mut PgConnection,
+    order_id: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM payments.attempts
+                        WHERE order_id = $1 AND idempotency_key = $2 AND outcome LIKE 'refunded %')",
+    )
+    .bind(order_id)
+    .bind(key)
+    .fetch_one(conn)
+    .await
+}
+
 /// Takes up to `limit` payments at `provider` whose work is due, leasing them for
 /// `lease_seconds` so another worker (or this one, after a crash) only takes them again once the
-/// lease ran out. A payment stays with the provider it was created at.
+/// lease ran out; never one of `busy` (this worker is working on them). A payment stays with the
+/// provider it was created at.
 pub async fn claim(
     conn: &mut PgConnection,
     provider: &str,
     owner: &str,
     limit: i64,
     lease_seconds: i64,
+    busy: &[String],
 ) -> Result<Vec<Payment>, sqlx::Error> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH due AS (
              SELECT order_id FROM payments.payments
              WHERE work IS NOT NULL AND due_at <= now() AND (leased_until IS NULL OR leased_until < now())
-                   AND provider = $3
+                   AND provider = $3 AND order_id <> ALL($5)
              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
          UPDATE payments.payments p SET leased_until = now() + make_interval(secs => $2), leased_by = $4
          FROM due WHERE p.order_id = due.order_id
@@ -169,6 +215,7 @@ pub async fn claim(
     .bind(lease_seconds as f64)
     .bind(provider)
     .bind(owner)
+    .bind(busy)
     .fetch_all(conn)
     .await?;
     Ok(rows.iter().map(from_row).collect())

@@ -18,9 +18,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use super::gateway::{Gateway, GatewayError, Intent, IntentRequest};
-use super::ledger::{
-    Fact, OrderStage, Payment, Status, Work, idempotency_key, next_work, observed, settle,
-};
+use super::ledger::{Fact, OrderStage, Payment, Status, Work, next_work, observed, settle};
 use super::{store, webhooks};
 use crate::runtime::TaskError;
 use crate::runtime::backoff::Backoff;
@@ -62,8 +60,13 @@ enum Outcome {
     Failed(PaymentStep, String, String),
     /// This much was refunded.
     Refunded(i64),
-    /// No answer: try again later (`ambiguous`: it may have happened, look up first).
-    Retry { ambiguous: bool, error: String },
+    /// No answer: try again later (`ambiguous`: it may have happened, look up first;
+    /// `new_key`: the next attempt uses keys of the next generation).
+    Retry {
+        ambiguous: bool,
+        error: String,
+        new_key: bool,
+    },
 }
 
 /// Works the queue with `gateway` until `shutdown` turns true; calls in flight finish first.
@@ -93,6 +96,8 @@ pub async fn run<G: Gateway>(
     }
     let mut listener: Option<PgListener> = None;
     let mut in_flight = tokio::task::JoinSet::new();
+    // The payments this worker is working on: never claimed twice, even when a lease runs out.
+    let busy = Busy::default();
     // Whether the queue may have more due work than was claimed last time.
     let mut more = true;
     while !*shutdown.borrow() {
@@ -103,15 +108,30 @@ pub async fn run<G: Gateway>(
         // Claim when slots are free and work may be waiting (a quarter free at least, so a busy
         // worker does not claim one payment at a time).
         if more && free > 0 && (in_flight.is_empty() || free >= config.concurrency.div_ceil(4)) {
-            match claim(&pool, gateway.name(), &owner, free, config.lease).await {
+            match claim(
+                &pool,
+                gateway.name(),
+                &owner,
+                free,
+                config.lease,
+                &busy.list(),
+            )
+            .await
+            {
                 Ok(claimed) => {
                     backoff.reset();
                     more = claimed.len() == free;
                     for payment in claimed {
+                        let Some(working) = busy.take(&payment.order_id) else {
+                            continue;
+                        };
                         let (pool, codec, gateway) = (pool.clone(), codec.clone(), gateway.clone());
+                        let (owner, lease, recheck) = (owner.clone(), config.lease, config.recheck);
                         in_flight.spawn(async move {
+                            let _working = working;
                             let order = payment.order_id.clone();
-                            if let Err(e) = work_on(&pool, &codec, gateway.as_ref(), payment, config.recheck).await {
+                            let lease = Lease { owner: &owner, length: lease };
+                            if let Err(e) = work_on(&pool, &codec, gateway.as_ref(), payment, lease, recheck).await {
                                 // The lease runs out and the work is taken again.
                                 tracing::warn!(order, error = %e, "payment work not recorded; retried after the lease");
                             }
@@ -154,6 +174,63 @@ pub async fn run<G: Gateway>(
     while in_flight.join_next().await.is_some() {}
 }
 
+/// The payments a worker is working on.
+#[derive(Clone, Default)]
+struct Busy(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+/// A payment marked busy; unmarked when dropped (the task ended, or panicked).
+struct Working {
+    busy: Busy,
+    order_id: String,
+}
+
+impl Busy {
+    fn list(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Marks `order_id` busy; None if it already is.
+    fn take(&self, order_id: &str) -> Option<Working> {
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(order_id.to_owned());
+        fresh.then(|| Working {
+            busy: self.clone(),
+            order_id: order_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.busy
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.order_id);
+    }
+}
+
+/// The lease a worker holds on the payment it works on: renewed while the calls last.
+#[derive(Clone, Copy)]
+struct Lease<'a> {
+    owner: &'a str,
+    length: Duration,
+}
+
+impl Lease<'_> {
+    fn seconds(&self) -> i64 {
+        self.length.as_secs().max(1) as i64
+    }
+}
+
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(store::WORK_CHANNEL).await?;
@@ -166,6 +243,7 @@ async fn claim(
     owner: &str,
     limit: usize,
     lease: Duration,
+    busy: &[String],
 ) -> Result<Vec<Payment>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let claimed = store::claim(
@@ -174,6 +252,7 @@ async fn claim(
         owner,
         limit as i64,
         lease.as_secs().max(1) as i64,
+        busy,
     )
     .await?;
     tx.commit().await?;
@@ -181,21 +260,53 @@ async fn claim(
 }
 
 /// Does the payment's due work at the provider and records the outcome.
+/// The lease is renewed every third of its length while the calls last, so however slow the
+/// provider, no other worker takes the payment meanwhile.
 async fn work_on<G: Gateway>(
     pool: &PgPool,
     codec: &Codec,
     gateway: &G,
     payment: Payment,
+    lease: Lease<'_>,
     recheck: Duration,
 ) -> Result<(), TaskError> {
     let Some(work) = next_work(&payment) else {
         return Ok(());
     };
     let started = std::time::Instant::now();
-    let outcome = perform(pool, gateway, &payment, work).await?;
+    let renewing = async {
+        let mut every = tokio::time::interval(lease.length / 3);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            match store::renew_lease(pool, &payment.order_id, lease.owner, lease.seconds()).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    order = payment.order_id,
+                    "lost the payment's lease while calling the provider"
+                ),
+                Err(e) => {
+                    tracing::warn!(order = payment.order_id, error = %e, "could not renew the payment's lease")
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = perform(pool, gateway, &payment, work) => outcome?,
+        never = renewing => never,
+    };
     metrics::histogram!("kassa_payment_call_seconds", "work" => work.as_str())
         .record(started.elapsed().as_secs_f64());
-    record(pool, codec, &payment.order_id, work, outcome, recheck).await
+    record(
+        pool,
+        codec,
+        &payment.order_id,
+        work,
+        outcome,
+        lease.owner,
+        recheck,
+    )
+    .await
 }
 
 /// The provider calls for `work`.
@@ -206,7 +317,7 @@ async fn perform<G: Gateway>(
     work: Work,
 ) -> Result<Outcome, sqlx::Error> {
     let order = p.order_id.as_str();
-    let key = |step: &str| idempotency_key(order, step);
+    let key = |step: &str| p.key(step);
     let intent_id = p.provider_ref.clone();
     Ok(match work {
         Work::Authorize => {
@@ -235,10 +346,14 @@ async fn perform<G: Gateway>(
                                 message,
                             ));
                         }
+                        // An intent created nonetheless is never confirmed (only the recorded one
+                        // is) and charges nothing, so a fresh key is always safe, and needed:
+                        // Stripe replays a key's first answer, a 500 included, for a day.
                         Err(e) => {
                             return Ok(Outcome::Retry {
                                 ambiguous: false,
                                 error: format!("create: {e}"),
+                                new_key: true,
                             });
                         }
                     }
@@ -281,11 +396,13 @@ async fn perform<G: Gateway>(
                     Err(GatewayError::Transient(e)) => Outcome::Retry {
                         ambiguous: false,
                         error: format!("refund: {e}"),
+                        new_key: false,
                     },
                     // Unsure, or refused (already refunded?): look the intent up before refunding again.
                     Err(e) => Outcome::Retry {
                         ambiguous: true,
                         error: format!("refund: {e}"),
+                        new_key: false,
                     },
                 }
             }
@@ -301,11 +418,13 @@ async fn perform<G: Gateway>(
                 Err(e) => Outcome::Retry {
                     ambiguous: true,
                     error: format!("look-up: {e}"),
+                    new_key: false,
                 },
             },
             None => Outcome::Retry {
                 ambiguous: false,
                 error: "look-up without an intent".into(),
+                new_key: false,
             },
         },
     })
@@ -332,11 +451,13 @@ where
         Err(GatewayError::Transient(e)) => Outcome::Retry {
             ambiguous: false,
             error: e,
+            new_key: false,
         },
         // Ambiguous twice, or refused (the intent is not where we thought): the provider decides.
         Err(e) => Outcome::Retry {
             ambiguous: true,
             error: e.to_string(),
+            new_key: false,
         },
     }
 }
@@ -349,6 +470,7 @@ async fn record(
     order_id: &str,
     work: Work,
     outcome: Outcome,
+    owner: &str,
     recheck: Duration,
 ) -> Result<(), TaskError> {
     let mut tx = pool.begin().await?;
@@ -356,6 +478,8 @@ async fn record(
         return Ok(());
     };
     let before = p.status;
+    // The key the call used (the generation may move on below).
+    let key = step_key(work).map(|step| p.key(step));
     let mut due_at = None;
     let mut error = None;
     let (fact, attempt) = match outcome {
@@ -367,10 +491,23 @@ async fn record(
             match observed(&p, &intent) {
                 Some(status) => {
                     p.needs_lookup = false;
-                    (
-                        settle(&mut p, status, Some(&intent), None),
-                        format!("ok: {status:?}"),
-                    )
+                    let fact = settle(&mut p, status, Some(&intent), None);
+                    if let Some(unsure) = p.unsure.take()
+                        && work == Work::Lookup
+                        && next_work(&p) == Some(unsure)
+                    {
+                        // The call whose answer was unsure did nothing: its key may be one whose
+                        // error the provider replays (Stripe keeps a 500 for a day), so the next
+                        // call uses a fresh one.
+                        p.key_generation += 1;
+                        tracing::info!(
+                            order = order_id,
+                            work = unsure.as_str(),
+                            generation = p.key_generation,
+                            "the look-up shows the unsure call did nothing: retrying with fresh keys"
+                        );
+                    }
+                    (fact, format!("ok: {status:?}"))
                 }
                 None => {
                     p.needs_lookup = true;
@@ -393,7 +530,14 @@ async fn record(
         }
         Outcome::Refunded(amount) => {
             p.attempts = 0;
-            p.refunded_minor += amount;
+            // Counted once per key, however many times its answer is recorded.
+            let counted = match key.as_deref() {
+                Some(key) => store::refund_recorded(&mut tx, order_id, key).await?,
+                None => false,
+            };
+            if !counted {
+                p.refunded_minor = p.refunded_minor.saturating_add(amount);
+            }
             (
                 settle(&mut p, Status::Refunded, None, None),
                 format!("refunded {amount}"),
@@ -402,9 +546,16 @@ async fn record(
         Outcome::Retry {
             ambiguous,
             error: e,
+            new_key,
         } => {
             p.attempts += 1;
             p.needs_lookup |= ambiguous;
+            if ambiguous && work != Work::Lookup {
+                p.unsure = Some(work);
+            }
+            if new_key {
+                p.key_generation += 1;
+            }
             let delay = Backoff::delay_for(
                 p.attempts as u32,
                 Duration::from_millis(200),
@@ -427,7 +578,6 @@ async fn record(
         p.needs_lookup = true;
         due_at = Some(Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default());
     }
-    let key = step_key(work).map(|step| idempotency_key(order_id, step));
     store::record_attempt(
         &mut tx,
         order_id,
@@ -437,7 +587,14 @@ async fn record(
         error.as_deref(),
     )
     .await?;
-    store::save(&mut tx, &[(&p, None)], due_at, error.as_deref(), true).await?;
+    store::save(
+        &mut tx,
+        &[(&p, None)],
+        due_at,
+        error.as_deref(),
+        Some(owner),
+    )
+    .await?;
     if let Some(fact) = fact {
         let mut event = Envelope::new(order_id, cause, event_of(&p, fact.clone()));
         event.event_id = fact.event_id(p.payment_id);

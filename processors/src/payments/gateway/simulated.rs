@@ -9,8 +9,10 @@
 //!   nothing again. Intent ids derive from the creating key ([`intent_id_for`]).
 //! - Injected faults, decided by a hash of the key and the call's number so a run repeats:
 //!   `transient` (a 500, nothing done), `timeout` (the client gave up; done or not, half each),
-//!   `lost` (done, the answer lost). Every effect is written to `simulator.effects` so tests
-//!   can count authorizations, captures, voids and refunds per order.
+//!   `lost` (done, the answer lost), `cached500` (a 500, nothing done, and replayed for every
+//!   later call with the same key, as Stripe keeps a key's first answer for a day). Every effect
+//!   is written to `simulator.effects` so tests can count authorizations, captures, voids and
+//!   refunds per order.
 
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ pub struct SimConfig {
     pub timeout: f64,
     /// Share of calls done whose answer is lost.
     pub lost: f64,
+    /// Share of calls answered 500 with nothing done, the 500 then replayed for their key.
+    pub cached500: f64,
 }
 
 impl SimConfig {
@@ -55,14 +59,15 @@ impl SimConfig {
                 "transient" => config.transient = rate,
                 "timeout" => config.timeout = rate,
                 "lost" => config.lost = rate,
+                "cached500" => config.cached500 = rate,
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (transient, timeout, lost)"
+                        "unknown fault {other:?} (transient, timeout, lost, cached500)"
                     ));
                 }
             }
         }
-        if config.transient + config.timeout + config.lost > 1.0 {
+        if config.transient + config.timeout + config.lost + config.cached500 > 1.0 {
             return Err("fault rates add up to more than 1".into());
         }
         Ok(config)
@@ -149,6 +154,16 @@ impl Simulated {
         if dice < c.transient + c.timeout + c.lost {
             let _ = performed.await;
             return Err(GatewayError::Ambiguous("simulated lost answer".into()));
+        }
+        if dice < c.transient + c.timeout + c.lost + c.cached500 {
+            // Like Stripe: the key's answer is stored, a 500 included, and replayed from now on.
+            sqlx::query("INSERT INTO simulator.replies (key, op, reply) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(op)
+                .bind(json!({"status": 500}))
+                .execute(&self.pool)
+                .await
+                .map_err(transient)?;
         }
         performed.await
     }
@@ -258,6 +273,12 @@ fn to_reply(answer: &Result<Intent, GatewayError>) -> serde_json::Value {
 }
 
 fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
+    if reply.get("status").and_then(serde_json::Value::as_i64) == Some(500) {
+        // A stored 500 is answered again, as Stripe does; the adapter cannot tell what it did.
+        return Err(GatewayError::Ambiguous(
+            "simulated 500, replayed for this idempotency key".into(),
+        ));
+    }
     if let Some(d) = reply.get("declined") {
         return Err(GatewayError::Declined(
             d[0].as_str().unwrap_or("").into(),
@@ -514,9 +535,15 @@ mod tests {
 
     #[test]
     fn faults_parse_and_rolls_repeat() {
-        let c = SimConfig::parse_faults("transient=0.1, timeout=0.05,lost=0.05", Duration::ZERO)
-            .unwrap();
-        assert_eq!((c.transient, c.timeout, c.lost), (0.1, 0.05, 0.05));
+        let c = SimConfig::parse_faults(
+            "transient=0.1, timeout=0.05,lost=0.05,cached500=0.2",
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.transient, c.timeout, c.lost, c.cached500),
+            (0.1, 0.05, 0.05, 0.2)
+        );
         assert!(SimConfig::parse_faults("lost=2", Duration::ZERO).is_err());
         assert!(SimConfig::parse_faults("slow=0.1", Duration::ZERO).is_err());
         assert!(SimConfig::parse_faults("transient=0.6,lost=0.6", Duration::ZERO).is_err());
