@@ -162,3 +162,4 @@ pub mod processes;
 pub mod proxy;
 pub mod redis_server;
 pub mod saga;
+pub mod stripe_like;

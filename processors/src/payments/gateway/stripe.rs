@@ -119,6 +119,12 @@ fn describe(e: &StripeError) -> String {
     }
 }
 
+/// What every intent answer expands: Stripe sends `latest_charge` as a bare id unless asked,
+/// and the refunded amount is only on the charge.
+fn expanded() -> Vec<String> {
+    vec!["latest_charge".to_owned()]
+}
+
 /// Reads the fields kassa needs from a PaymentIntent's JSON.
 fn read_intent(v: &Value) -> Option<Intent> {
     let id = v.get("id")?.as_str()?.to_owned();
@@ -191,17 +197,17 @@ impl Gateway for StripeGateway {
     }
 
     async fn confirm(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(ConfirmPaymentIntent::new(intent_id).build(), Some(key))
+        self.intent(ConfirmPaymentIntent::new(intent_id).expand(expanded()).build(), Some(key))
             .await
     }
 
     async fn capture(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(CapturePaymentIntent::new(intent_id).build(), Some(key))
+        self.intent(CapturePaymentIntent::new(intent_id).expand(expanded()).build(), Some(key))
             .await
     }
 
     async fn cancel(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(CancelPaymentIntent::new(intent_id).build(), Some(key))
+        self.intent(CancelPaymentIntent::new(intent_id).expand(expanded()).build(), Some(key))
             .await
     }
 
@@ -227,7 +233,7 @@ impl Gateway for StripeGateway {
     }
 
     async fn retrieve(&self, intent_id: &str) -> Result<Intent, GatewayError> {
-        self.intent(RetrievePaymentIntent::new(intent_id).build(), None)
+        self.intent(RetrievePaymentIntent::new(intent_id).expand(expanded()).build(), None)
             .await
     }
 }
