@@ -110,9 +110,14 @@ pub struct Settings {
     )]
     pub max_hold_seconds: u64,
 
-    /// The payment gateway: `simulated` (built in, the default) or `stripe`.
-    #[arg(long, env = "KASSA_PAYMENT_GATEWAY", default_value = "simulated", value_parser = ["simulated", "stripe"], global = true)]
-    pub payment_gateway: String,
+    /// Where this kassa runs: `production` (the default) or `development` (`scripts/dev env`).
+    #[arg(long, env = "KASSA_ENVIRONMENT", value_enum, default_value_t = Environment::Production, global = true)]
+    pub environment: Environment,
+
+    /// The payment gateway: `stripe`, or `simulated` (built in; charges nobody). Unset: the
+    /// simulated one in development, and a refusal to start in production.
+    #[arg(long, env = "KASSA_PAYMENT_GATEWAY", value_parser = ["simulated", "stripe"], global = true)]
+    pub payment_gateway: Option<String>,
 
     /// Stripe secret API key (`sk_…`), for the `stripe` gateway.
     #[arg(
@@ -208,6 +213,15 @@ pub struct Settings {
     pub http_addr: std::net::SocketAddr,
 }
 
+/// Where kassa runs, for the defaults that must differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Environment {
+    /// A developer's machine or a test run: the simulated gateway may be the default.
+    Development,
+    /// Anything else: nothing that charges nobody is ever a default.
+    Production,
+}
+
 impl Settings {
     /// The settings from the environment alone (for tests and tools that have no command line).
     pub fn from_env() -> Self {
@@ -222,7 +236,17 @@ impl Settings {
     /// What a processor needs, from these settings (an error names a bad payment setting).
     pub fn processor_config(&self) -> Result<kassa_processors::ProcessorConfig, String> {
         use kassa_processors::payments::{GatewayConfig, gateway};
-        let gateway = if self.payment_gateway == "stripe" {
+        let chosen = match (self.payment_gateway.as_deref(), self.environment) {
+            (Some(gateway), _) => gateway,
+            (None, Environment::Development) => "simulated",
+            (None, Environment::Production) => {
+                return Err("KASSA_PAYMENT_GATEWAY is not set: outside development (KASSA_ENVIRONMENT=production, \
+                            the default) kassa never falls back to the simulated gateway, which charges nobody; \
+                            set it to stripe (or to simulated, explicitly)"
+                    .into());
+            }
+        };
+        let gateway = if chosen == "stripe" {
             let secret_key = self
                 .stripe_secret_key
                 .clone()

@@ -335,3 +335,47 @@ async fn a_customer_cancels_while_payment_waits_and_everything_is_undone() {
         && from.as_deref() == Some("action_required")
         && to.as_deref() == Some("cancelled")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_payment_method_is_declined_by_the_simulated_gateway() {
+    let saga = saga().await;
+    let sku = saga.sku("UNKNOWN-PM");
+    saga.product(&sku, 1200, 2).await;
+    let order = saga.place("pm_somebody_made_this_up", &[(&sku, 1)]).await;
+    let cancelled = saga.wait_status(&order, "cancelled", DONE).await;
+    assert_eq!(cancelled["reason"], "payment_declined", "{cancelled}");
+    saga.wait_stock(&sku, (2, 0, 0)).await;
+    assert!(
+        saga.sim_effects(&order.id).await.is_empty(),
+        "nothing was authorized"
+    );
+}
+
+#[test]
+fn outside_development_the_simulated_gateway_is_never_the_default() {
+    let run = |gateway: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"));
+        command
+            .args(["run", "payments"])
+            .env("KASSA_ENVIRONMENT", "production")
+            .env_remove("KASSA_PAYMENT_GATEWAY")
+            .stdin(std::process::Stdio::null());
+        if let Some(gateway) = gateway {
+            command
+                .env("KASSA_PAYMENT_GATEWAY", gateway)
+                .env_remove("KASSA_STRIPE_SECRET_KEY");
+        }
+        command.output().expect("kassa runs")
+    };
+    let refused = run(None);
+    assert!(
+        !refused.status.success(),
+        "production without a gateway must not start"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("KASSA_PAYMENT_GATEWAY is not set"), "{said}");
+    // Chosen explicitly, the choice is checked as usual: stripe needs its key.
+    let stripe = run(Some("stripe"));
+    assert!(!stripe.status.success());
+    assert!(String::from_utf8_lossy(&stripe.stderr).contains("KASSA_STRIPE_SECRET_KEY"));
+}

@@ -212,19 +212,46 @@ async fn a_look_up_after_a_refund_sees_the_refund_as_stripe_answers_it() {
     // localstripe behind a proxy that, like Stripe, sends `latest_charge` as a bare id unless
     // the request expands it (localstripe alone always sends it whole).
     let base = common::stripe_like::start(stripe_base()).await;
-    let config = StripeConfig { secret_key: KEY.into(), api_base: Some(base), timeout: Duration::from_secs(10) };
+    let config = StripeConfig {
+        secret_key: KEY.into(),
+        api_base: Some(base),
+        timeout: Duration::from_secs(10),
+    };
     let gateway = StripeGateway::new(&config).expect("gateway");
     let order = uuid::Uuid::new_v4().to_string();
     let key = |step: &str| format!("kassa-test-{order}-{step}");
-    let request = IntentRequest { order_id: &order, amount_minor: 4200, currency: "EUR", payment_method_id: "pm_card_visa" };
-    let intent = gateway.create(&request, &key("create")).await.expect("create");
-    let confirmed = gateway.confirm(&intent.id, &key("confirm")).await.expect("confirm");
+    let request = IntentRequest {
+        order_id: &order,
+        amount_minor: 4200,
+        currency: "EUR",
+        payment_method_id: "pm_card_visa",
+    };
+    let intent = gateway
+        .create(&request, &key("create"))
+        .await
+        .expect("create");
+    let confirmed = gateway
+        .confirm(&intent.id, &key("confirm"))
+        .await
+        .expect("confirm");
     assert_eq!(confirmed.status, IntentStatus::RequiresCapture);
-    let captured = gateway.capture(&intent.id, &key("capture")).await.expect("capture");
-    assert_eq!((captured.status, captured.received_minor), (IntentStatus::Succeeded, 4200));
-    assert_eq!(gateway.refund(&intent.id, 4200, &key("refund")).await, Ok(4200));
+    let captured = gateway
+        .capture(&intent.id, &key("capture"))
+        .await
+        .expect("capture");
+    assert_eq!(
+        (captured.status, captured.received_minor),
+        (IntentStatus::Succeeded, 4200)
+    );
+    assert_eq!(
+        gateway.refund(&intent.id, 4200, &key("refund")).await,
+        Ok(4200)
+    );
     // The look-up a worker makes after an unsure refund: it must see the refund, or it would
     // refund again.
     let looked = gateway.retrieve(&intent.id).await.expect("look-up");
-    assert_eq!(looked.refunded_minor, 4200, "the look-up sees what was refunded: {looked:?}");
+    assert_eq!(
+        looked.refunded_minor, 4200,
+        "the look-up sees what was refunded: {looked:?}"
+    );
 }

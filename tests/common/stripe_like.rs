@@ -9,7 +9,9 @@ use serde_json::Value;
 
 /// Starts the proxy in front of `upstream` (localstripe's base URL); returns its base URL.
 pub async fn start(upstream: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("address");
     let client = reqwest::Client::new();
     let app = axum::Router::new().fallback(move |request: Request<Body>| {
@@ -20,20 +22,41 @@ pub async fn start(upstream: String) -> String {
     format!("http://{addr}")
 }
 
-async fn forward(client: &reqwest::Client, upstream: &str, request: Request<Body>) -> Response<Body> {
+async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    request: Request<Body>,
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let expanded = path.contains("latest_charge") || String::from_utf8_lossy(&body).contains("latest_charge");
+    let body: Bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let expanded =
+        path.contains("latest_charge") || String::from_utf8_lossy(&body).contains("latest_charge");
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).expect("method");
-    let mut outgoing = client.request(method, format!("{upstream}{path}")).body(body.to_vec());
-    for name in ["authorization", "content-type", "idempotency-key", "stripe-version"] {
+    let mut outgoing = client
+        .request(method, format!("{upstream}{path}"))
+        .body(body.to_vec());
+    for name in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "stripe-version",
+    ] {
         if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
             outgoing = outgoing.header(name, value);
         }
     }
     let Ok(answer) = outgoing.send().await else {
-        return Response::builder().status(StatusCode::BAD_GATEWAY).body(Body::empty()).expect("response");
+        return Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Body::empty())
+            .expect("response");
     };
     let status = StatusCode::from_u16(answer.status().as_u16()).expect("status");
     let mut json: Value = answer.json().await.unwrap_or(Value::Null);

@@ -4,7 +4,8 @@
 //! - Deterministic by payment method id, with Stripe's test ids: `pm_card_chargeDeclined`
 //!   declines (`card_declined`), `pm_card_chargeDeclinedInsufficientFunds` declines
 //!   (`insufficient_funds`), `pm_card_threeDSecure2Required` / `pm_card_authenticationRequired`
-//!   need 3-D Secure ([`authenticate`] completes it), anything else authorizes.
+//!   need 3-D Secure ([`authenticate`] completes it), Stripe's test cards (`pm_card_visa`, …)
+//!   authorize, and anything else declines (`unknown_payment_method`).
 //! - Honours idempotency keys as Stripe does: a repeated key replays the first answer and does
 //!   nothing again. Intent ids derive from the creating key ([`intent_id_for`]).
 //! - Injected faults, decided by a hash of the key and the call's number so a run repeats:
@@ -338,6 +339,20 @@ async fn load(
     }))
 }
 
+/// Stripe's test payment methods that authorize.
+const AUTHORIZED: &[&str] = &[
+    "pm_card_visa",
+    "pm_card_visa_debit",
+    "pm_card_mastercard",
+    "pm_card_mastercard_debit",
+    "pm_card_mastercard_prepaid",
+    "pm_card_amex",
+    "pm_card_discover",
+    "pm_card_diners",
+    "pm_card_jcb",
+    "pm_card_unionpay",
+];
+
 fn confirm_effect(
     row: &mut IntentRow,
     _: i64,
@@ -361,9 +376,17 @@ fn confirm_effect(
             i.status = IntentStatus::RequiresAction;
             return Ok(None);
         }
-        _ => {
+        method if AUTHORIZED.contains(&method) => {
             i.status = IntentStatus::RequiresCapture;
             return Ok(Some(("authorize", i.amount_minor)));
+        }
+        // Anything it does not know declines: a misconfigured deployment charges nobody and
+        // completes nothing.
+        _ => {
+            i.last_error = decline(
+                "unknown_payment_method",
+                "The simulated provider does not know this payment method.",
+            )
         }
     }
     i.status = IntentStatus::RequiresPaymentMethod;

@@ -197,18 +197,33 @@ impl Gateway for StripeGateway {
     }
 
     async fn confirm(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(ConfirmPaymentIntent::new(intent_id).expand(expanded()).build(), Some(key))
-            .await
+        self.intent(
+            ConfirmPaymentIntent::new(intent_id)
+                .expand(expanded())
+                .build(),
+            Some(key),
+        )
+        .await
     }
 
     async fn capture(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(CapturePaymentIntent::new(intent_id).expand(expanded()).build(), Some(key))
-            .await
+        self.intent(
+            CapturePaymentIntent::new(intent_id)
+                .expand(expanded())
+                .build(),
+            Some(key),
+        )
+        .await
     }
 
     async fn cancel(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.intent(CancelPaymentIntent::new(intent_id).expand(expanded()).build(), Some(key))
-            .await
+        self.intent(
+            CancelPaymentIntent::new(intent_id)
+                .expand(expanded())
+                .build(),
+            Some(key),
+        )
+        .await
     }
 
     async fn refund(
@@ -233,8 +248,13 @@ impl Gateway for StripeGateway {
     }
 
     async fn retrieve(&self, intent_id: &str) -> Result<Intent, GatewayError> {
-        self.intent(RetrievePaymentIntent::new(intent_id).expand(expanded()).build(), None)
-            .await
+        self.intent(
+            RetrievePaymentIntent::new(intent_id)
+                .expand(expanded())
+                .build(),
+            None,
+        )
+        .await
     }
 }
 
