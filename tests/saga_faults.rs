@@ -647,3 +647,63 @@ async fn a_provider_slower_than_the_lease_that_replays_500s_still_charges_each_o
     stop_processor("payments");
     start_processor("payments", ENV);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn payments_stopped_while_calls_are_in_flight_publishes_what_they_recorded() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let sku = saga.sku("DRAIN");
+    saga.product(&sku, 800, 20).await;
+    let env: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .filter(|(name, _)| *name != "KASSA_SIM_FAULTS")
+        .chain([("KASSA_SIM_LATENCY_MS", "3000")])
+        .collect();
+    stop_processor("payments");
+    start_processor("payments", &env);
+    let lines = [(sku.as_str(), 1)];
+    let placed: Vec<Placed> = futures::stream::iter(0..10)
+        .map(|_| saga.place("pm_card_visa", &lines))
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    let ids: Vec<String> = placed.iter().map(|o| o.id.clone()).collect();
+    // Calls are in flight (each takes 3 s) when the processor is told to stop.
+    let pool = saga.pool().clone();
+    let leased_ids = ids.clone();
+    wait_for(Duration::from_secs(60), "payments working on the orders", || {
+        let (pool, ids) = (pool.clone(), leased_ids.clone());
+        async move {
+            let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.payments WHERE order_id = ANY($1) AND leased_until > now()")
+                .bind(&ids)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            leased > 0
+        }
+    })
+    .await;
+    stop_processor("payments");
+    let (recorded, unsent): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payments.attempts WHERE order_id = ANY($1)),
+                (SELECT count(*) FROM payments.outbox WHERE sent_at IS NULL)",
+    )
+    .bind(&ids)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(
+        recorded > 0,
+        "the calls in flight finished and were recorded before the processor exited"
+    );
+    assert_eq!(
+        unsent, 0,
+        "everything recorded before the exit was published before the exit"
+    );
+    start_processor("payments", ENV);
+    for order in &placed {
+        saga.wait_status(order, "completed", Duration::from_secs(120))
+            .await;
+    }
+}

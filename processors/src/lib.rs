@@ -87,15 +87,14 @@ pub async fn run(
                 shutdown.clone(),
             ));
             let handler = inventory::Inventory::new(codec, config.default_hold, redis, pool);
-            let result = runtime::run(&config.runtime, handler, shutdown).await;
-            let _ = retry.await;
-            Ok(result?)
+            Ok(runtime::run(&config.runtime, handler, shutdown, vec![retry]).await?)
         }
         ConsumerGroup::Orders => {
             runtime::run(
                 &config.runtime,
                 orders::Orders::new(codec, config.order_policy),
                 shutdown,
+                Vec::new(),
             )
             .await?;
             Ok(())
@@ -114,9 +113,9 @@ pub async fn run(
                         .unwrap_or(chrono::Duration::minutes(2)),
                 ),
                 shutdown,
+                vec![ticker],
             )
             .await;
-            let _ = ticker.await;
             Ok(result?)
         }
         ConsumerGroup::Payments => {
@@ -164,8 +163,8 @@ async fn run_payments<G: payments::gateway::Gateway>(
         &config.runtime,
         payments::Payments::new(codec, name),
         shutdown,
+        vec![worker],
     )
     .await;
-    let _ = worker.await;
     Ok(result?)
 }

@@ -173,7 +173,7 @@ async fn run_kassa(
         let redis =
             kassa_schemas::redis_link::RedisLink::start(&config.redis_url, Duration::from_secs(5));
         let handler = Inventory::new(codec, config.default_hold, redis, handler_pool);
-        kassa_processors::runtime::run(&config.runtime, handler, stopped).await
+        kassa_processors::runtime::run(&config.runtime, handler, stopped, Vec::new()).await
     });
     let outcomes = Outcomes::start(settings, Topic::InventoryEvents.name(), load.prefix());
 

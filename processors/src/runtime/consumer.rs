@@ -63,14 +63,24 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
 
 /// Runs `handler` until `shutdown` turns true: finishes the batch in flight, lets the relay drain,
 /// returns. Database or broker outages are waited out with backoff.
+///
+/// `writers` are the processor's background tasks that append to its outbox (the payments
+/// worker, the expiry ticker): on shutdown they are waited for (they finish what they have in
+/// flight) before the relay drains, so nothing they record stays unpublished.
 pub async fn run<H: Handler>(
     config: &RuntimeConfig,
     mut handler: H,
     mut shutdown: watch::Receiver<bool>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<(), RuntimeError> {
     let group = handler.group();
     let pool = connect(config, 6, &mut shutdown).await;
-    let Some(pool) = pool else { return Ok(()) };
+    let Some(pool) = pool else {
+        for writer in writers {
+            let _ = writer.await;
+        }
+        return Ok(());
+    };
 
     let mut producer_config = ClientConfig::new();
     producer_config
@@ -83,6 +93,7 @@ pub async fn run<H: Handler>(
     // The relay stops only after the loop has committed its last batch, so it drains that too.
     let (relay_stop, relay_shutdown) = watch::channel(false);
     let relay = Relay {
+        writers,
         stop: relay_stop,
         task: tokio::spawn(relay::run(
             pool.clone(),
@@ -297,14 +308,19 @@ async fn wait_out(
     }
 }
 
-/// The running outbox relay and the switch that stops it.
+/// The running outbox relay, the switch that stops it, and the other writers of the outbox.
 struct Relay {
+    writers: Vec<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Tells the relay the loop is done (nothing more will be committed) and waits for it to drain.
+/// Waits for the other writers of the outbox to finish, then tells the relay nothing more will
+/// be written and waits for it to drain.
 async fn finish(relay: Relay) -> Result<(), RuntimeError> {
+    for writer in relay.writers {
+        let _ = writer.await;
+    }
     let _ = relay.stop.send(true);
     let _ = relay.task.await;
     Ok(())
