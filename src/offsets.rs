@@ -117,12 +117,17 @@ pub async fn live_members(
     settings: &Settings,
     group: ConsumerGroup,
 ) -> Result<Vec<Member>, OffsetsError> {
+    live_members_of(settings, &group.group_id()).await
+}
+
+/// The live members of the Kafka consumer group `id` (of any namespace).
+pub async fn live_members_of(settings: &Settings, id: &str) -> Result<Vec<Member>, OffsetsError> {
     let brokers = settings.kafka_brokers.clone();
+    let id = id.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Vec<Member>, KafkaError> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .create()?;
-        let id = group.group_id();
         let list = consumer.fetch_group_list(Some(&id), Duration::from_secs(10))?;
         Ok(list
             .groups()

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use kassa_schemas::kafka::{DEAD_LETTER_RETENTION_MS, EVENT_RETENTION_MS, SEGMENT_MS};
 use kassa_schemas::topics::{ConsumerGroup, Topic};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -43,20 +44,37 @@ pub fn all_topic_names() -> Vec<String> {
         .collect()
 }
 
-/// Creates every topic that does not exist yet, with the configured partitions and replication.
+/// Creates every topic that does not exist yet, with the configured partitions and replication,
+/// and kassa's retention (`kassa_schemas::kafka`). A topic that exists is left as it is.
 pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, TopicsError> {
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka_brokers)
         .create()?;
     let names = all_topic_names();
-    let new_topics: Vec<NewTopic<'_>> = names
+    let configs: Vec<(String, String)> = names
         .iter()
         .map(|name| {
+            let retention = if name.ends_with(".dlq") {
+                DEAD_LETTER_RETENTION_MS
+            } else {
+                EVENT_RETENTION_MS
+            };
+            (retention.to_string(), SEGMENT_MS.to_string())
+        })
+        .collect();
+    // Explicit retention, shorter than the processors' inboxes remember event ids: a replay from
+    // the beginning never finds an event the inbox has forgotten.
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .zip(&configs)
+        .map(|(name, (retention, segment))| {
             NewTopic::new(
                 name,
                 settings.topic_partitions,
                 TopicReplication::Fixed(settings.topic_replication),
             )
+            .set("retention.ms", retention)
+            .set("segment.ms", segment)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

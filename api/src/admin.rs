@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kassa_schemas::Envelope;
-use kassa_schemas::events::inventory::{InventoryCommand, Restock, SetStock};
+use kassa_schemas::events::inventory::{InventoryCommand, MAX_STOCK_UNITS, Restock, SetStock};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -129,11 +129,12 @@ pub struct StockBody {
 }
 
 /// `POST /admin/stock/{sku}`: a restock or a stock count, sent to inventory; 202 once on Kafka.
-#[utoipa::path(post, path = "/admin/stock/{sku}", tag = "admin", request_body = StockBody, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "sent to inventory")))]
+#[utoipa::path(post, path = "/admin/stock/{sku}", tag = "admin", request_body = StockBody, params(("sku" = String, Path, description = "SKU"), ("Idempotency-Key" = Option<String>, Header, description = "makes a retried request the same command: inventory applies it once")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "sent to inventory")))]
 pub async fn post_stock(
     State(state): State<AppState>,
     admin: Admin,
     Path(sku): Path<String>,
+    headers: axum::http::HeaderMap,
     JsonBody { value }: JsonBody<StockBody>,
 ) -> Result<Response, Problem> {
     check_sku(&sku)?;
@@ -146,19 +147,28 @@ pub async fn post_stock(
             line_index: None,
             reason,
         }),
-        (None, Some(on_hand)) if on_hand >= 0 => InventoryCommand::SetStock(SetStock {
-            sku: sku.clone(),
-            on_hand,
-            reason,
-        }),
+        (None, Some(on_hand)) if (0..=MAX_STOCK_UNITS).contains(&on_hand) => {
+            InventoryCommand::SetStock(SetStock {
+                sku: sku.clone(),
+                on_hand,
+                reason,
+            })
+        }
         _ => {
             return Err(field(
                 "restock|set",
-                "exactly one of `restock` (positive) or `set` (not negative)",
+                "exactly one of `restock` (positive) or `set` (0 to 1,000,000,000,000)",
             ));
         }
     };
-    crate::produce::send(&state, &sku, &Envelope::new(sku.clone(), None, command)).await?;
+    // The command's id is its identity for good (inventory never applies one twice, replays
+    // included): with an Idempotency-Key, a retried request is the same command.
+    let mut envelope = Envelope::new(sku.clone(), None, command);
+    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        let name = format!("kassa-stock-command/{}/{sku}/{key}", admin.name);
+        envelope.event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    }
+    crate::produce::send(&state, &sku, &envelope).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "sku": sku, "status": "sent to inventory" })),

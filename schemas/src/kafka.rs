@@ -16,6 +16,16 @@ pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[
     ("auto.offset.reset", "earliest"),
 ];
 
+/// How long an event topic keeps a record (`retention.ms`): 7 days.
+pub const EVENT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How long a dead-letter topic keeps a record: 30 days, for someone to look at it.
+pub const DEAD_LETTER_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
+/// How often a topic rolls a new segment (`segment.ms`): 1 day. Kafka deletes whole segments, so
+/// a record can be read for up to retention + one segment.
+pub const SEGMENT_MS: u64 = 24 * 3600 * 1000;
+/// The longest a record of an event topic can be delivered (again) after it was written.
+pub const LONGEST_REDELIVERY_MS: u64 = EVENT_RETENTION_MS + SEGMENT_MS;
+
 /// The murmur2 partition Java's default partitioner picks for a non-null key, for checks and tools.
 pub fn java_partition(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) % partitions

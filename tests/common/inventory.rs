@@ -136,28 +136,44 @@ pub fn reserve(
     )
 }
 
-/// Current end offsets of every partition of `topic`.
+/// Current end offsets of every partition of `topic` (a topic created a moment ago may not have
+/// its partition leaders yet: asked again for up to 30 s).
 pub fn end_offsets(settings: &Settings, topic: &str) -> HashMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka_brokers)
         .create()
         .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            (
-                p.id(),
-                consumer
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1,
-            )
-        })
-        .collect()
+    let started = Instant::now();
+    loop {
+        let ends = || -> rdkafka::error::KafkaResult<HashMap<i32, i64>> {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| {
+                    Ok((
+                        p.id(),
+                        consumer
+                            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
+                            .1,
+                    ))
+                })
+                .collect()
+        };
+        match ends() {
+            Ok(ends) if !ends.is_empty() => return ends,
+            Ok(_) => {}
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "end offsets of {topic}: {e}"
+            ),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{topic} has no partitions"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // poll the broker until the deadline
+    }
 }
 
 /// Reads `topic` from `from`, read_committed, keeping what `keep` accepts, until `done` holds for

@@ -163,3 +163,25 @@ pub mod proxy;
 pub mod redis_server;
 pub mod saga;
 pub mod stripe_like;
+
+/// Makes a namespace of kassa topics beside the suite's own (`kassa topics create` and
+/// `kassa schemas register` run with `KASSA_NAMESPACE=namespace`), its topics with `partitions`
+/// partitions; returns the topic name maker. For tests that need topics of their own: replays
+/// from the beginning, another partition count.
+pub fn prepare_namespace(namespace: &str, partitions: i32) -> impl Fn(&str) -> String {
+    for args in [["topics", "create"], ["schemas", "register"]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
+            .args(args)
+            .env("KASSA_NAMESPACE", namespace)
+            .env("KASSA_TOPIC_PARTITIONS", partitions.to_string())
+            .output()
+            .expect("kassa runs");
+        assert!(
+            output.status.success(),
+            "kassa {args:?} in {namespace}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let namespace = namespace.to_owned();
+    move |base: &str| format!("{namespace}{base}")
+}

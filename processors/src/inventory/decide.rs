@@ -10,7 +10,7 @@ pub const MAX_LINE_QUANTITY: i32 = 10_000;
 
 /// The most units one SKU may count in all (on hand + reserved + committed): restocks and counts
 /// beyond it are refused, so no move of units between the three can overflow.
-pub const MAX_UNITS: i64 = 1_000_000_000_000;
+pub const MAX_UNITS: i64 = kassa_schemas::events::inventory::MAX_STOCK_UNITS;
 
 /// One SKU's stock. `on_hand + reserved + committed` only changes through restock / set-stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -147,6 +147,16 @@ impl Handler for Inventory {
             }
         }
         let mut records = store::load_lines(conn, &lines).await?;
+        // Deliveries and counts are not idempotent by content: one applied before (a replay the
+        // inbox no longer remembers) is recognised by its id, kept for good.
+        let stock_command_ids: Vec<Uuid> = batch
+            .iter()
+            .filter_map(|d| match &d.input {
+                Input::Command(e) if is_stock_command(&e.payload) => Some(e.event_id),
+                _ => None,
+            })
+            .collect();
+        let applied_before = store::applied_stock_commands(conn, &stock_command_ids).await?;
         let from_table: HashSet<(String, i32)> = records.keys().cloned().collect();
 
         let now = Utc::now();
@@ -220,6 +230,17 @@ impl Handler for Inventory {
                             &records,
                         );
                     }
+                    command if applied_before.contains(&e.event_id) => out.ignored.push(Ignored {
+                        event_id: e.event_id,
+                        command: if matches!(command, InventoryCommand::SetStock(_)) {
+                            "set_stock"
+                        } else {
+                            "restock"
+                        },
+                        sku: sku.to_owned(),
+                        line: None,
+                        reason: "stock command applied before (a replay)",
+                    }),
                     InventoryCommand::Restock(c) => out.restock(index, e, c, skus, &mut records),
                     InventoryCommand::SetStock(c) => out.set_stock(index, e, c, skus),
                 },
@@ -254,6 +275,7 @@ impl Handler for Inventory {
         store::update_lines(conn, &updated).await?;
         store::write_ignored(conn, &out.ignored).await?;
         flash::record(conn, &out.give_back).await?;
+        store::record_stock_commands(conn, &out.stock_commands).await?;
         for (cause, key, event) in out.events {
             let payload = self.codec.encode(&event).await?;
             out.handled.emit.push(Emit {
@@ -285,6 +307,15 @@ impl Handler for Inventory {
                 flash::give_back(&pool, &redis, &releases, flash::GIVE_BACK_LIMIT).await
             });
         }
+    }
+}
+
+/// Whether a command changes stock by content (a delivery or a count), not by an order line.
+fn is_stock_command(command: &InventoryCommand) -> bool {
+    match command {
+        InventoryCommand::SetStock(_) => true,
+        InventoryCommand::Restock(r) => r.order_id.is_none(),
+        _ => false,
     }
 }
 
@@ -325,6 +356,8 @@ struct Batch {
     /// (cause index, key, event) to encode.
     events: Vec<(usize, String, Envelope<InventoryEvent>)>,
     give_back: Vec<flash::GiveBack>,
+    /// Stock commands (deliveries, counts) applied: (event id, SKU, command).
+    stock_commands: Vec<(Uuid, String, &'static str)>,
 }
 
 impl Batch {
@@ -508,6 +541,8 @@ impl Batch {
         match decide::restock(&mut entry.stock, c.quantity) {
             Ok(delta) => {
                 self.touched.insert(c.sku.clone());
+                self.stock_commands
+                    .push((e.event_id, c.sku.clone(), "restock"));
                 let on_hand = entry.stock.on_hand;
                 let event = Restocked {
                     sku: c.sku.clone(),
@@ -536,6 +571,8 @@ impl Batch {
         match decide::set_stock(&mut entry.stock, c.on_hand) {
             Ok(delta) => {
                 self.touched.insert(c.sku.clone());
+                self.stock_commands
+                    .push((e.event_id, c.sku.clone(), "set_stock"));
                 let event = Restocked {
                     sku: c.sku.clone(),
                     quantity_delta: delta,

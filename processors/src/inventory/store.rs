@@ -1,6 +1,6 @@
 //! The inventory schema's reads and set-based writes: a few statements per batch, whatever its size.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use kassa_schemas::events::RejectReason;
@@ -360,4 +360,43 @@ fn reason_name(reason: RejectReason) -> &'static str {
         RejectReason::InvalidQuantity => "invalid_quantity",
         RejectReason::Other => "other",
     }
+}
+
+/// The stock commands among `ids` applied before (kept for good: see `inventory.stock_commands`).
+pub async fn applied_stock_commands(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT event_id FROM inventory.stock_commands WHERE event_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Records stock commands as applied: (event id, SKU, command).
+pub async fn record_stock_commands(
+    conn: &mut PgConnection,
+    applied: &[(Uuid, String, &'static str)],
+) -> Result<(), sqlx::Error> {
+    if applied.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = applied.iter().map(|a| a.0).collect();
+    let skus: Vec<&str> = applied.iter().map(|a| a.1.as_str()).collect();
+    let commands: Vec<&str> = applied.iter().map(|a| a.2).collect();
+    sqlx::query(
+        "INSERT INTO inventory.stock_commands (event_id, sku, command)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&skus)
+    .bind(&commands)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

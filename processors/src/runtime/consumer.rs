@@ -52,6 +52,25 @@ impl ConsumerContext for Context {
                 .send(RebalanceEvent::Revoked(partitions_of(list)));
         }
     }
+
+    /// Assigned partitions start from the beginning, never from the offsets committed to Kafka
+    /// (those are for lag tools): the first message read finds no cursor, and the partition is
+    /// sought to the offset stored in Postgres, or read from the beginning when none is stored.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut from_start = TopicPartitionList::new();
+            for element in list.elements() {
+                let _ = from_start.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Beginning,
+                );
+            }
+            if let Err(e) = consumer.assign(&from_start) {
+                tracing::error!(error = %e, "could not position the assigned partitions");
+            }
+        }
+    }
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {

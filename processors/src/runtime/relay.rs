@@ -22,8 +22,11 @@ const ROUND: i64 = 5_000;
 const POLL: Duration = Duration::from_secs(1);
 /// Sent rows are kept this long (for inspection), then pruned.
 const KEEP_SENT: &str = "10 minutes";
-/// Inbox entries are kept this long: far longer than any re-send can come after the original.
-const KEEP_INBOX: &str = "7 days";
+/// Inbox entries are kept this long: longer than Kafka can deliver a record again after it was
+/// written (retention plus one segment, `kassa_schemas::kafka`), plus a day, so a replay from the
+/// beginning never meets an event id the inbox has forgotten.
+pub const KEEP_INBOX: Duration =
+    Duration::from_millis(kassa_schemas::kafka::LONGEST_REDELIVERY_MS + 24 * 3600 * 1000);
 
 /// A failure of one relay round; every one is retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +101,9 @@ async fn lead(
             .execute(pool)
             .await?;
             sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {schema}.inbox WHERE processed_at < now() - interval '{KEEP_INBOX}'"
+                "DELETE FROM {schema}.inbox WHERE processed_at < now() - make_interval(secs => $1)"
             )))
+            .bind(KEEP_INBOX.as_secs_f64())
             .execute(pool)
             .await?;
             last_prune = Instant::now();

@@ -7,6 +7,10 @@ use super::RejectReason;
 use crate::envelope::payload_union;
 use crate::topics::Topic;
 
+/// The most units one SKU may count in all (on hand + reserved + committed): counts and
+/// deliveries beyond it are refused (by the API, and by inventory, which owns the figure).
+pub const MAX_STOCK_UNITS: i64 = 1_000_000_000_000;
+
 /// Give back a held reservation (compensation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
