@@ -1082,3 +1082,65 @@ async fn topics_of_another_partition_count_than_configured_keep_stock_right_acro
     }
     assert_eq!(placed, 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skipping_a_backlog_is_refused_while_the_group_consumes_unless_forced_and_is_recorded() {
+    use kassa::offsets::{MoveRequest, SkipError, skip_to_end};
+    use kassa_schemas::ConsumerGroup;
+    let _serial = SERIAL.lock().await;
+    let settings = common::setup().await;
+    let pool = kassa::migrate::connect(&settings).await.unwrap();
+    let feed = Feed::new(&settings);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let _processor = Processor::start_inventory();
+    // Consuming: it has answered.
+    feed.set_stock(&settings, &[(format!("SKIP-{run}").as_str(), 1)])
+        .await;
+    let request = |force| MoveRequest {
+        moved_by: format!("tester-{run}"),
+        reason: "a load test's leftovers".into(),
+        force,
+    };
+    match skip_to_end(&settings, &pool, ConsumerGroup::Inventory, &request(false)).await {
+        Err(SkipError::LiveMembers { members, .. }) => assert!(!members.is_empty()),
+        other => panic!(
+            "a skip under a consuming group must be refused: {:?}",
+            other.map(|p| p.len())
+        ),
+    }
+    let recorded_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inventory.offset_moves WHERE moved_by = $1")
+            .bind(format!("tester-{run}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded_before, 0, "a refused skip moves nothing");
+    // Forced, it goes through and says who moved what.
+    feed.send(
+        &format!("SKIP-{run}"),
+        &reserve(&format!("{run}-o"), 0, &format!("SKIP-{run}"), 1),
+    )
+    .await;
+    let before = skip_to_end(&settings, &pool, ConsumerGroup::Inventory, &request(true))
+        .await
+        .expect("a forced skip");
+    let moved = before.iter().filter(|p| p.stored != Some(p.end)).count();
+    let moves: Vec<(String, Option<i64>, i64, bool, String)> = sqlx::query_as(
+        "SELECT topic, from_offset, to_offset, intended, reason FROM inventory.offset_moves WHERE moved_by = $1",
+    )
+    .bind(format!("tester-{run}"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moves.len(),
+        moved,
+        "one record per partition moved: {moves:?}"
+    );
+    assert!(
+        moves.iter().all(|(_, from, to, intended, reason)| *intended
+            && reason == "a load test's leftovers"
+            && from.is_none_or(|f| f < *to)),
+        "{moves:?}"
+    );
+}
