@@ -116,18 +116,28 @@ impl Handler for Inventory {
         let mut lines: Vec<(String, i32)> = Vec::new();
         // A SKU's state is cached under the partition its messages are delivered on (the one
         // whose revocation or failure forgets it), never one computed from a configured count.
-        let mut buckets: HashMap<&str, Vec<i32>> = HashMap::new();
+        // A SKU is cached under one partition: the one it was first delivered on in this batch
+        // (whose revocation or failure forgets it), never one computed from a configured count.
+        // A message whose key is not its SKU is invalid (answered below) and caches nothing.
+        let mut bucket_of: HashMap<&str, i32> = HashMap::new();
         for d in batch {
             let (sku, line) = subject(&d.input);
-            let bucket = d.partition;
-            let known = buckets.entry(sku).or_default();
-            if !known.contains(&bucket) {
-                known.push(bucket);
+            if d.key.as_deref() != Some(sku) {
+                continue;
             }
-            if !self.stock.get(&bucket).is_some_and(|b| b.contains_key(sku))
-                && !missing.iter().any(|s| s == sku)
-            {
-                missing.push(sku.to_owned());
+            let bucket = *bucket_of.entry(sku).or_insert(d.partition);
+            if !self.stock.get(&bucket).is_some_and(|b| b.contains_key(sku)) {
+                // Cached under another partition (topics of different partition counts): moved.
+                match self.stock.values_mut().find_map(|skus| skus.remove(sku)) {
+                    Some(cached) => {
+                        self.stock
+                            .entry(bucket)
+                            .or_default()
+                            .insert(sku.to_owned(), cached);
+                    }
+                    None if !missing.iter().any(|s| s == sku) => missing.push(sku.to_owned()),
+                    None => {}
+                }
             }
             if let Some((order, index)) = line {
                 let key = (order.to_owned(), index);
@@ -140,9 +150,11 @@ impl Handler for Inventory {
         if !missing.is_empty() {
             let loaded = store::load_stock(conn, &missing).await?;
             for (sku, versioned) in loaded {
-                for bucket in buckets.get(sku.as_str()).into_iter().flatten() {
-                    let cached = self.stock.entry(*bucket).or_default();
-                    cached.entry(sku.clone()).or_insert(versioned);
+                if let Some(bucket) = bucket_of.get(sku.as_str()) {
+                    self.stock
+                        .entry(*bucket)
+                        .or_default()
+                        .insert(sku, versioned);
                 }
             }
         }
@@ -170,7 +182,7 @@ impl Handler for Inventory {
                 ));
                 continue;
             }
-            let skus = self.stock.entry(d.partition).or_default();
+            let skus = self.stock.entry(bucket_of[sku]).or_default();
             match &d.input {
                 Input::Checkout(e) => {
                     let CheckoutPayload::Reserve(r) = &e.payload;
