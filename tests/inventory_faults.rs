@@ -818,6 +818,44 @@ async fn wait_stable(settings: &kassa::settings::Settings, id: &str, members: us
     }
 }
 
+/// A test's own namespace of topics (see `common::prepare_namespace`), with what the inventory
+/// tests use around it.
+struct OwnTopics {
+    settings: kassa::settings::Settings,
+    pool: sqlx::PgPool,
+    feed: Feed,
+    run: String,
+    topic: Box<dyn Fn(&str) -> String>,
+    commands: String,
+    requests: String,
+    events: String,
+}
+
+impl OwnTopics {
+    async fn new(namespace: &'static str, partitions: i32) -> Self {
+        let settings = common::setup().await;
+        let pool = kassa::migrate::connect(&settings).await.unwrap();
+        let feed = Feed::new(&settings);
+        let topic = common::prepare_namespace(namespace, partitions);
+        let (commands, requests, events) = (
+            topic("inventory.commands"),
+            topic("checkout.requests"),
+            topic("inventory.events"),
+        );
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Self {
+            settings,
+            pool,
+            feed,
+            run,
+            topic: Box::new(topic),
+            commands,
+            requests,
+            events,
+        }
+    }
+}
+
 /// Sends an inventory command or reserve, encoded, to a topic of another namespace.
 async fn send_to<P: kassa_schemas::Payload>(
     feed: &Feed,
@@ -855,16 +893,16 @@ async fn a_replay_from_the_beginning_after_the_inbox_was_pruned_changes_no_stock
     use kassa_schemas::events::inventory::{Commit, InventoryCommand, Release, Restock, SetStock};
     const NAMESPACE: &str = "kassa-test-replay.";
     let _serial = SERIAL.lock().await;
-    let settings = common::setup().await;
-    let pool = kassa::migrate::connect(&settings).await.unwrap();
-    let feed = Feed::new(&settings);
-    let topic = common::prepare_namespace(NAMESPACE, 3);
-    let (commands, requests, events) = (
-        topic("inventory.commands"),
-        topic("checkout.requests"),
-        topic("inventory.events"),
-    );
-    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let OwnTopics {
+        settings,
+        pool,
+        feed,
+        run,
+        topic,
+        commands,
+        requests,
+        events,
+    } = OwnTopics::new(NAMESPACE, 3).await;
     let sku = format!("REPLAY-{run}");
     let order = |i: usize| format!("{run}-{i}");
     let env = [("KASSA_NAMESPACE", NAMESPACE)];
@@ -998,17 +1036,17 @@ async fn topics_of_another_partition_count_than_configured_keep_stock_right_acro
     use kassa_schemas::kafka::java_partition;
     const NAMESPACE: &str = "kassa-test-p5.";
     let _serial = SERIAL.lock().await;
-    let settings = common::setup().await;
-    let pool = kassa::migrate::connect(&settings).await.unwrap();
-    let feed = Feed::new(&settings);
     // The topics have 5 partitions; the processors are told 12 (KASSA_TOPIC_PARTITIONS).
-    let topic = common::prepare_namespace(NAMESPACE, 5);
-    let (commands, requests, events) = (
-        topic("inventory.commands"),
-        topic("checkout.requests"),
-        topic("inventory.events"),
-    );
-    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let OwnTopics {
+        settings,
+        pool,
+        feed,
+        run,
+        commands,
+        requests,
+        events,
+        ..
+    } = OwnTopics::new(NAMESPACE, 5).await;
     // One SKU on the first partition and one on the last: a rebalance over two instances moves one.
     // Each cached, by a processor that computes partitions from the configured count, where no
     // revocation of the real partitions ever reaches (12-partition buckets 5 to 11).
