@@ -349,10 +349,6 @@ async fn run(settings: &Settings, component: Component) -> anyhow::Result<()> {
     });
     let mut tasks = tokio::task::JoinSet::new();
     for group in processors {
-        if matches!(component, Component::All) && !kassa_processors::is_built(group) {
-            tracing::warn!(processor = group.name(), "not built yet: skipped");
-            continue;
-        }
         let config = settings.processor_config().map_err(anyhow::Error::msg)?;
         let stopped = stopped.clone();
         tasks.spawn(async move {

@@ -285,7 +285,6 @@ impl Settings {
                 recheck: std::time::Duration::from_secs(self.payment_recheck_seconds.max(1)),
                 lease: std::time::Duration::from_secs(self.payment_lease_seconds.max(1)),
                 owner: self.instance_id.as_ref().map(|id| format!("payments-{id}")),
-                ..Default::default()
             },
         })
     }

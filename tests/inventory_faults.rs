@@ -614,7 +614,7 @@ async fn a_message_that_fails_every_time_is_dead_lettered_and_its_partition_move
         &events_from,
         Duration::from_secs(120),
         |m| answered.contains(&m.key().unwrap_or_default()),
-        |n| n >= 2 * good.len() + 1,
+        |n| n > 2 * good.len(),
     );
     for sku in &good {
         assert_eq!(

@@ -74,8 +74,11 @@ type Lookup = std::sync::Arc<tokio::sync::OnceCell<Option<String>>>;
 /// flash-sale burst never queues a thousand identical queries for the database pool.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<(Vec<u8>, KeyKind), (Lookup, Instant)>>,
+    entries: Mutex<HashMap<(Vec<u8>, KeyKind), Started>>,
 }
+
+/// A key lookup and when it began.
+type Started = (Lookup, Instant);
 
 /// The name of the live key of `kind` whose secret is `secret`, if any.
 async fn lookup(

@@ -443,10 +443,10 @@ async fn edit(
     let mut redis = conn(state)?;
     for _ in 0..10 {
         let current = read(&mut redis, &key, ttl).await?.unwrap_or_default();
-        if let Some(v) = wanted {
-            if v != current.version {
-                return Err(Problem::stale(current.version));
-            }
+        if let Some(v) = wanted
+            && v != current.version
+        {
+            return Err(Problem::stale(current.version));
         }
         let mut items = current.items.clone();
         change(&mut items);
@@ -484,10 +484,10 @@ pub async fn checkout(
     JsonBody { value }: JsonBody<CheckoutBody>,
 ) -> Result<Response, Problem> {
     let owner = Owner::of(&cart_id, &headers)?;
-    if let Owner::Customer(customer) = &owner {
-        if *customer != value.customer_id {
-            return Err(Problem::not_found("cart"));
-        }
+    if let Owner::Customer(customer) = &owner
+        && *customer != value.customer_id
+    {
+        return Err(Problem::not_found("cart"));
     }
     let (key, ttl) = (owner.key(&storefront.name), owner.ttl(state.cart_ttl));
     let mut redis = conn(&state)?;

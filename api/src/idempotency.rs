@@ -5,6 +5,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// A stored Idempotency-Key: request hash, order id, and the answer once given.
+type StoredKey = (Vec<u8>, Uuid, Option<i32>, Option<serde_json::Value>);
+
 /// What an existing record says about a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Existing {
@@ -52,7 +55,7 @@ pub async fn existing(
     key: &str,
     fingerprint: &[u8],
 ) -> Result<Existing, sqlx::Error> {
-    let row: Option<(Vec<u8>, Uuid, Option<i32>, Option<serde_json::Value>)> = sqlx::query_as(
+    let row: Option<StoredKey> = sqlx::query_as(
         "SELECT request_hash, order_id, response_status, response_body FROM api.idempotency_keys
          WHERE storefront = $1 AND key = $2 AND created_at > now() - interval '24 hours'",
     )

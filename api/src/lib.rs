@@ -145,14 +145,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::delete_sale),
         )
         .fallback(|| async { Problem::not_found("route") })
-        .method_not_allowed_fallback(|| async {
-            let mut p = Problem::not_found("route");
-            p.status = 405;
-            p.code = "method_not_allowed";
-            p.title = "Method not allowed";
-            p.detail = "this route does not take that method".into();
-            p
-        })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(axum::middleware::from_fn(body::buffer_body))
         .route_layer(axum::middleware::from_fn(telemetry::record))
         .with_state(state)

@@ -101,6 +101,16 @@ impl Problem {
         )
     }
 
+    /// 405: the route exists, but not with this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "this route does not take that method",
+        )
+    }
+
     /// 422: an SKU is not in the catalog (or not active).
     pub fn unknown_sku(skus: &[String]) -> Self {
         let errors = skus

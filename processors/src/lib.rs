@@ -42,9 +42,6 @@ pub struct ProcessorConfig {
 /// Why a processor could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
-    /// The processor is not part of this build yet.
-    #[error("the {0} processor is not built yet")]
-    NotBuilt(&'static str),
     /// The registry client could not be set up.
     #[error("{0}")]
     Codec(#[from] kassa_schemas::CodecError),
@@ -54,17 +51,6 @@ pub enum ProcessorError {
     /// The payment gateway could not be set up.
     #[error("payment gateway: {0}")]
     Gateway(String),
-}
-
-/// Whether this build contains the processor for `group`.
-pub const fn is_built(group: ConsumerGroup) -> bool {
-    matches!(
-        group,
-        ConsumerGroup::Inventory
-            | ConsumerGroup::Orders
-            | ConsumerGroup::Payments
-            | ConsumerGroup::Expiry
-    )
 }
 
 /// Runs the processor for `group` until `shutdown` turns true.

@@ -27,7 +27,7 @@ pub fn namespace() -> &'static str {
 }
 
 /// One of kassa's event topics; its value schema is `schemas/avro/<name>.avsc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
     /// Checkout requests, one per order line, keyed by SKU (API → inventory).
     CheckoutRequests,
@@ -204,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn every_input_topic_is_produced_by_someone() {
+    fn every_topic_is_consumed_by_a_processor_and_each_group_has_a_dead_letter_topic() {
         let consumed: std::collections::HashSet<_> = ConsumerGroup::ALL
             .iter()
             .flat_map(|g| g.inputs().iter().copied())

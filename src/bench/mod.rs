@@ -309,10 +309,10 @@ impl Outcomes {
         let (count_in, stop_in) = (count.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop_in.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                    if m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
-                        count_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50))
+                    && m.key().is_some_and(|k| k.starts_with(prefix.as_bytes()))
+                {
+                    count_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });

@@ -110,8 +110,11 @@ impl Handler for Expiry {
         ConsumerGroup::Expiry
     }
 
-    async fn decode(&self, _topic: Topic, bytes: &[u8]) -> Result<Self::Input, CodecError> {
-        self.codec.decode(bytes).await
+    async fn decode(&self, topic: Topic, bytes: &[u8]) -> Result<Self::Input, CodecError> {
+        match topic {
+            Topic::OrdersEvents => self.codec.decode(bytes).await,
+            other => Err(CodecError::UnexpectedTopic(other.name())),
+        }
     }
 
     fn event_id(input: &Self::Input) -> Uuid {

@@ -164,17 +164,19 @@ async fn mark_attempted(pool: &PgPool, ids: &[Uuid]) {
     }
 }
 
+/// A recorded give-back: id, SKU, customer, units.
+type PendingRow = (Uuid, String, Option<String>, i32);
+
 /// Retries recorded give-backs (older than a few seconds: fresh ones are being given back after
 /// their batch) until `shutdown` turns true.
 pub async fn retry(pool: PgPool, redis: RedisLink, mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
-        let pending: Result<Vec<(Uuid, String, Option<String>, i32)>, sqlx::Error> =
-            sqlx::query_as(
-                "SELECT id, sku, customer_id, units FROM inventory.flash_give_backs
+        let pending: Result<Vec<PendingRow>, sqlx::Error> = sqlx::query_as(
+            "SELECT id, sku, customer_id, units FROM inventory.flash_give_backs
              WHERE created_at < now() - interval '3 seconds' ORDER BY created_at LIMIT 1000",
-            )
-            .fetch_all(&pool)
-            .await;
+        )
+        .fetch_all(&pool)
+        .await;
         match pending {
             Ok(rows) if !rows.is_empty() => {
                 let give_backs: Vec<GiveBack> = rows

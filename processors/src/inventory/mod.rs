@@ -95,7 +95,8 @@ impl Handler for Inventory {
     async fn decode(&self, topic: Topic, bytes: &[u8]) -> Result<Input, CodecError> {
         match topic {
             Topic::CheckoutRequests => Ok(Input::Checkout(self.codec.decode(bytes).await?)),
-            _ => Ok(Input::Command(self.codec.decode(bytes).await?)),
+            Topic::InventoryCommands => Ok(Input::Command(self.codec.decode(bytes).await?)),
+            other => Err(CodecError::UnexpectedTopic(other.name())),
         }
     }
 

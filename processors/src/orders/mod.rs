@@ -92,7 +92,8 @@ impl Handler for Orders {
             Topic::InventoryEvents => Input::Inventory(self.codec.decode(bytes).await?),
             Topic::PaymentsEvents => Input::Payment(self.codec.decode(bytes).await?),
             Topic::ExpiryEvents => Input::Expiry(self.codec.decode(bytes).await?),
-            _ => Input::Request(self.codec.decode(bytes).await?),
+            Topic::OrdersRequests => Input::Request(self.codec.decode(bytes).await?),
+            other => return Err(CodecError::UnexpectedTopic(other.name())),
         })
     }
 

@@ -78,7 +78,8 @@ impl Handler for Payments {
     async fn decode(&self, topic: Topic, bytes: &[u8]) -> Result<Input, CodecError> {
         Ok(match topic {
             Topic::OrdersEvents => Input::Order(self.codec.decode(bytes).await?),
-            _ => Input::Webhook(self.codec.decode(bytes).await?),
+            Topic::PaymentsWebhooks => Input::Webhook(self.codec.decode(bytes).await?),
+            other => return Err(CodecError::UnexpectedTopic(other.name())),
         })
     }
 

@@ -170,7 +170,8 @@ pub async fn run<H: Handler>(
                 Ok(()) => break,
                 Err(e) => {
                     if !wait_out(&mut backoff, &mut shutdown, &e).await {
-                        return finish(relay).await;
+                        finish(relay).await;
+                        return Ok(());
                     }
                 }
             }
@@ -213,7 +214,8 @@ pub async fn run<H: Handler>(
                     // Memory may hold what the rolled-back transaction did: forget and redo.
                     forget_all(&mut handler, &messages);
                     if !wait_out(&mut backoff, &mut shutdown, &e).await {
-                        return finish(relay).await;
+                        finish(relay).await;
+                        return Ok(());
                     }
                 }
                 Err(e) if taken > 1 => {
@@ -226,7 +228,8 @@ pub async fn run<H: Handler>(
                     poison_attempts += 1;
                     if poison_attempts < POISON_ATTEMPTS {
                         if !wait_out(&mut backoff, &mut shutdown, &e).await {
-                            return finish(relay).await;
+                            finish(relay).await;
+                            return Ok(());
                         }
                         continue;
                     }
@@ -250,7 +253,8 @@ pub async fn run<H: Handler>(
                         }
                         Err(e) => {
                             if !wait_out(&mut backoff, &mut shutdown, &e).await {
-                                return finish(relay).await;
+                                finish(relay).await;
+                                return Ok(());
                             }
                         }
                     }
@@ -258,7 +262,8 @@ pub async fn run<H: Handler>(
             }
         }
     }
-    finish(relay).await
+    finish(relay).await;
+    Ok(())
 }
 
 /// Attempts a message that fails in a way retrying does not fix gets before it is dead-lettered.
@@ -336,13 +341,12 @@ struct Relay {
 
 /// Waits for the other writers of the outbox to finish, then tells the relay nothing more will
 /// be written and waits for it to drain.
-async fn finish(relay: Relay) -> Result<(), RuntimeError> {
+async fn finish(relay: Relay) {
     for writer in relay.writers {
         let _ = writer.await;
     }
     let _ = relay.stop.send(true);
     let _ = relay.task.await;
-    Ok(())
 }
 
 fn forget_all<H: Handler>(handler: &mut H, messages: &[OwnedMessage]) {

@@ -10,6 +10,7 @@ use super::inventory::*;
 use super::orders::*;
 use super::payments::*;
 use crate::envelope::{Envelope, Payload};
+use crate::topics::Topic;
 
 /// An event of any topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +33,45 @@ pub enum Sample {
     ExpiryEvent(Envelope<ExpiryEvent>),
 }
 
-/// How many event types the schemas define (the length of `all()`).
-pub const EVENT_TYPES: usize = 1 + 4 + 5 + 2 + 9 + 6 + 1 + 1;
+/// Every (topic, event type) the schemas define, read from each topic's payload union.
+pub fn event_types() -> std::collections::BTreeSet<(Topic, String)> {
+    let mut types = std::collections::BTreeSet::new();
+    for topic in Topic::ALL {
+        let schema: serde_json::Value =
+            serde_json::from_str(topic.schema_json()).expect("valid schema JSON");
+        let fields = schema["fields"].as_array().expect("a record");
+        let payload = fields
+            .iter()
+            .find(|f| f["name"] == "payload")
+            .expect("a payload field");
+        for branch in payload["type"].as_array().expect("a union") {
+            types.insert((
+                topic,
+                branch["name"].as_str().expect("a named record").to_owned(),
+            ));
+        }
+    }
+    types
+}
+
+impl Sample {
+    /// The (topic, event type) of the sample.
+    pub fn event_type(&self) -> (Topic, String) {
+        fn of<P: Payload>(e: &Envelope<P>) -> (Topic, String) {
+            (P::TOPIC, e.event_type.clone())
+        }
+        match self {
+            Sample::Checkout(e) => of(e),
+            Sample::InventoryCommand(e) => of(e),
+            Sample::InventoryEvent(e) => of(e),
+            Sample::OrderRequest(e) => of(e),
+            Sample::OrderEvent(e) => of(e),
+            Sample::PaymentEvent(e) => of(e),
+            Sample::PaymentWebhook(e) => of(e),
+            Sample::ExpiryEvent(e) => of(e),
+        }
+    }
+}
 
 fn at(millis: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).expect("valid timestamp")
