@@ -13,9 +13,10 @@ use serde_json::json;
 use crate::AppState;
 use crate::auth::Admin;
 use crate::body::JsonBody;
+use crate::error::ApiError;
 use crate::flash::{self, Sale};
-use crate::orders::{db, valid_sku};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{CommonErrors, FieldError, Problem};
+use crate::validate::valid_sku;
 
 /// A catalog product as admins write it.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -54,13 +55,13 @@ fn field(name: &str, message: &str) -> Problem {
 }
 
 /// `PUT /admin/products/{sku}`: creates or updates a product.
-#[utoipa::path(put, path = "/admin/products/{sku}", tag = "admin", request_body = ProductBody, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the product")))]
+#[utoipa::path(put, path = "/admin/products/{sku}", tag = "admin", request_body = ProductBody, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the product")))]
 pub async fn put_product(
     State(state): State<AppState>,
     _admin: Admin,
     Path(sku): Path<String>,
     JsonBody { value: p }: JsonBody<ProductBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     check_sku(&sku)?;
     let mut errors = Vec::new();
     if p.name.trim().is_empty() || p.name.chars().count() > 200 {
@@ -82,7 +83,7 @@ pub async fn put_product(
         });
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors));
+        return Err(Problem::validation(errors).into());
     }
     sqlx::query(
         "INSERT INTO api.products (sku, name, price_minor, currency, active) VALUES ($1, $2, $3, $4, $5)
@@ -96,25 +97,24 @@ pub async fn put_product(
     .bind(p.active)
     .execute(&state.pool)
     .await
-    .map_err(db)?;
+    ?;
     Ok(Json(json!({ "sku": sku, "name": p.name, "price_minor": p.price_minor, "currency": p.currency, "active": p.active })).into_response())
 }
 
 /// `GET /admin/products/{sku}`.
-#[utoipa::path(get, path = "/admin/products/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the product")))]
+#[utoipa::path(get, path = "/admin/products/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the product")))]
 pub async fn get_product(
     State(state): State<AppState>,
     _admin: Admin,
     Path(sku): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     check_sku(&sku).map_err(|_| Problem::not_found("product"))?;
     let row: Option<(String, i64, String, bool)> = sqlx::query_as(
         "SELECT name, price_minor, currency, active FROM api.products WHERE sku = $1",
     )
     .bind(&sku)
     .fetch_optional(&state.pool)
-    .await
-    .map_err(db)?;
+    .await?;
     let (name, price_minor, currency, active) = row.ok_or_else(|| Problem::not_found("product"))?;
     Ok(Json(json!({ "sku": sku, "name": name, "price_minor": price_minor, "currency": currency, "active": active })).into_response())
 }
@@ -129,14 +129,14 @@ pub struct StockBody {
 }
 
 /// `POST /admin/stock/{sku}`: a restock or a stock count, sent to inventory; 202 once on Kafka.
-#[utoipa::path(post, path = "/admin/stock/{sku}", tag = "admin", request_body = StockBody, params(("sku" = String, Path, description = "SKU"), ("Idempotency-Key" = Option<String>, Header, description = "makes a retried request the same command: inventory applies it once")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "sent to inventory")))]
+#[utoipa::path(post, path = "/admin/stock/{sku}", tag = "admin", request_body = StockBody, params(("sku" = String, Path, description = "SKU"), ("Idempotency-Key" = Option<String>, Header, description = "makes a retried request the same command: inventory applies it once")), security(("admin" = [])), responses(CommonErrors, (status = 202, description = "sent to inventory")))]
 pub async fn post_stock(
     State(state): State<AppState>,
     admin: Admin,
     Path(sku): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody { value }: JsonBody<StockBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     check_sku(&sku)?;
     let reason = format!("admin {}", admin.name);
     let command = match (value.restock, value.set) {
@@ -158,7 +158,8 @@ pub async fn post_stock(
             return Err(field(
                 "restock|set",
                 "exactly one of `restock` (positive) or `set` (0 to 1,000,000,000,000)",
-            ));
+            )
+            .into());
         }
     };
     // The command's id is its identity for good (inventory never applies one twice, replays
@@ -182,19 +183,14 @@ fn redis(state: &AppState) -> Result<redis::aio::ConnectionManager, Problem> {
     })
 }
 
-fn redis_error(e: redis::RedisError) -> Problem {
-    tracing::error!(error = %e, "Redis error");
-    Problem::unavailable("Redis is unavailable", 2)
-}
-
 /// `PUT /admin/flash-sales/{sku}`: starts (or resets) a sale with tokens, hold and limit.
-#[utoipa::path(put, path = "/admin/flash-sales/{sku}", tag = "admin", request_body = Sale, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the sale")))]
+#[utoipa::path(put, path = "/admin/flash-sales/{sku}", tag = "admin", request_body = Sale, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the sale")))]
 pub async fn put_sale(
     State(state): State<AppState>,
     _admin: Admin,
     Path(sku): Path<String>,
     JsonBody { value: sale }: JsonBody<Sale>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     check_sku(&sku)?;
     let mut errors = Vec::new();
     if sale.tokens < 0 {
@@ -216,41 +212,34 @@ pub async fn put_sale(
         });
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors));
+        return Err(Problem::validation(errors).into());
     }
-    flash::start(&mut redis(&state)?, &sku, &sale)
-        .await
-        .map_err(redis_error)?;
+    flash::start(&mut redis(&state)?, &sku, &sale).await?;
     Ok(Json(json!({ "sku": sku, "sale": sale })).into_response())
 }
 
 /// `GET /admin/flash-sales/{sku}`: the sale running, with its tokens left.
-#[utoipa::path(get, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the sale, tokens left")))]
+#[utoipa::path(get, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the sale, tokens left")))]
 pub async fn get_sale(
     State(state): State<AppState>,
     _admin: Admin,
     Path(sku): Path<String>,
-) -> Result<Response, Problem> {
-    let sale = flash::current(&mut redis(&state)?, &sku)
-        .await
-        .map_err(redis_error)?;
+) -> Result<Response, ApiError> {
+    let sale = flash::current(&mut redis(&state)?, &sku).await?;
     let sale = sale.ok_or_else(|| Problem::not_found("flash sale"))?;
     Ok(Json(json!({ "sku": sku, "sale": sale })).into_response())
 }
 
 /// `DELETE /admin/flash-sales/{sku}`: stops the sale.
-#[utoipa::path(delete, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 204, description = "stopped")))]
+#[utoipa::path(delete, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 204, description = "stopped")))]
 pub async fn delete_sale(
     State(state): State<AppState>,
     _admin: Admin,
     Path(sku): Path<String>,
-) -> Result<Response, Problem> {
-    if flash::stop(&mut redis(&state)?, &sku)
-        .await
-        .map_err(redis_error)?
-    {
+) -> Result<Response, ApiError> {
+    if flash::stop(&mut redis(&state)?, &sku).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(Problem::not_found("flash sale"))
+        Err(Problem::not_found("flash sale").into())
     }
 }

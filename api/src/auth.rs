@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::AppState;
+use crate::error::ApiError;
 use crate::problem::Problem;
 
 /// What a key may do.
@@ -136,22 +137,22 @@ async fn authenticate(
     state: &AppState,
     kind: KeyKind,
     missing: fn() -> Problem,
-) -> Result<String, Problem> {
+) -> Result<String, ApiError> {
     let secret = bearer(parts).ok_or_else(missing)?;
     match lookup(&state.pool, &state.keys, kind, secret).await {
         Ok(Some(name)) => Ok(name),
-        Ok(None) => Err(missing()),
+        Ok(None) => Err(missing().into()),
         Err(e) => {
             tracing::error!(error = %e, "API key lookup failed");
-            Err(Problem::unavailable("the key store is unavailable", 1))
+            Err(Problem::unavailable("the key store is unavailable", 1).into())
         }
     }
 }
 
 impl FromRequestParts<AppState> for Storefront {
-    type Rejection = Problem;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let name = authenticate(parts, state, KeyKind::Storefront, Problem::unauthorized).await?;
         state.limits.storefront(&name)?;
         Ok(Storefront { name })
@@ -159,9 +160,9 @@ impl FromRequestParts<AppState> for Storefront {
 }
 
 impl FromRequestParts<AppState> for Admin {
-    type Rejection = Problem;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         authenticate(parts, state, KeyKind::Admin, Problem::admin_only)
             .await
             .map(|name| Admin { name })

@@ -21,8 +21,10 @@ use serde_json::json;
 use crate::AppState;
 use crate::auth::Storefront;
 use crate::body::JsonBody;
-use crate::orders::{LineRequest, MAX_LINES, MAX_QUANTITY, OrderRequest, db, place, valid_sku};
-use crate::problem::{FieldError, Problem};
+use crate::error::ApiError;
+use crate::orders::{LineRequest, MAX_LINES, MAX_QUANTITY, OrderRequest, place};
+use crate::problem::{CommonErrors, FieldError, Problem};
+use crate::validate::valid_sku;
 
 /// How long carts live after their last use, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,21 +122,14 @@ fn conn(state: &AppState) -> Result<ConnectionManager, Problem> {
         .ok_or_else(|| Problem::unavailable("carts are unavailable (Redis)", 2))
 }
 
-fn redis_error(e: redis::RedisError) -> Problem {
-    tracing::error!(error = %e, "Redis error");
-    Problem::unavailable("carts are unavailable (Redis)", 2)
-}
-
 /// Reads a cart (sliding its expiry); None if there is none.
-async fn read(conn: &mut ConnectionManager, key: &str, ttl: u64) -> Result<Option<Cart>, Problem> {
+async fn read(conn: &mut ConnectionManager, key: &str, ttl: u64) -> Result<Option<Cart>, ApiError> {
     let (raw, _): (Option<String>, bool) = redis::pipe()
         .get(key)
         .expire(key, ttl as i64)
         .query_async(conn)
-        .await
-        .map_err(redis_error)?;
-    raw.map(|r| serde_json::from_str(&r).map_err(|_| Problem::internal()))
-        .transpose()
+        .await?;
+    Ok(raw.map(|r| serde_json::from_str(&r)).transpose()?)
 }
 
 /// Replaces the cart at `expected_version` (0: absent) with `items` (empty: delete).
@@ -144,7 +139,7 @@ async fn write(
     ttl: u64,
     expected_version: u64,
     items: BTreeMap<String, i32>,
-) -> Result<Option<Cart>, Problem> {
+) -> Result<Option<Cart>, ApiError> {
     let cart = Cart {
         items,
         version: expected_version + 1,
@@ -152,7 +147,7 @@ async fn write(
     let stored = if cart.items.is_empty() {
         String::new()
     } else {
-        serde_json::to_string(&cart).map_err(|_| Problem::internal())?
+        serde_json::to_string(&cart)?
     };
     let written: i64 = redis::Script::new(CAS_SCRIPT)
         .key(key)
@@ -160,8 +155,7 @@ async fn write(
         .arg(stored)
         .arg(ttl)
         .invoke_async(conn)
-        .await
-        .map_err(redis_error)?;
+        .await?;
     Ok((written == 1).then_some(cart))
 }
 
@@ -216,15 +210,14 @@ async fn answer(
     status: StatusCode,
     cart_id: &str,
     cart: &Cart,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let skus: Vec<&str> = cart.items.keys().map(String::as_str).collect();
     let rows: Vec<(String, i64, String, bool)> = sqlx::query_as(
         "SELECT sku, price_minor, currency, active FROM api.products WHERE sku = ANY($1)",
     )
     .bind(&skus)
     .fetch_all(&state.pool)
-    .await
-    .map_err(db)?;
+    .await?;
     let catalog: HashMap<String, (i64, String, bool)> = rows
         .into_iter()
         .map(|(s, p, c, a)| (s, (p, c, a)))
@@ -259,13 +252,13 @@ async fn answer(
 }
 
 /// `GET /api/carts/{cart_id}`: the cart (a customer's cart that does not exist yet is empty).
-#[utoipa::path(get, path = "/api/carts/{cart_id}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the cart, priced; `ETag` is its version")))]
+#[utoipa::path(get, path = "/api/carts/{cart_id}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the cart, priced; `ETag` is its version")))]
 pub async fn get(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(cart_id): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     let cart = read(
         &mut conn(&state)?,
@@ -278,7 +271,7 @@ pub async fn get(
         (None, Owner::Customer(_)) => {
             answer(&state, StatusCode::OK, &cart_id, &Cart::default()).await
         }
-        (None, Owner::Guest(_)) => Err(Problem::not_found("cart")),
+        (None, Owner::Guest(_)) => Err(Problem::not_found("cart").into()),
     }
 }
 
@@ -290,14 +283,14 @@ pub struct CartBody {
 }
 
 /// `PUT /api/carts/{cart_id}`: replaces the items (`If-Match` required when the cart exists).
-#[utoipa::path(put, path = "/api/carts/{cart_id}", tag = "carts", request_body = CartBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the cart"), (status = 412, description = "stale `If-Match`", body = Problem, content_type = "application/problem+json"), (status = 428, description = "`If-Match` required", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/api/carts/{cart_id}", tag = "carts", request_body = CartBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the cart"), (status = 412, description = "stale `If-Match`", body = Problem, content_type = "application/problem+json"), (status = 428, description = "`If-Match` required", body = Problem, content_type = "application/problem+json")))]
 pub async fn put(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(cart_id): Path<String>,
     JsonBody { value }: JsonBody<CartBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     check_items(&value.items)?;
     let (key, ttl) = (owner.key(&storefront.name), owner.ttl(state.cart_ttl));
@@ -306,25 +299,25 @@ pub async fn put(
     let expected = match if_match(&headers)? {
         Some(v) => v,
         None if current == 0 => 0,
-        None => return Err(Problem::precondition_required()),
+        None => return Err(Problem::precondition_required().into()),
     };
     if expected != current {
-        return Err(Problem::stale(current));
+        return Err(Problem::stale(current).into());
     }
     match write(&mut redis, &key, ttl, expected, value.items).await? {
         Some(cart) => answer(&state, StatusCode::OK, &cart_id, &cart).await,
-        None => Err(Problem::stale(expected)),
+        None => Err(Problem::stale(expected).into()),
     }
 }
 
 /// `DELETE /api/carts/{cart_id}`: empties the cart (honours `If-Match` when sent).
-#[utoipa::path(delete, path = "/api/carts/{cart_id}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 204, description = "emptied")))]
+#[utoipa::path(delete, path = "/api/carts/{cart_id}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses(CommonErrors, (status = 204, description = "emptied")))]
 pub async fn delete(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(cart_id): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     edit(&state, &owner, &storefront, &headers, |items| items.clear()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -340,14 +333,14 @@ pub struct ItemBody {
 }
 
 /// `POST /api/carts/{cart_id}/items`: adds units of a SKU.
-#[utoipa::path(post, path = "/api/carts/{cart_id}/items", tag = "carts", request_body = ItemBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the cart")))]
+#[utoipa::path(post, path = "/api/carts/{cart_id}/items", tag = "carts", request_body = ItemBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the cart")))]
 pub async fn add_item(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(cart_id): Path<String>,
     JsonBody { value }: JsonBody<ItemBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     let sku = value.sku.clone().ok_or_else(|| field("sku", "required"))?;
     let cart = edit(&state, &owner, &storefront, &headers, |items| {
@@ -359,14 +352,14 @@ pub async fn add_item(
 }
 
 /// `PUT /api/carts/{cart_id}/items/{sku}`: sets a SKU's units.
-#[utoipa::path(put, path = "/api/carts/{cart_id}/items/{sku}", tag = "carts", request_body = ItemBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("sku" = String, Path, description = "SKU"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the cart")))]
+#[utoipa::path(put, path = "/api/carts/{cart_id}/items/{sku}", tag = "carts", request_body = ItemBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("sku" = String, Path, description = "SKU"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the cart")))]
 pub async fn set_item(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path((cart_id, sku)): Path<(String, String)>,
     JsonBody { value }: JsonBody<ItemBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     let cart = edit(&state, &owner, &storefront, &headers, |items| {
         items.insert(sku.clone(), value.quantity);
@@ -376,13 +369,13 @@ pub async fn set_item(
 }
 
 /// `DELETE /api/carts/{cart_id}/items/{sku}`: removes a SKU.
-#[utoipa::path(delete, path = "/api/carts/{cart_id}/items/{sku}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("sku" = String, Path, description = "SKU"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the cart")))]
+#[utoipa::path(delete, path = "/api/carts/{cart_id}/items/{sku}", tag = "carts", params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("sku" = String, Path, description = "SKU"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen")), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the cart")))]
 pub async fn remove_item(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path((cart_id, sku)): Path<(String, String)>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     let cart = edit(&state, &owner, &storefront, &headers, |items| {
         items.remove(&sku);
@@ -400,19 +393,19 @@ pub struct MergeBody {
 
 /// `POST /api/carts/me/merge`: on sign-in, adds a guest cart's items to the customer's cart
 /// (units of a SKU in both are added, capped at the line limit) and deletes the guest cart.
-#[utoipa::path(post, path = "/api/carts/me/merge", tag = "carts", request_body = MergeBody, params(("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the customer's cart")))]
+#[utoipa::path(post, path = "/api/carts/me/merge", tag = "carts", request_body = MergeBody, params(("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the customer's cart")))]
 pub async fn merge(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     JsonBody { value }: JsonBody<MergeBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let customer = Owner::of("me", &headers)?;
     let guest = Owner::of(&value.guest_cart_id, &HeaderMap::new())?;
     let mut redis = conn(&state)?;
     let guest_key = guest.key(&storefront.name);
     let Some(guest_cart) = read(&mut redis, &guest_key, guest.ttl(state.cart_ttl)).await? else {
-        return Err(Problem::not_found("cart"));
+        return Err(Problem::not_found("cart").into());
     };
     let merged = edit(&state, &customer, &storefront, &HeaderMap::new(), |items| {
         for (sku, quantity) in &guest_cart.items {
@@ -424,8 +417,7 @@ pub async fn merge(
     let _: () = redis::cmd("DEL")
         .arg(&guest_key)
         .query_async(&mut redis)
-        .await
-        .map_err(redis_error)?;
+        .await?;
     answer(&state, StatusCode::OK, "me", &merged).await
 }
 
@@ -437,7 +429,7 @@ async fn edit(
     storefront: &Storefront,
     headers: &HeaderMap,
     change: impl Fn(&mut BTreeMap<String, i32>),
-) -> Result<Cart, Problem> {
+) -> Result<Cart, ApiError> {
     let (key, ttl) = (owner.key(&storefront.name), owner.ttl(state.cart_ttl));
     let wanted = if_match(headers)?;
     let mut redis = conn(state)?;
@@ -446,7 +438,7 @@ async fn edit(
         if let Some(v) = wanted
             && v != current.version
         {
-            return Err(Problem::stale(current.version));
+            return Err(Problem::stale(current.version).into());
         }
         let mut items = current.items.clone();
         change(&mut items);
@@ -455,13 +447,10 @@ async fn edit(
             return Ok(cart);
         }
         if wanted.is_some() {
-            return Err(Problem::stale(current.version + 1));
+            return Err(Problem::stale(current.version + 1).into());
         }
     }
-    Err(Problem::unavailable(
-        "the cart is changing too fast; retry",
-        1,
-    ))
+    Err(Problem::unavailable("the cart is changing too fast; retry", 1).into())
 }
 
 /// The body of `POST /api/carts/{cart_id}/checkout`.
@@ -475,19 +464,19 @@ pub struct CheckoutBody {
 
 /// `POST /api/carts/{cart_id}/checkout` (with `Idempotency-Key`): places the cart's items as an
 /// order, exactly like `POST /api/orders`; the cart is emptied once the order is accepted.
-#[utoipa::path(post, path = "/api/carts/{cart_id}/checkout", tag = "carts", request_body = CheckoutBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen"), ("Idempotency-Key" = String, Header, description = "required; the same key and body get the same answer for 24 h")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "accepted, as `POST /api/orders`")))]
+#[utoipa::path(post, path = "/api/carts/{cart_id}/checkout", tag = "carts", request_body = CheckoutBody, params(("cart_id" = String, Path, description = "a guest cart id, or `me` for the customer's cart"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), ("If-Match" = Option<String>, Header, description = "the cart ETag last seen"), ("Idempotency-Key" = String, Header, description = "required; the same key and body get the same answer for 24 h")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "accepted, as `POST /api/orders`")))]
 pub async fn checkout(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(cart_id): Path<String>,
     JsonBody { value }: JsonBody<CheckoutBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owner = Owner::of(&cart_id, &headers)?;
     if let Owner::Customer(customer) = &owner
         && *customer != value.customer_id
     {
-        return Err(Problem::not_found("cart"));
+        return Err(Problem::not_found("cart").into());
     }
     let (key, ttl) = (owner.key(&storefront.name), owner.ttl(state.cart_ttl));
     let mut redis = conn(&state)?;
@@ -496,7 +485,7 @@ pub async fn checkout(
         // Maybe a retry after the order emptied the cart: the Idempotency-Key record answers it.
         return match replay_only(&state, &storefront, &headers, &cart_id).await {
             Some(response) => Ok(response),
-            None => Err(field("items", "the cart is empty")),
+            None => Err(field("items", "the cart is empty").into()),
         };
     }
     let request = OrderRequest {

@@ -12,7 +12,7 @@ type StoredKey = (Vec<u8>, Uuid, Option<i32>, Option<serde_json::Value>);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Existing {
     /// No record: this request is the first with its key (claimed with its order, in
-    /// `orders::claim_and_store`).
+    /// `accepted::claim_and_store`).
     None,
     /// The key was used with another request.
     Reused,
@@ -95,7 +95,7 @@ pub async fn answered(
     .ok()
     .flatten();
     row.map(|(order_id, status, body)| {
-        crate::orders::accepted_response(order_id, status as u16, body)
+        crate::accepted::accepted_response(order_id, status as u16, body)
     })
 }
 

@@ -3,10 +3,12 @@
 //! polling), cancellation and hold renewal, carts, the flash-sale gate, admin, Stripe webhooks,
 //! storefront and admin API keys, RFC 9457 errors, the OpenAPI document, `/health`, `/ready`.
 
+pub mod accepted;
 pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod carts;
+pub mod error;
 pub mod flash;
 pub mod idempotency;
 pub mod limits;
@@ -18,6 +20,7 @@ pub mod pricing;
 pub mod problem;
 pub mod produce;
 pub mod telemetry;
+pub mod validate;
 pub mod webhooks;
 
 use std::future::Future;

@@ -11,18 +11,19 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
+use crate::accepted::owned_order;
 use crate::auth::Storefront;
-use crate::orders::owned_order;
-use crate::problem::{FieldError, Problem};
+use crate::error::ApiError;
+use crate::problem::{CommonErrors, FieldError, Problem};
 
 /// `DELETE /api/orders/{id}`: asks for cancellation; 202 once on Kafka (orders decides).
-#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "cancellation requested")))]
+#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "cancellation requested")))]
 pub async fn cancel(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owned = owned_order(&state, &storefront, &headers, &id).await?;
     let order = owned.order_id.to_string();
     let request = OrderRequest::CancelRequested(CancelRequested {
@@ -46,14 +47,14 @@ pub struct HoldBody {
 }
 
 /// `POST /api/orders/{id}/hold`: asks to keep the reservation longer; 202 once on Kafka.
-#[utoipa::path(post, path = "/api/orders/{id}/hold", tag = "orders", request_body(content = Option<HoldBody>), params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "hold renewal requested")))]
+#[utoipa::path(post, path = "/api/orders/{id}/hold", tag = "orders", request_body(content = Option<HoldBody>), params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "hold renewal requested")))]
 pub async fn renew_hold(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(id): Path<String>,
     crate::body::MaybeJson(body): crate::body::MaybeJson<HoldBody>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let owned = owned_order(&state, &storefront, &headers, &id).await?;
     let hold_seconds = body
         .and_then(|b| b.hold_seconds)
@@ -62,7 +63,8 @@ pub async fn renew_hold(
         return Err(Problem::validation(vec![FieldError {
             field: "hold_seconds".into(),
             message: "30 to 3600".into(),
-        }]));
+        }])
+        .into());
     }
     let order = owned.order_id.to_string();
     let request = OrderRequest::HoldRenewalRequested(HoldRenewalRequested {

@@ -18,9 +18,10 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 
 use crate::AppState;
+use crate::accepted::{order_json, owned_order};
 use crate::auth::Storefront;
-use crate::orders::{db, order_json, owned_order};
-use crate::problem::{FieldError, Problem};
+use crate::error::ApiError;
+use crate::problem::{CommonErrors, FieldError, Problem};
 
 /// The longest a status request may wait.
 pub const MAX_WAIT_SECONDS: u64 = 30;
@@ -138,26 +139,27 @@ pub struct StatusQuery {
 }
 
 /// `GET /api/orders/{id}`: the order and its status, for the customer named in `X-Customer-Id`.
-#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), StatusQuery), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the order; `status` is `accepted` until the orders processor has seen it, then pending, reserved, authorizing, action_required (with `next_action`), authorized, confirmed, completed, rejected or cancelled (with `reason`); `payment` (provider and its id) and `transitions` (the audit trail's steps)")))]
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), StatusQuery), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the order; `status` is `accepted` until the orders processor has seen it, then pending, reserved, authorizing, action_required (with `next_action`), authorized, confirmed, completed, rejected or cancelled (with `reason`); `payment` (provider and its id) and `transitions` (the audit trail's steps)")))]
 pub async fn get(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<StatusQuery>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let wait = query.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
         return Err(Problem::validation(vec![FieldError {
             field: "wait".into(),
             message: "0 to 30 seconds".into(),
-        }]));
+        }])
+        .into());
     }
     let order = owned_order(&state, &storefront, &headers, &id).await?;
     let order_id = order.order_id.to_string();
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut changes = state.status_feed.changed.subscribe();
-    let mut row = read(&state.pool, &order_id).await.map_err(db)?;
+    let mut row = read(&state.pool, &order_id).await?;
     let since = query
         .since
         .filter(|s| !s.is_empty())
@@ -169,7 +171,7 @@ pub async fn get(
                 Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 Ok(Ok(changed)) if !changed.is_empty() && changed != order_id => continue,
                 Ok(_) => {
-                    row = read(&state.pool, &order_id).await.map_err(db)?;
+                    row = read(&state.pool, &order_id).await?;
                     if status_name(&row) != since {
                         break;
                     }
@@ -186,7 +188,7 @@ pub async fn get(
         if row.provider.is_some() {
             body["payment"] = json!({ "provider": row.provider, "provider_ref": row.provider_ref });
         }
-        body["transitions"] = json!(trail(&state.pool, &order_id).await.map_err(db)?);
+        body["transitions"] = json!(trail(&state.pool, &order_id).await?);
         if let Some(secret) = &row.client_secret {
             body["next_action"] = json!({
                 "type": "use_stripe_sdk",

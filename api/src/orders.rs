@@ -3,24 +3,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use kassa_schemas::events::checkout::{CheckoutPayload, Reserve};
 use kassa_schemas::{Envelope, Payload};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::accepted::{Accepted, accepted_response, claim_and_store, load, order_json};
 use crate::auth::Storefront;
 use crate::body::JsonBody;
+use crate::error::ApiError;
 use crate::flash::{self, Gate};
 use crate::idempotency::{self, Existing};
-use crate::pricing::{self, PricedLine, PricingError, Product};
-use crate::problem::{FieldError, Problem};
+use crate::pricing::{self, PricingError, Product};
+use crate::problem::{CommonErrors, FieldError, Problem};
 use crate::produce;
+use crate::validate::{valid_id, valid_sku};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 50;
@@ -98,49 +99,19 @@ fn validate(request: &OrderRequest, key: Option<&str>) -> Vec<FieldError> {
     errors
 }
 
-fn valid_id(value: &str, max: usize) -> bool {
-    !value.is_empty()
-        && value.len() <= max
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-}
-
-/// Whether `value` is a well-formed SKU: 1 to 64 characters, letters, digits, '.', '_', '-',
-/// starting with a letter or digit (the catalog's own CHECK says the same).
-pub(crate) fn valid_sku(value: &str) -> bool {
-    let mut chars = value.chars();
-    value.len() <= 64
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
-
 /// The event id of an order line's reserve request: derived, so a re-sent line is the same event.
 fn reserve_event_id(order_id: Uuid, line_index: i32) -> Uuid {
     Uuid::new_v5(&order_id, format!("reserve/{line_index}").as_bytes())
 }
 
-/// An accepted order, as stored by the API.
-pub(crate) struct Accepted {
-    pub(crate) order_id: Uuid,
-    storefront: String,
-    pub(crate) customer_id: String,
-    currency: String,
-    total_minor: i64,
-    lines: Vec<PricedLine>,
-    payment_method_id: String,
-    /// SKUs admitted by a flash-sale gate, with the sale's hold in seconds.
-    flash: BTreeMap<String, i32>,
-}
-
 /// `POST /api/orders`.
-#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = OrderRequest, params(("Idempotency-Key" = String, Header, description = "required; the same key and body get the same answer for 24 h")), security(("storefront" = [])), responses((status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or wrong key", body = Problem, content_type = "application/problem+json"), (status = 404, description = "not found (also another customer's)", body = Problem, content_type = "application/problem+json"), (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"), (status = 503, description = "a dependency is unavailable", body = Problem, content_type = "application/problem+json"), (status = 202, description = "accepted: every line is on Kafka; `Location` names the order"), (status = 409, description = "`sold_out` or `purchase_limit` (flash sale)", body = Problem, content_type = "application/problem+json"), (status = 422, description = "`unknown_sku` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = OrderRequest, params(("Idempotency-Key" = String, Header, description = "required; the same key and body get the same answer for 24 h")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "accepted: every line is on Kafka; `Location` names the order"), (status = 409, description = "`sold_out` or `purchase_limit` (flash sale)", body = Problem, content_type = "application/problem+json"), (status = 422, description = "`unknown_sku` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     storefront: Storefront,
     headers: HeaderMap,
     JsonBody { value: request }: JsonBody<OrderRequest>,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     place(&state, &storefront, &headers, &request, "POST /api/orders").await
 }
 
@@ -151,16 +122,16 @@ pub(crate) async fn place(
     headers: &HeaderMap,
     request: &OrderRequest,
     route: &str,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
     let errors = validate(request, key);
     if !errors.is_empty() {
-        return Err(Problem::validation(errors));
+        return Err(Problem::validation(errors).into());
     }
     let key = key.unwrap_or_default();
-    let canonical = serde_json::to_vec(request).map_err(|_| Problem::internal())?;
+    let canonical = serde_json::to_vec(request)?;
     let fingerprint = idempotency::fingerprint(&storefront.name, route, &canonical);
 
     // Flash-sale fast path: a buyer who cannot get in is answered before any database work.
@@ -172,16 +143,15 @@ pub(crate) async fn place(
         flash::sold_out_early(&state.redis.get(), &storefront.name, key, &units).await
     {
         metrics::counter!("kassa_flash_gate_total", "outcome" => "sold_out").increment(1);
-        return Err(Problem::sold_out(&sku));
+        return Err(Problem::sold_out(&sku).into());
     }
 
     // At most two rounds: a lost race for the key is followed by the winner's record.
     for _ in 0..2 {
         let accepted = match idempotency::existing(&state.pool, &storefront.name, key, &fingerprint)
-            .await
-            .map_err(db)?
+            .await?
         {
-            Existing::Reused => return Err(Problem::idempotency_key_reused()),
+            Existing::Reused => return Err(Problem::idempotency_key_reused().into()),
             Existing::Answered {
                 order_id,
                 status,
@@ -215,12 +185,12 @@ pub(crate) async fn place(
                     Gate::SoldOut(sku) => {
                         metrics::counter!("kassa_flash_gate_total", "outcome" => "sold_out")
                             .increment(1);
-                        return Err(Problem::sold_out(&sku));
+                        return Err(Problem::sold_out(&sku).into());
                     }
                     Gate::PurchaseLimit(sku) => {
                         metrics::counter!("kassa_flash_gate_total", "outcome" => "purchase_limit")
                             .increment(1);
-                        return Err(Problem::purchase_limit(&sku));
+                        return Err(Problem::purchase_limit(&sku).into());
                     }
                 };
                 let priced = match price(state, request).await {
@@ -262,27 +232,25 @@ pub(crate) async fn place(
         metrics::counter!("kassa_order_lines_published_total")
             .increment(accepted.lines.len() as u64);
         let body = order_json(&accepted, "accepted");
-        idempotency::answer(&state.pool, &storefront.name, key, 202, &body)
-            .await
-            .map_err(db)?;
+        idempotency::answer(&state.pool, &storefront.name, key, 202, &body).await?;
         return Ok(accepted_response(accepted.order_id, 202, body));
     }
     // Two lost races in a row: the other request is mid-flight; the client may retry.
     Err(Problem::unavailable(
         "the same request is being processed; retry with the same Idempotency-Key",
         1,
-    ))
+    )
+    .into())
 }
 
-async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Priced, Problem> {
+async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Priced, ApiError> {
     let skus: Vec<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
     let rows: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT sku, price_minor, currency FROM api.products WHERE sku = ANY($1) AND active",
     )
     .bind(&skus)
     .fetch_all(&state.pool)
-    .await
-    .map_err(db)?;
+    .await?;
     let catalog: HashMap<String, Product> = rows
         .into_iter()
         .map(|(sku, price_minor, currency)| {
@@ -300,7 +268,7 @@ async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Pric
         .iter()
         .map(|l| (l.sku.clone(), l.quantity))
         .collect();
-    pricing::price(&lines, &catalog).map_err(|e| match e {
+    let priced = pricing::price(&lines, &catalog).map_err(|e| match e {
         PricingError::UnknownSkus(skus) => Problem::unknown_sku(&skus),
         PricingError::MixedCurrencies(c) => Problem::validation(vec![FieldError {
             field: "lines".into(),
@@ -313,86 +281,12 @@ async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Pric
             field: "lines".into(),
             message: "the order total is too large".into(),
         }]),
-    })
-}
-
-/// Claims the key and stores the order in one statement (atomic: both or neither); false if
-/// another request holds the key.
-async fn claim_and_store(
-    state: &AppState,
-    storefront: &Storefront,
-    key: &str,
-    route: &str,
-    fingerprint: &[u8],
-    order: &Accepted,
-) -> Result<bool, Problem> {
-    let stored: Option<(Uuid,)> = sqlx::query_as(
-        "WITH claimed AS (
-           INSERT INTO api.idempotency_keys (storefront, key, route, request_hash, order_id) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (storefront, key) DO UPDATE
-             SET route = excluded.route, request_hash = excluded.request_hash, order_id = excluded.order_id,
-                 response_status = NULL, response_body = NULL, created_at = now()
-             WHERE api.idempotency_keys.created_at <= now() - interval '24 hours'
-           RETURNING order_id)
-         INSERT INTO api.orders (order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)
-         SELECT order_id, $1, $6, $7, $8, $9, $10, $11 FROM claimed
-         RETURNING order_id",
-    )
-    .bind(&storefront.name)
-    .bind(key)
-    .bind(route)
-    .bind(fingerprint)
-    .bind(order.order_id)
-    .bind(&order.customer_id)
-    .bind(&order.currency)
-    .bind(order.total_minor)
-    .bind(serde_json::to_value(&order.lines).map_err(|_| Problem::internal())?)
-    .bind(&order.payment_method_id)
-    .bind(serde_json::to_value(&order.flash).map_err(|_| Problem::internal())?)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(db)?;
-    Ok(stored.is_some())
-}
-
-async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Accepted>, Problem> {
-    let row: Option<(
-        String,
-        String,
-        String,
-        i64,
-        serde_json::Value,
-        String,
-        serde_json::Value,
-    )> = sqlx::query_as(
-        "SELECT storefront, customer_id, currency, total_minor, lines, payment_method_id, flash
-         FROM api.orders WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(db)?;
-    let Some((storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)) =
-        row
-    else {
-        return Ok(None);
-    };
-    let lines = serde_json::from_value(lines).map_err(|_| Problem::internal())?;
-    let flash = serde_json::from_value(flash).map_err(|_| Problem::internal())?;
-    Ok(Some(Accepted {
-        order_id,
-        storefront,
-        customer_id,
-        currency,
-        total_minor,
-        lines,
-        payment_method_id,
-        flash,
-    }))
+    })?;
+    Ok(priced)
 }
 
 /// Sends one `checkout.requests` message per line, keyed by SKU, and waits for every ack.
-async fn publish(state: &AppState, order: &Accepted) -> Result<(), Problem> {
+async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
     let order_id = order.order_id.to_string();
     let mut records = Vec::with_capacity(order.lines.len());
     for line in &order.lines {
@@ -415,68 +309,6 @@ async fn publish(state: &AppState, order: &Accepted) -> Result<(), Problem> {
         records.push((line.sku.clone(), produce::encode(state, &event).await?));
     }
     produce::send_all(state, CheckoutPayload::TOPIC.name(), &records).await
-}
-
-pub(crate) fn order_json(order: &Accepted, status: &str) -> serde_json::Value {
-    json!({
-        "order_id": order.order_id,
-        "status": status,
-        "customer_id": order.customer_id,
-        "currency": order.currency,
-        "total_minor": order.total_minor,
-        "lines": order.lines,
-    })
-}
-
-/// The answer to an accepted order: its status and body, with `Location`.
-pub(crate) fn accepted_response(order_id: Uuid, status: u16, body: serde_json::Value) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-    let mut response = (status, Json(body)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{order_id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
-/// The order `id` if it belongs to this storefront and to the customer in `X-Customer-Id`;
-/// otherwise 404 (unknown, another storefront's or another customer's alike). One read.
-pub(crate) async fn owned_order(
-    state: &AppState,
-    storefront: &Storefront,
-    headers: &HeaderMap,
-    id: &str,
-) -> Result<Accepted, Problem> {
-    let customer = headers
-        .get("x-customer-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let Ok(order_id) = Uuid::parse_str(id) else {
-        return Err(Problem::not_found("order"));
-    };
-    let order = load(state, order_id).await?.filter(|o| {
-        !customer.is_empty() && o.storefront == storefront.name && o.customer_id == customer
-    });
-    let order = order.ok_or_else(|| Problem::not_found("order"))?;
-    state.limits.customer(&storefront.name, customer)?;
-    Ok(order)
-}
-
-/// A database failure as an answer: 503 when the database cannot be reached (retrying helps),
-/// 500 otherwise (logged; a bug to fix, never shown to the client).
-pub(crate) fn db(e: sqlx::Error) -> Problem {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => {
-            tracing::warn!(error = %e, "database unreachable");
-            Problem::unavailable("the database is unavailable", 1)
-        }
-        other => {
-            tracing::error!(error = %other, "database error");
-            Problem::internal()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -276,3 +276,44 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// The error answers (RFC 9457 problem details) every API operation may give, declared once for
+/// the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+pub enum CommonErrors {
+    /// The request is invalid.
+    #[response(
+        status = 400,
+        description = "invalid request",
+        content_type = "application/problem+json"
+    )]
+    Invalid(Problem),
+    /// The key is missing or wrong.
+    #[response(
+        status = 401,
+        description = "no or wrong key",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    /// Not found (also another customer's: never 403).
+    #[response(
+        status = 404,
+        description = "not found (also another customer's)",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    /// Too many requests.
+    #[response(
+        status = 429,
+        description = "rate limited",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(Problem),
+    /// A dependency is unavailable (with `Retry-After`).
+    #[response(
+        status = 503,
+        description = "a dependency is unavailable",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}

@@ -6,17 +6,18 @@ use kassa_schemas::{Envelope, Payload};
 use rdkafka::producer::FutureRecord;
 
 use crate::AppState;
+use crate::error::ApiError;
 use crate::problem::Problem;
 
 /// How long a request waits for Kafka's acknowledgement before answering 503.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Encodes `event` for its topic (503 if the registry cannot be reached).
-pub async fn encode<P: Payload>(state: &AppState, event: &Envelope<P>) -> Result<Vec<u8>, Problem> {
-    state.codec.encode(event).await.map_err(|e| {
-        tracing::error!(error = %e, topic = P::TOPIC.name(), "cannot encode an event");
-        Problem::unavailable("the schema registry is unavailable", 2)
-    })
+pub async fn encode<P: Payload>(
+    state: &AppState,
+    event: &Envelope<P>,
+) -> Result<Vec<u8>, ApiError> {
+    Ok(state.codec.encode(event).await?)
 }
 
 /// Sends encoded values to `topic` and waits for every acknowledgement (503 if any fails).
@@ -24,7 +25,7 @@ pub async fn send_all(
     state: &AppState,
     topic: &str,
     records: &[(String, Vec<u8>)],
-) -> Result<(), Problem> {
+) -> Result<(), ApiError> {
     let sends = records.iter().map(|(key, bytes)| {
         state
             .producer
@@ -33,10 +34,7 @@ pub async fn send_all(
     for result in futures::future::join_all(sends).await {
         if let Err((e, _)) = result {
             tracing::warn!(error = %e, topic, "Kafka did not acknowledge");
-            return Err(Problem::unavailable(
-                "Kafka cannot take writes right now",
-                2,
-            ));
+            return Err(Problem::unavailable("Kafka cannot take writes right now", 2).into());
         }
     }
     Ok(())
@@ -47,7 +45,7 @@ pub async fn send<P: Payload>(
     state: &AppState,
     key: &str,
     event: &Envelope<P>,
-) -> Result<(), Problem> {
+) -> Result<(), ApiError> {
     let bytes = encode(state, event).await?;
     send_all(state, P::TOPIC.name(), &[(key.to_owned(), bytes)]).await
 }

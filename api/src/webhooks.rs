@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::body::RawBody;
+use crate::error::ApiError;
 use crate::problem::Problem;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -91,12 +92,13 @@ pub async fn stripe(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let Some(secret) = &state.stripe_webhook_secret else {
         return Err(Problem::unavailable(
             "Stripe webhooks are not configured (KASSA_STRIPE_WEBHOOK_SECRET)",
             60,
-        ));
+        )
+        .into());
     };
     let header = headers
         .get("stripe-signature")
@@ -108,7 +110,8 @@ pub async fn stripe(
             SignatureError::Malformed => "missing or malformed Stripe-Signature header",
             SignatureError::Stale => "the signature's timestamp is outside the tolerance",
             SignatureError::Mismatch => "the signature does not match",
-        }));
+        })
+        .into());
     }
     let event: Value =
         serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;

@@ -1,0 +1,148 @@
+//! The API's record of accepted orders (`api.orders`): stored together with the Idempotency-Key
+//! that placed them, read back for replays, the status route and the order requests.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Storefront;
+use crate::error::ApiError;
+use crate::pricing::PricedLine;
+use crate::problem::Problem;
+
+/// An accepted order, as stored by the API.
+pub(crate) struct Accepted {
+    pub(crate) order_id: Uuid,
+    pub(crate) storefront: String,
+    pub(crate) customer_id: String,
+    pub(crate) currency: String,
+    pub(crate) total_minor: i64,
+    pub(crate) lines: Vec<PricedLine>,
+    pub(crate) payment_method_id: String,
+    /// SKUs admitted by a flash-sale gate, with the sale's hold in seconds.
+    pub(crate) flash: BTreeMap<String, i32>,
+}
+
+/// Claims the key and stores the order in one statement (atomic: both or neither); false if
+/// another request holds the key.
+pub(crate) async fn claim_and_store(
+    state: &AppState,
+    storefront: &Storefront,
+    key: &str,
+    route: &str,
+    fingerprint: &[u8],
+    order: &Accepted,
+) -> Result<bool, ApiError> {
+    let stored: Option<(Uuid,)> = sqlx::query_as(
+        "WITH claimed AS (
+           INSERT INTO api.idempotency_keys (storefront, key, route, request_hash, order_id) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (storefront, key) DO UPDATE
+             SET route = excluded.route, request_hash = excluded.request_hash, order_id = excluded.order_id,
+                 response_status = NULL, response_body = NULL, created_at = now()
+             WHERE api.idempotency_keys.created_at <= now() - interval '24 hours'
+           RETURNING order_id)
+         INSERT INTO api.orders (order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)
+         SELECT order_id, $1, $6, $7, $8, $9, $10, $11 FROM claimed
+         RETURNING order_id",
+    )
+    .bind(&storefront.name)
+    .bind(key)
+    .bind(route)
+    .bind(fingerprint)
+    .bind(order.order_id)
+    .bind(&order.customer_id)
+    .bind(&order.currency)
+    .bind(order.total_minor)
+    .bind(serde_json::to_value(&order.lines)?)
+    .bind(&order.payment_method_id)
+    .bind(serde_json::to_value(&order.flash)?)
+    .fetch_optional(&state.pool)
+    .await
+    ?;
+    Ok(stored.is_some())
+}
+
+/// The accepted order `order_id` (None: there is none).
+pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Accepted>, ApiError> {
+    let row: Option<(
+        String,
+        String,
+        String,
+        i64,
+        serde_json::Value,
+        String,
+        serde_json::Value,
+    )> = sqlx::query_as(
+        "SELECT storefront, customer_id, currency, total_minor, lines, payment_method_id, flash
+         FROM api.orders WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some((storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)) =
+        row
+    else {
+        return Ok(None);
+    };
+    let lines = serde_json::from_value(lines)?;
+    let flash = serde_json::from_value(flash)?;
+    Ok(Some(Accepted {
+        order_id,
+        storefront,
+        customer_id,
+        currency,
+        total_minor,
+        lines,
+        payment_method_id,
+        flash,
+    }))
+}
+
+pub(crate) fn order_json(order: &Accepted, status: &str) -> serde_json::Value {
+    json!({
+        "order_id": order.order_id,
+        "status": status,
+        "customer_id": order.customer_id,
+        "currency": order.currency,
+        "total_minor": order.total_minor,
+        "lines": order.lines,
+    })
+}
+
+/// The answer to an accepted order: its status and body, with `Location`.
+pub(crate) fn accepted_response(order_id: Uuid, status: u16, body: serde_json::Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{order_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The order `id` if it belongs to this storefront and to the customer in `X-Customer-Id`;
+/// otherwise 404 (unknown, another storefront's or another customer's alike). One read.
+pub(crate) async fn owned_order(
+    state: &AppState,
+    storefront: &Storefront,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Accepted, ApiError> {
+    let customer = headers
+        .get("x-customer-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Ok(order_id) = Uuid::parse_str(id) else {
+        return Err(Problem::not_found("order").into());
+    };
+    let order = load(state, order_id).await?.filter(|o| {
+        !customer.is_empty() && o.storefront == storefront.name && o.customer_id == customer
+    });
+    let order = order.ok_or_else(|| Problem::not_found("order"))?;
+    state.limits.customer(&storefront.name, customer)?;
+    Ok(order)
+}
