@@ -13,6 +13,7 @@ use kassa_processors::payments::ledger::idempotency_key;
 use kassa_schemas::events::orders::OrderEvent;
 use kassa_schemas::{Codec, Envelope, Topic};
 use rdkafka::Message;
+use rdkafka::message::Headers;
 
 const SECRET: &str = "whsec_saga_test";
 const DONE: Duration = Duration::from_secs(60);
@@ -58,6 +59,8 @@ async fn an_order_completes_with_stock_committed_and_the_payment_captured() {
     saga.product(&mug, 850, 5).await;
     let events_from =
         common::inventory::end_offsets(&saga.api.settings, Topic::OrdersEvents.name());
+    let payments_from =
+        common::inventory::end_offsets(&saga.api.settings, Topic::PaymentsEvents.name());
     let order = saga.place("pm_card_visa", &[(&tee, 2), (&mug, 1)]).await;
 
     let done = saga.wait_status(&order, "completed", DONE).await;
@@ -140,6 +143,41 @@ async fn an_order_completes_with_stock_committed_and_the_payment_captured() {
         ),
         (order.customer.as_str(), 4848, 2)
     );
+
+    // One trace: what the payments worker published (outside any batch) continues the trace of
+    // the order's events.
+    let trace_id = |m: &rdkafka::message::OwnedMessage| -> String {
+        let header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+            .expect("traceparent");
+        std::str::from_utf8(header.value.unwrap())
+            .unwrap()
+            .split('-')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let order_traces: std::collections::HashSet<String> = messages.iter().map(trace_id).collect();
+    assert_eq!(
+        order_traces.len(),
+        1,
+        "the order's events are one trace: {order_traces:?}"
+    );
+    let payment_events = common::inventory::read_until(
+        &saga.api.settings,
+        Topic::PaymentsEvents.name(),
+        &payments_from,
+        DONE,
+        |m| m.key() == Some(key.as_bytes()),
+        |n| n >= 2,
+    );
+    for m in &payment_events {
+        assert!(
+            order_traces.contains(&trace_id(m)),
+            "a payment event outside the order's trace"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -184,6 +184,20 @@ impl ConsumerGroup {
         }
     }
 
+    /// How the group's partitions are assigned (librdkafka's `partition.assignment.strategy`).
+    /// Every group reads topics keyed alike and equally partitioned (SKU for inventory, order id
+    /// for the others): `range` gives one instance the same partition of each, so one instance
+    /// owns a SKU (inventory's in-memory stock) or an order (its events from every topic) at a
+    /// time.
+    pub const fn assignment(self) -> &'static str {
+        match self {
+            ConsumerGroup::Inventory
+            | ConsumerGroup::Orders
+            | ConsumerGroup::Payments
+            | ConsumerGroup::Expiry => "range",
+        }
+    }
+
     /// The dead-letter topic for messages the group cannot decode or declares invalid.
     pub fn dlq_topic(self) -> String {
         format!("{}{}.dlq", namespace(), self.name())

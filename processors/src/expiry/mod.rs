@@ -128,7 +128,7 @@ impl Handler for Expiry {
     ) -> Result<Handled, HandleError> {
         let mut handled = Handled::default();
         // The last change per (order, kind) in the batch wins: events of one order arrive in order.
-        let mut changes: BTreeMap<(String, &'static str), Change> = BTreeMap::new();
+        let mut changes: BTreeMap<(String, &'static str), (Change, Option<&str>)> = BTreeMap::new();
         for (index, d) in batch.iter().enumerate() {
             let order = d.input.payload.order_id();
             if d.key.as_deref() != Some(order) {
@@ -139,7 +139,10 @@ impl Handler for Expiry {
                 continue;
             }
             for (kind, change) in plan(&d.input.payload, d.input.occurred_at, self.progress_after) {
-                changes.insert((order.to_owned(), kind_name(kind)), change);
+                changes.insert(
+                    (order.to_owned(), kind_name(kind)),
+                    (change, d.traceparent.as_deref()),
+                );
             }
         }
         if changes.is_empty() {
@@ -147,9 +150,9 @@ impl Handler for Expiry {
         }
         let rows: Vec<serde_json::Value> = changes
             .iter()
-            .map(|((order, kind), change)| match change {
+            .map(|((order, kind), (change, traceparent))| match change {
                 Change::Due(at) => {
-                    json!({"order_id": order, "kind": kind, "due_at": at, "state": "pending"})
+                    json!({"order_id": order, "kind": kind, "due_at": at, "state": "pending", "traceparent": traceparent})
                 }
                 Change::Cancel => {
                     json!({"order_id": order, "kind": kind, "due_at": null, "state": "cancelled"})
@@ -160,13 +163,14 @@ impl Handler for Expiry {
         // A progress deadline recurs: after firing it comes again `repeat_every` later (doubling).
         let repeat = self.progress_after.num_milliseconds() as f64 / 1000.0;
         sqlx::query(
-            "INSERT INTO expiry.deadlines AS d (order_id, kind, due_at, state, repeat_every)
+            "INSERT INTO expiry.deadlines AS d (order_id, kind, due_at, state, repeat_every, traceparent)
              SELECT order_id, kind, due_at, state,
-                    CASE WHEN kind = 'progress' THEN make_interval(secs => $2) END
-             FROM jsonb_to_recordset($1) AS x(order_id text, kind text, due_at timestamptz, state text)
+                    CASE WHEN kind = 'progress' THEN make_interval(secs => $2) END, traceparent
+             FROM jsonb_to_recordset($1) AS x(order_id text, kind text, due_at timestamptz, state text, traceparent text)
              WHERE state = 'pending'
              ON CONFLICT (order_id, kind) DO UPDATE SET due_at = excluded.due_at, state = 'pending',
-                  repeat_every = excluded.repeat_every, fired_at = NULL, updated_at = now()",
+                  repeat_every = excluded.repeat_every, traceparent = excluded.traceparent,
+                  fired_at = NULL, updated_at = now()",
         )
         .bind(serde_json::Value::Array(rows.clone()))
         .bind(repeat)

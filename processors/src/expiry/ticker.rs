@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kassa_schemas::events::expiry::{DeadlinePassed, ExpiryEvent};
-use kassa_schemas::{Codec, Envelope, Topic};
+use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::runtime::TaskError;
 use crate::runtime::backoff::Backoff;
-use crate::runtime::store::{self, OutboxRow};
+use crate::runtime::outbox::{self, Caused};
 
 /// How often due deadlines are looked for.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -61,7 +61,7 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
     let mut tx = pool.begin().await?;
     // A recurring deadline (progress) stays pending, due again after its interval, which doubles
     // up to an hour: an order stuck for long is asked again, ever less often.
-    let due: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+    let due: Vec<(String, String, DateTime<Utc>, Option<String>)> = sqlx::query_as(
         "WITH due AS (
              SELECT order_id, kind, due_at FROM expiry.deadlines
              WHERE state = 'pending' AND due_at <= now()
@@ -72,7 +72,7 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
              repeat_every = least(d.repeat_every * 2, interval '1 hour'),
              fired_at = now(), updated_at = now()
          FROM due WHERE d.order_id = due.order_id AND d.kind = due.kind
-         RETURNING d.order_id, d.kind, due.due_at",
+         RETURNING d.order_id, d.kind, due.due_at, d.traceparent",
     )
     .bind(ROUND)
     .fetch_all(&mut *tx)
@@ -81,8 +81,8 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
         return Ok(0);
     }
     let fired_at = Utc::now();
-    let mut rows = Vec::with_capacity(due.len());
-    for (order_id, kind, due_at) in &due {
+    let mut events = Vec::with_capacity(due.len());
+    for (order_id, kind, due_at, traceparent) in &due {
         let Some(kind) = super::parse_kind(kind) else {
             tracing::error!(
                 order = order_id,
@@ -101,18 +101,18 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
                 fired_at,
             }),
         );
-        rows.push(OutboxRow {
-            topic: Topic::ExpiryEvents.name().to_owned(),
-            key: Some(order_id.clone()),
+        events.push(Caused {
+            topic: Topic::ExpiryEvents,
+            key: order_id.clone(),
             payload: codec.encode(&event).await?,
-            headers: Vec::new(),
+            parent: traceparent.as_deref(),
         });
     }
-    store::append_outbox(&mut tx, "expiry", &rows).await?;
+    outbox::append(&mut tx, ConsumerGroup::Expiry, events).await?;
     tx.commit().await?;
     let late_ms = due
         .iter()
-        .map(|(_, _, at)| (fired_at - *at).num_milliseconds())
+        .map(|(_, _, at, _)| (fired_at - *at).num_milliseconds())
         .max()
         .unwrap_or(0);
     tracing::debug!(fired = due.len(), late_ms, "deadlines fired");

@@ -180,6 +180,9 @@ pub struct Payment {
     pub key_generation: i32,
     /// The work whose last call got no sure answer, until a look-up tells what it did.
     pub unsure: Option<Work>,
+    /// The W3C trace context of the order event that last changed what is asked of the payment:
+    /// what the worker publishes continues that trace.
+    pub traceparent: Option<String>,
 }
 
 impl Payment {
@@ -378,6 +381,7 @@ mod tests {
             attempts: 0,
             key_generation: 0,
             unsure: None,
+            traceparent: None,
         }
     }
 

@@ -143,6 +143,7 @@ impl Handler for Payments {
                                 attempts: 0,
                                 key_generation: 0,
                                 unsure: None,
+                                traceparent: None,
                             };
                             payments.insert(order_id.to_owned(), payment);
                         }
@@ -199,6 +200,12 @@ impl Handler for Payments {
                             }
                         }
                         _ => continue,
+                    }
+                    // What the worker publishes for this continues the order event's trace.
+                    if let Some(p) = payments.get_mut(order_id)
+                        && d.traceparent.is_some()
+                    {
+                        p.traceparent.clone_from(&d.traceparent);
                     }
                     changed.insert(order_id.to_owned(), Some(e.event_id));
                 }

@@ -34,12 +34,13 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Payment {
         unsure: row
             .get::<Option<&str>, _>("unsure_work")
             .and_then(Work::parse),
+        traceparent: row.get("traceparent"),
     }
 }
 
 const COLUMNS: &str = "order_id, payment_id, provider, amount_minor, currency, payment_method_id, provider_ref, status,
                        stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, key_generation,
-                       unsure_work";
+                       unsure_work, traceparent";
 
 /// Loads the payments of `orders`, locked for this transaction.
 pub async fn load(
@@ -83,23 +84,25 @@ pub async fn save(
                 "refunded_minor": p.refunded_minor, "needs_lookup": p.needs_lookup, "attempts": p.attempts,
                 "work": next_work(p).map(|w| w.as_str()), "cause_event_id": cause,
                 "key_generation": p.key_generation, "unsure_work": p.unsure.map(|w| w.as_str()),
+                "traceparent": p.traceparent,
             })
         })
         .collect();
     sqlx::query(
         "INSERT INTO payments.payments AS p (order_id, payment_id, provider, amount_minor, currency, payment_method_id,
               provider_ref, status, stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, work,
-              cause_event_id, key_generation, unsure_work, due_at, last_error)
+              cause_event_id, key_generation, unsure_work, traceparent, due_at, last_error)
          SELECT x.*, coalesce($2, now()), $3 FROM jsonb_to_recordset($1) AS x(order_id text, payment_id uuid, provider text,
               amount_minor bigint, currency text, payment_method_id text, provider_ref text, status text, stage text,
               client_secret text, captured_minor bigint, refunded_minor bigint, needs_lookup boolean, attempts int,
-              work text, cause_event_id uuid, key_generation int, unsure_work text)
+              work text, cause_event_id uuid, key_generation int, unsure_work text, traceparent text)
          ON CONFLICT (order_id) DO UPDATE SET provider_ref = excluded.provider_ref, status = excluded.status,
               stage = excluded.stage, client_secret = excluded.client_secret, captured_minor = excluded.captured_minor,
               refunded_minor = excluded.refunded_minor, needs_lookup = excluded.needs_lookup,
               attempts = excluded.attempts, work = excluded.work,
               cause_event_id = coalesce(excluded.cause_event_id, p.cause_event_id),
               key_generation = excluded.key_generation, unsure_work = excluded.unsure_work,
+              traceparent = coalesce(excluded.traceparent, p.traceparent),
               due_at = excluded.due_at, last_error = excluded.last_error,
               leased_until = CASE WHEN p.leased_by = $4 THEN NULL ELSE p.leased_until END, updated_at = now()",
     )

@@ -12,7 +12,7 @@ use kassa_schemas::events::payments::{
     PaymentActionRequired, PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentFailed,
     PaymentRefunded, PaymentStep, PaymentVoided,
 };
-use kassa_schemas::{Codec, Envelope, Topic};
+use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use super::ledger::{Fact, OrderStage, Payment, Status, Work, next_work, observed
 use super::{store, webhooks};
 use crate::runtime::TaskError;
 use crate::runtime::backoff::Backoff;
-use crate::runtime::store::{OutboxRow, append_outbox};
+use crate::runtime::outbox::{self, Caused};
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -598,13 +598,13 @@ async fn record(
     if let Some(fact) = fact {
         let mut event = Envelope::new(order_id, cause, event_of(&p, fact.clone()));
         event.event_id = fact.event_id(p.payment_id);
-        let row = OutboxRow {
-            topic: Topic::PaymentsEvents.name().to_owned(),
-            key: Some(order_id.to_owned()),
+        let caused = Caused {
+            topic: Topic::PaymentsEvents,
+            key: order_id.to_owned(),
             payload: codec.encode(&event).await?,
-            headers: Vec::new(),
+            parent: p.traceparent.as_deref(),
         };
-        append_outbox(&mut tx, "payments", &[row]).await?;
+        outbox::append(&mut tx, ConsumerGroup::Payments, vec![caused]).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -8,8 +8,9 @@ use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 use sqlx::PgPool;
 
+use super::outbox::Caused;
 use super::store::{self, Advance, OutboxRow, TopicPartition};
-use super::trace::{TRACEPARENT, child_of};
+use super::trace::TRACEPARENT;
 use super::{Delivered, HandleError, Handler};
 
 /// What happened to a batch.
@@ -145,12 +146,13 @@ pub(super) async fn process<H: Handler>(
     let mut rows = Vec::with_capacity(handled.emit.len() + dead.len() + handled.invalid.len());
     for emit in handled.emit {
         let parent = fresh[emit.cause].traceparent.as_deref();
-        rows.push(OutboxRow {
-            topic: emit.topic.name().to_owned(),
-            key: Some(emit.key),
+        let caused = Caused {
+            topic: emit.topic,
+            key: emit.key,
             payload: emit.payload,
-            headers: vec![(TRACEPARENT.to_owned(), child_of(parent))],
-        });
+            parent,
+        };
+        rows.push(caused.into_row());
     }
     dead.extend(
         handled

@@ -131,8 +131,7 @@ pub async fn run<H: Handler>(
         // A killed instance's partitions move after 6 s (the broker's minimum), not librdkafka's 45 s.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
-        // Range assignment gives one instance the same partition of every SKU-keyed topic.
-        .set("partition.assignment.strategy", "range")
+        .set("partition.assignment.strategy", group.assignment())
         .set("fetch.wait.max.ms", "20");
     for (key, value) in kassa_schemas::kafka::CONSUMER_SETTINGS {
         consumer_config.set(*key, *value);

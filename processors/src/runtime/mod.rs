@@ -14,6 +14,7 @@
 pub mod backoff;
 mod batch;
 mod consumer;
+pub mod outbox;
 mod position;
 pub mod relay;
 pub mod stats;

@@ -13,7 +13,7 @@ pub type TopicPartition = (String, i32);
 
 /// One row for the outbox: an event (or dead letter) to publish after the transaction commits.
 #[derive(Debug, Clone)]
-pub struct OutboxRow {
+pub(super) struct OutboxRow {
     /// Destination topic.
     pub topic: String,
     /// Message key.
@@ -237,8 +237,9 @@ pub async fn record_inbox(
     Ok(new.into_iter().map(|(id,)| id).collect())
 }
 
-/// Appends rows to the outbox and wakes the relay when the transaction commits.
-pub async fn append_outbox(
+/// Appends rows to the outbox and wakes the relay when the transaction commits (the runtime's
+/// own writes; processors emit through `runtime::outbox`).
+pub(super) async fn append_outbox(
     conn: &mut PgConnection,
     schema: &str,
     rows: &[OutboxRow],
