@@ -9,4 +9,5 @@ pub mod migrate;
 pub mod offsets;
 pub mod seed;
 pub mod settings;
+pub mod supervisor;
 pub mod topics;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use kassa::settings::Settings;
+use kassa::supervisor::Component;
 use kassa::topics::TopicOutcome;
 use kassa_schemas::ConsumerGroup;
 use kassa_schemas::registry::{Registry, Verdict};
@@ -54,8 +55,10 @@ enum Command {
     },
     /// Run a component until SIGTERM / Ctrl-C.
     Run {
-        /// Which component; `all` runs every component in one process.
-        component: Component,
+        /// `api`, a processor (`inventory`, `orders`, `payments`, `expiry`), or `all` (every
+        /// component in one process).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(Component::names()))]
+        component: String,
     },
 }
 
@@ -72,8 +75,9 @@ enum OffsetsAction {
     /// Skip a stopped processor's backlog: move its offsets to the end of its input topics.
     /// Refused while the group has live members (unless --force); the move is recorded.
     SkipToEnd {
-        /// `inventory`, `orders`, `payments` or `expiry`.
-        group: GroupArg,
+        /// The processor: `inventory`, `orders`, `payments` or `expiry`.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(ConsumerGroup::ALL.map(ConsumerGroup::name)))]
+        group: String,
         /// Why the backlog is skipped (recorded with the move).
         #[arg(long)]
         reason: String,
@@ -81,25 +85,6 @@ enum OffsetsAction {
         #[arg(long)]
         force: bool,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum GroupArg {
-    Inventory,
-    Orders,
-    Payments,
-    Expiry,
-}
-
-impl GroupArg {
-    fn group(self) -> ConsumerGroup {
-        match self {
-            GroupArg::Inventory => ConsumerGroup::Inventory,
-            GroupArg::Orders => ConsumerGroup::Orders,
-            GroupArg::Payments => ConsumerGroup::Payments,
-            GroupArg::Expiry => ConsumerGroup::Expiry,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -165,16 +150,6 @@ enum BenchWhat {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Component {
-    Api,
-    Inventory,
-    Orders,
-    Payments,
-    Expiry,
-    All,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -224,18 +199,18 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     reason,
                     force,
                 } => {
+                    let group = ConsumerGroup::from_name(&group).context("an unknown group")?;
                     let request = kassa::offsets::MoveRequest {
                         moved_by: operator(),
                         reason,
                         force,
                     };
                     let before =
-                        kassa::offsets::skip_to_end(&settings, &pool, group.group(), &request)
-                            .await?;
+                        kassa::offsets::skip_to_end(&settings, &pool, group, &request).await?;
                     let skipped: i64 = before.iter().map(kassa::offsets::Position::lag).sum();
                     println!(
                         "{}: skipped {skipped} messages; now at the end of {} partitions",
-                        group.group().name(),
+                        group.name(),
                         before.len()
                     );
                 }
@@ -326,53 +301,22 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             kassa::bench::inventory(&settings, skus, requests).await?;
         }
-        Command::Run { component } => run(&settings, component).await?,
+        Command::Run { component } => run(&settings, &component).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(settings: &Settings, component: Component) -> anyhow::Result<()> {
-    let processors = match component {
-        Component::Inventory => vec![ConsumerGroup::Inventory],
-        Component::Orders => vec![ConsumerGroup::Orders],
-        Component::Payments => vec![ConsumerGroup::Payments],
-        Component::Expiry => vec![ConsumerGroup::Expiry],
-        Component::All => ConsumerGroup::ALL.to_vec(),
-        Component::Api => vec![],
-    };
+async fn run(settings: &Settings, component: &str) -> anyhow::Result<()> {
+    let components = Component::parse(component).context("an unknown component")?;
     // One metrics recorder for every component of this process (served by the API's /metrics).
     kassa_api::telemetry::handle();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = kassa::supervisor::start(settings, &components)?;
+    let stop = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    for group in processors {
-        let config = settings.processor_config().map_err(anyhow::Error::msg)?;
-        let stopped = stopped.clone();
-        tasks.spawn(async move {
-            kassa_processors::run(group, config, stopped)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if matches!(component, Component::Api | Component::All) {
-        let config = settings.api_config();
-        let mut stopped = stopped.clone();
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        tasks.spawn(async move {
-            kassa_api::serve(config, shutdown)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.context("component panicked")??;
-    }
-    Ok(())
+    Ok(running.wait().await?)
 }
 
 /// Who runs this command, for the records of what operators did: `user@host`.

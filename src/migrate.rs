@@ -20,6 +20,9 @@ pub enum MigrateError {
     /// A migration failed to apply.
     #[error("migration failed: {0}")]
     Apply(#[from] sqlx::migrate::MigrateError),
+    /// A processor's runtime tables could not be created.
+    #[error("creating a processor's runtime tables: {0}")]
+    RuntimeTables(sqlx::Error),
 }
 
 /// Connects to the database (a small pool, for admin work).
@@ -35,10 +38,18 @@ pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, Mig
         })
 }
 
-/// Applies every pending migration; returns how many were applied now.
+/// Applies every pending migration, then makes sure every processor (consumer group) has its
+/// runtime tables; returns how many migrations were applied now.
 pub async fn run(pool: &PgPool) -> Result<usize, MigrateError> {
     let before = applied(pool).await;
     MIGRATOR.run(pool).await?;
+    for group in kassa_schemas::ConsumerGroup::ALL {
+        sqlx::query("SELECT public.kassa_create_runtime_tables($1)")
+            .bind(group.name())
+            .execute(pool)
+            .await
+            .map_err(MigrateError::RuntimeTables)?;
+    }
     Ok(applied(pool).await.saturating_sub(before))
 }
 

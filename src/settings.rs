@@ -263,28 +263,41 @@ impl Settings {
                     .map_err(|e| format!("KASSA_SIM_FAULTS: {e}"))?,
             )
         };
+        use kassa_processors::{expiry, inventory, orders, payments};
         Ok(kassa_processors::ProcessorConfig {
-            runtime: kassa_processors::RuntimeConfig {
-                brokers: self.kafka_brokers.clone(),
-                database_url: self.database_url.clone(),
-                batch_max: self.batch_max.max(1),
-                batch_wait: std::time::Duration::from_millis(self.batch_wait_ms),
-                instance_id: self.instance_id.clone(),
+            shared: kassa_processors::Shared {
+                runtime: kassa_processors::RuntimeConfig {
+                    brokers: self.kafka_brokers.clone(),
+                    database_url: self.database_url.clone(),
+                    batch_max: self.batch_max.max(1),
+                    batch_wait: std::time::Duration::from_millis(self.batch_wait_ms),
+                    instance_id: self.instance_id.clone(),
+                },
+                registry_url: self.schema_registry_url.clone(),
+                redis_url: self.redis_url.clone(),
             },
-            registry_url: self.schema_registry_url.clone(),
-            redis_url: self.redis_url.clone(),
-            default_hold: std::time::Duration::from_secs(self.default_hold_seconds),
-            progress_after: std::time::Duration::from_secs(self.progress_deadline_seconds.max(1)),
-            order_policy: kassa_processors::orders::machine::Policy {
-                action_window: seconds(self.payment_action_seconds),
-                max_hold: seconds(self.max_hold_seconds),
+            inventory: inventory::Config {
+                default_hold: std::time::Duration::from_secs(self.default_hold_seconds),
             },
-            gateway,
-            payment_worker: kassa_processors::payments::worker::WorkerConfig {
-                concurrency: self.payment_concurrency.max(1),
-                recheck: std::time::Duration::from_secs(self.payment_recheck_seconds.max(1)),
-                lease: std::time::Duration::from_secs(self.payment_lease_seconds.max(1)),
-                owner: self.instance_id.as_ref().map(|id| format!("payments-{id}")),
+            orders: orders::Config {
+                policy: orders::machine::Policy {
+                    action_window: seconds(self.payment_action_seconds),
+                    max_hold: seconds(self.max_hold_seconds),
+                },
+            },
+            payments: payments::Config {
+                gateway,
+                worker: payments::worker::WorkerConfig {
+                    concurrency: self.payment_concurrency.max(1),
+                    recheck: std::time::Duration::from_secs(self.payment_recheck_seconds.max(1)),
+                    lease: std::time::Duration::from_secs(self.payment_lease_seconds.max(1)),
+                    owner: self.instance_id.as_ref().map(|id| format!("payments-{id}")),
+                },
+            },
+            expiry: expiry::Config {
+                progress_after: std::time::Duration::from_secs(
+                    self.progress_deadline_seconds.max(1),
+                ),
             },
         })
     }

@@ -32,7 +32,13 @@ const ENV: &[(&str, &str)] = &[
     // after 3 s; the SIGKILL run below exercises it too.
     ("KASSA_PROGRESS_DEADLINE_SECONDS", "3"),
 ];
-const PROCESSORS: [&str; 4] = ["inventory", "orders", "payments", "expiry"];
+/// Every processor, in the saga's order (inventory first).
+fn processors() -> Vec<&'static str> {
+    ConsumerGroup::ALL
+        .into_iter()
+        .map(ConsumerGroup::name)
+        .collect()
+}
 
 /// The tests stop and kill the shared processors: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -456,9 +462,10 @@ async fn registry_failures_while_processors_restart_cold_dead_letter_no_valid_me
         Fault::Garbage,
         Fault::Refuse,
     ];
+    let all = processors();
     let phases: [(&[&str], u64, usize); 3] = [
-        (&PROCESSORS, 5, 300),
-        (&PROCESSORS[1..], 2, 100),
+        (&all[..], 5, 300),
+        (&all[1..], 2, 100),
         (&["payments", "expiry"], 2, 100),
     ];
     let mut placed = Vec::new();
@@ -500,7 +507,7 @@ async fn registry_failures_while_processors_restart_cold_dead_letter_no_valid_me
         "registry faults: {} orders placed during registry failures (35 s, then 14 s twice), all completed, 0 dead letters",
         placed.len()
     );
-    for name in PROCESSORS {
+    for name in processors() {
         stop_processor(name);
         start_processor(name, ENV);
     }

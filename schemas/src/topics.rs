@@ -159,6 +159,11 @@ impl ConsumerGroup {
         format!("{}{}", namespace(), self.name())
     }
 
+    /// The consumer group of the processor named `name`.
+    pub fn from_name(name: &str) -> Option<ConsumerGroup> {
+        ConsumerGroup::ALL.into_iter().find(|g| g.name() == name)
+    }
+
     /// The processor's name, which is also its Postgres schema.
     pub const fn name(self) -> &'static str {
         match self {

@@ -122,6 +122,7 @@ pub async fn inventory(
         .map_err(|e| match e {
             crate::migrate::MigrateError::Connect { source, .. } => BenchError::Database(source),
             crate::migrate::MigrateError::Apply(e) => BenchError::Database(e.into()),
+            crate::migrate::MigrateError::RuntimeTables(e) => BenchError::Database(e),
         })?;
     let codec = Codec::new(&settings.schema_registry_url)?;
     let producer = crate::kafka::producer(settings)?;
@@ -169,11 +170,12 @@ async fn run_kassa(
     let config = settings.processor_config().map_err(BenchError::Settings)?;
     let handler_pool = pool.clone();
     let processor = tokio::spawn(async move {
-        let codec = std::sync::Arc::new(Codec::new(&config.registry_url).expect("codec"));
+        let shared = &config.shared;
+        let codec = std::sync::Arc::new(Codec::new(&shared.registry_url).expect("codec"));
         let redis =
-            kassa_schemas::redis_link::RedisLink::start(&config.redis_url, Duration::from_secs(5));
-        let handler = Inventory::new(codec, config.default_hold, redis, handler_pool);
-        kassa_processors::runtime::run(&config.runtime, handler, stopped, Vec::new()).await
+            kassa_schemas::redis_link::RedisLink::start(&shared.redis_url, Duration::from_secs(5));
+        let handler = Inventory::new(codec, config.inventory.default_hold, redis, handler_pool);
+        kassa_processors::runtime::run(&shared.runtime, handler, stopped, Vec::new()).await
     });
     let outcomes = Outcomes::start(settings, Topic::InventoryEvents.name(), load.prefix());
 

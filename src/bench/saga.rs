@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::supervisor::Component;
 use chrono::{DateTime, Utc};
 use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
 use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
@@ -33,12 +34,11 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BSAGA-{run}-{i}")).collect();
 
     // Every processor and the API in this process, as `kassa run all` starts them.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut processors = tokio::task::JoinSet::new();
-    for group in ConsumerGroup::ALL {
-        let config = settings.processor_config().map_err(anyhow::Error::msg)?;
-        processors.spawn(kassa_processors::run(group, config, stopped.clone()));
-    }
+    let processors: Vec<Component> = ConsumerGroup::ALL
+        .into_iter()
+        .map(Component::Processor)
+        .collect();
+    let running = crate::supervisor::start(settings, &processors)?;
     let (base, http) = super::api::serve_catalog(settings, &pool, &skus).await?;
 
     // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
@@ -65,8 +65,8 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     let accepted = place(&http, &base, &key, &skus, &run, orders, rate).await;
     let ids: Vec<String> = accepted.keys().cloned().collect();
     let finals = wait_final(&pool, &ids, Duration::from_secs(300)).await?;
-    let _ = stop.send(true);
-    while processors.join_next().await.is_some() {}
+    running.stop();
+    running.wait().await?;
 
     let confirmed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT order_id, min(at) FROM orders.transitions WHERE order_id = ANY($1) AND applied AND to_state = 'confirmed' GROUP BY 1",

@@ -29,8 +29,8 @@ pub async fn start_processors(env: &[(&str, &str)]) {
                 skip_backlog(&settings, &pool, group).await;
             }
             let mut running = PROCESSORS.lock().unwrap_or_else(|p| p.into_inner());
-            for name in ["inventory", "orders", "payments", "expiry"] {
-                running.push(Component::start(name, env));
+            for group in kassa_schemas::ConsumerGroup::ALL {
+                running.push(Component::start(group.name(), env));
             }
         })
         .await;

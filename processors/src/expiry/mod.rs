@@ -190,6 +190,36 @@ impl Handler for Expiry {
     fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
 }
 
+/// The expiry processor's own settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// How long an order may wait on stock being committed or its payment captured before it is
+    /// found stalled (and asked again, twice as late each time).
+    pub progress_after: std::time::Duration,
+}
+
+/// Runs the expiry processor (and its ticker) until `shutdown` turns true.
+pub async fn run(
+    shared: &crate::Shared,
+    codec: Arc<Codec>,
+    config: &Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::ProcessorError> {
+    let Some(pool) = crate::runtime::connect(&shared.runtime, 2, &mut shutdown.clone()).await
+    else {
+        return Ok(());
+    };
+    let ticker = tokio::spawn(ticker::run(pool, codec.clone(), shutdown.clone()));
+    let progress_after = Duration::from_std(config.progress_after).unwrap_or(Duration::minutes(2));
+    Ok(crate::runtime::run(
+        &shared.runtime,
+        Expiry::new(codec, progress_after),
+        shutdown,
+        vec![ticker],
+    )
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -599,3 +599,27 @@ impl Batch {
         }
     }
 }
+
+/// The inventory processor's own settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Reservation hold when a request names none.
+    pub default_hold: std::time::Duration,
+}
+
+/// Runs the inventory processor (and its give-back retry) until `shutdown` turns true.
+pub async fn run(
+    shared: &crate::Shared,
+    codec: Arc<Codec>,
+    config: &Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::ProcessorError> {
+    let Some(pool) = crate::runtime::connect(&shared.runtime, 2, &mut shutdown.clone()).await
+    else {
+        return Ok(());
+    };
+    let redis = RedisLink::start(&shared.redis_url, std::time::Duration::from_secs(5));
+    let retry = tokio::spawn(flash::retry(pool.clone(), redis.clone(), shutdown.clone()));
+    let handler = Inventory::new(codec, config.default_hold, redis, pool);
+    Ok(crate::runtime::run(&shared.runtime, handler, shutdown, vec![retry]).await?)
+}

@@ -224,3 +224,26 @@ impl Handler for Orders {
 
     fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
 }
+
+/// The orders processor's own settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// How it decides (3-D Secure window, longest renewed hold).
+    pub policy: Policy,
+}
+
+/// Runs the orders processor until `shutdown` turns true.
+pub async fn run(
+    shared: &crate::Shared,
+    codec: Arc<Codec>,
+    config: &Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::ProcessorError> {
+    Ok(crate::runtime::run(
+        &shared.runtime,
+        Orders::new(codec, config.policy),
+        shutdown,
+        Vec::new(),
+    )
+    .await?)
+}

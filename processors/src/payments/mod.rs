@@ -237,3 +237,69 @@ impl Handler for Payments {
 
     fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
 }
+
+/// The payments processor's own settings.
+/// (Not `Debug`: the Stripe gateway's settings hold the secret key.)
+#[derive(Clone)]
+pub struct Config {
+    /// The gateway it charges through.
+    pub gateway: GatewayConfig,
+    /// How its worker runs.
+    pub worker: worker::WorkerConfig,
+}
+
+/// Runs the payments processor (and its worker, charging through the configured gateway) until
+/// `shutdown` turns true.
+pub async fn run(
+    shared: &crate::Shared,
+    codec: Arc<Codec>,
+    config: &Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::ProcessorError> {
+    // The worker's own pool: a connection per call in flight, one for its listener, one to claim.
+    let size = u32::try_from(config.worker.concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(2);
+    let Some(pool) = crate::runtime::connect(&shared.runtime, size, &mut shutdown.clone()).await
+    else {
+        return Ok(());
+    };
+    match &config.gateway {
+        GatewayConfig::Simulated(sim) => {
+            let gateway = gateway::simulated::Simulated::new(pool.clone(), *sim);
+            run_with(shared, codec, config, pool, gateway, shutdown).await
+        }
+        GatewayConfig::Stripe(stripe) => {
+            let gateway = gateway::stripe::StripeGateway::new(stripe)
+                .map_err(crate::ProcessorError::Gateway)?;
+            run_with(shared, codec, config, pool, gateway, shutdown).await
+        }
+    }
+}
+
+/// Runs the handler and the worker charging through `gateway`.
+async fn run_with<G: gateway::Gateway>(
+    shared: &crate::Shared,
+    codec: Arc<Codec>,
+    config: &Config,
+    pool: sqlx::PgPool,
+    gateway: G,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::ProcessorError> {
+    let name = gateway.name();
+    tracing::info!(gateway = name, "payments charging through");
+    let worker = tokio::spawn(worker::run(
+        pool,
+        codec.clone(),
+        Arc::new(gateway),
+        config.worker.clone(),
+        shutdown.clone(),
+    ));
+    Ok(crate::runtime::run(
+        &shared.runtime,
+        Payments::new(codec, name),
+        shutdown,
+        vec![worker],
+    )
+    .await?)
+}
