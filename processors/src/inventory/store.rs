@@ -103,8 +103,7 @@ pub async fn load_lines(
     .bind(&indexes)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(
             |(
                 order_id,
@@ -117,13 +116,13 @@ pub async fn load_lines(
                 flash_sale,
                 expires_at,
             )| {
-                let status = status_from(&status, reason.as_deref());
+                let status = status_from(&status, reason.as_deref())?;
                 let reservation = Reservation {
                     quantity,
                     status,
                     expires_at,
                 };
-                (
+                Ok((
                     (order_id, line_index),
                     LineRecord {
                         sku,
@@ -131,10 +130,10 @@ pub async fn load_lines(
                         customer_id,
                         flash_sale,
                     },
-                )
+                ))
             },
         )
-        .collect())
+        .collect()
 }
 
 /// Writes the stock of the touched SKUs, each only if its version is still the one read.
@@ -222,7 +221,7 @@ pub async fn insert_lines(
     let reasons: Vec<Option<&str>> = lines
         .iter()
         .map(|(_, r)| match r.reservation.status {
-            Status::Rejected(reason) => Some(reason_name(reason)),
+            Status::Rejected(reason) => Some(reason.as_str()),
             _ => None,
         })
         .collect();
@@ -338,28 +337,22 @@ fn status_name(status: Status) -> &'static str {
     }
 }
 
-fn status_from(name: &str, reason: Option<&str>) -> Status {
-    match name {
+/// A stored reservation status (and reject reason); an unknown one is an error, never a default.
+fn status_from(name: &str, reason: Option<&str>) -> Result<Status, sqlx::Error> {
+    Ok(match name {
         "active" => Status::Active,
         "committed" => Status::Committed,
         "released" => Status::Released,
         "restocked" => Status::Restocked,
-        _ => Status::Rejected(match reason {
-            Some("out_of_stock") => RejectReason::OutOfStock,
-            Some("unknown_sku") => RejectReason::UnknownSku,
-            Some("invalid_quantity") => RejectReason::InvalidQuantity,
-            _ => RejectReason::Other,
-        }),
-    }
-}
-
-fn reason_name(reason: RejectReason) -> &'static str {
-    match reason {
-        RejectReason::OutOfStock => "out_of_stock",
-        RejectReason::UnknownSku => "unknown_sku",
-        RejectReason::InvalidQuantity => "invalid_quantity",
-        RejectReason::Other => "other",
-    }
+        "rejected" => Status::Rejected(reason.and_then(RejectReason::parse).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown reject reason {reason:?}").into())
+        })?),
+        other => {
+            return Err(sqlx::Error::Decode(
+                format!("unknown reservation status {other:?}").into(),
+            ));
+        }
+    })
 }
 
 /// The stock commands among `ids` applied before (kept for good: see `inventory.stock_commands`).

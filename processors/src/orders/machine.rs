@@ -776,7 +776,7 @@ fn enter(
             let Signal::Inventory(InventoryEvent::Rejected(r)) = signal else {
                 return;
             };
-            order.reason = Some(reject_reason_name(r.reason).into());
+            order.reason = Some(r.reason.as_str().into());
             order.detail = Some(format!(
                 "line {} ({}) could not be reserved",
                 r.line_index, r.sku
@@ -901,7 +901,7 @@ fn enter(
                 ),
                 _ => (CancelReason::CustomerRequested, "cancelled by the customer"),
             };
-            order.reason = Some(cancel_reason_name(reason).into());
+            order.reason = Some(reason.as_str().into());
             let detail = order
                 .detail
                 .clone()
@@ -932,7 +932,7 @@ fn enter(
                     }
                 }
             } else {
-                release_held(order, cancel_reason_name(reason), out);
+                release_held(order, reason.as_str(), out);
             }
         }
         _ => {}
@@ -961,28 +961,6 @@ fn release_held(order: &Order, reason: &str, out: &mut Applied) {
             out.commands
                 .push(release(&order.id, *index, &line.sku, reason));
         }
-    }
-}
-
-/// The snake-case name of a cancel reason (as served and stored).
-pub const fn cancel_reason_name(reason: CancelReason) -> &'static str {
-    match reason {
-        CancelReason::CustomerRequested => "customer_requested",
-        CancelReason::PaymentDeclined => "payment_declined",
-        CancelReason::PaymentActionExpired => "payment_action_expired",
-        CancelReason::HoldExpired => "hold_expired",
-        CancelReason::CaptureFailed => "capture_failed",
-        CancelReason::Other => "other",
-    }
-}
-
-/// The snake-case name of a reject reason (as served and stored).
-pub const fn reject_reason_name(reason: RejectReason) -> &'static str {
-    match reason {
-        RejectReason::OutOfStock => "out_of_stock",
-        RejectReason::UnknownSku => "unknown_sku",
-        RejectReason::InvalidQuantity => "invalid_quantity",
-        RejectReason::Other => "other",
     }
 }
 

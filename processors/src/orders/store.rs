@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::machine::{Line, LineStatus, Order, PaymentView, State, Terms, reject_reason_name};
+use super::machine::{Line, LineStatus, Order, PaymentView, State, Terms};
 
 /// One audit-trail row.
 #[derive(Debug, Clone)]
@@ -59,7 +59,8 @@ pub async fn load(
         });
         let order = Order {
             id: id.clone(),
-            state: State::parse(&state).unwrap_or(State::Pending),
+            state: State::parse(&state)
+                .ok_or_else(|| unknown("order state", &Some(state.clone())))?,
             customer_id: row.get("customer_id"),
             terms,
             lines: Default::default(),
@@ -103,7 +104,13 @@ pub async fn load(
             "released" => LineStatus::Released,
             "committed" => LineStatus::Committed,
             "restocked" => LineStatus::Restocked,
-            _ => LineStatus::Rejected(parse_reject_reason(reject_reason.as_deref())),
+            "rejected" => LineStatus::Rejected(
+                reject_reason
+                    .as_deref()
+                    .and_then(RejectReason::parse)
+                    .ok_or_else(|| unknown("reject reason", &reject_reason))?,
+            ),
+            other => return Err(unknown("line status", &Some(other.to_owned()))),
         };
         if let Some(order) = orders.get_mut(&order_id) {
             order.lines.insert(
@@ -121,15 +128,9 @@ pub async fn load(
     Ok(orders)
 }
 
-fn parse_reject_reason(name: Option<&str>) -> RejectReason {
-    [
-        RejectReason::OutOfStock,
-        RejectReason::UnknownSku,
-        RejectReason::InvalidQuantity,
-    ]
-    .into_iter()
-    .find(|r| Some(reject_reason_name(*r)) == name)
-    .unwrap_or(RejectReason::Other)
+/// A stored value this build does not know: an error, never a silent default.
+fn unknown(what: &str, value: &Option<String>) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {value:?} in orders' tables").into())
 }
 
 /// Writes `orders` (inserted or updated, lines included) and notifies the status channel.
@@ -180,7 +181,7 @@ pub async fn save(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), sqlx
             o.lines.iter().map(|(index, l)| {
                 let (status, reject_reason) = match l.status {
                     LineStatus::Reserved => ("reserved", None),
-                    LineStatus::Rejected(r) => ("rejected", Some(reject_reason_name(r))),
+                    LineStatus::Rejected(r) => ("rejected", Some(r.as_str())),
                     LineStatus::Released => ("released", None),
                     LineStatus::Committed => ("committed", None),
                     LineStatus::Restocked => ("restocked", None),

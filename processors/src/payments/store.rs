@@ -14,8 +14,14 @@ use super::ledger::{OrderStage, Payment, Status, Work, next_work};
 /// The channel that wakes the worker when work is due now.
 pub const WORK_CHANNEL: &str = "kassa_payments_work";
 
-fn from_row(row: &sqlx::postgres::PgRow) -> Payment {
-    Payment {
+/// A payment as stored; an unknown status or stage is an error, never a default (a default of
+/// `new` would schedule an authorization again).
+fn from_row(row: &sqlx::postgres::PgRow) -> Result<Payment, sqlx::Error> {
+    let unknown = |what: &str, value: &str| {
+        sqlx::Error::Decode(format!("unknown payment {what} {value:?}").into())
+    };
+    let (status, stage): (&str, &str) = (row.get("status"), row.get("stage"));
+    Ok(Payment {
         order_id: row.get("order_id"),
         payment_id: row.get("payment_id"),
         provider: row.get("provider"),
@@ -23,8 +29,8 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Payment {
         currency: row.get("currency"),
         payment_method_id: row.get("payment_method_id"),
         provider_ref: row.get("provider_ref"),
-        status: Status::parse(row.get::<&str, _>("status")).unwrap_or(Status::New),
-        stage: OrderStage::parse(row.get::<&str, _>("stage")).unwrap_or(OrderStage::Reserved),
+        status: Status::parse(status).ok_or_else(|| unknown("status", status))?,
+        stage: OrderStage::parse(stage).ok_or_else(|| unknown("stage", stage))?,
         client_secret: row.get("client_secret"),
         captured_minor: row.get("captured_minor"),
         refunded_minor: row.get("refunded_minor"),
@@ -35,7 +41,7 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Payment {
             .get::<Option<&str>, _>("unsure_work")
             .and_then(Work::parse),
         traceparent: row.get("traceparent"),
-    }
+    })
 }
 
 const COLUMNS: &str = "order_id, payment_id, provider, amount_minor, currency, payment_method_id, provider_ref, status,
@@ -53,10 +59,9 @@ pub async fn load(
     .bind(orders)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<String, _>("order_id"), from_row(r)))
-        .collect())
+    rows.iter()
+        .map(|r| Ok((r.get::<String, _>("order_id"), from_row(r)?)))
+        .collect()
 }
 
 /// Writes `payments` (inserted or updated) with their next work due at `due_at` (now when
@@ -135,7 +140,8 @@ pub async fn load_for_result(
     .bind(order_id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| (from_row(&r), r.get("cause_event_id"), r.get("kept"))))
+    row.map(|r| Ok((from_row(&r)?, r.get("cause_event_id"), r.get("kept"))))
+        .transpose()
 }
 
 /// Records the intent created for `order_id` unless one is recorded already; returns the
@@ -221,7 +227,7 @@ pub async fn claim(
     .bind(busy)
     .fetch_all(conn)
     .await?;
-    Ok(rows.iter().map(from_row).collect())
+    rows.iter().map(from_row).collect()
 }
 
 /// Ends the leases `owner` holds (at its start: whoever held them under that name is dead).

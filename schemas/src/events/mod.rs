@@ -34,3 +34,28 @@ pub enum RejectReason {
     /// Anything a newer writer added that this reader does not know.
     Other,
 }
+
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::OutOfStock,
+        RejectReason::UnknownSku,
+        RejectReason::InvalidQuantity,
+        RejectReason::Other,
+    ];
+
+    /// The snake-case name: the Avro symbol, and what is stored and served.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::OutOfStock => "out_of_stock",
+            RejectReason::UnknownSku => "unknown_sku",
+            RejectReason::InvalidQuantity => "invalid_quantity",
+            RejectReason::Other => "other",
+        }
+    }
+
+    /// The reason named `name` (None: no such reason).
+    pub fn parse(name: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}

@@ -71,6 +71,20 @@ pub enum CancelReason {
     Other,
 }
 
+impl CancelReason {
+    /// The snake-case name: the Avro symbol, and what is stored and served.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::CustomerRequested => "customer_requested",
+            CancelReason::PaymentDeclined => "payment_declined",
+            CancelReason::PaymentActionExpired => "payment_action_expired",
+            CancelReason::HoldExpired => "hold_expired",
+            CancelReason::CaptureFailed => "capture_failed",
+            CancelReason::Other => "other",
+        }
+    }
+}
+
 /// Every line is held: payment may be authorized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderReserved {

@@ -26,6 +26,37 @@ pub enum IntentStatus {
     Canceled,
 }
 
+impl IntentStatus {
+    /// Every status.
+    pub const ALL: [IntentStatus; 7] = [
+        IntentStatus::RequiresPaymentMethod,
+        IntentStatus::RequiresConfirmation,
+        IntentStatus::RequiresAction,
+        IntentStatus::Processing,
+        IntentStatus::RequiresCapture,
+        IntentStatus::Succeeded,
+        IntentStatus::Canceled,
+    ];
+
+    /// Stripe's name of the status.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IntentStatus::RequiresPaymentMethod => "requires_payment_method",
+            IntentStatus::RequiresConfirmation => "requires_confirmation",
+            IntentStatus::RequiresAction => "requires_action",
+            IntentStatus::Processing => "processing",
+            IntentStatus::RequiresCapture => "requires_capture",
+            IntentStatus::Succeeded => "succeeded",
+            IntentStatus::Canceled => "canceled",
+        }
+    }
+
+    /// The status Stripe names `name`.
+    pub fn parse(name: &str) -> Option<IntentStatus> {
+        IntentStatus::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 /// A PaymentIntent as the provider answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {

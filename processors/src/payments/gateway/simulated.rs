@@ -210,7 +210,7 @@ impl Simulated {
              INSERT INTO simulator.replies (key, op, reply) VALUES ($10, $11, $12)",
         )
         .bind(&i.id)
-        .bind(status_name(i.status))
+        .bind(i.status.as_str())
         .bind(i.received_minor)
         .bind(i.refunded_minor)
         .bind(i.last_error.as_ref().map(|e| &e.0))
@@ -233,38 +233,10 @@ fn transient(e: sqlx::Error) -> GatewayError {
     GatewayError::Transient(format!("simulator database: {e}"))
 }
 
-fn status_name(s: IntentStatus) -> &'static str {
-    match s {
-        IntentStatus::RequiresPaymentMethod => "requires_payment_method",
-        IntentStatus::RequiresConfirmation => "requires_confirmation",
-        IntentStatus::RequiresAction => "requires_action",
-        IntentStatus::Processing => "processing",
-        IntentStatus::RequiresCapture => "requires_capture",
-        IntentStatus::Succeeded => "succeeded",
-        IntentStatus::Canceled => "canceled",
-    }
-}
-
-/// The status stored or answered under `name` (Stripe's names).
-pub fn parse_status(name: &str) -> Option<IntentStatus> {
-    use IntentStatus::*;
-    [
-        RequiresPaymentMethod,
-        RequiresConfirmation,
-        RequiresAction,
-        Processing,
-        RequiresCapture,
-        Succeeded,
-        Canceled,
-    ]
-    .into_iter()
-    .find(|s| status_name(*s) == name)
-}
-
 fn to_reply(answer: &Result<Intent, GatewayError>) -> serde_json::Value {
     match answer {
         Ok(i) => json!({
-            "id": i.id, "status": status_name(i.status), "amount": i.amount_minor, "received": i.received_minor,
+            "id": i.id, "status": i.status.as_str(), "amount": i.amount_minor, "received": i.received_minor,
             "refunded": i.refunded_minor, "client_secret": i.client_secret,
             "error": i.last_error.as_ref().map(|(c, m)| json!([c, m])),
         }),
@@ -291,7 +263,7 @@ fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
     }
     Ok(Intent {
         id: reply["id"].as_str().unwrap_or_default().into(),
-        status: parse_status(reply["status"].as_str().unwrap_or_default())
+        status: IntentStatus::parse(reply["status"].as_str().unwrap_or_default())
             .unwrap_or(IntentStatus::Processing),
         amount_minor: reply["amount"].as_i64().unwrap_or(0),
         received_minor: reply["received"].as_i64().unwrap_or(0),
@@ -322,7 +294,8 @@ async fn load(
     Ok(row.map(|r| IntentRow {
         intent: Intent {
             id: r.get("id"),
-            status: parse_status(r.get::<&str, _>("status")).unwrap_or(IntentStatus::Processing),
+            status: IntentStatus::parse(r.get::<&str, _>("status"))
+                .unwrap_or(IntentStatus::Processing),
             amount_minor: r.get("amount_minor"),
             received_minor: r.get("received_minor"),
             refunded_minor: r.get("refunded_minor"),
@@ -361,7 +334,7 @@ fn confirm_effect(
     if i.status != IntentStatus::RequiresConfirmation {
         return Err(GatewayError::Refused(format!(
             "intent is {}, not requires_confirmation",
-            status_name(i.status)
+            i.status.as_str()
         )));
     }
     let decline = |code: &str, message: &str| Some((code.to_owned(), message.to_owned()));
@@ -403,7 +376,7 @@ fn capture_effect(
     if i.status != IntentStatus::RequiresCapture {
         return Err(GatewayError::Refused(format!(
             "intent is {}, not requires_capture",
-            status_name(i.status)
+            i.status.as_str()
         )));
     }
     i.status = IntentStatus::Succeeded;
@@ -417,7 +390,7 @@ fn cancel_effect(row: &mut IntentRow, _: i64) -> Result<Option<(&'static str, i6
         IntentStatus::Succeeded | IntentStatus::Canceled | IntentStatus::Processing => {
             Err(GatewayError::Refused(format!(
                 "intent is {}: it cannot be cancelled",
-                status_name(i.status)
+                i.status.as_str()
             )))
         }
         _ => {
@@ -443,7 +416,7 @@ fn refund_effect(
     {
         return Err(GatewayError::Refused(format!(
             "cannot refund {amount} of an intent that is {}",
-            status_name(i.status)
+            i.status.as_str()
         )));
     }
     i.refunded_minor += amount;

@@ -128,15 +128,9 @@ fn expanded() -> Vec<String> {
 /// Reads the fields kassa needs from a PaymentIntent's JSON.
 fn read_intent(v: &Value) -> Option<Intent> {
     let id = v.get("id")?.as_str()?.to_owned();
-    let status = match v.get("status")?.as_str()? {
-        "requires_payment_method" => IntentStatus::RequiresPaymentMethod,
-        "requires_confirmation" => IntentStatus::RequiresConfirmation,
-        "requires_action" => IntentStatus::RequiresAction,
-        "requires_capture" => IntentStatus::RequiresCapture,
-        "succeeded" => IntentStatus::Succeeded,
-        "canceled" => IntentStatus::Canceled,
-        _ => IntentStatus::Processing,
-    };
+    // A status this build does not know is read as still in progress: the next look-up tells.
+    let status =
+        IntentStatus::parse(v.get("status")?.as_str()?).unwrap_or(IntentStatus::Processing);
     let amount_minor = v.get("amount").and_then(Value::as_i64).unwrap_or(0);
     let charge = v.get("latest_charge").filter(|c| c.is_object());
     let received_minor = v
