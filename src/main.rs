@@ -152,16 +152,17 @@ enum BenchWhat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.settings.process.log).unwrap_or_else(|e| {
+            eprintln!("KASSA_LOG: {e}; logging at info");
+            tracing_subscriber::EnvFilter::new("info")
+        });
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KASSA_LOG").unwrap_or_else(|_| {
-                "info,apache_avro::schema::parser=error,stripe::hyper::client=error".into()
-            }),
-        )
+        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match execute(cli).await {
         Ok(code) => code,
         Err(error) => {
@@ -223,7 +224,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             for outcome in &outcomes {
                 match outcome {
                     TopicOutcome::Created(t) => {
-                        println!("created  {t} ({} partitions)", settings.topic_partitions)
+                        println!("created  {t} ({} partitions)", settings.topics.partitions)
                     }
                     TopicOutcome::Existed(t) => println!("exists   {t}"),
                 }
@@ -312,8 +313,9 @@ async fn run(settings: &Settings, component: &str) -> anyhow::Result<()> {
     kassa_api::telemetry::handle();
     let running = kassa::supervisor::start(settings, &components)?;
     let stop = running.stopper();
+    let on_stdin_eof = settings.process.stop_on_stdin_eof;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown_signal(on_stdin_eof).await;
         let _ = stop.send(true);
     });
     Ok(running.wait().await?)
@@ -330,8 +332,8 @@ fn operator() -> String {
     format!("{user}@{host}")
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C (and, with `on_stdin_eof`, when stdin closes).
+async fn shutdown_signal(on_stdin_eof: bool) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -347,7 +349,7 @@ async fn shutdown_signal() {
     // For supervisors (and the tests) that hold our stdin: stop when it closes, e.g. they died.
     // (A plain thread: a blocked read must not keep the process from exiting.)
     let stdin_closed = async {
-        if std::env::var_os("KASSA_STOP_ON_STDIN_EOF").is_some() {
+        if on_stdin_eof {
             let (closed, on_close) = tokio::sync::oneshot::channel::<()>();
             std::thread::spawn(move || {
                 use std::io::Read;

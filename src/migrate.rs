@@ -30,7 +30,7 @@ pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, Mig
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(&settings.database_url)
+        .connect(settings.database_url.expose())
         .await
         .map_err(|source| MigrateError::Connect {
             url: settings.database_url_redacted(),

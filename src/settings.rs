@@ -1,10 +1,17 @@
-//! Every `KASSA_…` setting, read from the environment (or flags) in one place.
+//! Every `KASSA_…` setting, read from the environment (or flags) in one place, typed: durations
+//! are `Duration`s, secrets are [`Secret`]s (they never print), choices are enums. Settings are
+//! grouped by what they tune (`kassa --help` shows a heading a group), and each default is written
+//! here once; the components take what they need through [`Settings::processor_config`] and
+//! [`Settings::api_config`].
 
-use clap::Args;
+use std::time::Duration;
 
-/// Where kassa finds its infrastructure; `scripts/dev env` prints values for the local services.
-/// (Not `Debug`: it holds the database URL's password and the webhook secret.)
-#[derive(Clone, Args)]
+use clap::{Args, ValueEnum};
+use kassa_schemas::ConsumerGroup;
+pub use kassa_schemas::secret::Secret;
+
+/// Every setting of every component. `scripts/dev env` prints values for the local services.
+#[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Kafka bootstrap servers, comma separated.
     #[arg(
@@ -30,9 +37,10 @@ pub struct Settings {
         env = "KASSA_DATABASE_URL",
         default_value = "postgres://kassa:kassa@127.0.0.1:15432/kassa",
         hide_env_values = true,
+        hide_default_value = true,
         global = true
     )]
-    pub database_url: String,
+    pub database_url: Secret,
 
     /// Redis URL (carts and the flash-sale gate).
     #[arg(
@@ -43,151 +51,197 @@ pub struct Settings {
     )]
     pub redis_url: String,
 
-    /// Partitions per topic when `kassa topics create` creates one.
-    #[arg(
-        long,
-        env = "KASSA_TOPIC_PARTITIONS",
-        default_value_t = 12,
-        global = true
-    )]
-    pub topic_partitions: i32,
-
-    /// Replication factor per topic when `kassa topics create` creates one.
-    #[arg(
-        long,
-        env = "KASSA_TOPIC_REPLICATION",
-        default_value_t = 1,
-        global = true
-    )]
-    pub topic_replication: i32,
-
-    /// Most messages a processor takes into one batch (one Postgres transaction).
-    #[arg(long, env = "KASSA_BATCH_MAX", default_value_t = 5000, global = true)]
-    pub batch_max: usize,
-
-    /// Longest a processor waits for a batch to fill once its first message arrived, in ms.
-    #[arg(long, env = "KASSA_BATCH_WAIT_MS", default_value_t = 20, global = true)]
-    pub batch_wait_ms: u64,
-
-    /// Static Kafka group membership id of this instance (optional; unique per running instance).
-    #[arg(long, env = "KASSA_INSTANCE_ID", global = true)]
-    pub instance_id: Option<String>,
-
-    /// Reservation hold when a checkout request names none, in seconds.
-    #[arg(
-        long,
-        env = "KASSA_DEFAULT_HOLD_SECONDS",
-        default_value_t = 900,
-        global = true
-    )]
-    pub default_hold_seconds: u64,
-
-    /// How long an order may wait in `authorized` or `confirmed` (on stock being committed, on
-    /// its payment being captured) before the processor it waits on is asked again, in seconds.
-    #[arg(
-        long,
-        env = "KASSA_PROGRESS_DEADLINE_SECONDS",
-        default_value_t = 120,
-        global = true
-    )]
-    pub progress_deadline_seconds: u64,
-
-    /// How long a customer has to complete 3-D Secure before the order is cancelled, in seconds.
-    #[arg(
-        long,
-        env = "KASSA_PAYMENT_ACTION_SECONDS",
-        default_value_t = 600,
-        global = true
-    )]
-    pub payment_action_seconds: u64,
-
-    /// The longest reservation hold a customer's renewal may ask for, in seconds.
-    #[arg(
-        long,
-        env = "KASSA_MAX_HOLD_SECONDS",
-        default_value_t = 3600,
-        global = true
-    )]
-    pub max_hold_seconds: u64,
-
     /// Where this kassa runs: `production` (the default) or `development` (`scripts/dev env`).
     #[arg(long, env = "KASSA_ENVIRONMENT", value_enum, default_value_t = Environment::Production, global = true)]
     pub environment: Environment,
 
-    /// The payment gateway: `stripe`, or `simulated` (built in; charges nobody). Unset: the
-    /// simulated one in development, and a refusal to start in production.
-    #[arg(long, env = "KASSA_PAYMENT_GATEWAY", value_parser = ["simulated", "stripe"], global = true)]
-    pub payment_gateway: Option<String>,
+    /// Topics as `kassa topics create` creates them.
+    #[command(flatten, next_help_heading = "Topics")]
+    pub topics: TopicSettings,
+
+    /// How every processor consumes.
+    #[command(flatten, next_help_heading = "Processing")]
+    pub processing: ProcessingSettings,
+
+    /// Order timing: holds, 3-D Secure, stalled orders.
+    #[command(flatten, next_help_heading = "Orders")]
+    pub orders: OrderSettings,
+
+    /// The payment gateway and the payments worker.
+    #[command(flatten, next_help_heading = "Payments")]
+    pub payments: PaymentSettings,
+
+    /// The HTTP API.
+    #[command(flatten, next_help_heading = "API")]
+    pub api: ApiSettings,
+
+    /// Logging and process control.
+    #[command(flatten, next_help_heading = "Process")]
+    pub process: ProcessSettings,
+}
+
+/// Where kassa runs, for the defaults that must differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    /// A developer's machine or a test run: the simulated gateway may be the default.
+    Development,
+    /// Anything else: nothing that charges nobody is ever a default.
+    Production,
+}
+
+/// Topics as `kassa topics create` creates them.
+#[derive(Debug, Clone, Args)]
+pub struct TopicSettings {
+    /// Partitions per topic when `kassa topics create` creates one.
+    #[arg(
+        long = "topic-partitions",
+        env = "KASSA_TOPIC_PARTITIONS",
+        default_value_t = 12,
+        global = true
+    )]
+    pub partitions: i32,
+
+    /// Replication factor per topic when `kassa topics create` creates one.
+    #[arg(
+        long = "topic-replication",
+        env = "KASSA_TOPIC_REPLICATION",
+        default_value_t = 1,
+        global = true
+    )]
+    pub replication: i32,
+}
+
+/// How every processor consumes.
+#[derive(Debug, Clone, Args)]
+pub struct ProcessingSettings {
+    /// Most messages a processor takes into one batch (one Postgres transaction).
+    #[arg(long, env = "KASSA_BATCH_MAX", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub batch_max: u32,
+
+    /// Longest a processor waits for a batch to fill once its first message arrived, in ms.
+    #[arg(long = "batch-wait-ms", env = "KASSA_BATCH_WAIT_MS", default_value = "20", value_parser = millis, global = true)]
+    pub batch_wait: Duration,
+
+    /// Static Kafka group membership id of this instance (optional; unique per running instance).
+    #[arg(long, env = "KASSA_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
+}
+
+/// Order timing: holds, 3-D Secure, stalled orders.
+#[derive(Debug, Clone, Args)]
+pub struct OrderSettings {
+    /// Reservation hold when a checkout request names none, in seconds.
+    #[arg(long = "default-hold-seconds", env = "KASSA_DEFAULT_HOLD_SECONDS", default_value = "900", value_parser = seconds, global = true)]
+    pub default_hold: Duration,
+
+    /// The longest reservation hold a customer's renewal may ask for, in seconds (30 at least).
+    #[arg(long = "max-hold-seconds", env = "KASSA_MAX_HOLD_SECONDS", default_value = "3600", value_parser = seconds, global = true)]
+    pub max_hold: Duration,
+
+    /// How long a customer has to complete 3-D Secure before the order is cancelled, in seconds.
+    #[arg(long = "payment-action-seconds", env = "KASSA_PAYMENT_ACTION_SECONDS", default_value = "600", value_parser = seconds, global = true)]
+    pub payment_action: Duration,
+
+    /// How long an order may wait in `authorized` or `confirmed` (on stock being committed, on
+    /// its payment being captured) before the processor it waits on is asked again, in seconds.
+    #[arg(long = "progress-deadline-seconds", env = "KASSA_PROGRESS_DEADLINE_SECONDS", default_value = "120", value_parser = seconds, global = true)]
+    pub progress_deadline: Duration,
+}
+
+/// The payment gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Gateway {
+    /// The built-in simulated provider: charges nobody.
+    Simulated,
+    /// Stripe (or localstripe, with `KASSA_STRIPE_API_BASE`).
+    Stripe,
+}
+
+/// The payment gateway and the payments worker.
+#[derive(Debug, Clone, Args)]
+pub struct PaymentSettings {
+    /// The payment gateway. Unset: the simulated one in development, and a refusal to start in
+    /// production.
+    #[arg(
+        long = "payment-gateway",
+        env = "KASSA_PAYMENT_GATEWAY",
+        value_enum,
+        global = true
+    )]
+    pub gateway: Option<Gateway>,
 
     /// Stripe secret API key (`sk_…`), for the `stripe` gateway.
     #[arg(
-        long,
+        long = "stripe-secret-key",
         env = "KASSA_STRIPE_SECRET_KEY",
         hide_env_values = true,
         global = true
     )]
-    pub stripe_secret_key: Option<String>,
+    pub stripe_secret_key: Option<Secret>,
 
     /// Stripe API base (e.g. localstripe's), for the `stripe` gateway; unset: Stripe itself.
-    #[arg(long, env = "KASSA_STRIPE_API_BASE", global = true)]
+    #[arg(long = "stripe-api-base", env = "KASSA_STRIPE_API_BASE", global = true)]
     pub stripe_api_base: Option<String>,
 
     /// Faults the simulated gateway injects, e.g. `transient=0.1,timeout=0.05,lost=0.05`.
-    #[arg(long, env = "KASSA_SIM_FAULTS", default_value = "", global = true)]
+    #[arg(
+        long = "sim-faults",
+        env = "KASSA_SIM_FAULTS",
+        default_value = "",
+        global = true
+    )]
     pub sim_faults: String,
 
     /// Latency the simulated gateway adds to every call, in ms.
-    #[arg(long, env = "KASSA_SIM_LATENCY_MS", default_value_t = 0, global = true)]
-    pub sim_latency_ms: u64,
+    #[arg(long = "sim-latency-ms", env = "KASSA_SIM_LATENCY_MS", default_value = "0", value_parser = millis, global = true)]
+    pub sim_latency: Duration,
 
     /// Payment provider calls in flight at once per payments instance.
-    #[arg(
-        long,
-        env = "KASSA_PAYMENT_CONCURRENCY",
-        default_value_t = 64,
-        global = true
-    )]
-    pub payment_concurrency: usize,
+    #[arg(long = "payment-concurrency", env = "KASSA_PAYMENT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub concurrency: u32,
 
     /// How long a payments worker holds a payment it works on before another may take it, in
     /// seconds (renewed every third of it while the provider calls last).
-    #[arg(
-        long,
-        env = "KASSA_PAYMENT_LEASE_SECONDS",
-        default_value_t = 30,
-        global = true
-    )]
-    pub payment_lease_seconds: u64,
+    #[arg(long = "payment-lease-seconds", env = "KASSA_PAYMENT_LEASE_SECONDS", default_value = "30", value_parser = seconds, global = true)]
+    pub lease: Duration,
 
     /// How often a payment waiting for 3-D Secure is looked up at the provider, in seconds.
+    #[arg(long = "payment-recheck-seconds", env = "KASSA_PAYMENT_RECHECK_SECONDS", default_value = "30", value_parser = seconds, global = true)]
+    pub recheck: Duration,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiSettings {
+    /// Address the HTTP API listens on.
     #[arg(
-        long,
-        env = "KASSA_PAYMENT_RECHECK_SECONDS",
-        default_value_t = 30,
+        long = "http-addr",
+        env = "KASSA_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
         global = true
     )]
-    pub payment_recheck_seconds: u64,
+    pub addr: std::net::SocketAddr,
 
-    /// How long a guest cart lives after its last use, in seconds.
-    #[arg(long, env = "KASSA_CART_TTL_GUEST_SECONDS", default_value_t = 7 * 24 * 3600, global = true)]
-    pub cart_ttl_guest_seconds: u64,
+    /// How long a guest cart lives after its last use, in seconds (7 days).
+    #[arg(long = "cart-ttl-guest-seconds", env = "KASSA_CART_TTL_GUEST_SECONDS", default_value = "604800", value_parser = seconds, global = true)]
+    pub cart_ttl_guest: Duration,
 
-    /// How long a customer's cart lives after its last use, in seconds.
-    #[arg(long, env = "KASSA_CART_TTL_CUSTOMER_SECONDS", default_value_t = 30 * 24 * 3600, global = true)]
-    pub cart_ttl_customer_seconds: u64,
+    /// How long a customer's cart lives after its last use, in seconds (30 days).
+    #[arg(long = "cart-ttl-customer-seconds", env = "KASSA_CART_TTL_CUSTOMER_SECONDS", default_value = "2592000", value_parser = seconds, global = true)]
+    pub cart_ttl_customer: Duration,
 
     /// The Stripe webhook endpoint's signing secret (`whsec_…`); unset: webhooks are refused.
     #[arg(
-        long,
+        long = "stripe-webhook-secret",
         env = "KASSA_STRIPE_WEBHOOK_SECRET",
         hide_env_values = true,
         global = true
     )]
-    pub stripe_webhook_secret: Option<String>,
+    pub stripe_webhook_secret: Option<Secret>,
 
     /// Requests per second per storefront key (bursts of 5 s' worth absorbed).
     #[arg(
-        long,
+        long = "rate-storefront-per-second",
         env = "KASSA_RATE_STOREFRONT_PER_SECOND",
         default_value_t = 5000,
         global = true
@@ -196,30 +250,53 @@ pub struct Settings {
 
     /// New orders and order requests per second per customer (bursts of 5 s' worth absorbed).
     #[arg(
-        long,
+        long = "rate-customer-per-second",
         env = "KASSA_RATE_CUSTOMER_PER_SECOND",
         default_value_t = 20,
         global = true
     )]
     pub rate_customer_per_second: u32,
-
-    /// Address the HTTP API listens on.
-    #[arg(
-        long,
-        env = "KASSA_HTTP_ADDR",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
-    pub http_addr: std::net::SocketAddr,
 }
 
-/// Where kassa runs, for the defaults that must differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Environment {
-    /// A developer's machine or a test run: the simulated gateway may be the default.
-    Development,
-    /// Anything else: nothing that charges nobody is ever a default.
-    Production,
+/// Logging and process control.
+#[derive(Debug, Clone, Args)]
+pub struct ProcessSettings {
+    /// What to log: a tracing filter, e.g. `kassa=debug,rdkafka=warn`.
+    #[arg(
+        long = "log",
+        env = "KASSA_LOG",
+        default_value = "info,apache_avro::schema::parser=error,stripe::hyper::client=error",
+        global = true
+    )]
+    pub log: String,
+
+    /// `kassa run` also stops when its stdin closes (for supervisors and tests that hold it).
+    #[arg(
+        long = "stop-on-stdin-eof",
+        env = "KASSA_STOP_ON_STDIN_EOF",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub stop_on_stdin_eof: bool,
+}
+
+/// A whole number of seconds, as a duration (at least one second).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))?;
+    Ok(Duration::from_secs(n.max(1)))
+}
+
+/// A whole number of milliseconds, as a duration.
+fn millis(text: &str) -> Result<Duration, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
+    Ok(Duration::from_millis(n))
 }
 
 impl Settings {
@@ -233,108 +310,121 @@ impl Settings {
         <Only as clap::Parser>::parse_from(["kassa"]).settings
     }
 
-    /// What a processor needs, from these settings (an error names a bad payment setting).
-    pub fn processor_config(&self) -> Result<kassa_processors::ProcessorConfig, String> {
-        use kassa_processors::payments::{GatewayConfig, gateway};
-        let chosen = match (self.payment_gateway.as_deref(), self.environment) {
-            (Some(gateway), _) => gateway,
-            (None, Environment::Development) => "simulated",
-            (None, Environment::Production) => {
-                return Err("KASSA_PAYMENT_GATEWAY is not set: outside development (KASSA_ENVIRONMENT=production, \
-                            the default) kassa never falls back to the simulated gateway, which charges nobody; \
-                            set it to stripe (or to simulated, explicitly)"
-                    .into());
-            }
+    /// The gateway the payments processor charges through: the chosen one, the simulated one by
+    /// default in development only.
+    pub fn gateway(&self) -> Result<Gateway, String> {
+        match (self.payments.gateway, self.environment) {
+            (Some(gateway), _) => Ok(gateway),
+            (None, Environment::Development) => Ok(Gateway::Simulated),
+            (None, Environment::Production) => Err("KASSA_PAYMENT_GATEWAY is not set: outside development (KASSA_ENVIRONMENT=production, \
+                 the default) kassa never falls back to the simulated gateway, which charges nobody; \
+                 set it to stripe (or to simulated, explicitly)"
+                .into()),
+        }
+    }
+
+    /// What the processor of `group` needs, from these settings (an error names a bad setting).
+    pub fn processor_config(
+        &self,
+        group: ConsumerGroup,
+    ) -> Result<kassa_processors::ProcessorConfig, String> {
+        use kassa_processors::{Own, expiry, inventory, orders, payments};
+        let o = &self.orders;
+        let own = match group {
+            ConsumerGroup::Inventory => Own::Inventory(inventory::Config {
+                default_hold: o.default_hold,
+            }),
+            ConsumerGroup::Orders => Own::Orders(orders::Config {
+                policy: orders::machine::Policy {
+                    action_window: chrono_of(o.payment_action),
+                    max_hold: chrono_of(o.max_hold),
+                },
+            }),
+            ConsumerGroup::Payments => Own::Payments(payments::Config {
+                gateway: self.gateway_config()?,
+                worker: payments::worker::WorkerConfig {
+                    concurrency: self.payments.concurrency as usize,
+                    recheck: self.payments.recheck,
+                    lease: self.payments.lease,
+                    owner: self
+                        .processing
+                        .instance_id
+                        .as_ref()
+                        .map(|id| format!("payments-{id}")),
+                },
+            }),
+            ConsumerGroup::Expiry => Own::Expiry(expiry::Config {
+                progress_after: o.progress_deadline,
+            }),
         };
-        let gateway = if chosen == "stripe" {
-            let secret_key = self
-                .stripe_secret_key
-                .clone()
-                .ok_or("KASSA_STRIPE_SECRET_KEY is needed for the stripe gateway")?;
-            GatewayConfig::Stripe(gateway::stripe::StripeConfig {
-                secret_key,
-                api_base: self.stripe_api_base.clone(),
-                timeout: std::time::Duration::from_secs(10),
-            })
-        } else {
-            let latency = std::time::Duration::from_millis(self.sim_latency_ms);
-            GatewayConfig::Simulated(
-                gateway::simulated::SimConfig::parse_faults(&self.sim_faults, latency)
-                    .map_err(|e| format!("KASSA_SIM_FAULTS: {e}"))?,
-            )
-        };
-        use kassa_processors::{expiry, inventory, orders, payments};
         Ok(kassa_processors::ProcessorConfig {
             shared: kassa_processors::Shared {
                 runtime: kassa_processors::RuntimeConfig {
                     brokers: self.kafka_brokers.clone(),
                     database_url: self.database_url.clone(),
-                    batch_max: self.batch_max.max(1),
-                    batch_wait: std::time::Duration::from_millis(self.batch_wait_ms),
-                    instance_id: self.instance_id.clone(),
+                    batch_max: self.processing.batch_max as usize,
+                    batch_wait: self.processing.batch_wait,
+                    instance_id: self.processing.instance_id.clone(),
                 },
                 registry_url: self.schema_registry_url.clone(),
                 redis_url: self.redis_url.clone(),
             },
-            inventory: inventory::Config {
-                default_hold: std::time::Duration::from_secs(self.default_hold_seconds),
-            },
-            orders: orders::Config {
-                policy: orders::machine::Policy {
-                    action_window: seconds(self.payment_action_seconds),
-                    max_hold: seconds(self.max_hold_seconds),
-                },
-            },
-            payments: payments::Config {
-                gateway,
-                worker: payments::worker::WorkerConfig {
-                    concurrency: self.payment_concurrency.max(1),
-                    recheck: std::time::Duration::from_secs(self.payment_recheck_seconds.max(1)),
-                    lease: std::time::Duration::from_secs(self.payment_lease_seconds.max(1)),
-                    owner: self.instance_id.as_ref().map(|id| format!("payments-{id}")),
-                },
-            },
-            expiry: expiry::Config {
-                progress_after: std::time::Duration::from_secs(
-                    self.progress_deadline_seconds.max(1),
-                ),
-            },
+            own,
+        })
+    }
+
+    /// The payment gateway's settings.
+    fn gateway_config(&self) -> Result<kassa_processors::payments::GatewayConfig, String> {
+        use kassa_processors::payments::{GatewayConfig, gateway};
+        let p = &self.payments;
+        Ok(match self.gateway()? {
+            Gateway::Stripe => GatewayConfig::Stripe(gateway::stripe::StripeConfig {
+                secret_key: p
+                    .stripe_secret_key
+                    .clone()
+                    .ok_or("KASSA_STRIPE_SECRET_KEY is needed for the stripe gateway")?,
+                api_base: p.stripe_api_base.clone(),
+                timeout: Duration::from_secs(10),
+            }),
+            Gateway::Simulated => GatewayConfig::Simulated(
+                gateway::simulated::SimConfig::parse_faults(&p.sim_faults, p.sim_latency)
+                    .map_err(|e| format!("KASSA_SIM_FAULTS: {e}"))?,
+            ),
         })
     }
 
     /// What the API needs, from these settings.
     pub fn api_config(&self) -> kassa_api::ApiConfig {
+        let seconds_i32 = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
         kassa_api::ApiConfig {
-            addr: self.http_addr,
+            addr: self.api.addr,
             database_url: self.database_url.clone(),
             brokers: self.kafka_brokers.clone(),
             registry_url: self.schema_registry_url.clone(),
             redis_url: self.redis_url.clone(),
-            hold_seconds: i32::try_from(self.default_hold_seconds).unwrap_or(i32::MAX),
-            stripe_webhook_secret: self
-                .stripe_webhook_secret
-                .clone()
-                .map(kassa_api::webhooks::Secret),
+            hold_seconds: seconds_i32(self.orders.default_hold),
+            max_hold_seconds: seconds_i32(self.orders.max_hold),
+            stripe_webhook_secret: self.api.stripe_webhook_secret.clone(),
             rate_limits: kassa_api::limits::RateLimits {
-                storefront_per_second: self.rate_storefront_per_second,
-                customer_per_second: self.rate_customer_per_second,
+                storefront_per_second: self.api.rate_storefront_per_second,
+                customer_per_second: self.api.rate_customer_per_second,
             },
             cart_ttl: kassa_api::carts::CartTtl {
-                guest: self.cart_ttl_guest_seconds.max(1),
-                customer: self.cart_ttl_customer_seconds.max(1),
+                guest: self.api.cart_ttl_guest.as_secs(),
+                customer: self.api.cart_ttl_customer.as_secs(),
             },
         }
     }
 
     /// The database URL with any password replaced, fit for logs and errors.
     pub fn database_url_redacted(&self) -> String {
-        redact_url_password(&self.database_url)
+        redact_url_password(self.database_url.expose())
     }
 }
 
-/// `secs` as a chrono duration (saturating).
-fn seconds(secs: u64) -> chrono::Duration {
-    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000).max(1))
+/// `duration` as a chrono duration (saturating).
+fn chrono_of(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Replaces the password of a `scheme://user:password@host/…` URL with `***`.
@@ -353,7 +443,7 @@ pub fn redact_url_password(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url_password;
+    use super::*;
 
     #[test]
     fn passwords_never_reach_a_log_line() {
@@ -369,5 +459,22 @@ mod tests {
             redact_url_password("redis://user@host"),
             "redis://user@host"
         );
+    }
+
+    #[test]
+    fn settings_print_without_their_secrets() {
+        let mut settings = Settings::from_env();
+        settings.database_url = Secret::new("postgres://kassa:s3cret@db/kassa");
+        settings.payments.stripe_secret_key = Some(Secret::new("sk_live_s3cret"));
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
+    #[test]
+    fn durations_are_whole_seconds_and_never_zero() {
+        assert_eq!(seconds("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(seconds("0"), Ok(Duration::from_secs(1)));
+        assert!(seconds("1.5").is_err());
+        assert_eq!(millis("0"), Ok(Duration::ZERO));
     }
 }

@@ -75,11 +75,10 @@ pub fn start(settings: &Settings, components: &[Component]) -> Result<Running, S
         match *component {
             Component::Processor(group) => {
                 let config = settings
-                    .processor_config()
+                    .processor_config(group)
                     .map_err(SupervisorError::Settings)?;
                 let stopped = stopped.clone();
-                tasks
-                    .spawn(async move { Ok(kassa_processors::run(group, config, stopped).await?) });
+                tasks.spawn(async move { Ok(kassa_processors::run(config, stopped).await?) });
             }
             Component::Api => {
                 let config = settings.api_config();

@@ -70,8 +70,8 @@ pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, Topics
         .map(|(name, (retention, segment))| {
             NewTopic::new(
                 name,
-                settings.topic_partitions,
-                TopicReplication::Fixed(settings.topic_replication),
+                settings.topics.partitions,
+                TopicReplication::Fixed(settings.topics.replication),
             )
             .set("retention.ms", retention)
             .set("segment.ms", segment)

@@ -102,7 +102,7 @@ fn body(rng: &mut Rng) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_request_gets_a_5xx_or_kills_the_connection() {
     let api = common::api::start(|c| {
-        c.stripe_webhook_secret = Some(kassa_api::webhooks::Secret("whsec_fuzz".into()))
+        c.stripe_webhook_secret = Some(kassa_api::webhooks::Secret::new("whsec_fuzz"))
     })
     .await;
     let (base, storefront, admin) = (api.base, api.storefront, api.admin);

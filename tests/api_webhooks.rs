@@ -24,7 +24,7 @@ impl Api {
     async fn start() -> Self {
         let secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
         let api = common::api::start(|c| {
-            c.stripe_webhook_secret = Some(kassa_api::webhooks::Secret(secret.clone()))
+            c.stripe_webhook_secret = Some(kassa_api::webhooks::Secret::new(secret.clone()))
         })
         .await;
         Self {

@@ -213,7 +213,7 @@ async fn a_look_up_after_a_refund_sees_the_refund_as_stripe_answers_it() {
     // the request expands it (localstripe alone always sends it whole).
     let base = common::stripe_like::start(stripe_base()).await;
     let config = StripeConfig {
-        secret_key: KEY.into(),
+        secret_key: kassa_schemas::secret::Secret::new(KEY),
         api_base: Some(base),
         timeout: Duration::from_secs(10),
     };

@@ -29,19 +29,10 @@ use crate::validate::valid_sku;
 /// How long carts live after their last use, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CartTtl {
-    /// A guest cart (default 7 days).
+    /// A guest cart.
     pub guest: u64,
-    /// A customer's cart (default 30 days).
+    /// A customer's cart.
     pub customer: u64,
-}
-
-impl Default for CartTtl {
-    fn default() -> Self {
-        Self {
-            guest: 7 * 24 * 3600,
-            customer: 30 * 24 * 3600,
-        }
-    }
 }
 
 /// What is stored for a cart.

@@ -49,7 +49,7 @@ pub struct ApiConfig {
     /// Listen address.
     pub addr: SocketAddr,
     /// PostgreSQL URL (the `api` schema).
-    pub database_url: String,
+    pub database_url: kassa_schemas::secret::Secret,
     /// Kafka bootstrap servers.
     pub brokers: String,
     /// Schema Registry URL.
@@ -58,6 +58,8 @@ pub struct ApiConfig {
     pub redis_url: String,
     /// Reservation hold the API asks for, in seconds.
     pub hold_seconds: i32,
+    /// The longest hold a renewal may ask for, in seconds.
+    pub max_hold_seconds: i32,
     /// How long carts live after their last use.
     pub cart_ttl: carts::CartTtl,
     /// The Stripe webhook endpoint's signing secret (None: webhooks are refused).
@@ -79,6 +81,8 @@ pub struct AppState {
     pub redis: RedisLink,
     /// Reservation hold, in seconds.
     pub hold_seconds: i32,
+    /// The longest hold a renewal may ask for, in seconds.
+    pub max_hold_seconds: i32,
     /// Recent API key lookups.
     pub keys: Arc<auth::KeyCache>,
     /// How long carts live after their last use.
@@ -225,7 +229,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
     let pool = PgPoolOptions::new()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy(&config.database_url)
+        .connect_lazy(config.database_url.expose())
         .map_err(|e| ServeError::Setup(format!("database URL: {e}")))?;
     let mut producer_config = ClientConfig::new();
     producer_config
@@ -252,6 +256,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         codec: Arc::new(codec),
         redis,
         hold_seconds: config.hold_seconds,
+        max_hold_seconds: config.max_hold_seconds,
         keys: Arc::default(),
         cart_ttl: config.cart_ttl,
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),

@@ -16,6 +16,9 @@ use crate::auth::Storefront;
 use crate::error::ApiError;
 use crate::problem::{CommonErrors, FieldError, Problem};
 
+/// The shortest hold a renewal may ask for, in seconds.
+pub const MIN_HOLD_SECONDS: i32 = 30;
+
 /// `DELETE /api/orders/{id}`: asks for cancellation; 202 once on Kafka (orders decides).
 #[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "cancellation requested")))]
 pub async fn cancel(
@@ -59,10 +62,11 @@ pub async fn renew_hold(
     let hold_seconds = body
         .and_then(|b| b.hold_seconds)
         .unwrap_or(state.hold_seconds);
-    if !(30..=3600).contains(&hold_seconds) {
+    let longest = state.max_hold_seconds.max(MIN_HOLD_SECONDS);
+    if !(MIN_HOLD_SECONDS..=longest).contains(&hold_seconds) {
         return Err(Problem::validation(vec![FieldError {
             field: "hold_seconds".into(),
-            message: "30 to 3600".into(),
+            message: format!("{MIN_HOLD_SECONDS} to {longest} (KASSA_MAX_HOLD_SECONDS)"),
         }])
         .into());
     }

@@ -23,15 +23,7 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// How far a signature's timestamp may be from now, in seconds.
 pub const TOLERANCE_SECONDS: i64 = 300;
 
-/// A secret whose value never reaches a log or a `Debug` print.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use kassa_schemas::secret::Secret;
 
 /// Why a signature is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +96,7 @@ pub async fn stripe(
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if let Err(e) = verify(&secret.0, header, &body, Utc::now().timestamp()) {
+    if let Err(e) = verify(secret.expose(), header, &body, Utc::now().timestamp()) {
         tracing::warn!(reason = ?e, "webhook refused");
         return Err(Problem::bad_signature(match e {
             SignatureError::Malformed => "missing or malformed Stripe-Signature header",
@@ -186,6 +178,6 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        assert_eq!(format!("{:?}", Secret("whsec_live".into())), "Secret(***)");
+        assert_eq!(format!("{:?}", Secret::new("whsec_live")), "Secret(***)");
     }
 }

@@ -26,20 +26,39 @@ pub struct Shared {
     pub redis_url: String,
 }
 
-/// Everything the processors need to run: what they share, and each one's own settings.
+/// Everything one processor needs to run: what every processor shares, and its own settings.
 /// (Not `Debug`: it holds secrets.)
 #[derive(Clone)]
 pub struct ProcessorConfig {
     /// What every processor shares.
     pub shared: Shared,
-    /// The inventory processor's settings.
-    pub inventory: inventory::Config,
-    /// The orders processor's settings.
-    pub orders: orders::Config,
-    /// The payments processor's settings.
-    pub payments: payments::Config,
-    /// The expiry processor's settings.
-    pub expiry: expiry::Config,
+    /// The processor's own settings (which also says which processor it is).
+    pub own: Own,
+}
+
+/// One processor's own settings.
+#[derive(Clone)]
+pub enum Own {
+    /// The inventory processor's.
+    Inventory(inventory::Config),
+    /// The orders processor's.
+    Orders(orders::Config),
+    /// The payments processor's.
+    Payments(payments::Config),
+    /// The expiry processor's.
+    Expiry(expiry::Config),
+}
+
+impl Own {
+    /// The processor these settings are for.
+    pub const fn group(&self) -> ConsumerGroup {
+        match self {
+            Own::Inventory(_) => ConsumerGroup::Inventory,
+            Own::Orders(_) => ConsumerGroup::Orders,
+            Own::Payments(_) => ConsumerGroup::Payments,
+            Own::Expiry(_) => ConsumerGroup::Expiry,
+        }
+    }
 }
 
 /// Why a processor could not run.
@@ -56,21 +75,18 @@ pub enum ProcessorError {
     Gateway(String),
 }
 
-/// Runs the processor of `group` until `shutdown` turns true. Each processor's module holds its
-/// handler, its background tasks and its settings; this is the one line that names each.
+/// Runs the processor `config` is for until `shutdown` turns true. Each processor's module holds
+/// its handler, its background tasks and its settings; this is the one place that names each.
 pub async fn run(
-    group: ConsumerGroup,
     config: ProcessorConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ProcessorError> {
     let shared = &config.shared;
     let codec = Arc::new(Codec::new(&shared.registry_url)?);
-    match group {
-        ConsumerGroup::Inventory => {
-            inventory::run(shared, codec, &config.inventory, shutdown).await
-        }
-        ConsumerGroup::Orders => orders::run(shared, codec, &config.orders, shutdown).await,
-        ConsumerGroup::Payments => payments::run(shared, codec, &config.payments, shutdown).await,
-        ConsumerGroup::Expiry => expiry::run(shared, codec, &config.expiry, shutdown).await,
+    match &config.own {
+        Own::Inventory(own) => inventory::run(shared, codec, own, shutdown).await,
+        Own::Orders(own) => orders::run(shared, codec, own, shutdown).await,
+        Own::Payments(own) => payments::run(shared, codec, own, shutdown).await,
+        Own::Expiry(own) => expiry::run(shared, codec, own, shutdown).await,
     }
 }

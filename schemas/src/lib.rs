@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod read_model;
 pub mod redis_link;
 pub mod registry;
+pub mod secret;
 pub mod topics;
 
 pub use codec::{Codec, CodecError};

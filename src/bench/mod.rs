@@ -167,14 +167,19 @@ async fn run_kassa(
     load: &Load,
 ) -> Result<Measured, BenchError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let config = settings.processor_config().map_err(BenchError::Settings)?;
+    let config = settings
+        .processor_config(kassa_schemas::ConsumerGroup::Inventory)
+        .map_err(BenchError::Settings)?;
+    let kassa_processors::Own::Inventory(own) = config.own else {
+        unreachable!("the inventory's settings were asked for")
+    };
     let handler_pool = pool.clone();
     let processor = tokio::spawn(async move {
         let shared = &config.shared;
         let codec = std::sync::Arc::new(Codec::new(&shared.registry_url).expect("codec"));
         let redis =
             kassa_schemas::redis_link::RedisLink::start(&shared.redis_url, Duration::from_secs(5));
-        let handler = Inventory::new(codec, config.inventory.default_hold, redis, handler_pool);
+        let handler = Inventory::new(codec, own.default_hold, redis, handler_pool);
         kassa_processors::runtime::run(&shared.runtime, handler, stopped, Vec::new()).await
     });
     let outcomes = Outcomes::start(settings, Topic::InventoryEvents.name(), load.prefix());

@@ -204,7 +204,7 @@ async fn create_topics(settings: &Settings) -> Result<(), BenchError> {
         .set("bootstrap.servers", &settings.kafka_brokers)
         .create()?;
     let topics = [REQUESTS, EVENTS]
-        .map(|t| NewTopic::new(t, settings.topic_partitions, TopicReplication::Fixed(1)));
+        .map(|t| NewTopic::new(t, settings.topics.partitions, TopicReplication::Fixed(1)));
     admin.create_topics(&topics, &AdminOptions::new()).await?;
     Ok(())
 }

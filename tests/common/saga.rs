@@ -119,7 +119,7 @@ pub struct Placed {
 impl Saga {
     /// An API for this test (webhooks signed with `webhook_secret`, holds of `hold_seconds`).
     pub async fn new(webhook_secret: Option<&str>, hold_seconds: Option<i32>) -> Self {
-        let secret = webhook_secret.map(|s| kassa_api::webhooks::Secret(s.to_owned()));
+        let secret = webhook_secret.map(kassa_api::webhooks::Secret::new);
         let api = super::api::start(|c| {
             c.stripe_webhook_secret = secret;
             if let Some(hold) = hold_seconds {

@@ -40,17 +40,6 @@ pub struct WorkerConfig {
     pub owner: Option<String>,
 }
 
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            concurrency: 64,
-            lease: Duration::from_secs(30),
-            recheck: Duration::from_secs(30),
-            owner: None,
-        }
-    }
-}
-
 /// What a round of calls found out.
 #[derive(Debug)]
 enum Outcome {

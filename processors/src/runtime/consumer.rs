@@ -304,7 +304,7 @@ pub async fn connect(
         let attempt = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(&config.database_url)
+            .connect(config.database_url.expose())
             .await;
         match attempt {
             Ok(pool) => return Some(pool),

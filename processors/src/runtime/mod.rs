@@ -36,8 +36,8 @@ pub use consumer::{RuntimeError, connect, run};
 pub struct RuntimeConfig {
     /// Kafka bootstrap servers.
     pub brokers: String,
-    /// PostgreSQL URL.
-    pub database_url: String,
+    /// PostgreSQL URL (its password never prints).
+    pub database_url: kassa_schemas::secret::Secret,
     /// Most messages in one batch.
     pub batch_max: usize,
     /// Longest wait for a batch to fill once its first message arrived.

@@ -26,7 +26,7 @@ use super::{Gateway, GatewayError, Intent, IntentRequest, IntentStatus};
 #[derive(Clone)]
 pub struct StripeConfig {
     /// The secret API key (`sk_…`).
-    pub secret_key: String,
+    pub secret_key: kassa_schemas::secret::Secret,
     /// API base, e.g. `http://127.0.0.1:18420` for localstripe (None: Stripe itself).
     pub api_base: Option<String>,
     /// Per-call timeout.
@@ -41,7 +41,7 @@ pub struct StripeGateway {
 impl StripeGateway {
     /// A gateway for `config`; fails on a malformed key or API base.
     pub fn new(config: &StripeConfig) -> Result<Self, String> {
-        let mut builder = ClientBuilder::new(config.secret_key.clone())
+        let mut builder = ClientBuilder::new(config.secret_key.expose().to_owned())
             .timeout(config.timeout)
             .request_strategy(RequestStrategy::Once);
         if let Some(base) = &config.api_base {
