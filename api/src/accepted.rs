@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Storefront;
+use crate::domain::{OrderId, XCustomerId};
 use crate::error::ApiError;
 use crate::pricing::PricedLine;
 use crate::problem::Problem;
@@ -129,20 +130,16 @@ pub(crate) fn accepted_response(order_id: Uuid, status: u16, body: serde_json::V
 pub(crate) async fn owned_order(
     state: &AppState,
     storefront: &Storefront,
-    headers: &HeaderMap,
+    customer: &XCustomerId,
     id: &str,
 ) -> Result<Accepted, ApiError> {
-    let customer = headers
-        .get("x-customer-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let Ok(order_id) = Uuid::parse_str(id) else {
+    let (Some(customer), Some(OrderId(order_id))) = (&customer.0, OrderId::parse(id)) else {
         return Err(Problem::not_found("order").into());
     };
-    let order = load(state, order_id).await?.filter(|o| {
-        !customer.is_empty() && o.storefront == storefront.name && o.customer_id == customer
-    });
+    let order = load(state, order_id)
+        .await?
+        .filter(|o| o.storefront == storefront.name && o.customer_id == customer.as_str());
     let order = order.ok_or_else(|| Problem::not_found("order"))?;
-    state.limits.customer(&storefront.name, customer)?;
+    state.limits.customer(&storefront.name, customer.as_str())?;
     Ok(order)
 }

@@ -13,10 +13,10 @@ use serde_json::json;
 use crate::AppState;
 use crate::auth::Admin;
 use crate::body::JsonBody;
+use crate::domain::Sku;
 use crate::error::ApiError;
 use crate::flash::{self, Sale};
 use crate::problem::{CommonErrors, FieldError, Problem};
-use crate::validate::valid_sku;
 
 /// A catalog product as admins write it.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -37,14 +37,7 @@ fn yes() -> bool {
 }
 
 fn check_sku(sku: &str) -> Result<(), Problem> {
-    if valid_sku(sku) {
-        Ok(())
-    } else {
-        Err(field(
-            "sku",
-            "1 to 64 characters: letters, digits, '.', '_', '-'",
-        ))
-    }
+    Sku::parse(sku).map(drop).map_err(|rule| field("sku", rule))
 }
 
 fn field(name: &str, message: &str) -> Problem {

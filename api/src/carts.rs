@@ -21,10 +21,10 @@ use serde_json::json;
 use crate::AppState;
 use crate::auth::Storefront;
 use crate::body::JsonBody;
+use crate::domain::{CustomerId, Sku};
 use crate::error::ApiError;
 use crate::orders::{LineRequest, MAX_LINES, MAX_QUANTITY, OrderRequest, place};
 use crate::problem::{CommonErrors, FieldError, Problem};
-use crate::validate::valid_sku;
 
 /// How long carts live after their last use, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +54,13 @@ enum Owner {
 impl Owner {
     fn of(cart_id: &str, headers: &HeaderMap) -> Result<Self, Problem> {
         if cart_id == "me" {
-            let customer = headers
+            let header = headers
                 .get("x-customer-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if customer.is_empty() || customer.len() > 128 {
-                return Err(field("X-Customer-Id", "the customer whose cart this is"));
-            }
-            return Ok(Owner::Customer(customer.to_owned()));
+            let customer =
+                CustomerId::parse(header).map_err(|rule| field("X-Customer-Id", rule))?;
+            return Ok(Owner::Customer(customer.to_string()));
         }
         let valid = !cart_id.is_empty()
             && cart_id.len() <= 64
@@ -175,7 +174,7 @@ fn check_items(items: &BTreeMap<String, i32>) -> Result<(), Problem> {
         });
     }
     for (sku, quantity) in items {
-        if !valid_sku(sku) {
+        if Sku::parse(sku).is_err() {
             errors.push(FieldError {
                 field: format!("items.{sku}"),
                 message: "not a valid SKU".into(),

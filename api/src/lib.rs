@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod carts;
+pub mod domain;
 pub mod error;
 pub mod flash;
 pub mod idempotency;
@@ -20,7 +21,6 @@ pub mod pricing;
 pub mod problem;
 pub mod produce;
 pub mod telemetry;
-pub mod validate;
 pub mod webhooks;
 
 use std::future::Future;

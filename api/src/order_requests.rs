@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kassa_schemas::Envelope;
 use kassa_schemas::events::orders::{CancelRequested, HoldRenewalRequested, OrderRequest};
@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::accepted::owned_order;
 use crate::auth::Storefront;
+use crate::domain::XCustomerId;
 use crate::error::ApiError;
 use crate::problem::{CommonErrors, FieldError, Problem};
 
@@ -24,10 +25,10 @@ pub const MIN_HOLD_SECONDS: i32 = 30;
 pub async fn cancel(
     State(state): State<AppState>,
     storefront: Storefront,
-    headers: HeaderMap,
+    customer: XCustomerId,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let owned = owned_order(&state, &storefront, &headers, &id).await?;
+    let owned = owned_order(&state, &storefront, &customer, &id).await?;
     let order = owned.order_id.to_string();
     let request = OrderRequest::CancelRequested(CancelRequested {
         order_id: order.clone(),
@@ -54,11 +55,11 @@ pub struct HoldBody {
 pub async fn renew_hold(
     State(state): State<AppState>,
     storefront: Storefront,
-    headers: HeaderMap,
+    customer: XCustomerId,
     Path(id): Path<String>,
     crate::body::MaybeJson(body): crate::body::MaybeJson<HoldBody>,
 ) -> Result<Response, ApiError> {
-    let owned = owned_order(&state, &storefront, &headers, &id).await?;
+    let owned = owned_order(&state, &storefront, &customer, &id).await?;
     let hold_seconds = body
         .and_then(|b| b.hold_seconds)
         .unwrap_or(state.hold_seconds);

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -20,6 +19,7 @@ use tokio::sync::broadcast;
 use crate::AppState;
 use crate::accepted::{order_json, owned_order};
 use crate::auth::Storefront;
+use crate::domain::XCustomerId;
 use crate::error::ApiError;
 use crate::problem::{CommonErrors, FieldError, Problem};
 
@@ -143,7 +143,7 @@ pub struct StatusQuery {
 pub async fn get(
     State(state): State<AppState>,
     storefront: Storefront,
-    headers: HeaderMap,
+    customer: XCustomerId,
     Path(id): Path<String>,
     Query(query): Query<StatusQuery>,
 ) -> Result<Response, ApiError> {
@@ -155,7 +155,7 @@ pub async fn get(
         }])
         .into());
     }
-    let order = owned_order(&state, &storefront, &headers, &id).await?;
+    let order = owned_order(&state, &storefront, &customer, &id).await?;
     let order_id = order.order_id.to_string();
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut changes = state.status_feed.changed.subscribe();

@@ -15,13 +15,13 @@ use crate::AppState;
 use crate::accepted::{Accepted, accepted_response, claim_and_store, load, order_json};
 use crate::auth::Storefront;
 use crate::body::JsonBody;
+use crate::domain::{CustomerId, IdempotencyKey, PaymentMethodId, Sku};
 use crate::error::ApiError;
 use crate::flash::{self, Gate};
 use crate::idempotency::{self, Existing};
 use crate::pricing::{self, PricingError, Product};
 use crate::problem::{CommonErrors, FieldError, Problem};
 use crate::produce;
-use crate::validate::{valid_id, valid_sku};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 50;
@@ -49,7 +49,16 @@ pub struct LineRequest {
     pub quantity: i32,
 }
 
-fn validate(request: &OrderRequest, key: Option<&str>) -> Vec<FieldError> {
+/// An order request parsed at the edge: every id well-formed, every quantity in range.
+struct Valid {
+    key: IdempotencyKey,
+    customer: CustomerId,
+    payment_method: PaymentMethodId,
+    lines: Vec<(Sku, i32)>,
+}
+
+/// Parses `request` and its Idempotency-Key; every rule broken, by field, otherwise.
+fn parse(request: &OrderRequest, key: Option<&str>) -> Result<Valid, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut bad = |field: String, message: &str| {
         errors.push(FieldError {
@@ -57,37 +66,25 @@ fn validate(request: &OrderRequest, key: Option<&str>) -> Vec<FieldError> {
             message: message.to_owned(),
         })
     };
-    match key {
-        None => bad("Idempotency-Key".into(), "the header is required"),
-        Some(k) if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) => {
-            bad(
-                "Idempotency-Key".into(),
-                "1 to 255 visible ASCII characters",
-            )
-        }
-        Some(_) => {}
-    }
-    if !valid_id(&request.customer_id, 128) {
-        bad(
-            "customer_id".into(),
-            "1 to 128 characters: letters, digits, '-', '_', '.', '@'",
-        );
-    }
-    if !valid_id(&request.payment_method_id, 255) {
-        bad(
-            "payment_method_id".into(),
-            "1 to 255 characters: letters, digits, '-', '_', '.'",
-        );
-    }
+    let key = match key {
+        None => Err("the header is required"),
+        Some(k) => IdempotencyKey::parse(k),
+    };
+    let key = key.map_err(|rule| bad("Idempotency-Key".into(), rule)).ok();
+    let customer = CustomerId::parse(&request.customer_id)
+        .map_err(|rule| bad("customer_id".into(), rule))
+        .ok();
+    let payment_method = PaymentMethodId::parse(&request.payment_method_id)
+        .map_err(|rule| bad("payment_method_id".into(), rule))
+        .ok();
     if request.lines.is_empty() || request.lines.len() > MAX_LINES {
         bad("lines".into(), &format!("1 to {MAX_LINES} lines"));
     }
+    let mut lines = Vec::with_capacity(request.lines.len());
     for (i, line) in request.lines.iter().enumerate().take(MAX_LINES) {
-        if !valid_sku(&line.sku) {
-            bad(
-                format!("lines[{i}].sku"),
-                "1 to 64 characters: letters, digits, '.', '_', '-'",
-            );
+        match Sku::parse(&line.sku) {
+            Ok(sku) => lines.push((sku, line.quantity)),
+            Err(rule) => bad(format!("lines[{i}].sku"), rule),
         }
         if line.quantity < 1 || line.quantity > MAX_QUANTITY {
             bad(
@@ -96,7 +93,15 @@ fn validate(request: &OrderRequest, key: Option<&str>) -> Vec<FieldError> {
             );
         }
     }
-    errors
+    match (key, customer, payment_method) {
+        (Some(key), Some(customer), Some(payment_method)) if errors.is_empty() => Ok(Valid {
+            key,
+            customer,
+            payment_method,
+            lines,
+        }),
+        _ => Err(errors),
+    }
 }
 
 /// The event id of an order line's reserve request: derived, so a re-sent line is the same event.
@@ -126,18 +131,15 @@ pub(crate) async fn place(
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let errors = validate(request, key);
-    if !errors.is_empty() {
-        return Err(Problem::validation(errors).into());
-    }
-    let key = key.unwrap_or_default();
+    let valid = parse(request, key).map_err(Problem::validation)?;
+    let key = valid.key.as_str();
     let canonical = serde_json::to_vec(request)?;
     let fingerprint = idempotency::fingerprint(&storefront.name, route, &canonical);
 
     // Flash-sale fast path: a buyer who cannot get in is answered before any database work.
     let mut units: BTreeMap<String, i32> = BTreeMap::new();
-    for line in &request.lines {
-        *units.entry(line.sku.clone()).or_default() += line.quantity;
+    for (sku, quantity) in &valid.lines {
+        *units.entry(sku.to_string()).or_default() += quantity;
     }
     if let Some(sku) =
         flash::sold_out_early(&state.redis.get(), &storefront.name, key, &units).await
@@ -164,13 +166,13 @@ pub(crate) async fn place(
             Existing::None => {
                 state
                     .limits
-                    .customer(&storefront.name, &request.customer_id)?;
+                    .customer(&storefront.name, valid.customer.as_str())?;
                 // The gate before pricing and storing: a refused order costs no more work.
                 let taken = match flash::admit(
                     &state.redis.get(),
                     &storefront.name,
                     key,
-                    &request.customer_id,
+                    valid.customer.as_str(),
                     &units,
                 )
                 .await
@@ -193,22 +195,27 @@ pub(crate) async fn place(
                         return Err(Problem::purchase_limit(&sku).into());
                     }
                 };
-                let priced = match price(state, request).await {
+                let priced = match price(state, &valid.lines).await {
                     Ok(priced) => priced,
                     Err(problem) => {
-                        flash::give_back(&state.redis.get(), &request.customer_id, &taken, &units)
-                            .await;
+                        flash::give_back(
+                            &state.redis.get(),
+                            valid.customer.as_str(),
+                            &taken,
+                            &units,
+                        )
+                        .await;
                         return Err(problem);
                     }
                 };
                 let accepted = Accepted {
                     order_id: Uuid::now_v7(),
                     storefront: storefront.name.clone(),
-                    customer_id: request.customer_id.clone(),
+                    customer_id: valid.customer.to_string(),
                     currency: priced.currency,
                     total_minor: priced.total_minor,
                     lines: priced.lines,
-                    payment_method_id: request.payment_method_id.clone(),
+                    payment_method_id: valid.payment_method.to_string(),
                     flash: taken,
                 };
                 let stored =
@@ -243,8 +250,8 @@ pub(crate) async fn place(
     .into())
 }
 
-async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Priced, ApiError> {
-    let skus: Vec<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
+async fn price(state: &AppState, lines: &[(Sku, i32)]) -> Result<pricing::Priced, ApiError> {
+    let skus: Vec<&str> = lines.iter().map(|(sku, _)| sku.as_str()).collect();
     let rows: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT sku, price_minor, currency FROM api.products WHERE sku = ANY($1) AND active",
     )
@@ -263,10 +270,9 @@ async fn price(state: &AppState, request: &OrderRequest) -> Result<pricing::Pric
             )
         })
         .collect();
-    let lines: Vec<(String, i32)> = request
-        .lines
+    let lines: Vec<(String, i32)> = lines
         .iter()
-        .map(|l| (l.sku.clone(), l.quantity))
+        .map(|(sku, quantity)| (sku.to_string(), *quantity))
         .collect();
     let priced = pricing::price(&lines, &catalog).map_err(|e| match e {
         PricingError::UnknownSkus(skus) => Problem::unknown_sku(&skus),
@@ -331,16 +337,26 @@ mod tests {
 
     #[test]
     fn validation_names_every_bad_field() {
-        let errors = validate(&request(vec![("TEE", 0), ("bad sku!", 1)]), None);
+        let errors = parse(&request(vec![("TEE", 0), ("bad sku!", 1)]), None)
+            .err()
+            .unwrap();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
             ["Idempotency-Key", "lines[0].quantity", "lines[1].sku"]
         );
-        assert!(validate(&request(vec![("TEE", 1)]), Some("k-1")).is_empty());
-        assert_eq!(validate(&request(vec![]), Some("k")).len(), 1);
+        let valid = parse(&request(vec![("TEE", 1)]), Some("k-1")).ok().unwrap();
+        assert_eq!(
+            (
+                valid.key.as_str(),
+                valid.customer.as_str(),
+                valid.lines.len()
+            ),
+            ("k-1", "cus_1", 1)
+        );
+        assert_eq!(parse(&request(vec![]), Some("k")).err().unwrap().len(), 1);
         let many = request((0..=MAX_LINES).map(|_| ("TEE", 1)).collect());
-        assert_eq!(validate(&many, Some("k"))[0].field, "lines");
+        assert_eq!(parse(&many, Some("k")).err().unwrap()[0].field, "lines");
     }
 
     #[test]
