@@ -3,7 +3,7 @@
 //! checks what a user would: stock, payments at the provider, the audit trail, the events a
 //! downstream team reads.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -21,12 +21,12 @@ const DONE: Duration = Duration::from_secs(60);
 async fn saga() -> Saga {
     // 20 s for 3-D Secure: long enough that a test completing it is never beaten by the deadline
     // on a busy machine, short enough for the test that lets it pass.
-    start_processors(&[
+    let turn = start_processors(&[
         ("KASSA_PAYMENT_ACTION_SECONDS", "20"),
         ("KASSA_PAYMENT_RECHECK_SECONDS", "1"),
     ])
     .await;
-    Saga::new(Some(SECRET), None).await
+    Saga::new(turn, Some(SECRET), None).await
 }
 
 /// The simulated intent of an order (its id derives from the creating idempotency key).

@@ -1,7 +1,6 @@
 //! A private Redis server for one test (its own port, no persistence), started and stopped at
 //! will, for faults on the shared one would disturb everything else: Redis down at start, back
 //! later. Killed when dropped.
-#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The inventory processor against real Kafka, the registry and Postgres: decisions, duplicates,
 //! poison messages, shutdown. (Crashes, two instances and a database outage: inventory_faults.rs.)
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,16 +15,13 @@ use kassa_schemas::{ConsumerGroup, Envelope, Topic};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 
-/// Inventory tests share one consumer group: run them one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reserves_rejects_and_repeats_answers_in_arrival_order() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);
@@ -183,7 +180,7 @@ async fn reserves_rejects_and_repeats_answers_in_arrival_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let feed = Feed::new(&settings);
     let run = run_id();
@@ -276,7 +273,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_batch_drains_and_exits_zero() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let feed = Feed::new(&settings);
     let run = run_id();
@@ -312,7 +309,7 @@ async fn sigterm_finishes_the_batch_drains_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_released_flash_sale_hold_gives_its_tokens_back_in_redis() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let feed = Feed::new(&settings);
     let run = run_id();

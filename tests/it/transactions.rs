@@ -1,7 +1,7 @@
 //! Kafka transactions on this broker (single node, replication factor 1): a committed transaction
 //! is visible to a read_committed consumer, an aborted one is not, though it was written.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! with SIGKILL while requests stream in, two instances with one killed, a database outage.
 //! Afterwards every request has exactly one outcome, no SKU is oversold, and the units add up.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use common::inventory::{Feed, Outcomes, Processor, end_offsets, reserve, stock_of};
 use kassa_schemas::Topic;
 use kassa_schemas::events::inventory::InventoryEvent;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A small deterministic generator (xorshift64*), seeded per run.
 struct Rng(u64);
@@ -146,7 +144,7 @@ async fn check_books(pool: &sqlx::PgPool, load: &Load, outcomes: &Outcomes) -> u
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_five_times_while_20000_requests_stream_in() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);
@@ -199,7 +197,7 @@ async fn killed_five_times_while_20000_requests_stream_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_the_partitions_and_one_is_killed_mid_stream() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);
@@ -236,7 +234,7 @@ async fn two_instances_share_the_partitions_and_one_is_killed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ten_second_database_outage_loses_and_doubles_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let feed = Feed::new(&settings);
     let mut rng = Rng::new();
@@ -405,7 +403,7 @@ async fn move_offset_under_the_processor(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_offset_moved_under_a_running_processor_is_reported_never_taken_silently() {
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);
@@ -529,7 +527,7 @@ async fn a_message_that_fails_every_time_is_dead_lettered_and_its_partition_move
     use kassa_schemas::{ConsumerGroup, Envelope};
     use rdkafka::Message;
     use rdkafka::message::Headers;
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);
@@ -671,7 +669,7 @@ async fn redis_black_holed_during_a_flash_sales_releases_stalls_nothing_and_give
     use kassa_schemas::events::inventory::{InventoryCommand, Release};
     use kassa_schemas::flash_keys::tokens_key;
     const BUYERS: usize = 1_000;
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);
@@ -892,7 +890,7 @@ async fn a_replay_from_the_beginning_after_the_inbox_was_pruned_changes_no_stock
     use kassa_schemas::Envelope;
     use kassa_schemas::events::inventory::{Commit, InventoryCommand, Release, Restock, SetStock};
     const NAMESPACE: &str = "kassa-test-replay.";
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let OwnTopics {
         settings,
         pool,
@@ -1035,7 +1033,7 @@ async fn topics_of_another_partition_count_than_configured_keep_stock_right_acro
     use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
     use kassa_schemas::kafka::java_partition;
     const NAMESPACE: &str = "kassa-test-p5.";
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     // The topics have 5 partitions; the processors are told 12 (KASSA_TOPIC_PARTITIONS).
     let OwnTopics {
         settings,
@@ -1125,7 +1123,7 @@ async fn topics_of_another_partition_count_than_configured_keep_stock_right_acro
 async fn skipping_a_backlog_is_refused_while_the_group_consumes_unless_forced_and_is_recorded() {
     use kassa::offsets::{MoveRequest, SkipError, skip_to_end};
     use kassa_schemas::ConsumerGroup;
-    let _serial = SERIAL.lock().await;
+    let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();
     let feed = Feed::new(&settings);

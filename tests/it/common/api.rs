@@ -1,5 +1,4 @@
 //! The API started in the test process on a free loopback port, against the real services.
-#![allow(dead_code)]
 
 use kassa_api::ApiConfig;
 use kassa_api::auth::{KeyKind, create_key};

@@ -1,9 +1,7 @@
 //! The whole checkout for end-to-end tests: the API in the test process, the four processors as
 //! child processes, and what a user would look at: `POST /api/orders`, `GET /api/orders/{id}`
 //! (long polling), stock, payments at the provider, the audit trail.
-#![allow(dead_code)]
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -11,29 +9,12 @@ use sqlx::PgPool;
 
 use super::api::TestApi;
 use super::processes::Component;
+use super::turns::{RUNNING as PROCESSORS, Turn};
 
-/// The processors every saga test binary runs (started once, shared by its tests).
-static PROCESSORS: Mutex<Vec<Component>> = Mutex::new(Vec::new());
-
-/// Starts inventory, orders, payments and expiry with `env` unless this binary already did.
-/// First their backlog is skipped (offsets moved to the end of their inputs): what earlier test
-/// binaries left, thousands of orders, is not this binary's business and would only delay it.
-pub async fn start_processors(env: &[(&str, &str)]) {
-    static STARTED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    STARTED
-        .get_or_init(|| async {
-            super::processes::reap_leftovers();
-            let settings = super::setup().await;
-            let pool = kassa::migrate::connect(&settings).await.expect("database");
-            for group in kassa_schemas::ConsumerGroup::ALL {
-                skip_backlog(&settings, &pool, group).await;
-            }
-            let mut running = PROCESSORS.lock().unwrap_or_else(|p| p.into_inner());
-            for group in kassa_schemas::ConsumerGroup::ALL {
-                running.push(Component::start(group.name(), env));
-            }
-        })
-        .await;
+/// Takes a turn with the four processors running with `env` (see `turns`): the set is started
+/// (after its backlog is skipped) unless it already runs with these settings.
+pub async fn start_processors(env: &[(&str, &str)]) -> Turn {
+    super::turns::take(env, true).await
 }
 
 /// Skips `group`'s backlog in the suite's own database and namespace (`scripts/dev env --test`)
@@ -46,7 +27,7 @@ pub async fn skip_backlog(
 ) {
     let request = kassa::offsets::MoveRequest {
         moved_by: "kassa tests".into(),
-        reason: "a test binary starts without the backlog earlier binaries left".into(),
+        reason: "tests start a set of processors without the backlog earlier tests left".into(),
         force: false,
     };
     let started = Instant::now();
@@ -105,6 +86,8 @@ pub struct Saga {
     pub run: String,
     /// 503 answers met (and retried) placing orders.
     pub unavailable: std::sync::atomic::AtomicUsize,
+    /// The turn at the processors this test holds.
+    _turn: Turn,
 }
 
 /// An order as placed: its id and customer.
@@ -118,7 +101,7 @@ pub struct Placed {
 
 impl Saga {
     /// An API for this test (webhooks signed with `webhook_secret`, holds of `hold_seconds`).
-    pub async fn new(webhook_secret: Option<&str>, hold_seconds: Option<i32>) -> Self {
+    pub async fn new(turn: Turn, webhook_secret: Option<&str>, hold_seconds: Option<i32>) -> Self {
         let secret = webhook_secret.map(kassa_api::webhooks::Secret::new);
         let api = super::api::start(|c| {
             c.stripe_webhook_secret = secret;
@@ -134,6 +117,7 @@ impl Saga {
             http: reqwest::Client::new(),
             run,
             unavailable: Default::default(),
+            _turn: turn,
         }
     }
 

@@ -1,7 +1,7 @@
 //! `POST /api/orders` and `GET /api/orders/{id}` over HTTP, against real Postgres, Kafka and the
 //! registry: server-side prices, idempotency (replays, races, reuse), problem+json errors, auth.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

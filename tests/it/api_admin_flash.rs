@@ -1,7 +1,7 @@
 //! Admin routes, the flash-sale gate, and cancel / hold renewal over HTTP, against real Postgres,
 //! Kafka, the registry and Redis.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

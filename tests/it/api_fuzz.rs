@@ -2,7 +2,7 @@
 //! (against the real services): every request gets an answer, never a 5xx, and every error is
 //! problem+json. Seeded and repeatable (KASSA_FUZZ_SEED: a number replays, `random` explores).
 
-mod common;
+use crate::common;
 
 use serde_json::json;
 

@@ -2,7 +2,7 @@
 //! real Kafka: a genuinely signed webhook lands on `payments.webhooks` keyed by the order id;
 //! unsigned, tampered and stale ones are refused with 400; the same event twice is accepted twice.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

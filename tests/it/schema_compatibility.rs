@@ -1,7 +1,7 @@
 //! `kassa schemas check` against the real registry: today's schemas pass; a change that would break
 //! readers under BACKWARD_TRANSITIVE is refused, with the subject named and a non-zero exit.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,8 +1,7 @@
 //! A fault-injecting TCP proxy in front of a real service, on loopback, for faults the service
 //! cannot be made to produce itself: answering HTTP errors or garbage in its place, refusing
-//! connections, or black-holing them (accepted, never answered). Switching the fault drops the
+//! connections, or dropping its answers (requests reach it, answers never come back). Switching the fault drops the
 //! connections opened under the previous one, so pooled clients meet the new fault at once.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,8 +21,6 @@ pub enum Fault {
     Garbage,
     /// Closes every connection at once.
     Refuse,
-    /// Accepts, reads, never answers.
-    BlackHole,
     /// Forwards requests to the service but drops its answers: what was asked is done, and the
     /// client never learns it.
     DropReplies,
@@ -100,10 +97,6 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
             let mut sink = tokio::io::sink();
             let drop_answers = tokio::io::copy(&mut server_read, &mut sink);
             let _ = tokio::join!(forward, drop_answers);
-        }
-        Fault::BlackHole => {
-            let mut sink = [0u8; 4096];
-            while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
         }
         Fault::Status(_) | Fault::Garbage => {
             // One answer per request head read (bodies of the registry's requests are small and

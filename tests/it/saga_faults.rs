@@ -4,7 +4,7 @@
 //! once; and a 2,000-order run with each processor SIGKILLed once ends with every order decided
 //! and the books square (stock and money).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,8 +44,8 @@ fn processors() -> Vec<&'static str> {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn saga() -> Saga {
-    start_processors(ENV).await;
-    Saga::new(Some(SECRET), None).await
+    let turn = start_processors(ENV).await;
+    Saga::new(turn, Some(SECRET), None).await
 }
 
 /// Effects at the simulated provider per order: (authorizations, captures, captured amount).

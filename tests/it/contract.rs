@@ -2,7 +2,7 @@
 //! the wire format is Confluent's with the id the registry assigned, keys land where Java puts them,
 //! and a client that is not ours decodes what we write.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Carts over HTTP against real Redis (and Postgres, Kafka for checkout): the same cart on every
 //! device, sliding expiry, stale writes refused, guest merge, checkout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

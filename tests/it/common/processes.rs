@@ -2,7 +2,6 @@
 //! SIGTERM them. Each holds the child's stdin and runs it with `KASSA_STOP_ON_STDIN_EOF`, so a
 //! component left behind by a finished test binary stops by itself; its pid is also written to a
 //! list the next binary reaps before starting its own.
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};

@@ -1,6 +1,5 @@
 //! Shared setup for the integration tests: settings from `scripts/dev env`, the database migrated,
 //! topics created and schemas registered (idempotently, once per test binary), and Kafka helpers.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -163,6 +162,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod saga;
 pub mod stripe_like;
+pub mod turns;
 
 /// Makes a namespace of kassa topics beside the suite's own (`kassa topics create` and
 /// `kassa schemas register` run with `KASSA_NAMESPACE=namespace`), its topics with `partitions`

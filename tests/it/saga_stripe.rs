@@ -3,7 +3,7 @@
 //! declining card cancels the order, and 3-D Secure completed through localstripe's authenticate
 //! call completes it; localstripe's signed webhooks reach kassa and agree with it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -21,14 +21,14 @@ fn stripe_base() -> String {
 /// Processors charging through localstripe, and localstripe's webhooks pointed at this test's API.
 async fn saga() -> Saga {
     let base = stripe_base();
-    start_processors(&[
+    let turn = start_processors(&[
         ("KASSA_PAYMENT_GATEWAY", "stripe"),
         ("KASSA_STRIPE_SECRET_KEY", KEY),
         ("KASSA_STRIPE_API_BASE", &base),
         ("KASSA_PAYMENT_RECHECK_SECONDS", "1"),
     ])
     .await;
-    let saga = Saga::new(Some(SECRET), None).await;
+    let saga = Saga::new(turn, Some(SECRET), None).await;
     let registered = saga
         .http
         // One hook per test: localstripe delivers every event to every hook, so each test's API

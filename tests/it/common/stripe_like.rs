@@ -1,7 +1,6 @@
 //! A proxy in front of localstripe that answers as Stripe does where localstripe does not:
 //! Stripe sends an intent's `latest_charge` as a bare id unless the request expands it, while
 //! localstripe always sends it whole. Clients tested through it must ask for what they read.
-#![allow(dead_code)]
 
 use axum::body::{Body, Bytes};
 use axum::http::{Request, Response, StatusCode};

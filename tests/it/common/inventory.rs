@@ -1,6 +1,5 @@
 //! Helpers for the inventory tests: the processor as a real child process (so it can be killed),
 //! producing checkout requests and commands, and reading outcomes back.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,6 +12,23 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// The inventory tests' hold on the processors: no set runs (they start their own inventory),
+/// and one inventory test runs at a time (they share the consumer group).
+pub struct Exclusive {
+    _turn: super::turns::Turn,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Takes the processors for an inventory test (see [`Exclusive`]).
+pub async fn exclusive() -> Exclusive {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let serial = SERIAL.lock().await;
+    Exclusive {
+        _turn: super::turns::take(&[], false).await,
+        _serial: serial,
+    }
+}
 
 /// A `kassa run inventory` process, killed (SIGKILL) when dropped.
 pub type Processor = super::processes::Component;

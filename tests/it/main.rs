@@ -1,0 +1,22 @@
+//! kassa's integration tests, one binary against the real services (`scripts/dev env --test`):
+//! Kafka, the Schema Registry, PostgreSQL, Redis and localstripe. One module per subject;
+//! `common` is the harness (the API in this process, processors as child processes, fault
+//! proxies, readers of topics). Modules that run processors take turns through
+//! `common::saga::start_processors` (one set of processors, with one set of settings, at a
+//! time) or `common::inventory::exclusive` (inventory tests running their own).
+
+mod common;
+
+mod api_admin_flash;
+mod api_carts;
+mod api_fuzz;
+mod api_orders;
+mod api_webhooks;
+mod contract;
+mod inventory;
+mod inventory_faults;
+mod saga;
+mod saga_faults;
+mod saga_stripe;
+mod schema_compatibility;
+mod transactions;
