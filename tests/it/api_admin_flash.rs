@@ -2,6 +2,7 @@
 //! Kafka, the registry and Redis.
 
 use crate::common;
+use crate::common::api::problem_code;
 
 use std::time::Duration;
 
@@ -13,9 +14,9 @@ use rdkafka::Message;
 use serde_json::{Value, json};
 
 struct Api {
+    test: common::api::TestApi,
     base: String,
     storefront: String,
-    admin: String,
     http: reqwest::Client,
     settings: kassa::settings::Settings,
     run: String,
@@ -30,19 +31,18 @@ impl Api {
         let api = common::api::start(adjust).await;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         Self {
-            base: api.base,
-            storefront: api.storefront,
-            admin: api.admin,
+            base: api.base.clone(),
+            storefront: api.storefront.clone(),
             http: reqwest::Client::new(),
-            settings: api.settings,
+            settings: api.settings.clone(),
             run,
+            test: api,
         }
     }
 
     async fn admin_put(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http
-            .put(format!("{}{path}", self.base))
-            .bearer_auth(&self.admin)
+        self.test
+            .as_admin(reqwest::Method::PUT, path)
             .json(&body)
             .send()
             .await
@@ -89,12 +89,6 @@ impl Api {
     }
 }
 
-async fn code_of(response: reqwest::Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["code"].as_str().unwrap_or_default().to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
     let api = Api::start().await;
@@ -120,7 +114,7 @@ async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
             )
             .await
             .expect("the API answers");
-            (code_of(response).await, started.elapsed())
+            (problem_code(response).await, started.elapsed())
         }
     });
     let results = futures::future::join_all(attempts).await;
@@ -179,9 +173,8 @@ async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
     assert_eq!(r.hold_seconds, 120, "the sale's hold");
 
     let sale: Value = api
-        .http
-        .get(format!("{}/admin/flash-sales/{sku}", api.base))
-        .bearer_auth(&api.admin)
+        .test
+        .as_admin(reqwest::Method::GET, &format!("/admin/flash-sales/{sku}"))
         .send()
         .await
         .unwrap()
@@ -226,32 +219,41 @@ async fn the_per_customer_limit_holds_and_a_stopped_sale_stops_gating() {
     )
     .await;
     assert_eq!(
-        code_of(api.order("l-1", "alice", &sku, 2).await).await.0,
+        problem_code(api.order("l-1", "alice", &sku, 2).await)
+            .await
+            .0,
         202
     );
     assert_eq!(
-        code_of(api.order("l-2", "alice", &sku, 1).await).await,
+        problem_code(api.order("l-2", "alice", &sku, 1).await).await,
         (409, "purchase_limit".to_owned())
     );
     assert_eq!(
-        code_of(api.order("l-3", "bob", &sku, 3).await).await,
+        problem_code(api.order("l-3", "bob", &sku, 3).await).await,
         (409, "purchase_limit".to_owned())
     );
-    assert_eq!(code_of(api.order("l-4", "bob", &sku, 2).await).await.0, 202);
     assert_eq!(
-        code_of(api.order("l-5", "carol", &sku, 11).await).await,
+        problem_code(api.order("l-4", "bob", &sku, 2).await).await.0,
+        202
+    );
+    assert_eq!(
+        problem_code(api.order("l-5", "carol", &sku, 11).await).await,
         (409, "sold_out".to_owned())
     );
     let stop = api
-        .http
-        .delete(format!("{}/admin/flash-sales/{sku}", api.base))
-        .bearer_auth(&api.admin)
+        .test
+        .as_admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/flash-sales/{sku}"),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(stop.status().as_u16(), 204);
     assert_eq!(
-        code_of(api.order("l-6", "alice", &sku, 5).await).await.0,
+        problem_code(api.order("l-6", "alice", &sku, 5).await)
+            .await
+            .0,
         202,
         "no sale, no gate: inventory decides"
     );
@@ -263,20 +265,22 @@ async fn admin_routes_need_an_admin_key_and_write_through_kafka() {
     let sku = api.product("ADM", 700).await;
     // A storefront key is not an admin key, and the other way round.
     let as_storefront = api
-        .http
-        .put(format!("{}/admin/products/{sku}", api.base))
-        .bearer_auth(&api.storefront)
+        .test
+        .as_storefront(reqwest::Method::PUT, &format!("/admin/products/{sku}"))
         .json(&json!({"name": "x", "price_minor": 1, "currency": "EUR"}))
         .send()
         .await
         .unwrap();
     assert_eq!(
-        code_of(as_storefront).await,
+        problem_code(as_storefront).await,
         (401, "unauthorized".to_owned())
     );
-    let as_admin = api.http.post(format!("{}/api/orders", api.base)).bearer_auth(&api.admin).header("Idempotency-Key", "a-1")
+    let as_admin = api.test.as_admin(reqwest::Method::POST, "/api/orders").header("Idempotency-Key", "a-1")
         .json(&json!({"customer_id": "c", "payment_method_id": "pm_card_visa", "lines": [{"sku": sku, "quantity": 1}]})).send().await.unwrap();
-    assert_eq!(code_of(as_admin).await, (401, "unauthorized".to_owned()));
+    assert_eq!(
+        problem_code(as_admin).await,
+        (401, "unauthorized".to_owned())
+    );
     let invalid = api
         .admin_put(
             &format!("/admin/products/{sku}"),
@@ -284,7 +288,7 @@ async fn admin_routes_need_an_admin_key_and_write_through_kafka() {
         )
         .await;
     assert_eq!(
-        code_of(invalid).await,
+        problem_code(invalid).await,
         (400, "validation_failed".to_owned())
     );
 
@@ -306,9 +310,8 @@ async fn admin_routes_need_an_admin_key_and_write_through_kafka() {
     let from = end_offsets(&api.settings, Topic::InventoryCommands.name());
     for body in [json!({"restock": 5}), json!({"set": 40})] {
         let r = api
-            .http
-            .post(format!("{}/admin/stock/{sku}", api.base))
-            .bearer_auth(&api.admin)
+            .test
+            .as_admin(reqwest::Method::POST, &format!("/admin/stock/{sku}"))
             .json(&body)
             .send()
             .await
@@ -316,14 +319,16 @@ async fn admin_routes_need_an_admin_key_and_write_through_kafka() {
         assert_eq!(r.status().as_u16(), 202);
     }
     let bad = api
-        .http
-        .post(format!("{}/admin/stock/{sku}", api.base))
-        .bearer_auth(&api.admin)
+        .test
+        .as_admin(reqwest::Method::POST, &format!("/admin/stock/{sku}"))
         .json(&json!({"restock": 5, "set": 1}))
         .send()
         .await
         .unwrap();
-    assert_eq!(code_of(bad).await, (400, "validation_failed".to_owned()));
+    assert_eq!(
+        problem_code(bad).await,
+        (400, "validation_failed".to_owned())
+    );
     let messages = read_until(
         &api.settings,
         Topic::InventoryCommands.name(),
@@ -367,7 +372,7 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
         .send()
         .await
         .unwrap();
-    assert_eq!(code_of(stranger).await, (404, "not_found".to_owned()));
+    assert_eq!(problem_code(stranger).await, (404, "not_found".to_owned()));
     let hold = api
         .http
         .post(format!("{url}/hold"))
@@ -388,7 +393,7 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
         .await
         .unwrap();
     assert_eq!(
-        code_of(too_long).await,
+        problem_code(too_long).await,
         (400, "validation_failed".to_owned())
     );
     let cancel = api
@@ -438,11 +443,15 @@ async fn redis_down_at_start_fails_open_and_the_gate_holds_once_redis_is_back() 
 
     // Redis is down: no sale can be set up, and orders are not refused for it (fail open).
     assert_eq!(
-        code_of(api.admin_put(&path, sale.clone()).await).await.0,
+        problem_code(api.admin_put(&path, sale.clone()).await)
+            .await
+            .0,
         503
     );
     assert_eq!(
-        code_of(api.order("down-1", "dora", &sku, 1).await).await.0,
+        problem_code(api.order("down-1", "dora", &sku, 1).await)
+            .await
+            .0,
         202
     );
 
@@ -461,15 +470,19 @@ async fn redis_down_at_start_fails_open_and_the_gate_holds_once_redis_is_back() 
         tokio::time::sleep(Duration::from_millis(100)).await; // poll the admin route until the deadline
     }
     assert_eq!(
-        code_of(api.order("up-1", "erin", &sku, 1).await).await.0,
+        problem_code(api.order("up-1", "erin", &sku, 1).await)
+            .await
+            .0,
         202
     );
     assert_eq!(
-        code_of(api.order("up-2", "finn", &sku, 1).await).await.0,
+        problem_code(api.order("up-2", "finn", &sku, 1).await)
+            .await
+            .0,
         202
     );
     assert_eq!(
-        code_of(api.order("up-3", "gina", &sku, 1).await).await,
+        problem_code(api.order("up-3", "gina", &sku, 1).await).await,
         (409, "sold_out".to_owned()),
         "two tokens, two buyers: the third is turned away"
     );

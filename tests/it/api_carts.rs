@@ -2,6 +2,7 @@
 //! device, sliding expiry, stale writes refused, guest merge, checkout.
 
 use crate::common;
+use crate::common::api::problem_code;
 
 use std::time::Duration;
 
@@ -64,12 +65,6 @@ fn etag(r: &reqwest::Response) -> String {
     r.headers()["etag"].to_str().unwrap().to_owned()
 }
 
-async fn code(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    (status, body["code"].as_str().unwrap_or_default().to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_devices_share_a_customers_cart_and_a_stale_write_is_refused() {
     let api = Api::start(60).await;
@@ -115,14 +110,17 @@ async fn two_devices_share_a_customers_cart_and_a_stale_write_is_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(code(stale).await, (412, "stale_version".to_owned()));
+    assert_eq!(problem_code(stale).await, (412, "stale_version".to_owned()));
     let blind = api
         .req(Method::PUT, me, Some("frank"))
         .json(&json!({"items": {}}))
         .send()
         .await
         .unwrap();
-    assert_eq!(code(blind).await, (428, "precondition_required".to_owned()));
+    assert_eq!(
+        problem_code(blind).await,
+        (428, "precondition_required".to_owned())
+    );
     let stale_item = api
         .req(
             Method::DELETE,
@@ -133,7 +131,10 @@ async fn two_devices_share_a_customers_cart_and_a_stale_write_is_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(code(stale_item).await, (412, "stale_version".to_owned()));
+    assert_eq!(
+        problem_code(stale_item).await,
+        (412, "stale_version".to_owned())
+    );
 
     // Item edits without If-Match apply to the current cart.
     let added: Value = api
@@ -174,7 +175,10 @@ async fn two_devices_share_a_customers_cart_and_a_stale_write_is_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(code(bad).await, (400, "validation_failed".to_owned()));
+    assert_eq!(
+        problem_code(bad).await,
+        (400, "validation_failed".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,7 +226,7 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
         .unwrap();
     assert_eq!(merged["items"][0]["quantity"], 3);
     assert_eq!(
-        code(api.req(Method::GET, &guest, None).send().await.unwrap()).await,
+        problem_code(api.req(Method::GET, &guest, None).send().await.unwrap()).await,
         (404, "not_found".to_owned()),
         "the guest cart is gone"
     );
@@ -268,7 +272,7 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
         "not before its time"
     );
     assert_eq!(
-        code(api.req(Method::GET, &lonely, None).send().await.unwrap()).await,
+        problem_code(api.req(Method::GET, &lonely, None).send().await.unwrap()).await,
         (404, "not_found".to_owned())
     );
 }
@@ -313,5 +317,8 @@ async fn checkout_places_the_carts_items_and_empties_it_once() {
         .send()
         .await
         .unwrap();
-    assert_eq!(code(someone_else).await, (404, "not_found".to_owned()));
+    assert_eq!(
+        problem_code(someone_else).await,
+        (404, "not_found".to_owned())
+    );
 }

@@ -140,11 +140,7 @@ async fn unsigned_tampered_and_stale_webhooks_are_refused_and_a_repeat_is_accept
     })
     .to_string();
     let now = chrono::Utc::now().timestamp();
-    let code = |r: reqwest::Response| async move {
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
-        (status, body["code"].as_str().unwrap_or_default().to_owned())
-    };
+    let code = crate::common::api::problem_code;
     let invalid = (400, "invalid_signature".to_owned());
     assert_eq!(
         code(api.deliver(&event, None).await).await,

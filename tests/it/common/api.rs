@@ -40,3 +40,34 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
         settings,
     }
 }
+
+/// The status of an answer and its problem `code` (empty when the body is not a problem).
+pub async fn problem_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body["code"].as_str().unwrap_or_default().to_owned())
+}
+
+impl TestApi {
+    /// A request to `path` (after the base URL) with `key` as the bearer.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+    ) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key)
+    }
+
+    /// A request to `path` as this test's storefront.
+    pub fn as_storefront(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path, &self.storefront)
+    }
+
+    /// A request to `path` as this test's admin.
+    pub fn as_admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path, &self.admin)
+    }
+}
