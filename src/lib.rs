@@ -1,13 +1,6 @@
-//! kassa: the operator-facing pieces shared by the `kassa` binary and the integration tests —
-//! settings, database migrations, topic administration, processor offsets, the demo catalog and
-//! the storefront's HTTP retry behaviour.
+//! kassa: the `kassa` binary's library face for the integration tests. The operator library is
+//! `kassa-ops` and the benchmarks are `kassa-bench`; they are re-exported here under the names
+//! the tests use.
 
-pub mod bench;
-pub mod http;
-pub mod kafka;
-pub mod migrate;
-pub mod offsets;
-pub mod seed;
-pub mod settings;
-pub mod supervisor;
-pub mod topics;
+pub use kassa_bench::{self as bench, http};
+pub use kassa_ops::{kafka, migrate, offsets, seed, settings, supervisor, topics};

@@ -2,6 +2,7 @@
 //! against the real services. Benchmarks, not tests: they print what they measured.
 
 pub mod api;
+pub mod http;
 mod naive;
 pub mod saga;
 
@@ -15,7 +16,7 @@ use kassa_schemas::{Codec, Envelope, Payload, Topic};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 
-use crate::settings::Settings;
+use kassa_ops::settings::Settings;
 
 /// What one side of the benchmark measured.
 #[derive(Debug, Clone)]
@@ -117,15 +118,17 @@ pub async fn inventory(
     skus: usize,
     requests: usize,
 ) -> Result<(), BenchError> {
-    let pool = crate::migrate::connect(settings)
+    let pool = kassa_ops::migrate::connect(settings)
         .await
         .map_err(|e| match e {
-            crate::migrate::MigrateError::Connect { source, .. } => BenchError::Database(source),
-            crate::migrate::MigrateError::Apply(e) => BenchError::Database(e.into()),
-            crate::migrate::MigrateError::RuntimeTables(e) => BenchError::Database(e),
+            kassa_ops::migrate::MigrateError::Connect { source, .. } => {
+                BenchError::Database(source)
+            }
+            kassa_ops::migrate::MigrateError::Apply(e) => BenchError::Database(e.into()),
+            kassa_ops::migrate::MigrateError::RuntimeTables(e) => BenchError::Database(e),
         })?;
     let codec = Codec::new(&settings.schema_registry_url)?;
-    let producer = crate::kafka::producer(settings)?;
+    let producer = kassa_ops::kafka::producer(settings)?;
     println!(
         "inventory bench: {requests} requests over {skus} SKU(s), stock for about half of them; 2 cores, everything on this machine"
     );

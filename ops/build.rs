@@ -2,5 +2,5 @@
 //! `migrations/` at compile time, and cargo does not watch that folder by itself.
 
 fn main() {
-    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=../migrations");
 }

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::settings::Settings;
+use kassa_ops::settings::Settings;
 
 /// One rate's figures.
 struct Step {
@@ -128,7 +128,7 @@ pub async fn run(
     flash_rate: u32,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let pool = crate::migrate::connect(settings).await?;
+    let pool = kassa_ops::migrate::connect(settings).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let key = kassa_api::auth::create_key(
         &pool,

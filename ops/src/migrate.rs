@@ -4,7 +4,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 /// The migrations, embedded at build time so the binary needs no source tree.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Why the database could not be brought up to date.
 #[derive(Debug, thiserror::Error)]

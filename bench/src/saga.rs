@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::supervisor::Component;
 use chrono::{DateTime, Utc};
+use kassa_ops::supervisor::Component;
 use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
 use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
 use serde_json::json;
 
 use super::{Outcomes, send};
-use crate::settings::Settings;
+use kassa_ops::settings::Settings;
 
 /// SKUs the orders spread over.
 const SKUS: usize = 20;
@@ -23,7 +23,7 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
         orders > 0 && rate > 0,
         "--orders and --rate must be positive"
     );
-    let pool = crate::migrate::connect(settings).await?;
+    let pool = kassa_ops::migrate::connect(settings).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let key = kassa_api::auth::create_key(
         &pool,
@@ -38,12 +38,12 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
         .into_iter()
         .map(Component::Processor)
         .collect();
-    let running = crate::supervisor::start(settings, &processors)?;
+    let running = kassa_ops::supervisor::start(settings, &processors)?;
     let (base, http) = super::api::serve_catalog(settings, &pool, &skus).await?;
 
     // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
     let codec = Codec::new(&settings.schema_registry_url)?;
-    let producer = crate::kafka::producer(settings)?;
+    let producer = kassa_ops::kafka::producer(settings)?;
     let stocked = Outcomes::start(
         settings,
         Topic::InventoryEvents.name(),

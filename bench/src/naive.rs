@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 
 use super::{BenchError, Load, Measured, Outcomes, encode_all, pg_commits, send_all_to};
-use crate::settings::Settings;
+use kassa_ops::settings::Settings;
 
 const REQUESTS: &str = "kassa-bench.naive-requests";
 const EVENTS: &str = "kassa-bench.naive-events";
@@ -32,6 +32,7 @@ pub(super) async fn run(
     load: &Load,
 ) -> Result<Measured, BenchError> {
     create_topics(settings).await?;
+    create_tables(pool).await?;
     let skus: Vec<&str> = load.skus.iter().map(String::as_str).collect();
     sqlx::query("INSERT INTO bench.naive_stock (sku, on_hand) SELECT unnest($1::text[]), $2")
         .bind(&skus)
@@ -194,6 +195,27 @@ async fn decide_one(
         )
         .await
         .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// The naive design's tables, in the bench's own schema (kassa's migrations carry none of them).
+async fn create_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
+    for statement in [
+        "CREATE SCHEMA IF NOT EXISTS bench",
+        "CREATE TABLE IF NOT EXISTS bench.naive_stock (
+             sku      text   PRIMARY KEY,
+             on_hand  bigint NOT NULL CHECK (on_hand >= 0),
+             reserved bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0))",
+        "CREATE TABLE IF NOT EXISTS bench.naive_reservations (
+             order_id   text    NOT NULL,
+             line_index integer NOT NULL,
+             sku        text    NOT NULL,
+             quantity   integer NOT NULL,
+             status     text    NOT NULL,
+             PRIMARY KEY (order_id, line_index))",
+    ] {
+        sqlx::query(statement).execute(pool).await?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,13 @@
+//! kassa's operator library: what the `kassa` binary, its benchmarks and the integration tests
+//! share — every setting ([`settings`]), the database migrations ([`migrate`]), topic
+//! administration ([`topics`]), the processors' stored offsets ([`offsets`]), the demo catalog
+//! ([`seed`]), the Kafka producer settings ([`kafka`]) and the [`supervisor`] that runs
+//! components in one process until they are told to stop.
+
+pub mod kafka;
+pub mod migrate;
+pub mod offsets;
+pub mod seed;
+pub mod settings;
+pub mod supervisor;
+pub mod topics;
