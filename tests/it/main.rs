@@ -15,6 +15,8 @@ mod api_webhooks;
 mod contract;
 mod inventory;
 mod inventory_faults;
+mod offsets;
+mod replays;
 mod saga;
 mod saga_faults;
 mod saga_stripe;
