@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kassa::settings::Settings;
 use kassa::supervisor::Component;
 use kassa::topics::TopicOutcome;
-use kassa_schemas::ConsumerGroup;
+use kassa_processors::ConsumerGroup;
 use kassa_schemas::registry::{Registry, Verdict};
 
 /// kassa — checkout back end: HTTP intake and Kafka-driven stream processors.
@@ -364,4 +364,14 @@ async fn shutdown_signal(on_stdin_eof: bool) {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {}, _ = stdin_closed => {} }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -171,7 +171,7 @@ async fn run_kassa(
 ) -> Result<Measured, BenchError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = settings
-        .processor_config(kassa_schemas::ConsumerGroup::Inventory)
+        .processor_config(kassa_processors::ConsumerGroup::Inventory)
         .map_err(BenchError::Settings)?;
     let kassa_processors::Own::Inventory(own) = config.own else {
         unreachable!("the inventory's settings were asked for")

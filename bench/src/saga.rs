@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kassa_ops::supervisor::Component;
+use kassa_processors::ConsumerGroup;
 use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
-use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Codec, Envelope, Topic};
 use serde_json::json;
 
 use super::{Outcomes, send};

@@ -43,7 +43,7 @@ pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, Mig
 pub async fn run(pool: &PgPool) -> Result<usize, MigrateError> {
     let before = applied(pool).await;
     MIGRATOR.run(pool).await?;
-    for group in kassa_schemas::ConsumerGroup::ALL {
+    for group in kassa_processors::ConsumerGroup::ALL {
         sqlx::query("SELECT public.kassa_create_runtime_tables($1)")
             .bind(group.name())
             .execute(pool)

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use kassa_schemas::ConsumerGroup;
+use kassa_processors::ConsumerGroup;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;

@@ -1,13 +1,17 @@
-//! Every `KASSA_…` setting, read from the environment (or flags) in one place, typed: durations
-//! are `Duration`s, secrets are [`Secret`]s (they never print), choices are enums. Settings are
+//! Every `KASSA_…` setting, read from the environment (or flags), typed: durations are
+//! `Duration`s, secrets are [`Secret`]s (they never print), choices are enums. Settings are
 //! grouped by what they tune (`kassa --help` shows a heading a group), and each default is written
-//! here once; the components take what they need through [`Settings::processor_config`] and
-//! [`Settings::api_config`].
+//! once: here for what the whole of kassa or the API reads, in each processor's folder for its
+//! own (flattened in as [`kassa_processors::Settings`]). The components take what they need
+//! through [`Settings::processor_config`] and [`Settings::api_config`].
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-use kassa_schemas::ConsumerGroup;
+use clap::Args;
+use kassa_processors::ConsumerGroup;
+pub use kassa_processors::payments::settings::Gateway;
+pub use kassa_processors::settings::Environment;
+use kassa_processors::settings::{Common, millis, seconds};
 pub use kassa_schemas::secret::Secret;
 
 /// Every setting of every component. `scripts/dev env` prints values for the local services.
@@ -63,13 +67,13 @@ pub struct Settings {
     #[command(flatten, next_help_heading = "Processing")]
     pub processing: ProcessingSettings,
 
-    /// Order timing: holds, 3-D Secure, stalled orders.
-    #[command(flatten, next_help_heading = "Orders")]
-    pub orders: OrderSettings,
+    /// Reservation holds (the API and the processors read them).
+    #[command(flatten, next_help_heading = "Holds")]
+    pub holds: HoldSettings,
 
-    /// The payment gateway and the payments worker.
-    #[command(flatten, next_help_heading = "Payments")]
-    pub payments: PaymentSettings,
+    /// Each processor's own settings (a heading each).
+    #[command(flatten)]
+    pub processors: kassa_processors::Settings,
 
     /// The HTTP API.
     #[command(flatten, next_help_heading = "API")]
@@ -78,15 +82,6 @@ pub struct Settings {
     /// Logging and process control.
     #[command(flatten, next_help_heading = "Process")]
     pub process: ProcessSettings,
-}
-
-/// Where kassa runs, for the defaults that must differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Environment {
-    /// A developer's machine or a test run: the simulated gateway may be the default.
-    Development,
-    /// Anything else: nothing that charges nobody is ever a default.
-    Production,
 }
 
 /// Topics as `kassa topics create` creates them.
@@ -127,9 +122,9 @@ pub struct ProcessingSettings {
     pub instance_id: Option<String>,
 }
 
-/// Order timing: holds, 3-D Secure, stalled orders.
+/// Reservation holds: the API and the processors read them.
 #[derive(Debug, Clone, Args)]
-pub struct OrderSettings {
+pub struct HoldSettings {
     /// Reservation hold when a checkout request names none, in seconds.
     #[arg(long = "default-hold-seconds", env = "KASSA_DEFAULT_HOLD_SECONDS", default_value = "900", value_parser = seconds, global = true)]
     pub default_hold: Duration,
@@ -137,77 +132,6 @@ pub struct OrderSettings {
     /// The longest reservation hold a customer's renewal may ask for, in seconds (30 at least).
     #[arg(long = "max-hold-seconds", env = "KASSA_MAX_HOLD_SECONDS", default_value = "3600", value_parser = seconds, global = true)]
     pub max_hold: Duration,
-
-    /// How long a customer has to complete 3-D Secure before the order is cancelled, in seconds.
-    #[arg(long = "payment-action-seconds", env = "KASSA_PAYMENT_ACTION_SECONDS", default_value = "600", value_parser = seconds, global = true)]
-    pub payment_action: Duration,
-
-    /// How long an order may wait in `authorized` or `confirmed` (on stock being committed, on
-    /// its payment being captured) before the processor it waits on is asked again, in seconds.
-    #[arg(long = "progress-deadline-seconds", env = "KASSA_PROGRESS_DEADLINE_SECONDS", default_value = "120", value_parser = seconds, global = true)]
-    pub progress_deadline: Duration,
-}
-
-/// The payment gateways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Gateway {
-    /// The built-in simulated provider: charges nobody.
-    Simulated,
-    /// Stripe (or localstripe, with `KASSA_STRIPE_API_BASE`).
-    Stripe,
-}
-
-/// The payment gateway and the payments worker.
-#[derive(Debug, Clone, Args)]
-pub struct PaymentSettings {
-    /// The payment gateway. Unset: the simulated one in development, and a refusal to start in
-    /// production.
-    #[arg(
-        long = "payment-gateway",
-        env = "KASSA_PAYMENT_GATEWAY",
-        value_enum,
-        global = true
-    )]
-    pub gateway: Option<Gateway>,
-
-    /// Stripe secret API key (`sk_…`), for the `stripe` gateway.
-    #[arg(
-        long = "stripe-secret-key",
-        env = "KASSA_STRIPE_SECRET_KEY",
-        hide_env_values = true,
-        global = true
-    )]
-    pub stripe_secret_key: Option<Secret>,
-
-    /// Stripe API base (e.g. localstripe's), for the `stripe` gateway; unset: Stripe itself.
-    #[arg(long = "stripe-api-base", env = "KASSA_STRIPE_API_BASE", global = true)]
-    pub stripe_api_base: Option<String>,
-
-    /// Faults the simulated gateway injects, e.g. `transient=0.1,timeout=0.05,lost=0.05`.
-    #[arg(
-        long = "sim-faults",
-        env = "KASSA_SIM_FAULTS",
-        default_value = "",
-        global = true
-    )]
-    pub sim_faults: String,
-
-    /// Latency the simulated gateway adds to every call, in ms.
-    #[arg(long = "sim-latency-ms", env = "KASSA_SIM_LATENCY_MS", default_value = "0", value_parser = millis, global = true)]
-    pub sim_latency: Duration,
-
-    /// Payment provider calls in flight at once per payments instance.
-    #[arg(long = "payment-concurrency", env = "KASSA_PAYMENT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub concurrency: u32,
-
-    /// How long a payments worker holds a payment it works on before another may take it, in
-    /// seconds (renewed every third of it while the provider calls last).
-    #[arg(long = "payment-lease-seconds", env = "KASSA_PAYMENT_LEASE_SECONDS", default_value = "30", value_parser = seconds, global = true)]
-    pub lease: Duration,
-
-    /// How often a payment waiting for 3-D Secure is looked up at the provider, in seconds.
-    #[arg(long = "payment-recheck-seconds", env = "KASSA_PAYMENT_RECHECK_SECONDS", default_value = "30", value_parser = seconds, global = true)]
-    pub recheck: Duration,
 }
 
 /// The HTTP API.
@@ -265,7 +189,7 @@ pub struct ProcessSettings {
     #[arg(
         long = "log",
         env = "KASSA_LOG",
-        default_value = "info,apache_avro::schema::parser=error,stripe::hyper::client=error",
+        default_value = "info,apache_avro::schema::parser=error,stripe::hyper::client=error,sqlx::postgres::notice=warn",
         global = true
     )]
     pub log: String,
@@ -281,24 +205,6 @@ pub struct ProcessSettings {
     pub stop_on_stdin_eof: bool,
 }
 
-/// A whole number of seconds, as a duration (at least one second).
-fn seconds(text: &str) -> Result<Duration, String> {
-    let n: u64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a whole number of seconds"))?;
-    Ok(Duration::from_secs(n.max(1)))
-}
-
-/// A whole number of milliseconds, as a duration.
-fn millis(text: &str) -> Result<Duration, String> {
-    let n: u64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
-    Ok(Duration::from_millis(n))
-}
-
 impl Settings {
     /// The settings from the environment alone (for tests and tools that have no command line).
     pub fn from_env() -> Self {
@@ -310,52 +216,16 @@ impl Settings {
         <Only as clap::Parser>::parse_from(["kassa"]).settings
     }
 
-    /// The gateway the payments processor charges through: the chosen one, the simulated one by
-    /// default in development only.
-    pub fn gateway(&self) -> Result<Gateway, String> {
-        match (self.payments.gateway, self.environment) {
-            (Some(gateway), _) => Ok(gateway),
-            (None, Environment::Development) => Ok(Gateway::Simulated),
-            (None, Environment::Production) => Err("KASSA_PAYMENT_GATEWAY is not set: outside development (KASSA_ENVIRONMENT=production, \
-                 the default) kassa never falls back to the simulated gateway, which charges nobody; \
-                 set it to stripe (or to simulated, explicitly)"
-                .into()),
-        }
-    }
-
     /// What the processor of `group` needs, from these settings (an error names a bad setting).
     pub fn processor_config(
         &self,
         group: ConsumerGroup,
     ) -> Result<kassa_processors::ProcessorConfig, String> {
-        use kassa_processors::{Own, expiry, inventory, orders, payments};
-        let o = &self.orders;
-        let own = match group {
-            ConsumerGroup::Inventory => Own::Inventory(inventory::Config {
-                default_hold: o.default_hold,
-            }),
-            ConsumerGroup::Orders => Own::Orders(orders::Config {
-                policy: orders::machine::Policy {
-                    action_window: chrono_of(o.payment_action),
-                    max_hold: chrono_of(o.max_hold),
-                },
-            }),
-            ConsumerGroup::Payments => Own::Payments(payments::Config {
-                gateway: self.gateway_config()?,
-                worker: payments::worker::WorkerConfig {
-                    concurrency: self.payments.concurrency as usize,
-                    recheck: self.payments.recheck,
-                    lease: self.payments.lease,
-                    owner: self
-                        .processing
-                        .instance_id
-                        .as_ref()
-                        .map(|id| format!("payments-{id}")),
-                },
-            }),
-            ConsumerGroup::Expiry => Own::Expiry(expiry::Config {
-                progress_after: o.progress_deadline,
-            }),
+        let common = Common {
+            environment: self.environment,
+            instance_id: self.processing.instance_id.clone(),
+            default_hold: self.holds.default_hold,
+            max_hold: self.holds.max_hold,
         };
         Ok(kassa_processors::ProcessorConfig {
             shared: kassa_processors::Shared {
@@ -369,27 +239,7 @@ impl Settings {
                 registry_url: self.schema_registry_url.clone(),
                 redis_url: self.redis_url.clone(),
             },
-            own,
-        })
-    }
-
-    /// The payment gateway's settings.
-    fn gateway_config(&self) -> Result<kassa_processors::payments::GatewayConfig, String> {
-        use kassa_processors::payments::{GatewayConfig, gateway};
-        let p = &self.payments;
-        Ok(match self.gateway()? {
-            Gateway::Stripe => GatewayConfig::Stripe(gateway::stripe::StripeConfig {
-                secret_key: p
-                    .stripe_secret_key
-                    .clone()
-                    .ok_or("KASSA_STRIPE_SECRET_KEY is needed for the stripe gateway")?,
-                api_base: p.stripe_api_base.clone(),
-                timeout: Duration::from_secs(10),
-            }),
-            Gateway::Simulated => GatewayConfig::Simulated(
-                gateway::simulated::SimConfig::parse_faults(&p.sim_faults, p.sim_latency)
-                    .map_err(|e| format!("KASSA_SIM_FAULTS: {e}"))?,
-            ),
+            own: kassa_processors::Own::of(group, &self.processors, &common)?,
         })
     }
 
@@ -402,8 +252,8 @@ impl Settings {
             brokers: self.kafka_brokers.clone(),
             registry_url: self.schema_registry_url.clone(),
             redis_url: self.redis_url.clone(),
-            hold_seconds: seconds_i32(self.orders.default_hold),
-            max_hold_seconds: seconds_i32(self.orders.max_hold),
+            hold_seconds: seconds_i32(self.holds.default_hold),
+            max_hold_seconds: seconds_i32(self.holds.max_hold),
             stripe_webhook_secret: self.api.stripe_webhook_secret.clone(),
             rate_limits: kassa_api::limits::RateLimits {
                 storefront_per_second: self.api.rate_storefront_per_second,
@@ -420,11 +270,6 @@ impl Settings {
     pub fn database_url_redacted(&self) -> String {
         redact_url_password(self.database_url.expose())
     }
-}
-
-/// `duration` as a chrono duration (saturating).
-fn chrono_of(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Replaces the password of a `scheme://user:password@host/…` URL with `***`.
@@ -465,16 +310,18 @@ mod tests {
     fn settings_print_without_their_secrets() {
         let mut settings = Settings::from_env();
         settings.database_url = Secret::new("postgres://kassa:s3cret@db/kassa");
-        settings.payments.stripe_secret_key = Some(Secret::new("sk_live_s3cret"));
+        settings.processors.payments.stripe_secret_key = Some(Secret::new("sk_live_s3cret"));
         let printed = format!("{settings:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
     }
 
     #[test]
-    fn durations_are_whole_seconds_and_never_zero() {
-        assert_eq!(seconds("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(seconds("0"), Ok(Duration::from_secs(1)));
-        assert!(seconds("1.5").is_err());
-        assert_eq!(millis("0"), Ok(Duration::ZERO));
+    fn every_setting_has_a_flag_and_a_variable_of_its_own() {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        <Only as clap::CommandFactory>::command().debug_assert();
     }
 }

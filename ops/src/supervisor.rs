@@ -1,9 +1,9 @@
 //! Runs kassa's components in one process until told to stop: `kassa run <component>` (one, or
 //! `all`), and the benchmark that runs the whole saga in one process. The list of components is
-//! the API plus one per consumer group (`kassa_schemas::ConsumerGroup::ALL`): a processor added
+//! the API plus one per consumer group (`kassa_processors::ConsumerGroup::ALL`): a processor added
 //! there can be run here without a change.
 
-use kassa_schemas::ConsumerGroup;
+use kassa_processors::ConsumerGroup;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

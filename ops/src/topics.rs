@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use kassa_processors::ConsumerGroup;
 use kassa_schemas::kafka::{DEAD_LETTER_RETENTION_MS, EVENT_RETENTION_MS, SEGMENT_MS};
-use kassa_schemas::topics::{ConsumerGroup, Topic};
+use kassa_schemas::topics::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

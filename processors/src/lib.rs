@@ -1,92 +1,134 @@
-//! kassa's stream processors and the exactly-once runtime they share. One module a processor:
-//! inventory, orders, payments and expiry.
+//! kassa's stream processors and the exactly-once runtime they share.
+//!
+//! # Layout
+//!
+//! - One folder a processor (`inventory/`, `orders/`, `payments/`, `expiry/`): its handler, its
+//!   background tasks, its settings and its [`Processor`] implementation, which says what it
+//!   consumes and how it runs. No processor imports another; they talk through topics.
+//! - [`runtime`]: the exactly-once loop every processor runs in (batches, inbox, offsets in
+//!   Postgres, the outbox relay, dead letters). It knows no processor.
+//! - [`processor`]: what a processor is; [`settings`]: what the processors share of their
+//!   settings.
+//! - The `processors!` list below: the one place that names each processor. It makes the
+//!   [`ConsumerGroup`] enum, the settings of all processors ([`Settings`]), their configs
+//!   ([`Own`]) and [`run`].
 
-pub mod expiry;
-pub mod inventory;
-pub mod orders;
-pub mod payments;
+pub mod processor;
 pub mod runtime;
+pub mod settings;
 
 use std::sync::Arc;
 
-use kassa_schemas::{Codec, ConsumerGroup};
+use kassa_schemas::{Codec, Topic};
 use tokio::sync::watch;
 
+pub use processor::{Processor, ProcessorConfig, ProcessorError, Shared};
 pub use runtime::RuntimeConfig;
 
-/// What every processor shares: Kafka, Postgres and batching, the registry, Redis.
-/// (Not `Debug`: it holds the database URL, password included.)
-#[derive(Clone)]
-pub struct Shared {
-    /// Kafka, Postgres and batching.
-    pub runtime: RuntimeConfig,
-    /// Schema Registry URL.
-    pub registry_url: String,
-    /// Redis URL (flash-sale tokens).
-    pub redis_url: String,
-}
+/// Declares the processors, each as `Variant => module` where `module::Variant` implements
+/// [`Processor`]: the modules, the [`ConsumerGroup`] enum, [`Settings`], [`Own`] and [`run`].
+macro_rules! processors {
+    ($($variant:ident => $module:ident),+ $(,)?) => {
+        $(pub mod $module;)+
 
-/// Everything one processor needs to run: what every processor shares, and its own settings.
-/// (Not `Debug`: it holds secrets.)
-#[derive(Clone)]
-pub struct ProcessorConfig {
-    /// What every processor shares.
-    pub shared: Shared,
-    /// The processor's own settings (which also says which processor it is).
-    pub own: Own,
-}
-
-/// One processor's own settings.
-#[derive(Clone)]
-pub enum Own {
-    /// The inventory processor's.
-    Inventory(inventory::Config),
-    /// The orders processor's.
-    Orders(orders::Config),
-    /// The payments processor's.
-    Payments(payments::Config),
-    /// The expiry processor's.
-    Expiry(expiry::Config),
-}
-
-impl Own {
-    /// The processor these settings are for.
-    pub const fn group(&self) -> ConsumerGroup {
-        match self {
-            Own::Inventory(_) => ConsumerGroup::Inventory,
-            Own::Orders(_) => ConsumerGroup::Orders,
-            Own::Payments(_) => ConsumerGroup::Payments,
-            Own::Expiry(_) => ConsumerGroup::Expiry,
+        /// A consumer group: one per processor, each with its own dead-letter topic.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ConsumerGroup {
+            $(
+                #[doc = concat!("The ", stringify!($module), " processor.")]
+                $variant,
+            )+
         }
-    }
+
+        impl ConsumerGroup {
+            /// Every consumer group.
+            pub const ALL: [ConsumerGroup; [$(stringify!($variant)),+].len()] =
+                [$(ConsumerGroup::$variant),+];
+
+            /// The processor's name, which is also its Postgres schema.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(ConsumerGroup::$variant => <$module::$variant as Processor>::NAME,)+
+                }
+            }
+
+            /// The topics the group consumes.
+            pub const fn inputs(self) -> &'static [Topic] {
+                match self {
+                    $(ConsumerGroup::$variant => <$module::$variant as Processor>::INPUTS,)+
+                }
+            }
+
+            /// How the group's partitions are assigned ([`Processor::ASSIGNMENT`]).
+            pub const fn assignment(self) -> &'static str {
+                match self {
+                    $(ConsumerGroup::$variant => <$module::$variant as Processor>::ASSIGNMENT,)+
+                }
+            }
+        }
+
+        /// Every processor's own settings, a heading each in `kassa --help`.
+        #[derive(Debug, Clone, clap::Args)]
+        #[group(skip)]
+        pub struct Settings {
+            $(
+                #[doc = concat!("The ", stringify!($module), " processor's settings.")]
+                #[command(flatten, next_help_heading = concat!("Processor: ", stringify!($module)))]
+                pub $module: <$module::$variant as Processor>::Settings,
+            )+
+        }
+
+        /// One processor's config, which also says which processor it is.
+        #[derive(Clone)]
+        pub enum Own {
+            $(
+                #[doc = concat!("The ", stringify!($module), " processor's.")]
+                $variant(<$module::$variant as Processor>::Config),
+            )+
+        }
+
+        impl Own {
+            /// The config of the processor of `group`, from the settings (an error names a bad
+            /// setting).
+            pub fn of(
+                group: ConsumerGroup,
+                settings: &Settings,
+                common: &settings::Common,
+            ) -> Result<Own, String> {
+                Ok(match group {
+                    $(ConsumerGroup::$variant => Own::$variant(
+                        <$module::$variant as Processor>::config(&settings.$module, common)?,
+                    ),)+
+                })
+            }
+
+            /// The processor this config is for.
+            pub const fn group(&self) -> ConsumerGroup {
+                match self {
+                    $(Own::$variant(_) => ConsumerGroup::$variant,)+
+                }
+            }
+        }
+
+        /// Runs the processor `config` is for until `shutdown` turns true.
+        pub async fn run(
+            config: ProcessorConfig,
+            shutdown: watch::Receiver<bool>,
+        ) -> Result<(), ProcessorError> {
+            let shared = &config.shared;
+            let codec = Arc::new(Codec::new(&shared.registry_url)?);
+            match &config.own {
+                $(Own::$variant(own) => {
+                    <$module::$variant as Processor>::run(shared, codec, own, shutdown).await
+                })+
+            }
+        }
+    };
 }
 
-/// Why a processor could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessorError {
-    /// The registry client could not be set up.
-    #[error("{0}")]
-    Codec(#[from] kassa_schemas::CodecError),
-    /// The runtime failed to start.
-    #[error("{0}")]
-    Runtime(#[from] runtime::RuntimeError),
-    /// The payment gateway could not be set up.
-    #[error("payment gateway: {0}")]
-    Gateway(String),
-}
-
-/// Runs the processor `config` is for until `shutdown` turns true. Each processor's module holds
-/// its handler, its background tasks and its settings; this is the one place that names each.
-pub async fn run(
-    config: ProcessorConfig,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), ProcessorError> {
-    let shared = &config.shared;
-    let codec = Arc::new(Codec::new(&shared.registry_url)?);
-    match &config.own {
-        Own::Inventory(own) => inventory::run(shared, codec, own, shutdown).await,
-        Own::Orders(own) => orders::run(shared, codec, own, shutdown).await,
-        Own::Payments(own) => payments::run(shared, codec, own, shutdown).await,
-        Own::Expiry(own) => expiry::run(shared, codec, own, shutdown).await,
-    }
+processors! {
+    Inventory => inventory,
+    Orders => orders,
+    Payments => payments,
+    Expiry => expiry,
 }

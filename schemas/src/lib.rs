@@ -14,4 +14,4 @@ pub mod topics;
 
 pub use codec::{Codec, CodecError};
 pub use envelope::{Envelope, Payload};
-pub use topics::{ConsumerGroup, KeyKind, Topic};
+pub use topics::{KeyKind, Topic};

@@ -1,4 +1,5 @@
-//! The topic catalogue: every topic kassa writes, its key, its schema, and the consumer groups.
+//! The topic catalogue: every topic kassa writes, its key and its schema (the consumer groups
+//! reading them are the processors', in `kassa_processors::ConsumerGroup`).
 //!
 //! Names live in a namespace: `KASSA_NAMESPACE` (e.g. `staging.`, empty by default) prefixes
 //! every topic, dead-letter topic, Kafka consumer group id and, through the topic name, every
@@ -132,83 +133,6 @@ pub enum KeyKind {
     OrderId,
 }
 
-/// A consumer group: one per processor, each with its own dead-letter topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConsumerGroup {
-    /// The inventory processor.
-    Inventory,
-    /// The orders processor.
-    Orders,
-    /// The payments processor.
-    Payments,
-    /// The expiry processor.
-    Expiry,
-}
-
-impl ConsumerGroup {
-    /// Every consumer group.
-    pub const ALL: [ConsumerGroup; 4] = [
-        ConsumerGroup::Inventory,
-        ConsumerGroup::Orders,
-        ConsumerGroup::Payments,
-        ConsumerGroup::Expiry,
-    ];
-
-    /// The Kafka consumer group id: the namespace, then the name.
-    pub fn group_id(self) -> String {
-        format!("{}{}", namespace(), self.name())
-    }
-
-    /// The consumer group of the processor named `name`.
-    pub fn from_name(name: &str) -> Option<ConsumerGroup> {
-        ConsumerGroup::ALL.into_iter().find(|g| g.name() == name)
-    }
-
-    /// The processor's name, which is also its Postgres schema.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ConsumerGroup::Inventory => "inventory",
-            ConsumerGroup::Orders => "orders",
-            ConsumerGroup::Payments => "payments",
-            ConsumerGroup::Expiry => "expiry",
-        }
-    }
-
-    /// The topics the group consumes.
-    pub const fn inputs(self) -> &'static [Topic] {
-        match self {
-            ConsumerGroup::Inventory => &[Topic::CheckoutRequests, Topic::InventoryCommands],
-            ConsumerGroup::Orders => &[
-                Topic::InventoryEvents,
-                Topic::PaymentsEvents,
-                Topic::ExpiryEvents,
-                Topic::OrdersRequests,
-            ],
-            ConsumerGroup::Payments => &[Topic::OrdersEvents, Topic::PaymentsWebhooks],
-            ConsumerGroup::Expiry => &[Topic::OrdersEvents],
-        }
-    }
-
-    /// How the group's partitions are assigned (librdkafka's `partition.assignment.strategy`).
-    /// Every group reads topics keyed alike and equally partitioned (SKU for inventory, order id
-    /// for the others): `range` gives one instance the same partition of each, so one instance
-    /// owns a SKU (inventory's in-memory stock) or an order (its events from every topic) at a
-    /// time.
-    pub const fn assignment(self) -> &'static str {
-        match self {
-            ConsumerGroup::Inventory
-            | ConsumerGroup::Orders
-            | ConsumerGroup::Payments
-            | ConsumerGroup::Expiry => "range",
-        }
-    }
-
-    /// The dead-letter topic for messages the group cannot decode or declares invalid.
-    pub fn dlq_topic(self) -> String {
-        format!("{}{}.dlq", namespace(), self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,20 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn every_topic_is_consumed_by_a_processor_and_each_group_has_a_dead_letter_topic() {
-        let consumed: std::collections::HashSet<_> = ConsumerGroup::ALL
-            .iter()
-            .flat_map(|g| g.inputs().iter().copied())
-            .collect();
-        assert_eq!(
-            consumed.len(),
-            Topic::ALL.len(),
-            "each topic has a consumer in kassa"
-        );
-        assert_eq!(
-            ConsumerGroup::Inventory.dlq_topic(),
-            format!("{}inventory.dlq", namespace())
-        );
+    fn every_topic_is_named_in_the_namespace() {
         assert_eq!(
             Topic::CheckoutRequests.name(),
             format!("{}checkout.requests", namespace())

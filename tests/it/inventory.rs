@@ -9,9 +9,10 @@ use std::time::Duration;
 use common::inventory::{
     Feed, Processor, decode_events, end_offsets, read_until, reserve, stock_of,
 };
+use kassa_processors::ConsumerGroup;
 use kassa_schemas::events::RejectReason;
 use kassa_schemas::events::inventory::{InventoryCommand, InventoryEvent, Release};
-use kassa_schemas::{ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Envelope, Topic};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 

@@ -286,8 +286,9 @@ async fn a_ten_second_database_outage_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_that_fails_every_time_is_dead_lettered_and_its_partition_moves_on() {
+    use kassa_processors::ConsumerGroup;
+    use kassa_schemas::Envelope;
     use kassa_schemas::events::inventory::{InventoryCommand, Restock, SetStock};
-    use kassa_schemas::{ConsumerGroup, Envelope};
     use rdkafka::Message;
     use rdkafka::message::Headers;
     let _exclusive = common::inventory::exclusive().await;

@@ -251,7 +251,7 @@ async fn an_offset_moved_under_a_running_processor_is_reported_never_taken_silen
 #[tokio::test(flavor = "multi_thread")]
 async fn skipping_a_backlog_is_refused_while_the_group_consumes_unless_forced_and_is_recorded() {
     use kassa::offsets::{MoveRequest, SkipError, skip_to_end};
-    use kassa_schemas::ConsumerGroup;
+    use kassa_processors::ConsumerGroup;
     let _exclusive = common::inventory::exclusive().await;
     let settings = common::setup().await;
     let pool = kassa::migrate::connect(&settings).await.unwrap();

@@ -16,9 +16,9 @@ use common::saga::{
     with_processor,
 };
 use futures::StreamExt;
+use kassa_processors::ConsumerGroup;
 use kassa_processors::payments::gateway::simulated::intent_id_for;
 use kassa_processors::payments::ledger::idempotency_key;
-use kassa_schemas::ConsumerGroup;
 
 const SECRET: &str = "whsec_saga_faults_test";
 const FAULTS: &str = "transient=0.1,timeout=0.1,lost=0.1";

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use kassa_schemas::events::expiry::DeadlineKind;
 use kassa_schemas::events::orders::OrderEvent;
-use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Codec, CodecError, Envelope, Topic};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ConsumerGroup;
 use crate::runtime::{Delivered, HandleError, Handled, Handler};
 
 /// What an order event does to one of the order's deadlines.
@@ -191,33 +192,50 @@ impl Handler for Expiry {
 }
 
 /// The expiry processor's own settings.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Settings {
+    /// How long an order may wait in `authorized` or `confirmed` (on stock being committed, on
+    /// its payment being captured) before the processor it waits on is asked again, in seconds.
+    #[arg(long = "progress-deadline-seconds", env = "KASSA_PROGRESS_DEADLINE_SECONDS", default_value = "120", value_parser = crate::settings::seconds, global = true)]
+    pub progress_deadline: std::time::Duration,
+}
+
+/// What the expiry processor runs with.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     /// How long an order may wait on stock being committed or its payment captured before it is
     /// found stalled (and asked again, twice as late each time).
-    pub progress_after: std::time::Duration,
+    pub progress_after: Duration,
 }
 
-/// Runs the expiry processor (and its ticker) until `shutdown` turns true.
-pub async fn run(
-    shared: &crate::Shared,
-    codec: Arc<Codec>,
-    config: &Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), crate::ProcessorError> {
-    let Some(pool) = crate::runtime::connect(&shared.runtime, 2, &mut shutdown.clone()).await
-    else {
-        return Ok(());
-    };
-    let ticker = tokio::spawn(ticker::run(pool, codec.clone(), shutdown.clone()));
-    let progress_after = Duration::from_std(config.progress_after).unwrap_or(Duration::minutes(2));
-    Ok(crate::runtime::run(
-        &shared.runtime,
-        Expiry::new(codec, progress_after),
-        shutdown,
-        vec![ticker],
-    )
-    .await?)
+impl crate::Processor for Expiry {
+    const NAME: &'static str = "expiry";
+    const INPUTS: &'static [Topic] = &[Topic::OrdersEvents];
+    type Settings = Settings;
+    type Config = Config;
+
+    fn config(settings: &Settings, _: &crate::settings::Common) -> Result<Config, String> {
+        Ok(Config {
+            progress_after: crate::settings::chrono_of(settings.progress_deadline),
+        })
+    }
+
+    /// Runs the expiry processor (and its ticker).
+    async fn run(
+        shared: &crate::Shared,
+        codec: Arc<Codec>,
+        config: &Config,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), crate::ProcessorError> {
+        let Some(pool) = crate::runtime::connect(&shared.runtime, 2, &mut shutdown.clone()).await
+        else {
+            return Ok(());
+        };
+        let ticker = tokio::spawn(ticker::run(pool, codec.clone(), shutdown.clone()));
+        let handler = Expiry::new(codec, config.progress_after);
+        Ok(crate::runtime::run(&shared.runtime, handler, shutdown, vec![ticker]).await?)
+    }
 }
 
 #[cfg(test)]

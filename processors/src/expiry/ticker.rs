@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kassa_schemas::events::expiry::{DeadlinePassed, ExpiryEvent};
-use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Codec, Envelope, Topic};
+use crate::ConsumerGroup;
 use sqlx::PgPool;
 use tokio::sync::watch;
 

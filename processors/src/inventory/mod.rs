@@ -17,10 +17,11 @@ use kassa_schemas::events::inventory::{
     Restocked, SetStock,
 };
 use kassa_schemas::redis_link::RedisLink;
-use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Codec, CodecError, Envelope, Topic};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::ConsumerGroup;
 use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
 use decide::{LineChange, Reservation, ReserveAnswer};
 use store::{Ignored, LineRecord, Versioned};
@@ -600,26 +601,44 @@ impl Batch {
     }
 }
 
-/// The inventory processor's own settings.
+/// The inventory processor's own settings: none yet (its hold is the shared default hold).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Settings {}
+
+/// What the inventory processor runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Reservation hold when a request names none.
     pub default_hold: std::time::Duration,
 }
 
-/// Runs the inventory processor (and its give-back retry) until `shutdown` turns true.
-pub async fn run(
-    shared: &crate::Shared,
-    codec: Arc<Codec>,
-    config: &Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), crate::ProcessorError> {
-    let Some(pool) = crate::runtime::connect(&shared.runtime, 2, &mut shutdown.clone()).await
-    else {
-        return Ok(());
-    };
-    let redis = RedisLink::start(&shared.redis_url, std::time::Duration::from_secs(5));
-    let retry = tokio::spawn(flash::retry(pool.clone(), redis.clone(), shutdown.clone()));
-    let handler = Inventory::new(codec, config.default_hold, redis, pool);
-    Ok(crate::runtime::run(&shared.runtime, handler, shutdown, vec![retry]).await?)
+impl crate::Processor for Inventory {
+    const NAME: &'static str = "inventory";
+    const INPUTS: &'static [Topic] = &[Topic::CheckoutRequests, Topic::InventoryCommands];
+    type Settings = Settings;
+    type Config = Config;
+
+    fn config(_: &Settings, common: &crate::settings::Common) -> Result<Config, String> {
+        Ok(Config {
+            default_hold: common.default_hold,
+        })
+    }
+
+    /// Runs the inventory processor (and its give-back retry).
+    async fn run(
+        shared: &crate::Shared,
+        codec: Arc<Codec>,
+        config: &Config,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), crate::ProcessorError> {
+        let Some(pool) = crate::runtime::connect(&shared.runtime, 2, &mut shutdown.clone()).await
+        else {
+            return Ok(());
+        };
+        let redis = RedisLink::start(&shared.redis_url, std::time::Duration::from_secs(5));
+        let retry = tokio::spawn(flash::retry(pool.clone(), redis.clone(), shutdown.clone()));
+        let handler = Inventory::new(codec, config.default_hold, redis, pool);
+        Ok(crate::runtime::run(&shared.runtime, handler, shutdown, vec![retry]).await?)
+    }
 }

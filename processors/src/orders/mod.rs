@@ -15,10 +15,11 @@ use kassa_schemas::events::expiry::ExpiryEvent;
 use kassa_schemas::events::inventory::{InventoryCommand, InventoryEvent};
 use kassa_schemas::events::orders::{OrderEvent, OrderRequest};
 use kassa_schemas::events::payments::PaymentEvent;
-use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Payload, Topic};
+use kassa_schemas::{Codec, CodecError, Envelope, Payload, Topic};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ConsumerGroup;
 use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
 use machine::{Order, Policy, Signal};
 use store::AuditRow;
@@ -226,24 +227,49 @@ impl Handler for Orders {
 }
 
 /// The orders processor's own settings.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Settings {
+    /// How long a customer has to complete 3-D Secure before the order is cancelled, in seconds.
+    #[arg(long = "payment-action-seconds", env = "KASSA_PAYMENT_ACTION_SECONDS", default_value = "600", value_parser = crate::settings::seconds, global = true)]
+    pub payment_action: std::time::Duration,
+}
+
+/// What the orders processor runs with.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     /// How it decides (3-D Secure window, longest renewed hold).
     pub policy: Policy,
 }
 
-/// Runs the orders processor until `shutdown` turns true.
-pub async fn run(
-    shared: &crate::Shared,
-    codec: Arc<Codec>,
-    config: &Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), crate::ProcessorError> {
-    Ok(crate::runtime::run(
-        &shared.runtime,
-        Orders::new(codec, config.policy),
-        shutdown,
-        Vec::new(),
-    )
-    .await?)
+impl crate::Processor for Orders {
+    const NAME: &'static str = "orders";
+    const INPUTS: &'static [Topic] = &[
+        Topic::InventoryEvents,
+        Topic::PaymentsEvents,
+        Topic::ExpiryEvents,
+        Topic::OrdersRequests,
+    ];
+    type Settings = Settings;
+    type Config = Config;
+
+    fn config(settings: &Settings, common: &crate::settings::Common) -> Result<Config, String> {
+        use crate::settings::chrono_of;
+        Ok(Config {
+            policy: Policy {
+                action_window: chrono_of(settings.payment_action),
+                max_hold: chrono_of(common.max_hold),
+            },
+        })
+    }
+
+    async fn run(
+        shared: &crate::Shared,
+        codec: Arc<Codec>,
+        config: &Config,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), crate::ProcessorError> {
+        let handler = Orders::new(codec, config.policy);
+        Ok(crate::runtime::run(&shared.runtime, handler, shutdown, Vec::new()).await?)
+    }
 }

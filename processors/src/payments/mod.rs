@@ -9,6 +9,7 @@
 
 pub mod gateway;
 pub mod ledger;
+pub mod settings;
 pub mod store;
 pub mod webhooks;
 pub mod worker;
@@ -18,10 +19,11 @@ use std::sync::Arc;
 
 use kassa_schemas::events::orders::OrderEvent;
 use kassa_schemas::events::payments::PaymentWebhook;
-use kassa_schemas::{Codec, CodecError, ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Codec, CodecError, Envelope, Topic};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ConsumerGroup;
 use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
 use ledger::{OrderStage, Payment, Status};
 
@@ -238,7 +240,7 @@ impl Handler for Payments {
     fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
 }
 
-/// The payments processor's own settings.
+/// What the payments processor runs with.
 /// (Not `Debug`: the Stripe gateway's settings hold the secret key.)
 #[derive(Clone)]
 pub struct Config {
@@ -248,31 +250,46 @@ pub struct Config {
     pub worker: worker::WorkerConfig,
 }
 
-/// Runs the payments processor (and its worker, charging through the configured gateway) until
-/// `shutdown` turns true.
-pub async fn run(
-    shared: &crate::Shared,
-    codec: Arc<Codec>,
-    config: &Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), crate::ProcessorError> {
-    // The worker's own pool: a connection per call in flight, one for its listener, one to claim.
-    let size = u32::try_from(config.worker.concurrency)
-        .unwrap_or(u32::MAX)
-        .saturating_add(2);
-    let Some(pool) = crate::runtime::connect(&shared.runtime, size, &mut shutdown.clone()).await
-    else {
-        return Ok(());
-    };
-    match &config.gateway {
-        GatewayConfig::Simulated(sim) => {
-            let gateway = gateway::simulated::Simulated::new(pool.clone(), *sim);
-            run_with(shared, codec, config, pool, gateway, shutdown).await
-        }
-        GatewayConfig::Stripe(stripe) => {
-            let gateway = gateway::stripe::StripeGateway::new(stripe)
-                .map_err(crate::ProcessorError::Gateway)?;
-            run_with(shared, codec, config, pool, gateway, shutdown).await
+impl crate::Processor for Payments {
+    const NAME: &'static str = "payments";
+    const INPUTS: &'static [Topic] = &[Topic::OrdersEvents, Topic::PaymentsWebhooks];
+    type Settings = settings::Settings;
+    type Config = Config;
+
+    fn config(
+        settings: &settings::Settings,
+        common: &crate::settings::Common,
+    ) -> Result<Config, String> {
+        settings.config(common)
+    }
+
+    /// Runs the payments processor (and its worker, charging through the configured gateway).
+    async fn run(
+        shared: &crate::Shared,
+        codec: Arc<Codec>,
+        config: &Config,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), crate::ProcessorError> {
+        // The worker's own pool: a connection per call in flight, one for its listener, one to
+        // claim.
+        let size = u32::try_from(config.worker.concurrency)
+            .unwrap_or(u32::MAX)
+            .saturating_add(2);
+        let Some(pool) =
+            crate::runtime::connect(&shared.runtime, size, &mut shutdown.clone()).await
+        else {
+            return Ok(());
+        };
+        match &config.gateway {
+            GatewayConfig::Simulated(sim) => {
+                let gateway = gateway::simulated::Simulated::new(pool.clone(), *sim);
+                run_with(shared, codec, config, pool, gateway, shutdown).await
+            }
+            GatewayConfig::Stripe(stripe) => {
+                let gateway = gateway::stripe::StripeGateway::new(stripe)
+                    .map_err(crate::ProcessorError::Gateway)?;
+                run_with(shared, codec, config, pool, gateway, shutdown).await
+            }
         }
     }
 }

@@ -12,7 +12,8 @@ use kassa_schemas::events::payments::{
     PaymentActionRequired, PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentFailed,
     PaymentRefunded, PaymentStep, PaymentVoided,
 };
-use kassa_schemas::{Codec, ConsumerGroup, Envelope, Topic};
+use kassa_schemas::{Codec, Envelope, Topic};
+use crate::ConsumerGroup;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;

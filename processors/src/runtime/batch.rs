@@ -223,7 +223,7 @@ pub(super) async fn process<H: Handler>(
 /// in one transaction, fenced like a batch.
 pub(super) async fn dead_letter_one(
     pool: &PgPool,
-    group: kassa_schemas::ConsumerGroup,
+    group: crate::ConsumerGroup,
     message: &OwnedMessage,
     reason: &str,
     stored: &HashMap<TopicPartition, Option<i64>>,

@@ -24,7 +24,9 @@ pub mod trace;
 use std::future::Future;
 use std::time::Duration;
 
-use kassa_schemas::{CodecError, ConsumerGroup, Topic};
+use kassa_schemas::{CodecError, Topic};
+
+use crate::ConsumerGroup;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

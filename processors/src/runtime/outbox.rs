@@ -4,7 +4,9 @@
 //! (the payments worker, the expiry ticker) emits here, naming the `traceparent` it kept of the
 //! input that caused the work.
 
-use kassa_schemas::{ConsumerGroup, Topic};
+use kassa_schemas::Topic;
+
+use crate::ConsumerGroup;
 use sqlx::PgConnection;
 
 use super::store::{self, OutboxRow};

@@ -23,7 +23,7 @@ pub async fn start_processors(env: &[(&str, &str)]) -> Turn {
 pub async fn skip_backlog(
     settings: &kassa::settings::Settings,
     pool: &PgPool,
-    group: kassa_schemas::ConsumerGroup,
+    group: kassa_processors::ConsumerGroup,
 ) {
     let request = kassa::offsets::MoveRequest {
         moved_by: "kassa tests".into(),

@@ -111,7 +111,7 @@ async fn switch(settings: &Option<Vec<(String, String)>>) {
     super::processes::reap_leftovers();
     let config = super::setup().await;
     let pool = kassa::migrate::connect(&config).await.expect("database");
-    for group in kassa_schemas::ConsumerGroup::ALL {
+    for group in kassa_processors::ConsumerGroup::ALL {
         super::saga::skip_backlog(&config, &pool, group).await;
     }
     let env: Vec<(&str, &str)> = settings
@@ -119,7 +119,7 @@ async fn switch(settings: &Option<Vec<(String, String)>>) {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-    for group in kassa_schemas::ConsumerGroup::ALL {
+    for group in kassa_processors::ConsumerGroup::ALL {
         running.push(Component::start(group.name(), &env));
     }
 }
