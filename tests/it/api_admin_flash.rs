@@ -15,9 +15,6 @@ use serde_json::{Value, json};
 
 struct Api {
     test: common::api::TestApi,
-    base: String,
-    storefront: String,
-    http: reqwest::Client,
     settings: kassa::settings::Settings,
     run: String,
 }
@@ -31,9 +28,6 @@ impl Api {
         let api = common::api::start(adjust).await;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         Self {
-            base: api.base.clone(),
-            storefront: api.storefront.clone(),
-            http: reqwest::Client::new(),
             settings: api.settings.clone(),
             run,
             test: api,
@@ -68,9 +62,8 @@ impl Api {
         sku: &str,
         quantity: i32,
     ) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}/api/orders", self.base))
-            .bearer_auth(&self.storefront)
+        self.test
+            .as_storefront(reqwest::Method::POST, "/api/orders")
             .header("Idempotency-Key", key)
             .json(&json!({"customer_id": customer, "payment_method_id": "pm_card_visa", "lines": [{"sku": sku, "quantity": quantity}]}))
     }
@@ -362,21 +355,19 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
         .unwrap();
     let id = order["order_id"].as_str().unwrap().to_owned();
     let from = end_offsets(&api.settings, Topic::OrdersRequests.name());
-    let url = format!("{}/api/orders/{id}", api.base);
+    let path = format!("/api/orders/{id}");
 
     let stranger = api
-        .http
-        .delete(&url)
-        .bearer_auth(&api.storefront)
+        .test
+        .as_storefront(reqwest::Method::DELETE, &path)
         .header("X-Customer-Id", "mallory")
         .send()
         .await
         .unwrap();
     assert_eq!(problem_code(stranger).await, (404, "not_found".to_owned()));
     let hold = api
-        .http
-        .post(format!("{url}/hold"))
-        .bearer_auth(&api.storefront)
+        .test
+        .as_storefront(reqwest::Method::POST, &format!("{path}/hold"))
         .header("X-Customer-Id", "erin")
         .json(&json!({"hold_seconds": 600}))
         .send()
@@ -384,9 +375,8 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
         .unwrap();
     assert_eq!(hold.status().as_u16(), 202);
     let too_long = api
-        .http
-        .post(format!("{url}/hold"))
-        .bearer_auth(&api.storefront)
+        .test
+        .as_storefront(reqwest::Method::POST, &format!("{path}/hold"))
         .header("X-Customer-Id", "erin")
         .json(&json!({"hold_seconds": 999999}))
         .send()
@@ -397,9 +387,8 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
         (400, "validation_failed".to_owned())
     );
     let cancel = api
-        .http
-        .delete(&url)
-        .bearer_auth(&api.storefront)
+        .test
+        .as_storefront(reqwest::Method::DELETE, &path)
         .header("X-Customer-Id", "erin")
         .send()
         .await

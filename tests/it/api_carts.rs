@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 struct Api {
-    base: String,
-    key: String,
-    http: reqwest::Client,
+    test: common::api::TestApi,
     skus: [String; 2],
 }
 
@@ -25,23 +23,17 @@ impl Api {
             }
         })
         .await;
-        let pool = api.pool;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let skus = [format!("CART-{run}-A"), format!("CART-{run}-B")];
         for (sku, price) in [(&skus[0], 500_i64), (&skus[1], 250)] {
             sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'cart test', $2, 'EUR')")
                 .bind(sku)
                 .bind(price)
-                .execute(&pool)
+                .execute(&api.pool)
                 .await
                 .unwrap();
         }
-        Self {
-            base: api.base,
-            key: api.storefront,
-            http: reqwest::Client::new(),
-            skus,
-        }
+        Self { test: api, skus }
     }
 
     fn req(
@@ -50,10 +42,7 @@ impl Api {
         path: &str,
         customer: Option<&str>,
     ) -> reqwest::RequestBuilder {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
+        let mut r = self.test.as_storefront(method, path);
         if let Some(c) = customer {
             r = r.header("X-Customer-Id", c);
         }

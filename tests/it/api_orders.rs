@@ -10,14 +10,13 @@ use common::inventory::{end_offsets, read_until};
 use kassa_schemas::events::checkout::CheckoutPayload;
 use kassa_schemas::{Codec, Envelope, Topic};
 use rdkafka::Message;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The API on an ephemeral loopback port, with a storefront key and two products of its own.
 struct Api {
-    base: String,
-    key: String,
+    test: common::api::TestApi,
     skus: [String; 2],
-    http: reqwest::Client,
     settings: kassa::settings::Settings,
     pool: sqlx::PgPool,
 }
@@ -25,7 +24,7 @@ struct Api {
 impl Api {
     async fn start() -> Self {
         let api = common::api::start(|_| {}).await;
-        let (settings, pool) = (api.settings, api.pool);
+        let (settings, pool) = (api.settings.clone(), api.pool.clone());
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let skus = [format!("API-{run}-TEE"), format!("API-{run}-MUG")];
         for (sku, price) in [(&skus[0], 1999_i64), (&skus[1], 1250)] {
@@ -37,10 +36,8 @@ impl Api {
                 .unwrap();
         }
         Self {
-            base: api.base,
-            key: api.storefront,
+            test: api,
             skus,
-            http: reqwest::Client::new(),
             settings,
             pool,
         }
@@ -59,9 +56,8 @@ impl Api {
 
     async fn post(&self, key: Option<&str>, body: &Value) -> reqwest::Response {
         let mut request = self
-            .http
-            .post(format!("{}/api/orders", self.base))
-            .bearer_auth(&self.key)
+            .test
+            .as_storefront(Method::POST, "/api/orders")
             .json(body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
@@ -72,9 +68,8 @@ impl Api {
     /// Posts like a storefront that honours 503 + Retry-After: the same key again, a few times.
     async fn post_retrying(&self, key: &str, body: &Value) -> reqwest::Response {
         let request = || {
-            self.http
-                .post(format!("{}/api/orders", self.base))
-                .bearer_auth(&self.key)
+            self.test
+                .as_storefront(Method::POST, "/api/orders")
                 .header("Idempotency-Key", key)
                 .json(body)
         };
@@ -172,9 +167,8 @@ async fn an_accepted_order_is_on_kafka_with_the_servers_prices() {
 
     // The customer sees it; anyone else gets 404.
     let get = |customer: &'static str| {
-        api.http
-            .get(format!("{}{location}", api.base))
-            .bearer_auth(&api.key)
+        api.test
+            .as_storefront(Method::GET, &location)
             .header("X-Customer-Id", customer)
             .send()
     };
@@ -183,9 +177,11 @@ async fn an_accepted_order_is_on_kafka_with_the_servers_prices() {
     assert_eq!(own["order_id"], order_id.as_str());
     problem(get("cus_b").await.unwrap(), 404, "not_found").await;
     let unknown = api
-        .http
-        .get(format!("{}/api/orders/{}", api.base, uuid::Uuid::new_v4()))
-        .bearer_auth(&api.key)
+        .test
+        .as_storefront(
+            Method::GET,
+            &format!("/api/orders/{}", uuid::Uuid::new_v4()),
+        )
         .header("X-Customer-Id", "cus_a")
         .send()
         .await
@@ -274,7 +270,8 @@ async fn replays_and_fifty_racing_requests_make_one_order() {
 async fn every_error_is_problem_json_with_its_code() {
     let api = Api::start().await;
     let body = api.order_body("cus_err");
-    let url = format!("{}/api/orders", api.base);
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/orders", api.test.base);
 
     let p = problem(api.post(None, &body).await, 400, "validation_failed").await;
     assert_eq!(p["errors"][0]["field"], "Idempotency-Key");
@@ -296,8 +293,7 @@ async fn every_error_is_problem_json_with_its_code() {
     // The failed request did not burn its key: the corrected one goes through.
     assert_eq!(api.post(Some("e-2"), &body).await.status().as_u16(), 202);
 
-    let no_auth = api
-        .http
+    let no_auth = http
         .post(&url)
         .json(&body)
         .header("Idempotency-Key", "e-3")
@@ -306,9 +302,8 @@ async fn every_error_is_problem_json_with_its_code() {
         .unwrap();
     problem(no_auth, 401, "unauthorized").await;
     let wrong_key = api
-        .http
-        .post(&url)
-        .bearer_auth("ks_sf_nope")
+        .test
+        .request(Method::POST, "/api/orders", "ks_sf_nope")
         .json(&body)
         .header("Idempotency-Key", "e-3")
         .send()
@@ -316,9 +311,8 @@ async fn every_error_is_problem_json_with_its_code() {
         .unwrap();
     problem(wrong_key, 401, "unauthorized").await;
     let text = api
-        .http
-        .post(&url)
-        .bearer_auth(&api.key)
+        .test
+        .as_storefront(Method::POST, "/api/orders")
         .header("Idempotency-Key", "e-4")
         .body("hello")
         .send()
@@ -326,9 +320,8 @@ async fn every_error_is_problem_json_with_its_code() {
         .unwrap();
     problem(text, 415, "unsupported_media_type").await;
     let broken = api
-        .http
-        .post(&url)
-        .bearer_auth(&api.key)
+        .test
+        .as_storefront(Method::POST, "/api/orders")
         .header("Idempotency-Key", "e-5")
         .header("content-type", "application/json")
         .body("{\"customer_id\": ")
@@ -337,9 +330,8 @@ async fn every_error_is_problem_json_with_its_code() {
         .unwrap();
     problem(broken, 400, "malformed_request").await;
     let huge = api
-        .http
-        .post(&url)
-        .bearer_auth(&api.key)
+        .test
+        .as_storefront(Method::POST, "/api/orders")
         .header("Idempotency-Key", "e-6")
         .header("content-type", "application/json")
         .body(vec![b' '; 200_000])
@@ -347,14 +339,13 @@ async fn every_error_is_problem_json_with_its_code() {
         .await
         .unwrap();
     problem(huge, 413, "payload_too_large").await;
-    let nowhere = api
-        .http
-        .get(format!("{}/api/nowhere", api.base))
+    let nowhere = http
+        .get(format!("{}/api/nowhere", api.test.base))
         .send()
         .await
         .unwrap();
     problem(nowhere, 404, "not_found").await;
-    let wrong_method = api.http.delete(&url).send().await.unwrap();
+    let wrong_method = http.delete(&url).send().await.unwrap();
     problem(wrong_method, 405, "method_not_allowed").await;
 }
 
@@ -367,7 +358,7 @@ async fn health_ready_and_rate_limits() {
         }
     })
     .await;
-    let (base, key) = (api.base, api.storefront);
+    let base = &api.base;
     let http = reqwest::Client::new();
 
     let health: Value = http
@@ -399,9 +390,8 @@ async fn health_ready_and_rate_limits() {
     let mut refused = None;
     for i in 0..12 {
         let body = json!({"customer_id": "cus_busy", "payment_method_id": "pm_card_visa", "lines": [{"sku": "NO-SUCH", "quantity": 1}]});
-        let r = http
-            .post(format!("{base}/api/orders"))
-            .bearer_auth(&key)
+        let r = api
+            .as_storefront(Method::POST, "/api/orders")
             .header("Idempotency-Key", format!("rl-{i}"))
             .json(&body)
             .send()

@@ -15,6 +15,8 @@ pub struct TestApi {
     pub pool: sqlx::PgPool,
     /// The settings the API runs with.
     pub settings: kassa::settings::Settings,
+    /// The client the request helpers share (one connection pool per test).
+    http: reqwest::Client,
 }
 
 /// Starts the API with the default settings, changed by `adjust`.
@@ -38,6 +40,7 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
         admin,
         pool,
         settings,
+        http: reqwest::Client::new(),
     }
 }
 
@@ -56,7 +59,7 @@ impl TestApi {
         path: &str,
         key: &str,
     ) -> reqwest::RequestBuilder {
-        reqwest::Client::new()
+        self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(key)
     }

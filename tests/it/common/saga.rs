@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -135,18 +136,16 @@ impl Saga {
     /// inventory has counted them.
     pub async fn product(&self, sku: &str, price_minor: i64, on_hand: i64) {
         let put = self
-            .http
-            .put(format!("{}/admin/products/{sku}", self.api.base))
-            .bearer_auth(&self.api.admin)
+            .api
+            .as_admin(Method::PUT, &format!("/admin/products/{sku}"))
             .json(&json!({"name": sku, "price_minor": price_minor, "currency": "EUR"}))
             .send()
             .await
             .unwrap();
         assert!(put.status().is_success(), "product {sku}: {}", put.status());
         let counted = self
-            .http
-            .post(format!("{}/admin/stock/{sku}", self.api.base))
-            .bearer_auth(&self.api.admin)
+            .api
+            .as_admin(Method::POST, &format!("/admin/stock/{sku}"))
             .json(&json!({"set": on_hand}))
             .send()
             .await
@@ -188,9 +187,8 @@ impl Saga {
         let body =
             json!({"customer_id": customer, "payment_method_id": payment_method, "lines": lines});
         let request = || {
-            self.http
-                .post(format!("{}/api/orders", self.api.base))
-                .bearer_auth(&self.api.storefront)
+            self.api
+                .as_storefront(Method::POST, "/api/orders")
                 .header("Idempotency-Key", &key)
                 .json(&body)
         };
@@ -208,9 +206,8 @@ impl Saga {
     /// `GET /api/orders/{id}` as its customer.
     pub async fn get(&self, order: &Placed, query: &str) -> Value {
         let response = self
-            .http
-            .get(format!("{}/api/orders/{}{query}", self.api.base, order.id))
-            .bearer_auth(&self.api.storefront)
+            .api
+            .as_storefront(Method::GET, &format!("/api/orders/{}{query}", order.id))
             .header("X-Customer-Id", &order.customer)
             .send()
             .await
@@ -246,9 +243,8 @@ impl Saga {
     /// `DELETE /api/orders/{id}` as its customer.
     pub async fn cancel(&self, order: &Placed) {
         let response = self
-            .http
-            .delete(format!("{}/api/orders/{}", self.api.base, order.id))
-            .bearer_auth(&self.api.storefront)
+            .api
+            .as_storefront(Method::DELETE, &format!("/api/orders/{}", order.id))
             .header("X-Customer-Id", &order.customer)
             .send()
             .await
