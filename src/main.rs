@@ -48,6 +48,24 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// How far each processor is behind: per input partition Kafka's end, the offset stored in
+    /// Postgres (the one that counts) and the lag; per processor the unpublished outbox rows.
+    /// Exits 0 within the thresholds, 1 over them, 2 when it could not measure.
+    Lag {
+        /// Only this processor.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ConsumerGroup::ALL.map(ConsumerGroup::name)))]
+        group: Option<String>,
+        /// Fail (exit 1) when a processor is more records behind than this.
+        #[arg(long)]
+        max_lag: Option<i64>,
+        /// Fail (exit 1) when an outbox row has waited longer than this to be published, in
+        /// seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = kassa_processors::settings::seconds)]
+        max_outbox_age: Option<std::time::Duration>,
+        /// Print JSON (`groups`, `breaches`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// The processors' stored consumer offsets (the ones in Postgres that count).
     Offsets {
         #[command(subcommand)]
@@ -70,10 +88,42 @@ enum TopicsAction {
 
 #[derive(Subcommand)]
 enum OffsetsAction {
-    /// Show each processor's lag per input topic.
+    /// Show each processor's lag per input topic (`kassa lag` shows it per partition).
     Show,
-    /// Skip a stopped processor's backlog: move its offsets to the end of its input topics.
-    /// Refused while the group has live members (unless --force); the move is recorded.
+    /// Move a stopped processor's stored offsets: to the earliest records, the latest, a time
+    /// (to replay after a bug fix) or given offsets. Refused while the group has live members
+    /// (unless --force); every move is recorded. Records read again are dropped by the
+    /// processor's inbox when it processed them within the inbox's retention.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_time", "to_offset"])))]
+    Reset {
+        /// The processor: `inventory`, `orders`, `payments` or `expiry`.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(ConsumerGroup::ALL.map(ConsumerGroup::name)))]
+        group: String,
+        /// Where to: the first records still kept.
+        #[arg(long)]
+        to_earliest: bool,
+        /// Where to: the end of every input partition.
+        #[arg(long)]
+        to_latest: bool,
+        /// Where to: the first record written at or after this RFC 3339 time.
+        #[arg(long, value_name = "TIME", value_parser = kassa::offsets::parse_time)]
+        to_time: Option<chrono::DateTime<chrono::Utc>>,
+        /// Where to: these offsets, `[TOPIC:]PARTITION:OFFSET` each (others stay).
+        #[arg(long, value_name = "[TOPIC:]P:O", num_args = 1..)]
+        to_offset: Vec<String>,
+        /// Why (recorded with the move).
+        #[arg(long, required_unless_present = "dry_run")]
+        reason: Option<String>,
+        /// Move even while instances are consuming (they report the move as intended).
+        #[arg(long)]
+        force: bool,
+        /// Print the moves without making them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Skip a stopped processor's backlog: move its offsets to the end of its input topics
+    /// (`reset --to-latest`). Refused while the group has live members (unless --force); the
+    /// move is recorded.
     SkipToEnd {
         /// The processor: `inventory`, `orders`, `payments` or `expiry`.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(ConsumerGroup::ALL.map(ConsumerGroup::name)))]
@@ -180,20 +230,113 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let applied = kassa::migrate::run(&pool).await?;
             println!("migrations: {applied} applied, database up to date");
         }
+        Command::Lag {
+            group,
+            max_lag,
+            max_outbox_age,
+            json,
+        } => {
+            let groups = match group {
+                Some(name) => vec![ConsumerGroup::from_name(&name).context("an unknown group")?],
+                None => ConsumerGroup::ALL.to_vec(),
+            };
+            let measured = async {
+                let pool = kassa::migrate::connect(&settings)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                anyhow::Ok(kassa::lag::measure(&settings, &pool, &groups).await?)
+            }
+            .await;
+            let lag = match measured {
+                Ok(lag) => lag,
+                Err(error) => {
+                    eprintln!("error: the lag could not be measured: {error:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let limits = kassa::lag::Thresholds {
+                max_lag,
+                max_outbox_age,
+            };
+            let breaches = limits.breaches(&lag);
+            if json {
+                let report = serde_json::json!({ "groups": lag, "breaches": breaches });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", kassa::lag::table(&lag));
+            }
+            for breach in &breaches {
+                eprintln!("over the threshold: {breach}");
+            }
+            return Ok(if breaches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
         Command::Offsets { action } => {
             let pool = kassa::migrate::connect(&settings)
                 .await
                 .context("connecting to PostgreSQL")?;
             match action {
                 OffsetsAction::Show => {
-                    for group in ConsumerGroup::ALL {
-                        let positions = kassa::offsets::positions(&settings, &pool, group).await?;
+                    let lag = kassa::lag::measure(&settings, &pool, &ConsumerGroup::ALL).await?;
+                    for (group, measured) in ConsumerGroup::ALL.iter().zip(&lag) {
                         for topic in group.inputs() {
-                            let of_topic = positions.iter().filter(|p| p.topic == topic.name());
-                            let lag: i64 = of_topic.map(kassa::offsets::Position::lag).sum();
+                            let of_topic = measured.partitions.iter();
+                            let lag: i64 = of_topic
+                                .filter(|p| p.topic == topic.name())
+                                .map(|p| p.lag)
+                                .sum();
                             println!("{:<10} {:<20} lag {lag}", group.name(), topic.name());
                         }
                     }
+                }
+                OffsetsAction::Reset {
+                    group,
+                    to_earliest: _,
+                    to_latest,
+                    to_time,
+                    to_offset,
+                    reason,
+                    force,
+                    dry_run,
+                } => {
+                    use kassa::offsets::Target;
+                    let group = ConsumerGroup::from_name(&group).context("an unknown group")?;
+                    let target = if to_latest {
+                        Target::Latest
+                    } else if let Some(at) = to_time {
+                        Target::Time(at)
+                    } else if !to_offset.is_empty() {
+                        let parsed: Result<Vec<_>, String> = to_offset
+                            .iter()
+                            .map(|o| kassa::offsets::parse_offset(o, group))
+                            .collect();
+                        Target::Offsets(parsed.map_err(anyhow::Error::msg)?)
+                    } else {
+                        Target::Earliest
+                    };
+                    let moves = if dry_run {
+                        kassa::offsets::plan(&settings, &pool, group, &target).await?
+                    } else {
+                        let request = kassa::offsets::MoveRequest {
+                            moved_by: operator(),
+                            reason: reason.unwrap_or_default(),
+                            force,
+                        };
+                        kassa::offsets::reset(&settings, &pool, group, &target, &request).await?
+                    };
+                    for m in &moves {
+                        let from = m.from.map_or_else(|| "-".to_owned(), |f| f.to_string());
+                        println!("{:<28} {:>4}  {from:>10} -> {}", m.topic, m.partition, m.to);
+                    }
+                    let verb = if dry_run {
+                        "would move (dry run)"
+                    } else {
+                        "moved"
+                    };
+                    println!("{}: {verb} {} partition(s)", group.name(), moves.len());
                 }
                 OffsetsAction::SkipToEnd {
                     group,
@@ -206,13 +349,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         reason,
                         force,
                     };
-                    let before =
+                    let moves =
                         kassa::offsets::skip_to_end(&settings, &pool, group, &request).await?;
-                    let skipped: i64 = before.iter().map(kassa::offsets::Position::lag).sum();
+                    let skipped: i64 = moves.iter().map(|m| m.to - m.from.unwrap_or(0)).sum();
                     println!(
-                        "{}: skipped {skipped} messages; now at the end of {} partitions",
+                        "{}: skipped {skipped} offsets; now at the end of {} partitions",
                         group.name(),
-                        before.len()
+                        moves.len()
                     );
                 }
             }

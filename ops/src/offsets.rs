@@ -1,16 +1,17 @@
 //! A processor's stored consumer offsets (the ones that count: in its own Postgres schema), for
-//! ops: show how far each group is behind, or skip a backlog (move a stopped group to the end of
-//! its input topics, e.g. after a load test left millions of events nobody needs processed).
-//! A skip is never silent: it is refused while the group has live members (unless forced), and
-//! every move is recorded in the group's `offset_moves` with who asked, why, from where and to
-//! where; a running instance that finds its offsets moved reports the skip.
+//! ops: where each group stands, and moving them (`kassa offsets reset`: to the earliest records,
+//! the latest, a time, or given offsets; `skip-to-end` is a reset to the latest, e.g. after a
+//! load test left millions of events nobody needs processed; a reset to a time replays, e.g.
+//! after a bug fix). A move is never silent: it is refused while the group has live members
+//! (unless forced), and every move is recorded in the group's `offset_moves` with who asked, why,
+//! from where and to where; a running instance that finds its offsets moved reports the move.
 
 use std::time::Duration;
 
 use kassa_processors::ConsumerGroup;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::settings::Settings;
@@ -158,7 +159,7 @@ pub struct MoveRequest {
     pub force: bool,
 }
 
-/// Why a skip was refused.
+/// Why a move (a skip or a reset) was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SkipError {
     /// Reading or moving failed.
@@ -167,7 +168,7 @@ pub enum SkipError {
     /// Instances are consuming: moving their offsets under them would pass over records they
     /// are about to process.
     #[error(
-        "the {group} group has {} live member(s) ({}): stop them first, or pass --force to skip under them",
+        "the {group} group has {} live member(s) ({}): stop them first, or pass --force to move its offsets under them",
         members.len(),
         members.iter().map(|m| format!("{} on {}", m.id, m.host)).collect::<Vec<_>>().join(", ")
     )]
@@ -179,15 +180,129 @@ pub enum SkipError {
     },
 }
 
-/// Moves `group`'s stored offsets to the end of its input topics and records the move (who,
-/// why, from where to where, per partition); returns the positions before. Refused while the
-/// group has live members unless `request.force`.
-pub async fn skip_to_end(
+/// Where a reset moves a group's stored offsets, on every partition of its input topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The first record still kept in each partition (everything is processed again; the
+    /// inbox drops what was processed within its retention).
+    Earliest,
+    /// The end of each partition (the backlog is skipped).
+    Latest,
+    /// The first record written at or after this time (the end where there is none).
+    Time(chrono::DateTime<chrono::Utc>),
+    /// These offsets: (topic, partition, offset), at most the partition's end; partitions not
+    /// named stay where they are.
+    Offsets(Vec<(String, i32, i64)>),
+}
+
+/// One partition's move of a stored offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The stored offset before (None: nothing stored).
+    pub from: Option<i64>,
+    /// The stored offset after.
+    pub to: i64,
+}
+
+/// The moves a reset of `group` to `target` would make (partitions already there, or with
+/// nothing stored and a target of 0, are left out). Nothing is changed.
+pub async fn plan(
     settings: &Settings,
     pool: &PgPool,
     group: ConsumerGroup,
+    target: &Target,
+) -> Result<Vec<Move>, OffsetsError> {
+    let current = positions(settings, pool, group).await?;
+    let brokers = settings.kafka_brokers.clone();
+    let (target, looked_up) = (target.clone(), current.clone());
+    let targets = tokio::task::spawn_blocking(move || targets(&brokers, &looked_up, &target))
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+    Ok(current
+        .into_iter()
+        .zip(targets)
+        .filter_map(|(p, to)| {
+            let to = to?;
+            // Nothing stored reads from the beginning: a move to offset 0 would change nothing.
+            (p.stored.unwrap_or(0) != to).then_some(Move {
+                topic: p.topic,
+                partition: p.partition,
+                from: p.stored,
+                to,
+            })
+        })
+        .collect())
+}
+
+/// The offset `target` names on each of `positions`' partitions (None: the partition stays).
+fn targets(
+    brokers: &str,
+    positions: &[Position],
+    target: &Target,
+) -> Result<Vec<Option<i64>>, KafkaError> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    match target {
+        Target::Latest => Ok(positions.iter().map(|p| Some(p.end)).collect()),
+        Target::Earliest => positions
+            .iter()
+            .map(|p| {
+                let (low, _) = consumer.fetch_watermarks(&p.topic, p.partition, timeout)?;
+                Ok(Some(low))
+            })
+            .collect(),
+        Target::Offsets(named) => Ok(positions
+            .iter()
+            .map(|p| {
+                named
+                    .iter()
+                    .find(|(topic, partition, _)| *topic == p.topic && *partition == p.partition)
+                    .map(|&(_, _, offset)| offset.clamp(0, p.end))
+            })
+            .collect()),
+        Target::Time(at) => {
+            let mut list = TopicPartitionList::new();
+            for p in positions {
+                list.add_partition_offset(
+                    &p.topic,
+                    p.partition,
+                    Offset::Offset(at.timestamp_millis()),
+                )?;
+            }
+            let found = consumer.offsets_for_times(list, timeout)?;
+            Ok(positions
+                .iter()
+                .map(|p| {
+                    let offset = found
+                        .find_partition(&p.topic, p.partition)
+                        .map(|e| e.offset());
+                    Some(match offset {
+                        Some(Offset::Offset(o)) => o.min(p.end),
+                        _ => p.end,
+                    })
+                })
+                .collect())
+        }
+    }
+}
+
+/// Moves `group`'s stored offsets to `target` and records each move (who, why, from where to
+/// where); returns the moves. Refused while the group has live members unless `request.force`.
+/// An instance started afterwards reads from the new offsets; records it reads again are
+/// dropped by its inbox when it processed them within the inbox's retention.
+pub async fn reset(
+    settings: &Settings,
+    pool: &PgPool,
+    group: ConsumerGroup,
+    target: &Target,
     request: &MoveRequest,
-) -> Result<Vec<Position>, SkipError> {
+) -> Result<Vec<Move>, SkipError> {
     if !request.force {
         let members = live_members(settings, group).await?;
         if !members.is_empty() {
@@ -197,16 +312,41 @@ pub async fn skip_to_end(
             });
         }
     }
-    let before = positions(settings, pool, group).await?;
-    let moved: Vec<&Position> = before.iter().filter(|p| p.stored != Some(p.end)).collect();
-    let topics: Vec<&str> = moved.iter().map(|p| p.topic.as_str()).collect();
-    let partitions: Vec<i32> = moved.iter().map(|p| p.partition).collect();
-    let from: Vec<Option<i64>> = moved.iter().map(|p| p.stored).collect();
-    let ends: Vec<i64> = moved.iter().map(|p| p.end).collect();
+    let moves = plan(settings, pool, group, target).await?;
+    record_and_apply(pool, group, &moves, request).await?;
+    for m in &moves {
+        tracing::warn!(
+            group = group.name(), topic = %m.topic, partition = m.partition, from = ?m.from,
+            to = m.to, moved_by = %request.moved_by, reason = %request.reason, "stored offset moved"
+        );
+    }
+    Ok(moves)
+}
+
+/// Moves `group`'s stored offsets to the end of its input topics (a reset to [`Target::Latest`]).
+pub async fn skip_to_end(
+    settings: &Settings,
+    pool: &PgPool,
+    group: ConsumerGroup,
+    request: &MoveRequest,
+) -> Result<Vec<Move>, SkipError> {
+    reset(settings, pool, group, &Target::Latest, request).await
+}
+
+/// Records `moves` in the group's `offset_moves` and applies them, in one transaction: an
+/// instance fenced by a move finds it already explained.
+async fn record_and_apply(
+    pool: &PgPool,
+    group: ConsumerGroup,
+    moves: &[Move],
+    request: &MoveRequest,
+) -> Result<(), OffsetsError> {
+    let topics: Vec<&str> = moves.iter().map(|m| m.topic.as_str()).collect();
+    let partitions: Vec<i32> = moves.iter().map(|m| m.partition).collect();
+    let from: Vec<Option<i64>> = moves.iter().map(|m| m.from).collect();
+    let to: Vec<i64> = moves.iter().map(|m| m.to).collect();
     let schema = group.name();
-    // The moves are recorded first, in the same transaction: an instance fenced by the move finds
-    // it already explained.
-    let mut tx = pool.begin().await.map_err(OffsetsError::from)?;
+    let mut tx = pool.begin().await?;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {schema}.offset_moves (topic, partition, from_offset, to_offset, intended, moved_by, reason)
          SELECT topic, partition, from_offset, to_offset, true, $5, $6
@@ -215,12 +355,11 @@ pub async fn skip_to_end(
     .bind(&topics)
     .bind(&partitions)
     .bind(&from)
-    .bind(&ends)
+    .bind(&to)
     .bind(&request.moved_by)
     .bind(&request.reason)
     .execute(&mut *tx)
-    .await
-    .map_err(OffsetsError::from)?;
+    .await?;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {schema}.consumer_offsets (topic, partition, next_offset)
          SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
@@ -228,16 +367,80 @@ pub async fn skip_to_end(
     )))
     .bind(&topics)
     .bind(&partitions)
-    .bind(&ends)
+    .bind(&to)
     .execute(&mut *tx)
-    .await
-    .map_err(OffsetsError::from)?;
-    tx.commit().await.map_err(OffsetsError::from)?;
-    for p in &moved {
-        tracing::warn!(
-            group = schema, topic = %p.topic, partition = p.partition, from = ?p.stored, to = p.end,
-            moved_by = %request.moved_by, reason = %request.reason, "stored offset moved to the end"
-        );
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Parses an RFC 3339 time (`2026-12-02T10:00:00Z`), for `--to-time`.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))
+}
+
+/// Parses `TOPIC:PARTITION:OFFSET`, or `PARTITION:OFFSET` for a group with one input topic, for
+/// `--to-offset`. The topic is one of `group`'s inputs, named with or without the namespace.
+pub fn parse_offset(text: &str, group: ConsumerGroup) -> Result<(String, i32, i64), String> {
+    let fields: Vec<&str> = text.rsplitn(3, ':').collect();
+    let (topic, partition, offset) = match fields[..] {
+        [offset, partition, topic] => (Some(topic), partition, offset),
+        [offset, partition] => (None, partition, offset),
+        _ => return Err(format!("{text:?}: expected [TOPIC:]PARTITION:OFFSET")),
+    };
+    let inputs = group.inputs();
+    let topic = match topic {
+        Some(name) => inputs
+            .iter()
+            .find(|t| {
+                t.name() == name
+                    || t.name() == format!("{}{name}", kassa_schemas::topics::namespace())
+            })
+            .ok_or_else(|| format!("{name:?} is not an input topic of {}", group.name()))?,
+        None if inputs.len() == 1 => &inputs[0],
+        None => {
+            return Err(format!(
+                "{text:?}: {} reads {} topics; name the topic (TOPIC:PARTITION:OFFSET)",
+                group.name(),
+                inputs.len()
+            ));
+        }
+    };
+    let partition = partition
+        .parse()
+        .map_err(|_| format!("{partition:?} is not a partition number"))?;
+    let offset: i64 = offset
+        .parse()
+        .map_err(|_| format!("{offset:?} is not an offset"))?;
+    if offset < 0 {
+        return Err(format!("{offset} is not an offset"));
     }
-    Ok(before)
+    Ok((topic.name().to_owned(), partition, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_name_their_topic_unless_the_group_reads_one() {
+        let expiry = ConsumerGroup::Expiry;
+        let events = kassa_schemas::Topic::OrdersEvents.name().to_owned();
+        assert_eq!(parse_offset("3:120", expiry), Ok((events.clone(), 3, 120)));
+        assert_eq!(
+            parse_offset("orders.events:3:120", expiry),
+            Ok((events, 3, 120))
+        );
+        assert!(
+            parse_offset("3:120", ConsumerGroup::Orders)
+                .is_err_and(|e| e.contains("name the topic"))
+        );
+        assert!(parse_offset("payments.events:3:1", expiry).is_err());
+        assert!(parse_offset("3:-1", expiry).is_err());
+        assert!(parse_offset("3", expiry).is_err());
+        assert!(parse_time("2026-12-02T10:00:00Z").is_ok());
+        assert!(parse_time("yesterday").is_err());
+    }
 }

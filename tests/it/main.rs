@@ -16,6 +16,7 @@ mod contract;
 mod inventory;
 mod inventory_faults;
 mod offsets;
+mod ops;
 mod replays;
 mod saga;
 mod saga_faults;

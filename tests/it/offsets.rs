@@ -272,10 +272,10 @@ async fn skipping_a_backlog_is_refused_while_the_group_consumes_unless_forced_an
         &reserve(&format!("{run}-o"), 0, &format!("SKIP-{run}"), 1),
     )
     .await;
-    let before = skip_to_end(&settings, &pool, ConsumerGroup::Inventory, &request(true))
+    let moved = skip_to_end(&settings, &pool, ConsumerGroup::Inventory, &request(true))
         .await
-        .expect("a forced skip");
-    let moved = before.iter().filter(|p| p.stored != Some(p.end)).count();
+        .expect("a forced skip")
+        .len();
     let moves: Vec<(String, Option<i64>, i64, bool, String)> = sqlx::query_as(
         "SELECT topic, from_offset, to_offset, intended, reason FROM inventory.offset_moves WHERE moved_by = $1",
     )
