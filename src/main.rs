@@ -66,6 +66,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that the books square (stock, orders, inventory, payments; stuck orders) and list
+    /// every discrepancy with its ids. Exits 0 when they square, 1 when not, 2 when it could
+    /// not check.
+    Reconcile {
+        /// Only orders created since this RFC 3339 time (and the SKUs they reserved).
+        #[arg(long, value_name = "TIME", value_parser = kassa::offsets::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// How long compensation may trail an order's decision, and how far past its deadline
+        /// an undecided order counts as stuck, in seconds.
+        #[arg(long = "margin-seconds", value_name = "SECONDS", default_value = "300", value_parser = kassa_processors::settings::seconds)]
+        margin: std::time::Duration,
+        /// Print JSON (a list of `class`, `ids`, `detail`) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// The processors' stored consumer offsets (the ones in Postgres that count).
     Offsets {
         #[command(subcommand)]
@@ -269,6 +284,37 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("over the threshold: {breach}");
             }
             return Ok(if breaches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        Command::Reconcile {
+            since,
+            margin,
+            json,
+        } => {
+            let options = kassa::reconcile::Options { since, margin };
+            let checked = async {
+                let pool = kassa::migrate::connect(&settings)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                anyhow::Ok(kassa::reconcile::reconcile(&pool, &options).await?)
+            }
+            .await;
+            let found = match checked {
+                Ok(found) => found,
+                Err(error) => {
+                    eprintln!("error: the books could not be checked: {error:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                print!("{}", kassa::reconcile::report(&found));
+            }
+            return Ok(if found.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

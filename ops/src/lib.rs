@@ -1,7 +1,7 @@
 //! kassa's operator library: what the `kassa` binary, its benchmarks and the integration tests
 //! share — every setting ([`settings`]), the database migrations ([`migrate`]), topic
 //! administration ([`topics`]), the processors' stored offsets ([`offsets`]) and how far behind
-//! they are ([`lag`]), the demo catalog
+//! they are ([`lag`]), whether the books square ([`reconcile`]), the demo catalog
 //! ([`seed`]), the Kafka producer settings ([`kafka`]) and the [`supervisor`] that runs
 //! components in one process until they are told to stop.
 
@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod lag;
 pub mod migrate;
 pub mod offsets;
+pub mod reconcile;
 pub mod seed;
 pub mod settings;
 pub mod supervisor;
