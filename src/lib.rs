@@ -3,4 +3,6 @@
 //! the tests use.
 
 pub use kassa_bench::{self as bench, http};
-pub use kassa_ops::{kafka, lag, migrate, offsets, reconcile, seed, settings, supervisor, topics};
+pub use kassa_ops::{
+    kafka, lag, migrate, offsets, reconcile, seed, settings, story, supervisor, topics,
+};

@@ -66,6 +66,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One order's whole story in time order, from every processor's records, and a one-line
+    /// diagnosis: where it is, what it waits for, since when. Exits 1 when no component knows
+    /// the order, 2 when it could not look.
+    Order {
+        /// The order id.
+        id: String,
+        /// Print JSON (`order_id`, `state`, `entries`, `diagnosis`) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that the books square (stock, orders, inventory, payments; stuck orders) and list
     /// every discrepancy with its ids. Exits 0 when they square, 1 when not, 2 when it could
     /// not check.
@@ -288,6 +298,31 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             });
+        }
+        Command::Order { id, json } => {
+            let looked = async {
+                let pool = kassa::migrate::connect(&settings)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                anyhow::Ok(kassa::story::story(&pool, &id).await?)
+            }
+            .await;
+            let story = match looked {
+                Ok(Some(story)) => story,
+                Ok(None) => {
+                    eprintln!("no component knows an order {id}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(error) => {
+                    eprintln!("error: the order could not be looked up: {error:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&story)?);
+            } else {
+                print!("{}", kassa::story::report(&story));
+            }
         }
         Command::Reconcile {
             since,

@@ -1,7 +1,8 @@
 //! kassa's operator library: what the `kassa` binary, its benchmarks and the integration tests
 //! share — every setting ([`settings`]), the database migrations ([`migrate`]), topic
 //! administration ([`topics`]), the processors' stored offsets ([`offsets`]) and how far behind
-//! they are ([`lag`]), whether the books square ([`reconcile`]), the demo catalog
+//! they are ([`lag`]), whether the books square ([`reconcile`]), an order's
+//! story ([`story`]), the demo catalog
 //! ([`seed`]), the Kafka producer settings ([`kafka`]) and the [`supervisor`] that runs
 //! components in one process until they are told to stop.
 
@@ -12,5 +13,6 @@ pub mod offsets;
 pub mod reconcile;
 pub mod seed;
 pub mod settings;
+pub mod story;
 pub mod supervisor;
 pub mod topics;

@@ -2,7 +2,8 @@
 //! world), against the real services: `kassa lag` sees a stopped processor fall behind, says so
 //! in its exit code, and sees it catch up; `kassa offsets reset --to-time` replays from a time
 //! and the inboxes keep every effect once; `kassa reconcile` passes on square books and names each
-//! discrepancy injected on purpose.
+//! discrepancy injected on purpose; `kassa order` tells a completed, a rejected, a cancelled and
+//! a stuck order's story with the right diagnosis.
 
 use crate::common;
 
@@ -12,7 +13,11 @@ use common::saga::{Saga, start_processor, start_processors, stock, stop_processo
 use serde_json::Value;
 
 /// The processors' settings for these tests (a set of their own: they stop some of them).
-const ENV: &[(&str, &str)] = &[("KASSA_INSTANCE_ID", "ops-tests")];
+const ENV: &[(&str, &str)] = &[
+    ("KASSA_INSTANCE_ID", "ops-tests"),
+    // A 3-D Secure challenge nobody completes cancels the order after 5 s.
+    ("KASSA_PAYMENT_ACTION_SECONDS", "5"),
+];
 
 /// The tests stop and restart the shared processors: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -296,5 +301,119 @@ async fn reconcile_passes_on_square_books_and_names_each_injected_discrepancy() 
         reconcile(&args).await,
         (0, Vec::new()),
         "put back, the books square again"
+    );
+}
+
+/// Runs `kassa order --json <id>`: the story's diagnosis, its entries as `source: what` lines
+/// and the state.
+async fn story(id: &str) -> (String, Vec<String>, Value) {
+    let (code, out, err) = kassa(&["order", "--json", id]).await;
+    assert_eq!(code, 0, "kassa order {id}: {err}");
+    let story: Value = serde_json::from_str(&out).expect("JSON");
+    let entries = story["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["source"].as_str().unwrap(),
+                e["what"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (
+        story["diagnosis"].as_str().expect("a diagnosis").to_owned(),
+        entries,
+        story["state"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orders_story_shows_every_component_and_diagnoses_where_it_stands() {
+    let _serial = SERIAL.lock().await;
+    let saga = Saga::new(start_processors(ENV).await, None, None).await;
+    let sku = saga.sku("STORY");
+    saga.product(&sku, 1_200, 1).await;
+    let completed = saga.place("pm_card_visa", &[(&sku, 1)]).await;
+    saga.wait_status(&completed, "completed", Duration::from_secs(60))
+        .await;
+    let rejected = saga.place("pm_card_visa", &[(&sku, 1)]).await;
+    saga.wait_status(&rejected, "rejected", Duration::from_secs(60))
+        .await;
+    let three_ds = saga.sku("STORY-3DS");
+    saga.product(&three_ds, 900, 5).await;
+    let cancelled = saga
+        .place("pm_card_threeDSecure2Required", &[(&three_ds, 1)])
+        .await;
+    saga.wait_status(&cancelled, "cancelled", Duration::from_secs(60))
+        .await;
+
+    let (diagnosis, entries, state) = story(&completed.id).await;
+    assert_eq!(state, "completed");
+    assert!(diagnosis.starts_with("completed "), "{diagnosis}");
+    for expected in [
+        "api: accepted: 1200 EUR",
+        "orders: step pending -> reserved",
+        "orders: step confirmed -> completed",
+        "inventory: line 0: 1 x",
+        "provider: authorize: ok",
+        "provider: capture: ok",
+        "expiry: hold deadline",
+    ] {
+        assert!(
+            entries.iter().any(|e| e.starts_with(expected)),
+            "{expected:?} in the story: {entries:#?}"
+        );
+    }
+    let (diagnosis, entries, _) = story(&rejected.id).await;
+    assert!(
+        diagnosis.starts_with("rejected ") && diagnosis.contains("out_of_stock"),
+        "{diagnosis}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.starts_with("inventory:") && e.contains("rejected")),
+        "{entries:#?}"
+    );
+    let (diagnosis, entries, _) = story(&cancelled.id).await;
+    assert!(
+        diagnosis.starts_with("cancelled ") && diagnosis.contains("payment_action_expired"),
+        "{diagnosis}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.starts_with("expiry: payment_action deadline") && e.contains("fired")),
+        "{entries:#?}"
+    );
+
+    // Stuck: payments stopped, the order waits in authorizing with nobody working on it.
+    stop_processor("payments");
+    let stuck = saga.place("pm_card_visa", &[(&three_ds, 1)]).await;
+    let started = std::time::Instant::now();
+    let diagnosis = loop {
+        let (diagnosis, _, state) = story(&stuck.id).await;
+        if state == "authorizing" {
+            break diagnosis;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never authorizing: {diagnosis}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await; // poll the story until the deadline
+    };
+    start_processor("payments", ENV);
+    assert!(
+        diagnosis.starts_with("authorizing for ") && diagnosis.contains("no payment for it yet"),
+        "{diagnosis}"
+    );
+    saga.wait_status(&stuck, "completed", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        kassa(&["order", "no-such-order"]).await.0,
+        1,
+        "an unknown order is an error"
     );
 }
