@@ -66,6 +66,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decoded records of kassa's topics (read_committed, through the registry); an
+    /// undecodable record is shown with its raw bytes and why, a dead letter with its reason
+    /// and origin.
+    Tail {
+        /// `all`, topics (`orders.events`), or dead-letter topics (`payments.dlq`).
+        #[arg(required = true)]
+        topics: Vec<String>,
+        /// Where to start: `beginning`, `end`, an offset, or an RFC 3339 time.
+        #[arg(long, default_value = "beginning")]
+        from: kassa::tail::Start,
+        /// Only records with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only records about this order (its key or correlation id).
+        #[arg(long)]
+        order: Option<String>,
+        /// Only events of this type (e.g. `OrderCompleted`).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Keep waiting for new records (Ctrl-C stops).
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object a line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// One order's whole story in time order, from every processor's records, and a one-line
     /// diagnosis: where it is, what it waits for, since when. Exits 1 when no component knows
     /// the order, 2 when it could not look.
@@ -298,6 +327,40 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             });
+        }
+        Command::Tail {
+            topics,
+            from,
+            key,
+            order,
+            event_type,
+            follow,
+            limit,
+            json,
+        } => {
+            let options = kassa::tail::Options {
+                topics: kassa::tail::resolve(&topics)?,
+                start: from,
+                key,
+                order,
+                event_type,
+                follow,
+                limit,
+            };
+            let shown = kassa::tail::tail(&settings, &options, |record| {
+                if json {
+                    println!("{}", serde_json::to_string(record).unwrap_or_default());
+                } else {
+                    println!("{}", kassa::tail::line(record));
+                }
+            });
+            match shown.await {
+                Ok(n) => eprintln!("{n} record(s)"),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
         }
         Command::Order { id, json } => {
             let looked = async {

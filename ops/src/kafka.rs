@@ -15,3 +15,23 @@ pub fn producer(settings: &Settings) -> Result<FutureProducer, KafkaError> {
     }
     config.create()
 }
+
+/// A consumer context for readers that ask for end-of-partition events (`enable.partition.eof`):
+/// librdkafka also reports those through the error callback, which the default context logs as
+/// errors; this one drops them and logs every other error.
+pub struct EofIsNoError;
+
+impl rdkafka::ClientContext for EofIsNoError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofIsNoError {}

@@ -19,6 +19,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
 
+use crate::kafka::EofIsNoError;
 use crate::offsets::{OffsetsError, Position, positions};
 use crate::settings::Settings;
 
@@ -144,13 +145,13 @@ fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Result<()
         .collect();
     // One consumer a topic: the end-of-partition event names the partition, not the topic.
     for topic in topics {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<EofIsNoError> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", "kassa-lag-probe")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            .create()?;
+            .create_with_context(EofIsNoError)?;
         let mut list = TopicPartitionList::new();
         let mut open = HashSet::new();
         for p in partitions.iter().filter(|p| p.topic == topic && p.lag > 0) {

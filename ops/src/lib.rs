@@ -2,7 +2,7 @@
 //! share — every setting ([`settings`]), the database migrations ([`migrate`]), topic
 //! administration ([`topics`]), the processors' stored offsets ([`offsets`]) and how far behind
 //! they are ([`lag`]), whether the books square ([`reconcile`]), an order's
-//! story ([`story`]), the demo catalog
+//! story ([`story`]), decoded records of the topics ([`tail`]), the demo catalog
 //! ([`seed`]), the Kafka producer settings ([`kafka`]) and the [`supervisor`] that runs
 //! components in one process until they are told to stop.
 
@@ -15,4 +15,5 @@ pub mod seed;
 pub mod settings;
 pub mod story;
 pub mod supervisor;
+pub mod tail;
 pub mod topics;

@@ -3,7 +3,8 @@
 //! in its exit code, and sees it catch up; `kassa offsets reset --to-time` replays from a time
 //! and the inboxes keep every effect once; `kassa reconcile` passes on square books and names each
 //! discrepancy injected on purpose; `kassa order` tells a completed, a rejected, a cancelled and
-//! a stuck order's story with the right diagnosis.
+//! a stuck order's story with the right diagnosis; `kassa tail` finds an order's records across
+//! topics and shows an undecodable record (and its dead letter) with its raw bytes.
 
 use crate::common;
 
@@ -415,5 +416,126 @@ async fn an_orders_story_shows_every_component_and_diagnoses_where_it_stands() {
         kassa(&["order", "no-such-order"]).await.0,
         1,
         "an unknown order is an error"
+    );
+}
+
+/// Runs `kassa tail --json` with `args`: the records it printed.
+async fn tail(args: &[&str]) -> Vec<Value> {
+    let (code, out, err) = kassa(&[&["tail", "--json"], args].concat()).await;
+    assert_eq!(code, 0, "kassa tail {args:?}: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_finds_an_orders_records_across_topics_and_shows_undecodable_ones_raw() {
+    let _serial = SERIAL.lock().await;
+    let saga = Saga::new(start_processors(ENV).await, None, None).await;
+    let since = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+    let sku = saga.sku("TAIL");
+    saga.product(&sku, 800, 3).await;
+    let order = saga.place("pm_card_visa", &[(&sku, 2)]).await;
+    saga.wait_status(&order, "completed", Duration::from_secs(60))
+        .await;
+
+    let records = tail(&["all", "--from", &since, "--order", &order.id]).await;
+    let ns = kassa_schemas::topics::namespace();
+    let seen: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            assert!(
+                r["undecodable"].is_null(),
+                "every record of the order decodes: {r}"
+            );
+            assert_eq!(r["event"]["correlation_id"], order.id.as_str());
+            let topic = r["topic"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches(ns)
+                .to_owned();
+            (topic, r["event"]["event_type"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    for expected in [
+        ("checkout.requests", "Reserve"),
+        ("inventory.events", "Reserved"),
+        ("orders.events", "OrderReserved"),
+        ("payments.events", "PaymentAuthorized"),
+        ("inventory.commands", "Commit"),
+        ("inventory.events", "Committed"),
+        ("payments.events", "PaymentCaptured"),
+        ("orders.events", "OrderCompleted"),
+    ] {
+        assert!(
+            seen.iter()
+                .any(|(t, e)| (t.as_str(), e.as_str()) == expected),
+            "{expected:?} among the order's records: {seen:?}"
+        );
+    }
+    let completed = tail(&[
+        "orders.events",
+        "--from",
+        &since,
+        "--order",
+        &order.id,
+        "--type",
+        "OrderCompleted",
+    ])
+    .await;
+    assert_eq!(completed.len(), 1, "{completed:?}");
+
+    // Bytes nobody can decode: shown raw with why, on the topic and on the dead-letter topic.
+    use rdkafka::producer::FutureRecord;
+    let key = format!("garbage-{}", saga.run);
+    let garbage = b"not avro at all";
+    let webhooks = kassa_schemas::Topic::PaymentsWebhooks.name();
+    kassa::kafka::producer(&saga.api.settings)
+        .expect("producer")
+        .send(
+            FutureRecord::to(webhooks).key(&key).payload(&garbage[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("sent");
+    let hex: String = garbage.iter().map(|b| format!("{b:02x}")).collect();
+    let on_topic = tail(&[webhooks, "--from", &since, "--key", &key]).await;
+    assert_eq!(on_topic.len(), 1, "{on_topic:?}");
+    assert!(on_topic[0]["event"].is_null());
+    assert!(
+        on_topic[0]["undecodable"]
+            .as_str()
+            .is_some_and(|w| !w.is_empty())
+    );
+    assert_eq!(on_topic[0]["raw"], hex.as_str());
+    let dlq = kassa_processors::ConsumerGroup::Payments.dlq_topic();
+    let started = std::time::Instant::now();
+    let dead = loop {
+        let dead = tail(&[&dlq, "--from", &since, "--key", &key]).await;
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await; // poll the dead-letter topic until the deadline
+    };
+    let headers: Vec<(String, String)> =
+        serde_json::from_value(dead[0]["headers"].clone()).unwrap();
+    assert!(
+        headers.contains(&("kassa.dlq.topic".to_owned(), webhooks.to_owned())),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "kassa.dlq.reason" && !v.is_empty()),
+        "{headers:?}"
+    );
+    assert_eq!(
+        dead[0]["raw"],
+        hex.as_str(),
+        "the dead letter keeps the bytes"
     );
 }
