@@ -4,5 +4,5 @@
 
 pub use kassa_bench::{self as bench, http};
 pub use kassa_ops::{
-    kafka, lag, migrate, offsets, reconcile, seed, settings, story, supervisor, tail, topics,
+    dlq, kafka, lag, migrate, offsets, reconcile, seed, settings, story, supervisor, tail, topics,
 };

@@ -2,10 +2,12 @@
 //! share — every setting ([`settings`]), the database migrations ([`migrate`]), topic
 //! administration ([`topics`]), the processors' stored offsets ([`offsets`]) and how far behind
 //! they are ([`lag`]), whether the books square ([`reconcile`]), an order's
-//! story ([`story`]), decoded records of the topics ([`tail`]), the demo catalog
+//! story ([`story`]), decoded records of the topics ([`tail`]), dead letters
+//! ([`dlq`]), the demo catalog
 //! ([`seed`]), the Kafka producer settings ([`kafka`]) and the [`supervisor`] that runs
 //! components in one process until they are told to stop.
 
+pub mod dlq;
 pub mod kafka;
 pub mod lag;
 pub mod migrate;

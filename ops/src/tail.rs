@@ -72,6 +72,8 @@ pub struct Options {
     pub follow: bool,
     /// Stop after this many records shown.
     pub limit: Option<usize>,
+    /// Only this partition (None: every partition).
+    pub partition: Option<i32>,
 }
 
 /// One record as shown.
@@ -95,6 +97,9 @@ pub struct Record {
     pub undecodable: Option<String>,
     /// The raw value in hex, when it could not be decoded.
     pub raw: Option<String>,
+    /// The value's bytes.
+    #[serde(skip)]
+    pub value: Vec<u8>,
 }
 
 impl Record {
@@ -188,7 +193,8 @@ pub async fn tail(
     let mut ends = std::collections::HashMap::new();
     for topic in &options.topics {
         let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let partitions = metadata.topics().iter().flat_map(|t| t.partitions());
+        for p in partitions.filter(|p| options.partition.is_none_or(|only| only == p.id())) {
             let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
             let start = match options.start {
                 Start::Beginning => Offset::Beginning,
@@ -280,6 +286,7 @@ pub async fn tail(
             raw: decoded.is_err().then(|| hex(bytes)),
             undecodable: decoded.as_ref().err().cloned(),
             event: decoded.ok(),
+            value: bytes.to_vec(),
         };
         if keeps(options, &record) {
             show(&record);
