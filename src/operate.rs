@@ -347,7 +347,7 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                 anyhow::Ok(kassa::story::story(&pool, &id).await?)
             }
             .await;
-            let story = match looked {
+            let mut story = match looked {
                 Ok(Some(story)) => story,
                 Ok(None) => {
                     eprintln!("no component knows an order {id}");
@@ -358,6 +358,10 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                     return Ok(ExitCode::from(2));
                 }
             };
+            if let Err(error) = kassa::story::add_events(&settings, &mut story).await {
+                eprintln!("error: the order's events could not be read: {error}");
+                return Ok(ExitCode::from(2));
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&story)?);
             } else {

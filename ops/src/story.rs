@@ -1,7 +1,8 @@
 //! `kassa order <id>`: one order's whole story in time order, read from every processor's tables
 //! (the API's record, every audit row of the orders processor, applied or not, its lines and
-//! inventory's reservations, the payment and every provider call, webhooks, deadlines), ending
-//! with a one-line diagnosis: where the order is, what it waits for, since when.
+//! inventory's reservations, the payment and every provider call, webhooks, deadlines) and from
+//! every topic (each event about the order, by key or correlation id), ending with a one-line
+//! diagnosis: where the order is, what it waits for, since when.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -188,6 +189,56 @@ fn diagnose(facts: &Facts, first: DateTime<Utc>, now: DateTime<Utc>) -> String {
             format!("{for_how_long}: payment {status}; {work}{calls}")
         }
     }
+}
+
+/// Adds to `story` every event about the order on every topic, read from shortly before its first
+/// record (`source` `kafka`).
+pub async fn add_events(
+    settings: &crate::settings::Settings,
+    story: &mut Story,
+) -> Result<(), crate::tail::TailError> {
+    let Some(first) = story.entries.first().map(|e| e.at) else {
+        return Ok(());
+    };
+    let options = crate::tail::Options {
+        topics: kassa_schemas::Topic::ALL
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect(),
+        start: crate::tail::Start::Time(first - chrono::Duration::seconds(5)),
+        key: None,
+        order: Some(story.order_id.clone()),
+        event_type: None,
+        follow: false,
+        limit: None,
+        partition: None,
+    };
+    let mut events = Vec::new();
+    crate::tail::tail(settings, &options, |r| {
+        let event = r.event.as_ref();
+        let field = |name: &str| {
+            event
+                .and_then(|e| e[name].as_str())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        events.push(Entry {
+            at: r.timestamp.unwrap_or(first),
+            source: "kafka".to_owned(),
+            what: format!(
+                "{}[{}]@{} {} {}",
+                r.topic,
+                r.partition,
+                r.offset,
+                field("event_type"),
+                field("event_id")
+            ),
+        });
+    })
+    .await?;
+    story.entries.extend(events);
+    story.entries.sort_by_key(|e| e.at);
+    Ok(())
 }
 
 /// `story` for people: a line per entry, then the diagnosis.

@@ -363,10 +363,25 @@ async fn an_orders_story_shows_every_component_and_diagnoses_where_it_stands() {
         "provider: authorize: ok",
         "provider: capture: ok",
         "expiry: hold deadline",
+        "kafka: ",
     ] {
         assert!(
             entries.iter().any(|e| e.starts_with(expected)),
             "{expected:?} in the story: {entries:#?}"
+        );
+    }
+    for event in [
+        "Reserve",
+        "Reserved",
+        "OrderReserved",
+        "PaymentCaptured",
+        "OrderCompleted",
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.starts_with("kafka: ") && e.contains(&format!(" {event} "))),
+            "the {event} event in the story: {entries:#?}"
         );
     }
     let (diagnosis, entries, _) = story(&rejected.id).await;
