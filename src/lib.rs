@@ -4,5 +4,6 @@
 
 pub use kassa_bench::{self as bench, http};
 pub use kassa_ops::{
-    dlq, kafka, lag, migrate, offsets, reconcile, seed, settings, story, supervisor, tail, topics,
+    dlq, kafka, lag, migrate, offsets, provider, reconcile, seed, settings, story, supervisor,
+    tail, topics,
 };

@@ -80,6 +80,9 @@ pub enum Command {
         /// an undecided order counts as stuck, in seconds.
         #[arg(long = "margin-seconds", value_name = "SECONDS", default_value = "300", value_parser = kassa_processors::settings::seconds)]
         margin: std::time::Duration,
+        /// Also read every recorded intent back from the payment provider and compare.
+        #[arg(long)]
+        provider: bool,
         /// Print JSON (a list of `class`, `ids`, `detail`) instead of lines.
         #[arg(long)]
         json: bool,
@@ -371,6 +374,7 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
         Command::Reconcile {
             since,
             margin,
+            provider,
             json,
         } => {
             let options = kassa::reconcile::Options { since, margin };
@@ -378,7 +382,11 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                 let pool = kassa::migrate::connect(&settings)
                     .await
                     .context("connecting to PostgreSQL")?;
-                anyhow::Ok(kassa::reconcile::reconcile(&pool, &options).await?)
+                let mut found = kassa::reconcile::reconcile(&pool, &options).await?;
+                if provider {
+                    found.extend(kassa::provider::check(&settings, &pool, &options).await?);
+                }
+                anyhow::Ok(found)
             }
             .await;
             let found = match checked {

@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod lag;
 pub mod migrate;
 pub mod offsets;
+pub mod provider;
 pub mod reconcile;
 pub mod seed;
 pub mod settings;

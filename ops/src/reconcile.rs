@@ -11,6 +11,9 @@
 //! - `stuck`: an order not decided, past its deadline (its hold, its 3-D Secure window, or its
 //!   last change where it has none) by more than the margin.
 //!
+//! With `--provider`, `payments_provider`: each payment against the provider's intent
+//! ([`crate::provider`]).
+//!
 //! The margin covers compensation in flight: releases and voids trail an order's final state.
 
 use std::time::Duration;
@@ -30,6 +33,8 @@ pub enum Class {
     OrdersPayments,
     /// Orders past their deadlines.
     Stuck,
+    /// Payments against the provider's intents (`--provider`, see [`crate::provider`]).
+    PaymentsProvider,
 }
 
 impl Class {
@@ -40,6 +45,7 @@ impl Class {
             Class::OrdersInventory => "orders_inventory",
             Class::OrdersPayments => "orders_payments",
             Class::Stuck => "stuck",
+            Class::PaymentsProvider => "payments_provider",
         }
     }
 }
@@ -198,6 +204,7 @@ pub fn report(found: &[Discrepancy]) -> String {
         Class::OrdersInventory,
         Class::OrdersPayments,
         Class::Stuck,
+        Class::PaymentsProvider,
     ];
     let counts: Vec<String> = classes
         .iter()

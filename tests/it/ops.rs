@@ -305,6 +305,46 @@ async fn reconcile_passes_on_square_books_and_names_each_injected_discrepancy() 
         (0, Vec::new()),
         "put back, the books square again"
     );
+
+    // Against the provider: square, then the provider's ledger disagreeing, and an intent kassa
+    // does not know.
+    let with_provider = [&args[..], &["--provider"]].concat();
+    assert_eq!(reconcile(&with_provider).await, (0, Vec::new()));
+    let c = &placed[2].id;
+    let unknown = format!("pi_stray_{}", saga.run);
+    let inject = [
+        format!("UPDATE simulator.intents SET status = 'requires_capture', received_minor = 0 WHERE order_id = '{c}'"),
+        format!(
+            "INSERT INTO simulator.intents (id, order_id, amount_minor, currency, payment_method, status, updated_at)
+             VALUES ('{unknown}', 'stray-{unknown}', 100, 'EUR', 'pm_card_visa', 'requires_capture', now() - interval '1 hour')"
+        ),
+    ];
+    for sql in &inject {
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let (code, found) = reconcile(&with_provider).await;
+    for sql in [
+        format!(
+            "UPDATE simulator.intents SET status = 'succeeded', received_minor = amount_minor WHERE order_id = '{c}'"
+        ),
+        format!("DELETE FROM simulator.intents WHERE id = '{unknown}'"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(code, 1, "{found:?}");
+    for id in [c.as_str(), unknown.as_str()] {
+        assert!(
+            reported(&found, "payments_provider", id),
+            "the provider's disagreement about {id} reported: {found:?}"
+        );
+    }
+    assert_eq!(reconcile(&with_provider).await, (0, Vec::new()));
 }
 
 /// Runs `kassa order --json <id>`: the story's diagnosis, its entries as `source: what` lines
