@@ -293,7 +293,10 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
             };
             let breaches = limits.breaches(&lag);
             if json {
-                let report = serde_json::json!({ "groups": lag, "breaches": breaches });
+                let report = kassa::lag::Report {
+                    groups: lag,
+                    breaches: breaches.clone(),
+                };
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", kassa::lag::table(&lag));

@@ -20,6 +20,7 @@ pub mod orders;
 pub mod pricing;
 pub mod problem;
 pub mod produce;
+pub mod query;
 pub mod telemetry;
 pub mod webhooks;
 
@@ -66,6 +67,18 @@ pub struct ApiConfig {
     pub stripe_webhook_secret: Option<webhooks::Secret>,
     /// Rate limits.
     pub rate_limits: limits::RateLimits,
+    /// Routes mounted beside the API's own (the operator's views, from kassa-ops).
+    pub extension: Extension,
+}
+
+/// Routes another crate mounts beside the API's own, with their part of the OpenAPI document:
+/// how the operator's views (kassa-ops, which depends on this crate) join the same server.
+#[derive(Clone, Default)]
+pub struct Extension {
+    /// The routes; their handlers may use [`AppState`] and the [`auth::Admin`] extractor.
+    pub routes: Router<AppState>,
+    /// Their paths and schemas, merged into `GET /openapi.json`.
+    pub openapi: utoipa::openapi::OpenApi,
 }
 
 /// Shared state of the handlers.
@@ -93,6 +106,8 @@ pub struct AppState {
     pub limits: Arc<limits::Limits>,
     /// Order status changes, for long polls.
     pub status_feed: order_status::StatusFeed,
+    /// The OpenAPI document: the API's paths and the extension's, serialised once.
+    pub openapi: Arc<str>,
 }
 
 /// Why the API server stopped with an error.
@@ -114,8 +129,8 @@ pub enum ServeError {
     Setup(String),
 }
 
-/// The API's routes over `state`.
-pub fn router(state: AppState) -> Router {
+/// The API's routes, and `extra`'s, over `state`.
+pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -151,6 +166,7 @@ pub fn router(state: AppState) -> Router {
                 .put(admin::put_sale)
                 .delete(admin::delete_sale),
         )
+        .merge(extra)
         .fallback(|| async { Problem::not_found("route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(axum::middleware::from_fn(body::buffer_body))
@@ -262,6 +278,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
         status_feed: order_status::StatusFeed::start(pool.clone()),
+        openapi: openapi::document_of(&config.extension).into(),
     })
 }
 
@@ -291,7 +308,7 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     tracing::info!(%addr, "API listening");
-    let served = serve_on(listener, state, shutdown).await;
+    let served = serve_on(listener, state, config.extension.routes, shutdown).await;
     pruning.abort();
     served?;
     Ok(())
@@ -306,17 +323,19 @@ pub async fn spawn(config: &ApiConfig) -> Result<SocketAddr, ServeError> {
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve_on(listener, state, std::future::pending()));
+    let routes = config.extension.routes.clone();
+    tokio::spawn(serve_on(listener, state, routes, std::future::pending()));
     Ok(bound)
 }
 
-/// Serves the API's routes on a bound listener until `shutdown` completes.
+/// Serves the API's routes (and `extra`) on a bound listener until `shutdown` completes.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
+    extra: Router<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, extra))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -1,13 +1,15 @@
 //! The OpenAPI document, generated from the handlers' annotations (never written by hand), at
 //! `GET /openapi.json`, and a reader for it at `GET /docs`.
 
-use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse, Response};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::{
-    admin, carts, order_requests, order_status, orders, pricing, problem, telemetry, webhooks,
+    AppState, admin, carts, order_requests, order_status, orders, pricing, problem, telemetry,
+    webhooks,
 };
 
 /// The API's OpenAPI document.
@@ -62,9 +64,23 @@ impl utoipa::Modify for Keys {
     }
 }
 
+/// The whole document, serialised: the API's paths and `extension`'s.
+pub fn document_of(extension: &crate::Extension) -> String {
+    let mut document = ApiDoc::openapi();
+    document.merge(extension.openapi.clone());
+    serde_json::to_string(&document).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI document cannot be serialised");
+        "{}".to_owned()
+    })
+}
+
 /// `GET /openapi.json`.
-pub async fn document() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+pub async fn document(State(state): State<AppState>) -> Response {
+    (
+        [(CONTENT_TYPE, "application/json")],
+        state.openapi.to_string(),
+    )
+        .into_response()
 }
 
 /// `GET /docs`: a page that renders `/openapi.json` (the reader's script comes from its CDN).

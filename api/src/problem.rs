@@ -81,6 +81,11 @@ impl Problem {
         )
     }
 
+    /// 409: the request conflicts with what was already done (`detail` says what).
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", "Already done", detail)
+    }
+
     /// 401: no or an unknown API key.
     pub fn unauthorized() -> Self {
         Self::new(

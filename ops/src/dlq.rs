@@ -90,7 +90,7 @@ impl std::str::FromStr for DeadLetterId {
 }
 
 /// One dead letter as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// Its id.
     pub id: String,

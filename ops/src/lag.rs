@@ -24,7 +24,7 @@ use crate::offsets::{OffsetsError, Position, positions};
 use crate::settings::Settings;
 
 /// One input partition of a group, as `kassa lag` reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PartitionLag {
     /// Topic.
     pub topic: String,
@@ -39,9 +39,10 @@ pub struct PartitionLag {
 }
 
 /// One processor's lag and outbox backlog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GroupLag {
     /// The processor (consumer group) name.
+    #[schema(value_type = String)]
     pub group: &'static str,
     /// Every input partition.
     pub partitions: Vec<PartitionLag>,
@@ -51,6 +52,15 @@ pub struct GroupLag {
     pub outbox_unsent: i64,
     /// Age of the oldest unpublished outbox row, in seconds (None: nothing waits).
     pub outbox_oldest_unsent_seconds: Option<f64>,
+}
+
+/// What `kassa lag --json` prints and `GET /admin/lag` answers.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Report {
+    /// Each processor's lag and outbox backlog.
+    pub groups: Vec<GroupLag>,
+    /// Every way they are over the thresholds, a sentence each (empty: within them).
+    pub breaches: Vec<String>,
 }
 
 /// Limits over which `kassa lag` fails.

@@ -3,10 +3,11 @@
 //! administration ([`topics`]), the processors' stored offsets ([`offsets`]) and how far behind
 //! they are ([`lag`]), whether the books square ([`reconcile`]), an order's
 //! story ([`story`]), decoded records of the topics ([`tail`]), dead letters
-//! ([`dlq`]), the demo catalog
+//! ([`dlq`]), order search ([`search`]), the same views over HTTP ([`admin_api`]), the demo catalog
 //! ([`seed`]), the Kafka producer settings ([`kafka`]) and the [`supervisor`] that runs
 //! components in one process until they are told to stop.
 
+pub mod admin_api;
 pub mod dlq;
 pub mod kafka;
 pub mod lag;
@@ -14,6 +15,7 @@ pub mod migrate;
 pub mod offsets;
 pub mod provider;
 pub mod reconcile;
+pub mod search;
 pub mod seed;
 pub mod settings;
 pub mod story;

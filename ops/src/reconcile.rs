@@ -22,7 +22,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// A kind of discrepancy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
     /// Stock against reservations.
@@ -51,7 +51,7 @@ impl Class {
 }
 
 /// One discrepancy: its class, the ids involved (SKU, order) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Discrepancy {
     /// Its class.
     pub class: Class,

@@ -263,6 +263,7 @@ impl Settings {
                 guest: self.api.cart_ttl_guest.as_secs(),
                 customer: self.api.cart_ttl_customer.as_secs(),
             },
+            extension: crate::admin_api::extension(self),
         }
     }
 

@@ -9,9 +9,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// One thing that happened to the order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     /// When.
+    #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
     /// Whose record it is: `api`, `orders`, `inventory`, `payments`, `provider`, `webhook`,
     /// `expiry`.
@@ -21,7 +22,7 @@ pub struct Entry {
 }
 
 /// An order's story.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Story {
     /// The order id.
     pub order_id: String,

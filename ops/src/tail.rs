@@ -77,7 +77,7 @@ pub struct Options {
 }
 
 /// One record as shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Record {
     /// Topic.
     pub topic: String,
@@ -86,10 +86,12 @@ pub struct Record {
     /// Offset.
     pub offset: i64,
     /// The record's timestamp.
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub timestamp: Option<DateTime<Utc>>,
     /// The key as text.
     pub key: Option<String>,
-    /// The headers as text.
+    /// The headers as text: `[name, value]` pairs.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub headers: Vec<(String, String)>,
     /// The decoded envelope (None when it could not be decoded).
     pub event: Option<Value>,
@@ -99,6 +101,7 @@ pub struct Record {
     pub raw: Option<String>,
     /// The value's bytes.
     #[serde(skip)]
+    #[schema(ignore)]
     pub value: Vec<u8>,
 }
 
@@ -213,6 +216,14 @@ pub async fn tail(
     }
     if let Start::Time(_) = options.start {
         list = consumer.offsets_for_times(list, timeout)?;
+        // A partition with nothing written since then starts at its end: nothing to wait for
+        // (no end-of-partition event comes for a partition nothing is fetched from).
+        for e in list.elements() {
+            let end = ends[&(e.topic().to_owned(), e.partition())];
+            if !matches!(e.offset(), Offset::Offset(o) if o < end) {
+                open.remove(&(e.topic().to_owned(), e.partition()));
+            }
+        }
     }
     consumer.assign(&list)?;
     let mut shown = 0;

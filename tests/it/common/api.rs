@@ -11,6 +11,8 @@ pub struct TestApi {
     pub storefront: String,
     /// An admin key.
     pub admin: String,
+    /// The admin key's name (what actions taken with it are recorded under).
+    pub admin_name: String,
     /// The database, for checks.
     pub pool: sqlx::PgPool,
     /// The settings the API runs with.
@@ -27,7 +29,8 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
     let storefront = create_key(&pool, KeyKind::Storefront, &format!("sf-{name}"))
         .await
         .expect("storefront key");
-    let admin = create_key(&pool, KeyKind::Admin, &format!("admin-{name}"))
+    let admin_name = format!("admin-{name}");
+    let admin = create_key(&pool, KeyKind::Admin, &admin_name)
         .await
         .expect("admin key");
     let mut config = settings.api_config();
@@ -38,6 +41,7 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
         base: format!("http://{addr}"),
         storefront,
         admin,
+        admin_name,
         pool,
         settings,
         http: reqwest::Client::new(),

@@ -8,6 +8,7 @@
 //! lists dead letters, redrives one once its cause is fixed (once at most, past the inbox) and
 //! discards one, on the record.
 
+mod admin_http;
 mod dlq;
 mod lag;
 mod reconcile;

@@ -1,0 +1,429 @@
+//! The operator's views over HTTP, for ops UIs (admin keys): an order's story (`kassa order`),
+//! order search, dead letters (`kassa dlq`: list, show, redrive, discard), lag (`kassa lag`) and
+//! the books (`kassa reconcile`). The same code as the commands answers; the routes are mounted on
+//! the API's server through [`kassa_api::Extension`], and are in its OpenAPI document.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use kassa_api::AppState;
+use kassa_api::auth::Admin;
+use kassa_api::body::JsonBody;
+use kassa_api::error::ApiError;
+use kassa_api::problem::{CommonErrors, FieldError, Problem};
+use kassa_api::query::QueryParams;
+use kassa_processors::ConsumerGroup;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+use crate::dlq::{DeadLetter, DeadLetterId, DlqError};
+use crate::lag::{GroupLag, PartitionLag, Report, Thresholds};
+use crate::offsets::OffsetsError;
+use crate::reconcile::{Class, Discrepancy};
+use crate::search::{OrderSummary, Page};
+use crate::settings::Settings;
+use crate::story::{Entry, Story};
+use crate::tail::{Record, TailError};
+
+/// What the views need besides the API's state: every setting (topics, the registry, the gateway).
+#[derive(Clone)]
+struct Views {
+    settings: Arc<Settings>,
+}
+
+/// The views' routes and their part of the OpenAPI document, for the API's server.
+pub fn extension(settings: &Settings) -> kassa_api::Extension {
+    let views = Views {
+        settings: Arc::new(settings.clone()),
+    };
+    let routes = Router::new()
+        .route("/admin/orders", get(search_orders))
+        .route("/admin/orders/{id}", get(order_story))
+        .route("/admin/dlq", get(list_dead_letters))
+        .route(
+            "/admin/dlq/{group}/{partition}/{offset}",
+            get(show_dead_letter),
+        )
+        .route(
+            "/admin/dlq/{group}/{partition}/{offset}/redrive",
+            post(redrive),
+        )
+        .route(
+            "/admin/dlq/{group}/{partition}/{offset}/discard",
+            post(discard),
+        )
+        .route("/admin/lag", get(lag))
+        .route("/admin/reconcile", get(reconcile))
+        .layer(Extension(views));
+    kassa_api::Extension {
+        routes,
+        openapi: ViewsDoc::openapi(),
+    }
+}
+
+/// The views' part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(search_orders, order_story, list_dead_letters, show_dead_letter, redrive, discard, lag, reconcile),
+    components(schemas(
+        Page, OrderSummary, Story, Entry, DeadLetters, DeadLetter, Record, Action, Acted,
+        Report, GroupLag, PartitionLag, Books, Discrepancy, Class,
+    )),
+    tags((name = "operations-admin", description = "the operator's views: an order's story, order search, dead letters, lag, the books (admin keys); the same as `kassa order|dlq|lag|reconcile`"))
+)]
+struct ViewsDoc;
+
+/// A 400 naming the query parameter `field`.
+fn invalid(field: &str, message: impl Into<String>) -> Problem {
+    Problem::validation(vec![FieldError {
+        field: field.into(),
+        message: message.into(),
+    }])
+}
+
+/// An RFC 3339 time from parameter `field`.
+fn time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Problem> {
+    value
+        .map(|v| crate::offsets::parse_time(v).map_err(|e| invalid(field, e)))
+        .transpose()
+}
+
+/// The processor named by parameter `field` (None: every one).
+fn groups(field: &str, name: Option<&str>) -> Result<Vec<ConsumerGroup>, Problem> {
+    match name {
+        None => Ok(ConsumerGroup::ALL.to_vec()),
+        Some(name) => ConsumerGroup::from_name(name)
+            .map(|g| vec![g])
+            .ok_or_else(|| {
+                let names: Vec<_> = ConsumerGroup::ALL.iter().map(|g| g.name()).collect();
+                invalid(field, format!("one of {}", names.join(", ")))
+            }),
+    }
+}
+
+/// Kafka or the registry failed while reading a topic.
+fn tail_failed(error: TailError) -> ApiError {
+    match error {
+        TailError::Kafka(e) => ApiError::Kafka(e),
+        TailError::Codec(e) => ApiError::Codec(e),
+        TailError::Topic(detail) => Problem::not_found(&detail).into(),
+    }
+}
+
+/// Kafka or the database failed while reading offsets.
+fn offsets_failed(error: OffsetsError) -> ApiError {
+    match error {
+        OffsetsError::Kafka(e) => ApiError::Kafka(e),
+        OffsetsError::Database(e) => ApiError::Database(e),
+    }
+}
+
+/// A dead-letter command's failure as an answer: what the operator asked for does not exist
+/// (404) or was done already (409); the rest is a dependency's.
+fn dlq_failed(error: DlqError) -> ApiError {
+    match error {
+        DlqError::BadId(_) | DlqError::NotFound(_) => Problem::not_found("dead letter").into(),
+        e @ (DlqError::AlreadyRedriven(..) | DlqError::NoOrigin(_)) => {
+            Problem::conflict(e.to_string()).into()
+        }
+        DlqError::Tail(e) => tail_failed(e),
+        DlqError::Kafka(e) => ApiError::Kafka(e),
+        DlqError::Database(e) => ApiError::Database(e),
+    }
+}
+
+/// Query parameters of `GET /admin/orders`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SearchQuery {
+    /// Only orders in this state: `accepted` (not yet seen by the orders processor) or one of
+    /// the orders processor's.
+    state: Option<String>,
+    /// Only orders with a line of this SKU.
+    sku: Option<String>,
+    /// Only this customer's orders.
+    customer: Option<String>,
+    /// Only orders created at or after this RFC 3339 time.
+    since: Option<String>,
+    /// Only orders created before this RFC 3339 time.
+    until: Option<String>,
+    /// Orders a page, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// `GET /admin/orders`: orders newest first, filtered, a page at a time.
+#[utoipa::path(get, path = "/admin/orders", tag = "operations-admin", params(SearchQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "a page of orders, newest first, and the cursor of the next", body = Page)))]
+async fn search_orders(
+    State(state): State<AppState>,
+    _admin: Admin,
+    QueryParams(query): QueryParams<SearchQuery>,
+) -> Result<Json<Page>, ApiError> {
+    if let Some(s) = &query.state
+        && !crate::search::STATES.contains(&s.as_str())
+    {
+        return Err(invalid(
+            "state",
+            format!("one of {}", crate::search::STATES.join(", ")),
+        )
+        .into());
+    }
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=crate::search::MAX_LIMIT).contains(&limit) {
+        return Err(invalid("limit", "1 to 500").into());
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| c.parse().map_err(|e: &str| invalid("cursor", e)))
+        .transpose()?;
+    let filter = crate::search::Filter {
+        state: query.state,
+        sku: query.sku,
+        customer: query.customer,
+        since: time("since", query.since.as_deref())?,
+        until: time("until", query.until.as_deref())?,
+        limit,
+        after,
+    };
+    Ok(Json(crate::search::search(&state.pool, &filter).await?))
+}
+
+/// `GET /admin/orders/{id}`: the order's story (`kassa order`).
+#[utoipa::path(get, path = "/admin/orders/{id}", tag = "operations-admin", params(("id" = String, Path, description = "order id")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the order's story in time order (every component's records and every event about it on every topic) and a one-line diagnosis", body = Story)))]
+async fn order_story(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Extension(views): Extension<Views>,
+    Path(id): Path<String>,
+) -> Result<Json<Story>, ApiError> {
+    let mut story = crate::story::story(&state.pool, &id)
+        .await?
+        .ok_or_else(|| Problem::not_found("order"))?;
+    crate::story::add_events(&views.settings, &mut story)
+        .await
+        .map_err(tail_failed)?;
+    Ok(Json(story))
+}
+
+/// Query parameters of `GET /admin/dlq`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DlqQuery {
+    /// Only this processor's: `inventory`, `orders`, `payments` or `expiry`.
+    group: Option<String>,
+    /// Only those dead-lettered since this RFC 3339 time.
+    since: Option<String>,
+    /// Discarded ones too (default false).
+    all: Option<bool>,
+}
+
+/// The dead letters listed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DeadLetters {
+    /// Oldest first, each with its id (`<group>/<partition>/<offset>`) and last action.
+    dead_letters: Vec<DeadLetter>,
+}
+
+/// `GET /admin/dlq`: the dead letters (`kassa dlq list`).
+#[utoipa::path(get, path = "/admin/dlq", tag = "operations-admin", params(DlqQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letters with their origin, reason and status", body = DeadLetters)))]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Extension(views): Extension<Views>,
+    QueryParams(query): QueryParams<DlqQuery>,
+) -> Result<Json<DeadLetters>, ApiError> {
+    let since = time("since", query.since.as_deref())?;
+    let mut dead_letters = Vec::new();
+    for group in groups("group", query.group.as_deref())? {
+        let listed = crate::dlq::list(&views.settings, &state.pool, group, since).await;
+        dead_letters.extend(listed.map_err(dlq_failed)?);
+    }
+    dead_letters.retain(|d| query.all.unwrap_or(false) || !d.discarded());
+    Ok(Json(DeadLetters { dead_letters }))
+}
+
+/// A dead letter's id from its path (`<group>/<partition>/<offset>`).
+fn dead_letter_id(
+    (group, partition, offset): &(String, String, String),
+) -> Result<DeadLetterId, Problem> {
+    format!("{group}/{partition}/{offset}")
+        .parse()
+        .map_err(|_| Problem::not_found("dead letter"))
+}
+
+/// `GET /admin/dlq/{group}/{partition}/{offset}`: one dead letter (`kassa dlq show`).
+#[utoipa::path(get, path = "/admin/dlq/{group}/{partition}/{offset}", tag = "operations-admin", params(("group" = String, Path, description = "the processor"), ("partition" = i32, Path, description = "partition of `<group>.dlq`"), ("offset" = i64, Path, description = "offset there")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letter: headers (reason, origin), the decoded message or its raw bytes, its last action", body = DeadLetter)))]
+async fn show_dead_letter(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Extension(views): Extension<Views>,
+    Path(path): Path<(String, String, String)>,
+) -> Result<Json<DeadLetter>, ApiError> {
+    let id = dead_letter_id(&path)?;
+    let letter = crate::dlq::show(&views.settings, &state.pool, id).await;
+    Ok(Json(letter.map_err(dlq_failed)?))
+}
+
+/// The body of a redrive or a discard.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct Action {
+    /// Why (recorded with the action).
+    reason: String,
+}
+
+/// What was done to a dead letter.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Acted {
+    /// The dead letter's id.
+    id: String,
+    /// `redriven` or `discarded`.
+    outcome: String,
+    /// Where a redrive published the message again.
+    topic: Option<String>,
+}
+
+/// The reason of an action, checked.
+fn reason(action: &Action) -> Result<&str, Problem> {
+    let reason = action.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(invalid("reason", "1 to 500 characters"));
+    }
+    Ok(reason)
+}
+
+/// `POST /admin/dlq/{group}/{partition}/{offset}/redrive`: publishes the original message again
+/// (`kassa dlq redrive`): once at most; a second redrive is 409 and changes nothing.
+#[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/redrive", tag = "operations-admin", request_body = Action, params(("group" = String, Path, description = "the processor"), ("partition" = i32, Path, description = "partition of `<group>.dlq`"), ("offset" = i64, Path, description = "offset there")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "published again to the topic it came from", body = Acted), (status = 409, description = "already redriven (recorded as refused)", body = Problem, content_type = "application/problem+json")))]
+async fn redrive(
+    State(state): State<AppState>,
+    admin: Admin,
+    Extension(views): Extension<Views>,
+    Path(path): Path<(String, String, String)>,
+    JsonBody { value }: JsonBody<Action>,
+) -> Result<Json<Acted>, ApiError> {
+    let id = dead_letter_id(&path)?;
+    let actor = format!("admin key {}", admin.name);
+    let reason = reason(&value)?;
+    let topic = crate::dlq::redrive(&views.settings, &state.pool, id, &actor, reason)
+        .await
+        .map_err(dlq_failed)?;
+    Ok(Json(Acted {
+        id: id.to_string(),
+        outcome: "redriven".into(),
+        topic: Some(topic),
+    }))
+}
+
+/// `POST /admin/dlq/{group}/{partition}/{offset}/discard`: marks the dead letter dealt with
+/// (`kassa dlq discard`); the list no longer shows it.
+#[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/discard", tag = "operations-admin", request_body = Action, params(("group" = String, Path, description = "the processor"), ("partition" = i32, Path, description = "partition of `<group>.dlq`"), ("offset" = i64, Path, description = "offset there")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "discarded (recorded)", body = Acted)))]
+async fn discard(
+    State(state): State<AppState>,
+    admin: Admin,
+    Extension(views): Extension<Views>,
+    Path(path): Path<(String, String, String)>,
+    JsonBody { value }: JsonBody<Action>,
+) -> Result<Json<Acted>, ApiError> {
+    let id = dead_letter_id(&path)?;
+    let actor = format!("admin key {}", admin.name);
+    let reason = reason(&value)?;
+    crate::dlq::discard(&views.settings, &state.pool, id, &actor, reason)
+        .await
+        .map_err(dlq_failed)?;
+    Ok(Json(Acted {
+        id: id.to_string(),
+        outcome: "discarded".into(),
+        topic: None,
+    }))
+}
+
+/// Query parameters of `GET /admin/lag`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LagQuery {
+    /// Only this processor.
+    group: Option<String>,
+    /// A breach when a processor is more records behind than this.
+    max_lag: Option<i64>,
+    /// A breach when an outbox row has waited longer than this to be published, in seconds.
+    max_outbox_age: Option<u64>,
+}
+
+/// `GET /admin/lag`: how far each processor is behind (`kassa lag`).
+#[utoipa::path(get, path = "/admin/lag", tag = "operations-admin", params(LagQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "per processor and input partition: Kafka's end, the offset stored in Postgres, the lag; the outbox backlog; the breaches of the thresholds given", body = Report)))]
+async fn lag(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Extension(views): Extension<Views>,
+    QueryParams(query): QueryParams<LagQuery>,
+) -> Result<Json<Report>, ApiError> {
+    let groups = groups("group", query.group.as_deref())?;
+    let measured = crate::lag::measure(&views.settings, &state.pool, &groups).await;
+    let groups = measured.map_err(offsets_failed)?;
+    let limits = Thresholds {
+        max_lag: query.max_lag,
+        max_outbox_age: query.max_outbox_age.map(Duration::from_secs),
+    };
+    let breaches = limits.breaches(&groups);
+    Ok(Json(Report { groups, breaches }))
+}
+
+/// Query parameters of `GET /admin/reconcile`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReconcileQuery {
+    /// Only orders created since this RFC 3339 time (and the SKUs they reserved).
+    since: Option<String>,
+    /// How long compensation may trail an order's decision, and how far past its deadline an
+    /// undecided order counts as stuck, in seconds (default 300).
+    margin_seconds: Option<u64>,
+    /// Also read every recorded intent back from the payment provider (default false).
+    provider: Option<bool>,
+}
+
+/// The books, checked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Books {
+    /// Whether they square (no discrepancy).
+    square: bool,
+    /// Every discrepancy, by class, with the ids involved.
+    discrepancies: Vec<Discrepancy>,
+}
+
+/// `GET /admin/reconcile`: whether the books square (`kassa reconcile`).
+#[utoipa::path(get, path = "/admin/reconcile", tag = "operations-admin", params(ReconcileQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "every discrepancy by class with its ids; `square` when there is none", body = Books)))]
+async fn reconcile(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Extension(views): Extension<Views>,
+    QueryParams(query): QueryParams<ReconcileQuery>,
+) -> Result<Json<Books>, ApiError> {
+    let options = crate::reconcile::Options {
+        since: time("since", query.since.as_deref())?,
+        margin: Duration::from_secs(query.margin_seconds.unwrap_or(300)),
+    };
+    let mut discrepancies = crate::reconcile::reconcile(&state.pool, &options).await?;
+    if query.provider.unwrap_or(false) {
+        let checked = crate::provider::check(&views.settings, &state.pool, &options).await;
+        discrepancies.extend(checked.map_err(|e| match e {
+            crate::provider::ProviderCheckError::Database(e) => ApiError::Database(e),
+            crate::provider::ProviderCheckError::Gateway(detail) => {
+                tracing::error!(%detail, "the payment gateway cannot be read");
+                ApiError::from(Problem::unavailable(
+                    "the payment provider cannot be read",
+                    5,
+                ))
+            }
+        })?);
+    }
+    Ok(Json(Books {
+        square: discrepancies.is_empty(),
+        discrepancies,
+    }))
+}
