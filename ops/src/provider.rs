@@ -2,8 +2,9 @@
 //! kassa recorded an intent for at the configured gateway is read back from it (the simulated gateway, or Stripe's
 //! API): the money it holds must be what kassa holds, an authorization of a decided order must
 //! not be left open there, and a payment kassa counts captured must be captured there. Intents at
-//! the provider that kassa does not know are listed for the simulated gateway (its ledger is in
-//! this database); Stripe's are not listed yet.
+//! the provider that kassa does not know are listed too: the simulated gateway's from its ledger
+//! (in this database), Stripe's from its list of intents, those with an order id in their
+//! metadata (kassa writes it on every intent; others are not kassa's business).
 
 use kassa_processors::payments::GatewayConfig;
 use kassa_processors::payments::gateway::simulated::{SimConfig, Simulated};
@@ -50,7 +51,9 @@ pub async fn check(
         }
         GatewayConfig::Stripe(stripe) => {
             let gateway = StripeGateway::new(&stripe).map_err(ProviderCheckError::Gateway)?;
-            compare(&gateway, pool, options).await
+            let mut found = compare(&gateway, pool, options).await?;
+            found.extend(unknown_to_kassa_at_stripe(&gateway, pool, options).await?);
+            Ok(found)
         }
     }
 }
@@ -118,6 +121,42 @@ async fn compare<G: Gateway>(
         }
     }
     Ok(found)
+}
+
+/// Stripe's intents for an order (by their metadata) that kassa has no payment for, created
+/// longer than the margin ago (a payment is recorded moments after its intent is created).
+async fn unknown_to_kassa_at_stripe(
+    gateway: &StripeGateway,
+    pool: &PgPool,
+    options: &Options,
+) -> Result<Vec<Discrepancy>, ProviderCheckError> {
+    let listed = gateway
+        .list_intents(options.since.map(|t| t.timestamp()))
+        .await
+        .map_err(|e| ProviderCheckError::Gateway(format!("listing intents: {e}")))?;
+    let settled_before = chrono::Utc::now().timestamp() - options.margin.as_secs() as i64;
+    let candidates: Vec<_> = listed
+        .into_iter()
+        .filter(|i| i.order_id.is_some() && i.created <= settled_before)
+        .collect();
+    let ids: Vec<&str> = candidates.iter().map(|i| i.id.as_str()).collect();
+    let known: std::collections::HashSet<String> = sqlx::query_scalar(
+        "SELECT provider_ref FROM payments.payments WHERE provider_ref = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(candidates
+        .into_iter()
+        .filter(|i| !known.contains(&i.id))
+        .map(|i| Discrepancy {
+            class: Class::PaymentsProvider,
+            detail: format!("intent {} at the provider, unknown to kassa", i.status),
+            ids: vec![i.order_id.unwrap_or_default(), i.id],
+        })
+        .collect())
 }
 
 /// The simulated provider's intents kassa has no payment for.

@@ -1,7 +1,8 @@
 //! The checkout saga with the Stripe gateway (async-stripe) against localstripe, the Stripe test
 //! server `scripts/dev` starts: a card payment completes and is captured at the provider, a
 //! declining card cancels the order, and 3-D Secure completed through localstripe's authenticate
-//! call completes it; localstripe's signed webhooks reach kassa and agree with it.
+//! call completes it; localstripe's signed webhooks reach kassa and agree with it; `kassa
+//! reconcile --provider` reads the intents back from it and names one kassa does not know.
 
 use crate::common;
 
@@ -99,6 +100,7 @@ async fn webhook_outcome(saga: &Saga, order: &str, kind: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_card_payment_is_authorized_then_captured_at_stripe() {
+    let since = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
     let saga = saga().await;
     let sku = saga.sku("STRIPE");
     saga.product(&sku, 2599, 5).await;
@@ -119,6 +121,86 @@ async fn a_card_payment_is_authorized_then_captured_at_stripe() {
     assert_eq!(
         webhook_outcome(&saga, &order.id, "payment_intent.succeeded").await,
         "agrees"
+    );
+
+    // `kassa reconcile --provider` reads Stripe's intents back: this order's squares with
+    // kassa's books; an intent for an order kassa has no payment for is reported.
+    let stray = format!("stray-{}", saga.run);
+    let created: Value = saga
+        .http
+        .post(format!("{}/v1/payment_intents", stripe_base()))
+        .bearer_auth(KEY)
+        .form(&[
+            ("amount", "100"),
+            ("currency", "eur"),
+            ("capture_method", "manual"),
+            ("metadata[order_id]", stray.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stray_intent = created["id"].as_str().expect("an intent id").to_owned();
+    // The provider's clock may run ahead of ours (localstripe's does, by a second): the intent
+    // counts as settled once it is older than the margin there, so ask until it is.
+    let reconcile = || async {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
+            .args([
+                "reconcile",
+                "--provider",
+                "--json",
+                "--margin-seconds",
+                "0",
+                "--since",
+                &since,
+            ])
+            .env("KASSA_PAYMENT_GATEWAY", "stripe")
+            .env("KASSA_STRIPE_SECRET_KEY", KEY)
+            .env("KASSA_STRIPE_API_BASE", stripe_base())
+            .output()
+            .await
+            .unwrap();
+        let found: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "JSON from kassa reconcile ({e}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (output.status.code(), found)
+    };
+    let started = std::time::Instant::now();
+    let (code, found) = loop {
+        let (code, found) = reconcile().await;
+        let named = found.iter().any(|d| d.to_string().contains(&stray_intent));
+        if named || started.elapsed() > Duration::from_secs(30) {
+            break (code, found);
+        }
+    };
+    let about = |id: &str| -> Vec<&Value> {
+        found
+            .iter()
+            .filter(|d| {
+                d["class"] == "payments_provider"
+                    && d["ids"].as_array().unwrap().iter().any(|i| i == id)
+            })
+            .collect()
+    };
+    assert_eq!(code, Some(1), "{found:?}");
+    let reported = about(&stray_intent);
+    assert_eq!(reported.len(), 1, "{found:?}");
+    assert_eq!(reported[0]["ids"], serde_json::json!([stray, stray_intent]));
+    assert!(
+        reported[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown to kassa"),
+        "{reported:?}"
+    );
+    assert!(
+        about(&order.id).is_empty(),
+        "kassa's own intent squares: {found:?}"
     );
 }
 
