@@ -30,7 +30,8 @@ pub struct PartitionLag {
     pub topic: String,
     /// Partition.
     pub partition: i32,
-    /// Kafka's end offset (high watermark).
+    /// Kafka's end offset as read_committed reads it (the last stable offset: records of
+    /// transactions not yet decided are not counted until they are).
     pub end: i64,
     /// The next offset the group reads, as stored in Postgres (None: nothing stored yet).
     pub stored: Option<i64>,
@@ -146,8 +147,9 @@ pub async fn measure(
 
 /// Sets to 0 the lag of every partition in `partitions` whose offsets from the stored one to the
 /// end hold no committed record (only transaction markers, or aborted records). A partition
-/// that delivers a record, or does not answer within 10 s, keeps its lag.
-fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Result<(), KafkaError> {
+/// that delivers a record, holds records of a transaction not yet decided, or does not answer
+/// within 10 s, keeps its lag.
+pub fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Result<(), KafkaError> {
     let topics: HashSet<String> = partitions
         .iter()
         .filter(|p| p.lag > 0)
@@ -163,11 +165,18 @@ fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Result<()
             .set("enable.partition.eof", "true")
             .create_with_context(EofIsNoError)?;
         let mut list = TopicPartitionList::new();
-        let mut open = HashSet::new();
+        let mut open = std::collections::HashMap::new();
         for p in partitions.iter().filter(|p| p.topic == topic && p.lag > 0) {
-            let from = p.stored.map_or(Offset::Beginning, Offset::Offset);
-            list.add_partition_offset(&topic, p.partition, from)?;
-            open.insert(p.partition);
+            // An offset, never `Beginning`: the position read at the end is then an offset too.
+            let from = match p.stored {
+                Some(stored) => stored,
+                None => {
+                    let timeout = Duration::from_secs(10);
+                    consumer.fetch_watermarks(&topic, p.partition, timeout)?.0
+                }
+            };
+            list.add_partition_offset(&topic, p.partition, Offset::Offset(from))?;
+            open.insert(p.partition, p.end);
         }
         consumer.assign(&list)?;
         let mut only_markers = Vec::new();
@@ -177,10 +186,23 @@ fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Result<()
                 Some(Ok(record)) => {
                     open.remove(&record.partition());
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) if open.remove(&partition) => {
-                    only_markers.push(partition);
+                // The end of what read_committed may read: only markers or aborted records were
+                // passed once it is the end measured. Short of it, a transaction is still open
+                // (or its markers not yet written): its records count as lag until decided.
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    let Some(&end) = open.get(&partition) else {
+                        continue;
+                    };
+                    // Asked by a read_committed consumer, the upper watermark is the last stable
+                    // offset: the end of the decided records.
+                    let stable = consumer
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(10))?
+                        .1;
+                    if stable >= end {
+                        open.remove(&partition);
+                        only_markers.push(partition);
+                    }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => return Err(e),
                 None => {}
             }

@@ -36,7 +36,7 @@ pub struct Position {
     pub partition: i32,
     /// The next offset the group will read (None: nothing stored; it starts at the beginning).
     pub stored: Option<i64>,
-    /// The topic's end (high watermark).
+    /// The topic's end as read_committed reads it (the last stable offset).
     pub end: i64,
 }
 
@@ -62,8 +62,11 @@ pub async fn positions(
     let brokers = settings.kafka_brokers.clone();
     let ends =
         tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32, i64)>, KafkaError> {
+            // The end a processor can read to: the last stable offset (records of transactions
+            // not yet decided are not readable yet).
             let consumer: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
+                .set("isolation.level", "read_committed")
                 .create()?;
             let mut ends = Vec::new();
             for topic in group.inputs() {

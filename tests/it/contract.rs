@@ -1,6 +1,6 @@
 //! The event contract against real Kafka and the real Schema Registry: every event type round-trips,
 //! the wire format is Confluent's with the id the registry assigned, keys land where Java puts them,
-//! and a client that is not ours decodes what we write.
+//! and a client that is not ours decodes what we write, as `kassa tail` shows it.
 
 use crate::common;
 
@@ -252,6 +252,34 @@ async fn a_client_that_is_not_ours_decodes_every_event_type() {
         assert_eq!(
             theirs, ours,
             "confluent-kafka's Avro deserializer reads what kassa wrote"
+        );
+    }
+
+    // `kassa tail` shows each record as the foreign client decodes it.
+    for (place, theirs) in wanted.iter().zip(&decoded) {
+        let options = kassa::tail::Options {
+            topics: vec![place["topic"].as_str().unwrap().to_owned()],
+            start: kassa::tail::Start::Offset(place["offset"].as_i64().unwrap()),
+            key: None,
+            order: None,
+            event_type: None,
+            follow: false,
+            limit: Some(1),
+            partition: Some(place["partition"].as_i64().unwrap() as i32),
+        };
+        let mut shown = Vec::new();
+        kassa::tail::tail(&settings, &options, |r| shown.push(r.clone()))
+            .await
+            .expect("kassa tail reads the topic");
+        let [record] = shown.as_slice() else {
+            panic!("kassa tail shows the record at {place}: {shown:?}");
+        };
+        assert_eq!(record.offset, place["offset"].as_i64().unwrap());
+        assert_eq!(record.key.as_deref(), theirs["key"].as_str(), "{place}");
+        assert_eq!(
+            record.event.as_ref(),
+            Some(&theirs["value"]),
+            "kassa tail decodes {place} as confluent-kafka does"
         );
     }
 }

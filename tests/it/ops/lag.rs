@@ -158,3 +158,106 @@ async fn a_reset_to_a_time_replays_from_it_and_the_inboxes_keep_every_effect_onc
         assert_eq!(saga.get(order, "").await["status"], "completed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_markers_and_aborted_records_are_no_lag_but_a_committed_record_is() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let settings = common::setup().await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("kassa-test.lag-markers-{run}");
+    let topic = common::ensure_scratch_topic(&settings, &name, 4).await;
+    let timeout = Duration::from_secs(30);
+    let transactional = |id: &str| {
+        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("transactional.id", format!("kassa-test-lag-{id}-{run}"))
+            .create()
+            .expect("a transactional producer");
+        producer.init_transactions(timeout).unwrap();
+        producer
+    };
+    // Another team's transactional producers: partition 0 gets a committed record, 1 two
+    // aborted ones, 2 a committed one, 3 one of a transaction left open.
+    let producer = transactional("decided");
+    for (partitions, commit) in [(&[0, 2][..], true), (&[1, 1][..], false)] {
+        producer.begin_transaction().unwrap();
+        for &partition in partitions {
+            let record = BaseRecord::to(&topic)
+                .partition(partition)
+                .key("k")
+                .payload("v");
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        // Written before the outcome: an abort purges what is still queued.
+        producer.flush(timeout).unwrap();
+        if commit {
+            producer.commit_transaction(timeout).unwrap();
+        } else {
+            producer.abort_transaction(timeout).unwrap();
+        }
+    }
+    let open = transactional("open");
+    open.begin_transaction().unwrap();
+    let record = BaseRecord::to(&topic)
+        .partition(3)
+        .key("k")
+        .payload("undecided");
+    open.send(record).map_err(|(e, _)| e).unwrap();
+    open.flush(timeout).unwrap();
+    let ends = |isolation: &str| -> Vec<i64> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        (0..4)
+            .map(|p| consumer.fetch_watermarks(&topic, p, timeout).unwrap().1)
+            .collect()
+    };
+    assert_eq!(
+        ends("read_uncommitted"),
+        [2, 3, 2, 1],
+        "records and markers where the test put them"
+    );
+
+    // As a processor would have stored them: past the committed record on 0 (a marker left),
+    // nothing on 1 (aborted records and a marker left), before the committed record on 2,
+    // nothing on 3. The coordinator writes the markers after the commit or abort returns: the
+    // end kassa measures (the last stable offset, as read_committed reads) reaches them once
+    // it has. Partition 2's record is lag throughout; 3's, undecided, is not readable yet.
+    let stored = [Some(1), None, Some(0), None];
+    let started = std::time::Instant::now();
+    loop {
+        let ends = ends("read_committed");
+        let mut partitions: Vec<kassa::lag::PartitionLag> = (0..4)
+            .map(|p| kassa::lag::PartitionLag {
+                topic: topic.clone(),
+                partition: p as i32,
+                end: ends[p],
+                stored: stored[p],
+                lag: ends[p] - stored[p].unwrap_or(0).min(ends[p]),
+            })
+            .collect();
+        let brokers = settings.kafka_brokers.clone();
+        let partitions = tokio::task::spawn_blocking(move || {
+            kassa::lag::discount_markers(&brokers, &mut partitions).map(|()| partitions)
+        })
+        .await
+        .unwrap()
+        .expect("Kafka answers");
+        let lags: Vec<i64> = partitions.iter().map(|p| p.lag).collect();
+        assert_eq!(
+            lags[2], ends[2],
+            "a committed record not yet processed is lag"
+        );
+        if ends == [2, 3, 2, 0] && lags == [0, 0, 2, 0] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "markers and aborted records still counted as lag after 30 s: ends {ends:?}, lags {lags:?}"
+        );
+    }
+    open.abort_transaction(timeout).unwrap();
+}
