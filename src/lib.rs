@@ -4,6 +4,6 @@
 
 pub use kassa_bench::{self as bench, http};
 pub use kassa_ops::{
-    dlq, kafka, lag, migrate, offsets, provider, reconcile, seed, settings, story, supervisor,
-    tail, topics,
+    admin_api, asyncapi, dlq, kafka, lag, migrate, offsets, probes, provider, reconcile, search,
+    seed, settings, story, supervisor, tail, topics,
 };

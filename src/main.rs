@@ -39,6 +39,11 @@ enum Command {
     },
     /// Load the small demo catalog (products and their stock).
     Seed,
+    /// Print a contract document generated from the code.
+    Docs {
+        #[command(subcommand)]
+        what: DocsWhat,
+    },
     /// API keys.
     Keys {
         #[command(subcommand)]
@@ -59,6 +64,14 @@ enum Command {
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(Component::names()))]
         component: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DocsWhat {
+    /// The AsyncAPI 3.0 document of kassa's topics (committed as docs/asyncapi.json).
+    Asyncapi,
+    /// The OpenAPI document of the HTTP API (served at /openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -138,11 +151,18 @@ async fn main() -> ExitCode {
             eprintln!("KASSA_LOG: {e}; logging at info");
             tracing_subscriber::EnvFilter::new("info")
         });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.settings.process.log_format {
+        kassa::settings::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        kassa::settings::LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
     match execute(cli).await {
         Ok(code) => code,
         Err(error) => {
@@ -206,6 +226,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Docs { what } => match what {
+            DocsWhat::Asyncapi => print!("{}", kassa::asyncapi::pretty()),
+            DocsWhat::Openapi => {
+                let extension = kassa::admin_api::extension(&settings);
+                println!("{}", kassa_api::openapi::document_of(&extension));
+            }
+        },
         Command::Seed => {
             let pool = kassa::migrate::connect(&settings).await?;
             let n = kassa::seed::seed(&settings, &pool)

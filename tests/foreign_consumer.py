@@ -1,10 +1,11 @@
 """A consumer that is not kassa's: confluent-kafka's Python client and its Avro deserializer.
 
 Reads the messages named on stdin (a JSON list of {"topic", "partition", "offset"}) and prints a
-JSON list of {"key", "value"}, each value rendered the way serde_json renders kassa's Rust types:
-timestamps as epoch milliseconds, uuids as text, the envelope's payload union as
-{"ShortName": {...}}, and a nullable record (["null", record]) as the record itself.
-Used by tests/contract.rs; run with the venv `scripts/dev up` installs (KASSA_TEST_PYTHON).
+JSON list of {"key", "value"} (and "headers", as text, with --headers), each value rendered the
+way serde_json renders kassa's Rust types: timestamps as epoch milliseconds, uuids as text, the
+envelope's payload union as {"ShortName": {...}}, and a nullable record (["null", record]) as the
+record itself. Used by tests/it/common/foreign.rs; run with the venv `scripts/dev up` installs
+(KASSA_TEST_PYTHON).
 """
 import datetime
 import json
@@ -41,6 +42,7 @@ def plain(value, tagged=False):
 
 def main() -> None:
     brokers, registry = sys.argv[1], sys.argv[2]
+    with_headers = sys.argv[3:] == ["--headers"]
     wanted = json.load(sys.stdin)
     deserializer = AvroDeserializer(
         SchemaRegistryClient({"url": registry, "timeout": 10}), return_record_name=True
@@ -71,6 +73,10 @@ def main() -> None:
         if key in want:
             value = deserializer(message.value(), SerializationContext(message.topic(), MessageField.VALUE))
             found[key] = {"key": message.key().decode("utf-8"), "value": plain(value)}
+            if with_headers:
+                found[key]["headers"] = {
+                    k: (v or b"").decode("utf-8", "replace") for k, v in (message.headers() or [])
+                }
     consumer.close()
     json.dump([found[(i["topic"], i["partition"], i["offset"])] for i in wanted], sys.stdout)
 

@@ -27,6 +27,8 @@ pub(crate) struct Accepted {
     pub(crate) payment_method_id: String,
     /// SKUs admitted by a flash-sale gate, with the sale's hold in seconds.
     pub(crate) flash: BTreeMap<String, i32>,
+    /// The order's trace (W3C `traceparent`): every record about it continues it.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// Claims the key and stores the order in one statement (atomic: both or neither); false if
@@ -47,8 +49,8 @@ pub(crate) async fn claim_and_store(
                  response_status = NULL, response_body = NULL, created_at = now()
              WHERE api.idempotency_keys.created_at <= now() - interval '24 hours'
            RETURNING order_id)
-         INSERT INTO api.orders (order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)
-         SELECT order_id, $1, $6, $7, $8, $9, $10, $11 FROM claimed
+         INSERT INTO api.orders (order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash, traceparent)
+         SELECT order_id, $1, $6, $7, $8, $9, $10, $11, $12 FROM claimed
          RETURNING order_id",
     )
     .bind(&storefront.name)
@@ -62,31 +64,46 @@ pub(crate) async fn claim_and_store(
     .bind(serde_json::to_value(&order.lines)?)
     .bind(&order.payment_method_id)
     .bind(serde_json::to_value(&order.flash)?)
+    .bind(&order.traceparent)
     .fetch_optional(&state.pool)
     .await
     ?;
     Ok(stored.is_some())
 }
 
+/// A stored order: storefront, customer, currency, total, lines, payment method, flash-sale
+/// holds, trace.
+type Row = (
+    String,
+    String,
+    String,
+    i64,
+    serde_json::Value,
+    String,
+    serde_json::Value,
+    Option<String>,
+);
+
 /// The accepted order `order_id` (None: there is none).
 pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Accepted>, ApiError> {
-    let row: Option<(
-        String,
-        String,
-        String,
-        i64,
-        serde_json::Value,
-        String,
-        serde_json::Value,
-    )> = sqlx::query_as(
-        "SELECT storefront, customer_id, currency, total_minor, lines, payment_method_id, flash
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT storefront, customer_id, currency, total_minor, lines, payment_method_id, flash,
+                traceparent
          FROM api.orders WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(&state.pool)
     .await?;
-    let Some((storefront, customer_id, currency, total_minor, lines, payment_method_id, flash)) =
-        row
+    let Some((
+        storefront,
+        customer_id,
+        currency,
+        total_minor,
+        lines,
+        payment_method_id,
+        flash,
+        traceparent,
+    )) = row
     else {
         return Ok(None);
     };
@@ -101,6 +118,7 @@ pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Acce
         lines,
         payment_method_id,
         flash,
+        traceparent,
     }))
 }
 

@@ -162,7 +162,7 @@ pub async fn post_stock(
         let name = format!("kassa-stock-command/{}/{sku}/{key}", admin.name);
         envelope.event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
     }
-    crate::produce::send(&state, &sku, &envelope).await?;
+    crate::produce::send(&state, &sku, None, &envelope).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "sku": sku, "status": "sent to inventory" })),

@@ -35,7 +35,14 @@ pub async fn cancel(
         customer_id: owned.customer_id,
         reason: "customer requested".into(),
     });
-    crate::produce::send(&state, &order, &Envelope::new(order.clone(), None, request)).await?;
+    let trace = owned.traceparent.as_deref();
+    crate::produce::send(
+        &state,
+        &order,
+        trace,
+        &Envelope::new(order.clone(), None, request),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "order_id": order, "status": "cancel_requested" })),
@@ -77,6 +84,13 @@ pub async fn renew_hold(
         customer_id: owned.customer_id,
         hold_seconds,
     });
-    crate::produce::send(&state, &order, &Envelope::new(order.clone(), None, request)).await?;
+    let trace = owned.traceparent.as_deref();
+    crate::produce::send(
+        &state,
+        &order,
+        trace,
+        &Envelope::new(order.clone(), None, request),
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "hold_renewal_requested", "hold_seconds": hold_seconds }))).into_response())
 }

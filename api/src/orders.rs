@@ -217,6 +217,7 @@ pub(crate) async fn place(
                     lines: priced.lines,
                     payment_method_id: valid.payment_method.to_string(),
                     flash: taken,
+                    traceparent: Some(produce::order_trace(headers)),
                 };
                 let stored =
                     claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await;
@@ -235,6 +236,15 @@ pub(crate) async fn place(
                 accepted
             }
         };
+        let span = tracing::Span::current();
+        span.record("order_id", tracing::field::display(accepted.order_id));
+        if let Some(trace_id) = accepted
+            .traceparent
+            .as_deref()
+            .and_then(kassa_schemas::trace::trace_id)
+        {
+            span.record("trace_id", trace_id);
+        }
         publish(state, &accepted).await?;
         metrics::counter!("kassa_order_lines_published_total")
             .increment(accepted.lines.len() as u64);
@@ -314,7 +324,8 @@ async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
         event.event_id = reserve_event_id(order.order_id, line.line_index);
         records.push((line.sku.clone(), produce::encode(state, &event).await?));
     }
-    produce::send_all(state, CheckoutPayload::TOPIC.name(), &records).await
+    let trace = order.traceparent.as_deref();
+    produce::send_all(state, CheckoutPayload::TOPIC.name(), trace, &records).await
 }
 
 #[cfg(test)]

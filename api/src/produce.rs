@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use kassa_schemas::trace::{TRACEPARENT, child_of};
 use kassa_schemas::{Envelope, Payload};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use crate::AppState;
@@ -20,16 +22,25 @@ pub async fn encode<P: Payload>(
     Ok(state.codec.encode(event).await?)
 }
 
-/// Sends encoded values to `topic` and waits for every acknowledgement (503 if any fails).
+/// Sends encoded values to `topic`, each with a child span of the order's trace (`parent`, the
+/// `traceparent` kept with the order), and waits for every acknowledgement (503 if any fails).
 pub async fn send_all(
     state: &AppState,
     topic: &str,
+    parent: Option<&str>,
     records: &[(String, Vec<u8>)],
 ) -> Result<(), ApiError> {
     let sends = records.iter().map(|(key, bytes)| {
-        state
-            .producer
-            .send(FutureRecord::to(topic).key(key).payload(bytes), ACK_TIMEOUT)
+        let traceparent = child_of(parent);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: TRACEPARENT,
+            value: Some(traceparent.as_str()),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(bytes)
+            .headers(headers);
+        state.producer.send(record, ACK_TIMEOUT)
     });
     for result in futures::future::join_all(sends).await {
         if let Err((e, _)) = result {
@@ -40,12 +51,32 @@ pub async fn send_all(
     Ok(())
 }
 
-/// Encodes and sends one event keyed by `key`.
+/// Encodes and sends one event keyed by `key`, in the trace of `parent` (None: a new trace).
 pub async fn send<P: Payload>(
     state: &AppState,
     key: &str,
+    parent: Option<&str>,
     event: &Envelope<P>,
 ) -> Result<(), ApiError> {
     let bytes = encode(state, event).await?;
-    send_all(state, P::TOPIC.name(), &[(key.to_owned(), bytes)]).await
+    send_all(state, P::TOPIC.name(), parent, &[(key.to_owned(), bytes)]).await
+}
+
+/// The trace an order starts: the storefront's (a child of its `traceparent` header, when it sent
+/// a well-formed one) or a new one.
+pub fn order_trace(headers: &axum::http::HeaderMap) -> String {
+    child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+}
+
+/// The `traceparent` kept with order `order_id` (None: no such order, or none kept).
+pub async fn trace_of(state: &AppState, order_id: &str) -> Result<Option<String>, ApiError> {
+    let Ok(order_id) = uuid::Uuid::try_parse(order_id) else {
+        return Ok(None);
+    };
+    let kept: Option<Option<String>> =
+        sqlx::query_scalar("SELECT traceparent FROM api.orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    Ok(kept.flatten())
 }

@@ -39,8 +39,23 @@ pub async fn record(request: Request, next: Next) -> Response {
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = request.method().as_str().to_owned();
+    // The request's span: its route, and the trace and order it belongs to once known (the
+    // storefront's `traceparent`; an order handler records the order's).
+    let trace_id = request
+        .headers()
+        .get(kassa_schemas::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(kassa_schemas::trace::trace_id)
+        .map(str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        trace_id = trace_id,
+        order_id = tracing::field::Empty,
+    );
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("kassa_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
     metrics::histogram!("kassa_http_request_duration_seconds", "route" => route, "method" => method)

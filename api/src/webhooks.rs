@@ -117,6 +117,11 @@ pub async fn stripe(
     let intent = (object["object"] == "payment_intent")
         .then(|| object["id"].as_str().map(str::to_owned))
         .flatten();
+    // The order's trace, when the intent names one of kassa's orders.
+    let trace = match &order_id {
+        Some(order) => crate::produce::trace_of(&state, order).await?,
+        None => None,
+    };
     let key = order_id
         .clone()
         .or_else(|| intent.clone())
@@ -131,7 +136,7 @@ pub async fn stripe(
         body: String::from_utf8_lossy(&body).into_owned(),
     };
     let envelope = Envelope::new(key.clone(), None, PaymentWebhook::WebhookReceived(received));
-    crate::produce::send(&state, &key, &envelope).await?;
+    crate::produce::send(&state, &key, trace.as_deref(), &envelope).await?;
     Ok(Json(json!({ "received": true })).into_response())
 }
 

@@ -39,7 +39,11 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
         .into_iter()
         .map(Component::Processor)
         .collect();
-    let running = kassa_ops::supervisor::start(settings, &processors)?;
+    // Their /metrics, /health and /ready on any free port (logged): a development kassa may hold
+    // the configured one.
+    let mut on_any_port = settings.clone();
+    on_any_port.process.ops_addr.set_port(0);
+    let running = kassa_ops::supervisor::start(&on_any_port, &processors)?;
     let (base, http) = super::api::serve_catalog(settings, &pool, &skus).await?;
 
     // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.

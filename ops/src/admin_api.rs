@@ -58,6 +58,7 @@ pub fn extension(settings: &Settings) -> kassa_api::Extension {
         )
         .route("/admin/lag", get(lag))
         .route("/admin/reconcile", get(reconcile))
+        .route("/asyncapi.json", get(asyncapi))
         .layer(Extension(views));
     kassa_api::Extension {
         routes,
@@ -68,7 +69,7 @@ pub fn extension(settings: &Settings) -> kassa_api::Extension {
 /// The views' part of the OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(search_orders, order_story, list_dead_letters, show_dead_letter, redrive, discard, lag, reconcile),
+    paths(asyncapi, search_orders, order_story, list_dead_letters, show_dead_letter, redrive, discard, lag, reconcile),
     components(schemas(
         Page, OrderSummary, Story, Entry, DeadLetters, DeadLetter, Record, Action, Acted,
         Report, GroupLag, PartitionLag, Books, Discrepancy, Class,
@@ -76,6 +77,12 @@ pub fn extension(settings: &Settings) -> kassa_api::Extension {
     tags((name = "operations-admin", description = "the operator's views: an order's story, order search, dead letters, lag, the books (admin keys); the same as `kassa order|dlq|lag|reconcile`"))
 )]
 struct ViewsDoc;
+
+/// `GET /asyncapi.json`: the AsyncAPI 3.0 document of kassa's topics, for downstream teams.
+#[utoipa::path(get, path = "/asyncapi.json", tag = "operations", responses((status = 200, description = "the AsyncAPI 3.0 document: every topic, its key, producers, consumers, retention, and every event type with its Avro schema")))]
+async fn asyncapi() -> Json<serde_json::Value> {
+    Json(crate::asyncapi::document())
+}
 
 /// A 400 naming the query parameter `field`.
 fn invalid(field: &str, message: impl Into<String>) -> Problem {

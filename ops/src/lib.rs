@@ -8,11 +8,13 @@
 //! components in one process until they are told to stop.
 
 pub mod admin_api;
+pub mod asyncapi;
 pub mod dlq;
 pub mod kafka;
 pub mod lag;
 pub mod migrate;
 pub mod offsets;
+pub mod probes;
 pub mod provider;
 pub mod reconcile;
 pub mod search;

@@ -182,6 +182,15 @@ pub struct ApiSettings {
     pub rate_customer_per_second: u32,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
 /// Logging and process control.
 #[derive(Debug, Clone, Args)]
 pub struct ProcessSettings {
@@ -194,6 +203,12 @@ pub struct ProcessSettings {
     )]
     pub log: String,
 
+    /// How log lines are written: `text` for people, or `json` (one object a line: time, level,
+    /// target, message and fields, with the fields of the spans it happened in: `trace_id` and
+    /// `order_id` where known).
+    #[arg(long = "log-format", env = "KASSA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     /// `kassa run` also stops when its stdin closes (for supervisors and tests that hold it).
     #[arg(
         long = "stop-on-stdin-eof",
@@ -203,6 +218,21 @@ pub struct ProcessSettings {
         global = true
     )]
     pub stop_on_stdin_eof: bool,
+
+    /// Address a running processor serves `/metrics`, `/health` and `/ready` on (`kassa run all`
+    /// serves one set; the API serves its own on its address). Port 0: any free port (logged).
+    #[arg(
+        long = "ops-addr",
+        env = "KASSA_OPS_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub ops_addr: std::net::SocketAddr,
+
+    /// How long one step of a processor's loop (a batch, a relay round, a worker's claim, a
+    /// ticker round) may take before `/health` says the loop is stuck, in seconds.
+    #[arg(long = "stall-seconds", env = "KASSA_STALL_SECONDS", default_value = "120", value_parser = seconds, global = true)]
+    pub stall: Duration,
 }
 
 impl Settings {

@@ -56,6 +56,9 @@ pub enum SupervisorError {
     /// The API failed.
     #[error(transparent)]
     Api(#[from] kassa_api::ServeError),
+    /// The processors' operations endpoints failed.
+    #[error(transparent)]
+    Probes(#[from] crate::probes::ProbesError),
     /// A component panicked.
     #[error("a component panicked: {0}")]
     Panicked(String),
@@ -67,10 +70,26 @@ pub struct Running {
     tasks: JoinSet<Result<(), SupervisorError>>,
 }
 
-/// Starts `components` with `settings`.
+/// Starts `components` with `settings`, and for the processors among them one set of operations
+/// endpoints (`/metrics`, `/health`, `/ready` on `KASSA_OPS_ADDR`).
 pub fn start(settings: &Settings, components: &[Component]) -> Result<Running, SupervisorError> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let groups: Vec<ConsumerGroup> = components
+        .iter()
+        .filter_map(|c| match c {
+            Component::Processor(group) => Some(*group),
+            Component::Api => None,
+        })
+        .collect();
+    if !groups.is_empty() {
+        let settings = settings.clone();
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tasks.spawn(async move { Ok(crate::probes::serve(&settings, groups, shutdown).await?) });
+    }
     for component in components {
         match *component {
             Component::Processor(group) => {

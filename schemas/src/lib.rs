@@ -11,6 +11,7 @@ pub mod redis_link;
 pub mod registry;
 pub mod secret;
 pub mod topics;
+pub mod trace;
 
 pub use codec::{Codec, CodecError};
 pub use envelope::{Envelope, Payload};

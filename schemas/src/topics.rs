@@ -118,6 +118,18 @@ impl Topic {
         }
     }
 
+    /// The components that write the topic (`api` or a processor's name).
+    pub const fn producers(self) -> &'static [&'static str] {
+        match self {
+            Topic::CheckoutRequests | Topic::OrdersRequests | Topic::PaymentsWebhooks => &["api"],
+            Topic::InventoryCommands => &["orders", "api"],
+            Topic::InventoryEvents => &["inventory"],
+            Topic::OrdersEvents => &["orders"],
+            Topic::PaymentsEvents => &["payments"],
+            Topic::ExpiryEvents => &["expiry"],
+        }
+    }
+
     /// Looks a topic up by its Kafka name.
     pub fn from_name(name: &str) -> Option<Topic> {
         Topic::ALL.into_iter().find(|t| t.name() == name)

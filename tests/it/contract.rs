@@ -185,8 +185,6 @@ async fn keys_land_on_the_partition_a_java_client_would_choose() {
 #[tokio::test]
 async fn a_client_that_is_not_ours_decodes_every_event_type() {
     let settings = setup().await;
-    let python = std::env::var("KASSA_TEST_PYTHON")
-        .expect("KASSA_TEST_PYTHON: the Python with confluent-kafka that `scripts/dev up` installs (see `scripts/dev env`)");
     let codec = Codec::new(&settings.schema_registry_url).unwrap();
     let producer = kassa::kafka::producer(&settings).unwrap();
     let mut expected = Vec::new();
@@ -215,38 +213,14 @@ async fn a_client_that_is_not_ours_decodes_every_event_type() {
             }
         };
         expected.push(serde_json::json!({ "key": landed.key, "value": json.unwrap() }));
-        wanted.push(serde_json::json!({ "topic": landed.topic.name(), "partition": landed.partition, "offset": landed.offset }));
+        wanted.push(common::foreign::place(
+            landed.topic.name(),
+            landed.partition,
+            landed.offset,
+        ));
     }
 
-    let mut child = tokio::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/foreign_consumer.py"
-        ))
-        .arg(&settings.kafka_brokers)
-        .arg(&settings.schema_registry_url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the Python consumer");
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(serde_json::to_string(&wanted).unwrap().as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the Python consumer finishes within 2 minutes")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "Python consumer failed: {:?}",
-        output.status
-    );
-    let decoded: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).expect("JSON from Python");
+    let decoded = common::foreign::read(&settings, &wanted, false).await;
     assert_eq!(decoded.len(), expected.len());
     for (theirs, ours) in decoded.iter().zip(&expected) {
         assert_eq!(
@@ -280,6 +254,90 @@ async fn a_client_that_is_not_ours_decodes_every_event_type() {
             record.event.as_ref(),
             Some(&theirs["value"]),
             "kassa tail decodes {place} as confluent-kafka does"
+        );
+    }
+}
+
+/// Runs the AsyncAPI validator (`tests/asyncapi_validate.js`) on `file`: whether it passed, and
+/// what it printed.
+async fn asyncapi_valid(file: &std::path::Path) -> (bool, String) {
+    std::env::var("KASSA_TEST_ASYNCAPI_VALIDATOR").expect(
+        "KASSA_TEST_ASYNCAPI_VALIDATOR: the AsyncAPI validator `scripts/dev up` installs (see `scripts/dev env`)",
+    );
+    let output = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/asyncapi_validate.js"
+        ))
+        .arg(file)
+        .output()
+        .await
+        .expect("run node");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
+#[tokio::test]
+async fn the_asyncapi_document_validates_and_names_every_topic_and_event_type() {
+    let committed =
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.json"));
+    let (valid, printed) = asyncapi_valid(committed).await;
+    assert!(valid, "docs/asyncapi.json is valid AsyncAPI 3.0: {printed}");
+
+    // The validator refuses a document that breaks the specification.
+    let mut broken: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(committed).unwrap()).unwrap();
+    broken["channels"]["ordersEvents"]["address"] = serde_json::json!(42);
+    let file = std::env::temp_dir().join(format!("kassa-asyncapi-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, broken.to_string()).unwrap();
+    let (valid, _) = asyncapi_valid(&file).await;
+    let _ = std::fs::remove_file(&file);
+    assert!(!valid, "a channel address must be a string");
+
+    // Served by the API as committed, naming every topic and event type of the code.
+    let api = common::api::start(|_| {}).await;
+    let served: serde_json::Value = reqwest::get(format!("{}/asyncapi.json", api.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(committed).unwrap()).unwrap();
+    assert_eq!(served, committed);
+    let addresses: Vec<&str> = served["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["address"].as_str().unwrap())
+        .collect();
+    for topic in Topic::ALL {
+        assert!(addresses.contains(&topic.base_name()), "{topic:?}");
+        for (event, _) in kassa::asyncapi::event_types(topic) {
+            assert!(
+                served["components"]["messages"][&event]["payload"].is_object(),
+                "{event} of {topic:?} is a message"
+            );
+        }
+    }
+    for sample in samples::all() {
+        let event_type = match &sample {
+            Sample::Checkout(e) => e.event_type.clone(),
+            Sample::InventoryCommand(e) => e.event_type.clone(),
+            Sample::InventoryEvent(e) => e.event_type.clone(),
+            Sample::OrderRequest(e) => e.event_type.clone(),
+            Sample::OrderEvent(e) => e.event_type.clone(),
+            Sample::PaymentEvent(e) => e.event_type.clone(),
+            Sample::PaymentWebhook(e) => e.event_type.clone(),
+            Sample::ExpiryEvent(e) => e.event_type.clone(),
+        };
+        assert!(
+            served["components"]["messages"][&event_type].is_object(),
+            "the event type {event_type} kassa writes is in the document"
         );
     }
 }

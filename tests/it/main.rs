@@ -15,6 +15,7 @@ mod api_webhooks;
 mod contract;
 mod inventory;
 mod inventory_faults;
+mod observability;
 mod offsets;
 mod ops;
 mod replays;

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use common::saga::{Placed, Saga, start_processors, stock};
@@ -224,6 +225,97 @@ async fn a_declined_card_cancels_the_order_and_gives_all_stock_back() {
     );
 }
 
+/// The distinct trace ids of `records` (topic, trace id), and the topics they are on (without
+/// the namespace).
+fn traces_and_topics(
+    records: &[(String, Option<String>)],
+) -> (HashSet<Option<&str>>, BTreeSet<&str>) {
+    let traces = records.iter().map(|(_, t)| t.as_deref()).collect();
+    let namespace = kassa_schemas::topics::namespace();
+    let topics = records
+        .iter()
+        .map(|(topic, _)| topic.strip_prefix(namespace).unwrap_or(topic))
+        .collect();
+    (traces, topics)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_of_an_order_on_every_topic_continues_one_trace() {
+    let saga = saga().await;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let (tee, mug) = (saga.sku("TRACE-TEE"), saga.sku("TRACE-MUG"));
+    saga.product(&tee, 1999, 10).await;
+    saga.product(&mug, 850, 10).await;
+
+    // The storefront's trace: the API continues it, and so does every processor after it.
+    let storefront_trace = uuid::Uuid::new_v4().simple().to_string();
+    let placed = saga
+        .api
+        .as_storefront(reqwest::Method::POST, "/api/orders")
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .header(
+            "traceparent",
+            format!("00-{storefront_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&serde_json::json!({
+            "customer_id": format!("cus_{}_trace", saga.run),
+            "payment_method_id": "pm_card_visa",
+            "lines": [{"sku": tee, "quantity": 1}, {"sku": mug, "quantity": 2}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let answer: serde_json::Value = placed.json().await.unwrap();
+    let order = Placed {
+        id: answer["order_id"].as_str().unwrap().to_owned(),
+        customer: answer["customer_id"].as_str().unwrap().to_owned(),
+    };
+    saga.wait_status(&order, "completed", DONE).await;
+    let records = common::foreign::order_traces(&saga.api.settings, &order.id, since).await;
+    let (traces, topics) = traces_and_topics(&records);
+    assert_eq!(
+        traces,
+        HashSet::from([Some(storefront_trace.as_str())]),
+        "every record continues the storefront's trace: {records:?}"
+    );
+    for topic in [
+        "checkout.requests",
+        "inventory.events",
+        "orders.events",
+        "payments.events",
+    ] {
+        assert!(topics.contains(topic), "a record on {topic}: {records:?}");
+    }
+
+    // Without the storefront's: one trace the API starts, continued by a cancellation the
+    // customer asks for later and by the void it causes.
+    let cap = saga.sku("TRACE-CAP");
+    saga.product(&cap, 1200, 3).await;
+    let order = saga
+        .place("pm_card_threeDSecure2Required", &[(&cap, 1)])
+        .await;
+    saga.wait_status(&order, "action_required", DONE).await;
+    saga.cancel(&order).await;
+    saga.wait_status(&order, "cancelled", DONE).await;
+    saga.wait_undone(&cap, 3, &intent_of(&order.id)).await;
+    let records = common::foreign::order_traces(&saga.api.settings, &order.id, since).await;
+    let (traces, topics) = traces_and_topics(&records);
+    assert_eq!(traces.len(), 1, "one trace: {records:?}");
+    assert!(
+        !traces.contains(&None),
+        "every record carries it: {records:?}"
+    );
+    for topic in [
+        "checkout.requests",
+        "orders.requests",
+        "orders.events",
+        "payments.events",
+    ] {
+        assert!(topics.contains(topic), "a record on {topic}: {records:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_d_secure_never_completed_cancels_at_the_deadline_and_voids() {
     let saga = saga().await;
@@ -240,9 +332,19 @@ async fn three_d_secure_never_completed_cancels_at_the_deadline_and_voids() {
     assert!(secret.starts_with(&intent_of(&order.id)), "{secret}");
     assert!(waiting["next_action"]["due_at"].is_string());
 
+    let since = chrono::Utc::now() - chrono::Duration::seconds(60);
     let cancelled = saga.wait_status(&order, "cancelled", DONE).await;
     assert_eq!(cancelled["reason"], "payment_action_expired");
     saga.wait_undone(&sku, 2, &intent_of(&order.id)).await;
+    // The deadline the expiry ticker fired continues the order's one trace.
+    let records = common::foreign::order_traces(&saga.api.settings, &order.id, since).await;
+    let (traces, topics) = traces_and_topics(&records);
+    assert_eq!(traces.len(), 1, "one trace: {records:?}");
+    assert!(
+        !traces.contains(&None),
+        "every record carries it: {records:?}"
+    );
+    assert!(topics.contains("expiry.events"), "{records:?}");
     let (due, fired): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT due_at, fired_at FROM expiry.deadlines WHERE order_id = $1 AND kind = 'payment_action'",
     )

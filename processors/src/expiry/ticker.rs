@@ -25,7 +25,9 @@ const ROUND: i64 = 1_000;
 pub async fn run(pool: PgPool, codec: Arc<Codec>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut ticks: u64 = 0;
+    let progress = crate::runtime::liveness::register("expiry ticker");
     while !*shutdown.borrow() {
+        progress.busy();
         let wait = match fire_due(&pool, &codec).await {
             Ok(fired) if fired as i64 == ROUND => Duration::ZERO,
             Ok(_) => {
@@ -39,6 +41,9 @@ pub async fn run(pool: PgPool, codec: Arc<Codec>, mut shutdown: watch::Receiver<
             }
         };
         ticks += 1;
+        if ticks % 10 == 1 {
+            sample_pending(&pool).await;
+        }
         // About hourly: fired and cancelled deadlines are kept a day, for the record.
         if ticks.is_multiple_of(3600) {
             let pruned = sqlx::query(
@@ -50,10 +55,29 @@ pub async fn run(pool: PgPool, codec: Arc<Codec>, mut shutdown: watch::Receiver<
                 tracing::warn!(error = %e, "pruning deadlines failed");
             }
         }
+        progress.idle();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// Sets `kassa_deadlines_pending{kind}`: the deadlines waiting to fire, by kind.
+async fn sample_pending(pool: &PgPool) {
+    let counted: Result<Vec<(String, i64)>, _> = sqlx::query_as(
+        "SELECT kind, count(*) FROM expiry.deadlines WHERE state = 'pending' GROUP BY kind",
+    )
+    .fetch_all(pool)
+    .await;
+    match counted {
+        Ok(rows) => {
+            for kind in ["hold", "payment_action", "progress"] {
+                let n = rows.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
+                metrics::gauge!("kassa_deadlines_pending", "kind" => kind).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "counting pending deadlines failed"),
     }
 }
 
@@ -117,6 +141,10 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
         .max()
         .unwrap_or(0);
     tracing::debug!(fired = due.len(), late_ms, "deadlines fired");
-    metrics::counter!("kassa_deadlines_fired_total").increment(due.len() as u64);
+    for (_, kind, due_at, _) in &due {
+        let late = (fired_at - *due_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("kassa_deadline_lateness_seconds", "kind" => kind.clone()).record(late);
+        metrics::counter!("kassa_deadlines_fired_total", "kind" => kind.clone()).increment(1);
+    }
     Ok(due.len())
 }

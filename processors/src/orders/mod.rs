@@ -7,7 +7,7 @@
 pub mod machine;
 pub mod store;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::ConsumerGroup;
 use crate::runtime::{Delivered, Emit, HandleError, Handled, Handler};
-use machine::{Order, Policy, Signal};
+use machine::{Order, Policy, Signal, State};
 use store::AuditRow;
 
 /// What the orders processor reads.
@@ -61,12 +61,26 @@ impl Input {
 pub struct Orders {
     codec: Arc<Codec>,
     policy: Policy,
+    /// What the batch in flight measured, recorded once it commits.
+    measured: Measured,
+}
+
+/// A batch's measurements: each transition (from, to), and each decision (final state, seconds
+/// since the orders processor first saw the order).
+#[derive(Debug, Default)]
+struct Measured {
+    transitions: Vec<(&'static str, &'static str)>,
+    decisions: Vec<(&'static str, f64)>,
 }
 
 impl Orders {
     /// A handler encoding with `codec` and deciding with `policy`.
     pub fn new(codec: Arc<Codec>, policy: Policy) -> Self {
-        Self { codec, policy }
+        Self {
+            codec,
+            policy,
+            measured: Measured::default(),
+        }
     }
 
     async fn encode<P: Payload>(
@@ -118,6 +132,7 @@ impl Handler for Orders {
         let mut handled = Handled::default();
         let mut audit = Vec::new();
         let mut changed: HashSet<String> = HashSet::new();
+        let mut decided: Vec<(String, &'static str)> = Vec::new();
         let mut events: Vec<(usize, String, Uuid, OrderEvent)> = Vec::new();
         let mut commands: Vec<(usize, String, Uuid, InventoryCommand)> = Vec::new();
         for (index, d) in batch.iter().enumerate() {
@@ -174,6 +189,12 @@ impl Handler for Orders {
             }
             changed.insert(order_id.to_owned());
             for step in &applied.steps {
+                self.measured
+                    .transitions
+                    .push((step.from.as_str(), step.to.as_str()));
+                if matches!(step.to, State::Completed | State::Rejected | State::Cancelled) {
+                    decided.push((order_id.to_owned(), step.to.as_str()));
+                }
                 audit.push(row(
                     Some(step.from),
                     Some(step.to),
@@ -196,6 +217,22 @@ impl Handler for Orders {
             );
         }
 
+        if !decided.is_empty() {
+            let ids: Vec<&str> = decided.iter().map(|(id, _)| id.as_str()).collect();
+            let ages: HashMap<String, f64> = sqlx::query_as::<_, (String, f64)>(
+                "SELECT order_id, extract(epoch FROM now() - created_at)::float8 FROM orders.orders WHERE order_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+            for (id, state) in decided {
+                // An order first seen and decided in this batch is not stored yet: no time passed.
+                let age = ages.get(&id).copied().unwrap_or(0.0);
+                self.measured.decisions.push((state, age));
+            }
+        }
         let mut to_save: Vec<&Order> = changed.iter().filter_map(|id| orders.get(id)).collect();
         to_save.sort_by(|a, b| a.id.cmp(&b.id));
         store::save(conn, &to_save).await?;
@@ -223,7 +260,20 @@ impl Handler for Orders {
         Ok(handled)
     }
 
-    fn forget(&mut self, _partitions: &[(Topic, i32)]) {}
+    fn forget(&mut self, _partitions: &[(Topic, i32)]) {
+        self.measured = Measured::default();
+    }
+
+    async fn after_commit(&mut self) {
+        let measured = std::mem::take(&mut self.measured);
+        for (from, to) in measured.transitions {
+            metrics::counter!("kassa_order_transitions_total", "from" => from, "to" => to)
+                .increment(1);
+        }
+        for (state, seconds) in measured.decisions {
+            metrics::histogram!("kassa_order_decision_seconds", "state" => state).record(seconds);
+        }
+    }
 }
 
 /// The orders processor's own settings.

@@ -97,7 +97,9 @@ pub async fn run<G: Gateway>(
     let busy = Busy::default();
     // Whether the queue may have more due work than was claimed last time.
     let mut more = true;
+    let progress = crate::runtime::liveness::register("payments worker");
     while !*shutdown.borrow() {
+        progress.busy();
         if listener.is_none() {
             listener = listen(&pool).await.ok();
         }
@@ -124,7 +126,12 @@ pub async fn run<G: Gateway>(
                         };
                         let (pool, codec, gateway) = (pool.clone(), codec.clone(), gateway.clone());
                         let (owner, lease, recheck) = (owner.clone(), config.lease, config.recheck);
-                        in_flight.spawn(async move {
+                        let span = tracing::info_span!(
+                            "payment work",
+                            order_id = %payment.order_id,
+                            trace_id = payment.traceparent.as_deref().and_then(kassa_schemas::trace::trace_id),
+                        );
+                        in_flight.spawn(tracing::Instrument::instrument(async move {
                             let _working = working;
                             let order = payment.order_id.clone();
                             let lease = Lease { owner: &owner, length: lease };
@@ -132,7 +139,7 @@ pub async fn run<G: Gateway>(
                                 // The lease runs out and the work is taken again.
                                 tracing::warn!(order, error = %e, "payment work not recorded; retried after the lease");
                             }
-                        });
+                        }, span));
                     }
                 }
                 Err(e) => {
@@ -150,6 +157,7 @@ pub async fn run<G: Gateway>(
             }
         }
         // Wait for a call to finish, new work (a notification), the next retry to come due, or shutdown.
+        progress.idle();
         let woken = async {
             match listener.as_mut() {
                 Some(l) => l.recv().await.map(drop),
@@ -292,8 +300,18 @@ async fn work_on<G: Gateway>(
         outcome = perform(pool, gateway, &payment, work) => outcome?,
         never = renewing => never,
     };
-    metrics::histogram!("kassa_payment_call_seconds", "work" => work.as_str())
+    let result = match &outcome {
+        Outcome::Observed(_) | Outcome::Refunded(_) => "ok",
+        Outcome::Failed(..) => "failed",
+        Outcome::Retry {
+            ambiguous: true, ..
+        } => "unknown",
+        Outcome::Retry { .. } => "retry",
+    };
+    metrics::histogram!("kassa_provider_call_duration_seconds", "operation" => work.as_str(), "outcome" => result)
         .record(started.elapsed().as_secs_f64());
+    metrics::counter!("kassa_provider_calls_total", "operation" => work.as_str(), "outcome" => result)
+        .increment(1);
     record(
         pool,
         codec,

@@ -10,8 +10,8 @@ use sqlx::PgPool;
 
 use super::outbox::Caused;
 use super::store::{self, Advance, OutboxRow, TopicPartition};
-use super::trace::TRACEPARENT;
 use super::{Delivered, HandleError, Handler};
+use kassa_schemas::trace::TRACEPARENT;
 
 /// What happened to a batch.
 pub(super) enum Outcome {

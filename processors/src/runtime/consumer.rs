@@ -40,6 +40,7 @@ enum RebalanceEvent {
 
 struct Context {
     events: tokio::sync::mpsc::UnboundedSender<RebalanceEvent>,
+    group: &'static str,
 }
 
 impl ClientContext for Context {}
@@ -47,6 +48,7 @@ impl ClientContext for Context {}
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            super::liveness::set_assigned(self.group, false);
             let _ = self
                 .events
                 .send(RebalanceEvent::Revoked(partitions_of(list)));
@@ -58,6 +60,7 @@ impl ConsumerContext for Context {
     /// sought to the offset stored in Postgres, or read from the beginning when none is stored.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            super::liveness::set_assigned(self.group, true);
             let mut from_start = TopicPartitionList::new();
             for element in list.elements() {
                 let _ = from_start.add_partition_offset(
@@ -139,15 +142,19 @@ pub async fn run<H: Handler>(
     if let Some(id) = &config.instance_id {
         consumer_config.set("group.instance.id", format!("{}-{id}", group.group_id()));
     }
-    let consumer: StreamConsumer<Context> =
-        consumer_config.create_with_context(Context { events: events_tx })?;
+    let consumer: StreamConsumer<Context> = consumer_config.create_with_context(Context {
+        events: events_tx,
+        group: group.name(),
+    })?;
     let topics: Vec<&str> = group.inputs().iter().map(|t| t.name()).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(group = group.name(), ?topics, "processor consuming");
 
     let mut positions = Positions::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let progress = super::liveness::register(format!("{} consumer", group.name()));
     while !*shutdown.borrow() {
+        progress.idle();
         let mut messages = assemble(
             &consumer,
             &mut events,
@@ -162,6 +169,7 @@ pub async fn run<H: Handler>(
         }
         // Sync each partition to Postgres; retry until the database answers.
         loop {
+            progress.busy();
             match positions
                 .sync(&pool, group.name(), &consumer, &mut messages)
                 .await
@@ -180,6 +188,7 @@ pub async fn run<H: Handler>(
         let mut take = messages.len();
         let mut poison_attempts = 0;
         while !messages.is_empty() {
+            progress.busy();
             let stored = positions.expected();
             let started = Instant::now();
             let taken = take.clamp(1, messages.len());

@@ -14,12 +14,12 @@
 pub mod backoff;
 mod batch;
 mod consumer;
+pub mod liveness;
 pub mod outbox;
 mod position;
 pub mod relay;
 pub mod stats;
 pub mod store;
-pub mod trace;
 
 use std::future::Future;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use crate::ConsumerGroup;
 use sqlx::PgConnection;
 
 use super::store::{self, OutboxRow};
-use super::trace::{TRACEPARENT, child_of};
+use kassa_schemas::trace::{TRACEPARENT, child_of};
 
 /// An event to publish, and the trace context of what caused it.
 #[derive(Debug, Clone)]

@@ -46,8 +46,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let progress = super::liveness::register(format!("{schema} outbox relay"));
     loop {
-        match lead(&pool, schema, &producer, &mut shutdown).await {
+        progress.busy();
+        match lead(&pool, schema, &producer, &mut shutdown, &progress).await {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -68,6 +70,7 @@ async fn lead(
     schema: &'static str,
     producer: &FutureProducer,
     shutdown: &mut watch::Receiver<bool>,
+    progress: &super::liveness::Loop,
 ) -> Result<(), Failure> {
     // The lock lives as long as this connection: a dead leader's lock goes with its connection.
     // Detached from the pool, so that when this attempt ends (a failure included) the connection
@@ -83,6 +86,7 @@ async fn lead(
         if leader {
             break;
         }
+        progress.idle(); // a standby waits for the leader to go
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => if *shutdown.borrow() { return Ok(()) },
@@ -93,6 +97,7 @@ async fn lead(
     listener.listen(&outbox_channel(schema)).await?;
     let mut last_prune = Instant::now();
     loop {
+        progress.busy();
         let published = publish_round(pool, schema, producer).await?;
         if last_prune.elapsed() > Duration::from_secs(60) {
             sqlx::query(AssertSqlSafe(format!(
@@ -114,6 +119,7 @@ async fn lead(
         if *shutdown.borrow() {
             return Ok(()); // drained: nothing committed is left unpublished
         }
+        progress.idle();
         tokio::select! {
             n = listener.recv() => { n?; }
             _ = tokio::time::sleep(POLL) => {}
@@ -191,7 +197,9 @@ async fn publish_round(
         total_ms,
         "outbox round"
     );
-    metrics::counter!("kassa_outbox_published_total", "schema" => schema.to_owned())
+    metrics::histogram!("kassa_outbox_publish_duration_seconds", "group" => schema.to_owned())
+        .record(published_ms / 1000.0);
+    metrics::counter!("kassa_outbox_published_total", "group" => schema.to_owned())
         .increment(ids.len() as u64);
     Ok(ids.len())
 }

@@ -156,6 +156,7 @@ pub async fn ensure_scratch_topic(settings: &Settings, name: &str, partitions: i
     name.to_owned()
 }
 pub mod api;
+pub mod foreign;
 pub mod inventory;
 pub mod processes;
 pub mod proxy;

@@ -1,4 +1,6 @@
-//! W3C trace context (`traceparent`) carried in Kafka headers from an input to the events it causes.
+//! W3C trace context (`traceparent`): taken from the storefront's HTTP request (or started by the
+//! API), kept with the order, and carried in Kafka headers from each input to the events it
+//! causes, so every record about one order is one trace.
 
 use uuid::Uuid;
 
@@ -13,6 +15,11 @@ pub fn child_of(parent: Option<&str>) -> String {
         Some((trace_id, flags)) => format!("00-{trace_id}-{span_id}-{flags}"),
         None => format!("00-{}-{span_id}-01", Uuid::new_v4().simple()),
     }
+}
+
+/// The trace id of a well-formed `traceparent` (None: absent or malformed).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    parse(traceparent).map(|(trace_id, _)| trace_id)
 }
 
 /// The trace id and flags of a well-formed version-00 `traceparent`.

@@ -1,0 +1,172 @@
+//! The operations endpoints of a running processor, on `KASSA_OPS_ADDR` (the API serves its own
+//! on its address): `/metrics` (this process's Prometheus metrics, each processor's lag per
+//! partition and outbox backlog among them, sampled every few seconds), `/health` (every loop of
+//! the process makes progress: a consume loop, relay, worker or ticker stuck in one step longer
+//! than `KASSA_STALL_SECONDS` is not) and `/ready` (Postgres and Kafka answer, and every consumer
+//! holds its assignment).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kassa_api::problem::Problem;
+use kassa_processors::ConsumerGroup;
+use kassa_processors::runtime::liveness;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::settings::Settings;
+
+/// How often lag and outbox backlog are sampled into the metrics.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// What the endpoints read.
+#[derive(Clone)]
+struct Probes {
+    groups: Vec<ConsumerGroup>,
+    stall: Duration,
+    pool: PgPool,
+    kafka: Arc<BaseConsumer>,
+}
+
+/// Why the endpoints could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbesError {
+    /// The address could not be bound.
+    #[error("cannot serve /metrics, /health and /ready on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A client could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The server failed while running.
+    #[error("ops endpoints: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the endpoints for the processors `groups` of this process until `shutdown`
+/// completes, and samples their lag and outbox backlog meanwhile.
+pub async fn serve(
+    settings: &Settings,
+    groups: Vec<ConsumerGroup>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProbesError> {
+    kassa_api::telemetry::handle();
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(settings.database_url.expose())
+        .map_err(|e| ProbesError::Setup(format!("database URL: {e}")))?;
+    let kafka: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .create()
+        .map_err(|e| ProbesError::Setup(format!("Kafka client: {e}")))?;
+    let probes = Probes {
+        groups,
+        stall: settings.process.stall,
+        pool,
+        kafka: Arc::new(kafka),
+    };
+    let addr = settings.process.ops_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProbesError::Bind { addr, source })?;
+    let bound = listener.local_addr()?;
+    let names: Vec<&str> = probes.groups.iter().map(|g| g.name()).collect();
+    tracing::info!(addr = %bound, processors = ?names, "serving /metrics, /health and /ready");
+    let sampler = tokio::spawn(sample(settings.clone(), probes.clone()));
+    let app = Router::new()
+        .route("/metrics", get(kassa_api::telemetry::render))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(|| async { Problem::not_found("route") })
+        .with_state(probes);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sampler.abort();
+    Ok(served?)
+}
+
+/// `GET /health`: 200 while every loop makes progress; 503 naming each one stuck.
+async fn health(State(probes): State<Probes>) -> Response {
+    let stalled = liveness::stalled(probes.stall);
+    if stalled.is_empty() {
+        return Json(json!({ "status": "ok", "loops": liveness::loops() })).into_response();
+    }
+    let named: Vec<String> = stalled
+        .iter()
+        .map(|(name, busy)| format!("{name}: {} s in one step", busy.as_secs()))
+        .collect();
+    tracing::error!(stalled = ?named, "a loop makes no progress");
+    let mut problem = Problem::unavailable("a loop makes no progress", 5);
+    problem.detail = format!("stuck: {}", named.join("; "));
+    problem.into_response()
+}
+
+/// `GET /ready`: 200 when Postgres and Kafka answer within 2 s and every consumer of this
+/// process holds its assignment; 503 saying which does not.
+async fn ready(State(probes): State<Probes>) -> Response {
+    let limit = Duration::from_secs(2);
+    let postgres = tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&probes.pool));
+    let kafka = probes.kafka.clone();
+    let kafka = tokio::task::spawn_blocking(move || kafka.fetch_metadata(None, limit).is_ok());
+    let (postgres, kafka) = tokio::join!(postgres, kafka);
+    let mut checks = serde_json::Map::new();
+    let verdict = |ok: bool| json!(if ok { "ok" } else { "failing" });
+    checks.insert("postgres".into(), verdict(matches!(postgres, Ok(Ok(_)))));
+    checks.insert("kafka".into(), verdict(matches!(kafka, Ok(true))));
+    for group in &probes.groups {
+        let assigned = liveness::assigned(group.name());
+        let state = if assigned { "assigned" } else { "not assigned" };
+        checks.insert(format!("{} consumer", group.name()), json!(state));
+    }
+    let all_ok = checks.values().all(|v| v == "ok" || v == "assigned");
+    let checks = serde_json::Value::Object(checks);
+    if all_ok {
+        Json(json!({ "status": "ready", "checks": checks })).into_response()
+    } else {
+        let mut problem = Problem::unavailable("not ready", 2);
+        problem.detail = format!("checks: {checks}");
+        problem.into_response()
+    }
+}
+
+/// Samples the lag of every input partition and the outbox backlog of `probes.groups` into
+/// gauges, every [`SAMPLE_EVERY`]: `kassa_consumer_lag{group,topic,partition}`,
+/// `kassa_outbox_unsent{group}`, `kassa_outbox_oldest_unsent_seconds{group}`.
+async fn sample(settings: Settings, probes: Probes) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match crate::lag::measure(&settings, &probes.pool, &probes.groups).await {
+            Ok(groups) => {
+                for g in groups {
+                    for p in &g.partitions {
+                        metrics::gauge!("kassa_consumer_lag", "group" => g.group, "topic" => p.topic.clone(), "partition" => p.partition.to_string())
+                            .set(p.lag as f64);
+                    }
+                    metrics::gauge!("kassa_outbox_unsent", "group" => g.group)
+                        .set(g.outbox_unsent as f64);
+                    metrics::gauge!("kassa_outbox_oldest_unsent_seconds", "group" => g.group)
+                        .set(g.outbox_oldest_unsent_seconds.unwrap_or(0.0));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sampling lag and outbox backlog failed"),
+        }
+    }
+}
