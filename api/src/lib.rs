@@ -226,10 +226,11 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
     };
     let checks =
         json!({ "postgres": verdict(postgres), "kafka": verdict(kafka), "redis": verdict(redis) });
-    if checks
+    let all_ok = checks
         .as_object()
-        .is_some_and(|c| c.values().all(|v| v == "ok"))
-    {
+        .is_some_and(|c| c.values().all(|v| v == "ok"));
+    metrics::gauge!("kassa_ready", "component" => "api").set(if all_ok { 1.0 } else { 0.0 });
+    if all_ok {
         Json(json!({ "status": "ready", "checks": checks })).into_response()
     } else {
         tracing::warn!(%checks, "not ready");

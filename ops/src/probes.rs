@@ -29,6 +29,9 @@ use crate::settings::Settings;
 /// How often lag and outbox backlog are sampled into the metrics.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
+/// How far past its deadline an undecided order counts as stuck (as `kassa reconcile`'s default).
+const STUCK_MARGIN: Duration = Duration::from_secs(300);
+
 /// What the endpoints read.
 #[derive(Clone)]
 struct Probes {
@@ -120,6 +123,18 @@ async fn health(State(probes): State<Probes>) -> Response {
 /// `GET /ready`: 200 when Postgres and Kafka answer within 2 s and every consumer of this
 /// process holds its assignment; 503 saying which does not.
 async fn ready(State(probes): State<Probes>) -> Response {
+    let (ready, checks) = readiness(&probes).await;
+    if ready {
+        Json(json!({ "status": "ready", "checks": checks })).into_response()
+    } else {
+        let mut problem = Problem::unavailable("not ready", 2);
+        problem.detail = format!("checks: {checks}");
+        problem.into_response()
+    }
+}
+
+/// Whether the process is ready, and each check's verdict.
+async fn readiness(probes: &Probes) -> (bool, serde_json::Value) {
     let limit = Duration::from_secs(2);
     let postgres = tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&probes.pool));
     let kafka = probes.kafka.clone();
@@ -134,25 +149,32 @@ async fn ready(State(probes): State<Probes>) -> Response {
         let state = if assigned { "assigned" } else { "not assigned" };
         checks.insert(format!("{} consumer", group.name()), json!(state));
     }
-    let all_ok = checks.values().all(|v| v == "ok" || v == "assigned");
-    let checks = serde_json::Value::Object(checks);
-    if all_ok {
-        Json(json!({ "status": "ready", "checks": checks })).into_response()
-    } else {
-        let mut problem = Problem::unavailable("not ready", 2);
-        problem.detail = format!("checks: {checks}");
-        problem.into_response()
-    }
+    let ready = checks.values().all(|v| v == "ok" || v == "assigned");
+    (ready, serde_json::Value::Object(checks))
 }
 
-/// Samples the lag of every input partition and the outbox backlog of `probes.groups` into
-/// gauges, every [`SAMPLE_EVERY`]: `kassa_consumer_lag{group,topic,partition}`,
-/// `kassa_outbox_unsent{group}`, `kassa_outbox_oldest_unsent_seconds{group}`.
+/// Samples into gauges, every [`SAMPLE_EVERY`]: the lag of every input partition and the outbox
+/// backlog of `probes.groups` (`kassa_consumer_lag{group,topic,partition}`,
+/// `kassa_outbox_unsent{group}`, `kassa_outbox_oldest_unsent_seconds{group}`), readiness
+/// (`kassa_ready{component="processors"}`: 1 or 0, what `/ready` answers) and, where the orders
+/// processor runs, the orders undecided 5 minutes past their deadline (`kassa_orders_stuck`).
 async fn sample(settings: Settings, probes: Probes) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        let (ready, _) = readiness(&probes).await;
+        metrics::gauge!("kassa_ready", "component" => "processors").set(if ready {
+            1.0
+        } else {
+            0.0
+        });
+        if probes.groups.contains(&ConsumerGroup::Orders) {
+            match crate::reconcile::stuck_count(&probes.pool, STUCK_MARGIN).await {
+                Ok(n) => metrics::gauge!("kassa_orders_stuck").set(n as f64),
+                Err(e) => tracing::warn!(error = %e, "counting stuck orders failed"),
+            }
+        }
         match crate::lag::measure(&settings, &probes.pool, &probes.groups).await {
             Ok(groups) => {
                 for g in groups {

@@ -71,6 +71,34 @@ pub struct Options {
     pub margin: Duration,
 }
 
+/// Each undecided order (created since `$1`, when given) with its deadline: its 3-D Secure
+/// window, its hold, or its last change where it has neither.
+macro_rules! deadlines {
+    () => {
+        "SELECT order_id, state, updated_at,
+                CASE WHEN state = 'action_required' AND action_due_at IS NOT NULL THEN action_due_at
+                     WHEN state IN ('pending', 'reserved') AND hold_expires_at IS NOT NULL THEN hold_expires_at
+                     ELSE updated_at END AS deadline
+         FROM orders.orders
+         WHERE state NOT IN ('completed', 'rejected', 'cancelled')
+           AND ($1::timestamptz IS NULL OR created_at >= $1)"
+    };
+}
+
+/// How many orders are undecided past their deadline by more than `margin` (what
+/// `kassa_orders_stuck` reports).
+pub async fn stuck_count(pool: &PgPool, margin: Duration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "WITH d AS (",
+        deadlines!(),
+        ") SELECT count(*) FROM d WHERE deadline < now() - make_interval(secs => $2)"
+    ))
+    .bind(None::<chrono::DateTime<chrono::Utc>>)
+    .bind(margin.as_secs_f64())
+    .fetch_one(pool)
+    .await
+}
+
 /// The rows a check returns: the ids involved and the detail.
 type Rows = Vec<(Vec<String>, String)>;
 
@@ -158,19 +186,16 @@ pub async fn reconcile(pool: &PgPool, options: &Options) -> Result<Vec<Discrepan
         ),
         (
             Class::Stuck,
-            "WITH d AS (
-               SELECT order_id, state, updated_at,
-                      CASE WHEN state = 'action_required' AND action_due_at IS NOT NULL THEN action_due_at
-                           WHEN state IN ('pending', 'reserved') AND hold_expires_at IS NOT NULL THEN hold_expires_at
-                           ELSE updated_at END AS deadline
-               FROM orders.orders
-               WHERE state NOT IN ('completed', 'rejected', 'cancelled')
-                 AND ($1::timestamptz IS NULL OR created_at >= $1))
+            concat!(
+                "WITH d AS (",
+                deadlines!(),
+                ")
              SELECT ARRAY[order_id],
                     format('%s since %s; its deadline passed %s s ago', state, updated_at,
                            round(extract(epoch FROM now() - deadline)))
              FROM d WHERE deadline < now() - make_interval(secs => $2)
-             ORDER BY deadline",
+             ORDER BY deadline"
+            ),
         ),
     ];
     let mut found = Vec::new();

@@ -1,15 +1,25 @@
 //! Every processor process can be watched: `kassa run <processor>` serves `/metrics` (its lag per
 //! partition and outbox backlog among them), `/health` (its loops make progress: a consume loop
 //! stuck in one step turns it unhealthy, and healthy again once the step ends) and `/ready` (its
-//! dependencies answer and its consumer holds its assignment) on `KASSA_OPS_ADDR`.
+//! dependencies answer and its consumer holds its assignment) on `KASSA_OPS_ADDR`. The dashboard
+//! and the alerts (`deploy/`) name only metrics a running kassa exports, and each alert names a
+//! paragraph of the README's runbook.
 
 use crate::common;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::processes::Component;
+use common::saga::{Saga, start_processors};
 use rdkafka::producer::FutureRecord;
 use serde_json::Value;
+
+/// The processors' settings for these tests: a 3-D Secure window of 5 s.
+const ENV: &[(&str, &str)] = &[
+    ("KASSA_INSTANCE_ID", "observability-tests"),
+    ("KASSA_PAYMENT_ACTION_SECONDS", "5"),
+];
 
 /// A free loopback port (bound, then let go).
 fn free_port() -> u16 {
@@ -132,4 +142,143 @@ async fn a_processor_serves_metrics_health_and_ready_and_a_stuck_loop_is_unhealt
     );
     blocker.rollback().await.unwrap();
     wait_until(&http, &base, "/health", 200, |_| true).await;
+}
+
+/// The `kassa_…` metric names in `text` (PromQL expressions).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("kassa_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// Every PromQL expression of the dashboard (its panels' targets).
+fn dashboard_exprs(panel: &Value, found: &mut Vec<String>) {
+    match panel {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", Value::String(expr)) => found.push(expr.clone()),
+                    _ => dashboard_exprs(value, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| dashboard_exprs(i, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_and_alerts_name_only_metrics_a_running_kassa_exports() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/kassa.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let alerts = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "the dashboard's queries: {exprs:?}");
+    let alert_exprs: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .collect();
+    let alert_count = alerts.matches("- alert: ").count();
+    assert_eq!(alert_exprs.len(), alert_count, "one expression an alert");
+    for (field, wanted) in [("summary: ", alert_count), ("runbook_url: ", alert_count)] {
+        assert_eq!(
+            alerts.matches(field).count(),
+            wanted,
+            "every alert has a {field}"
+        );
+    }
+    for runbook in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook: "))
+    {
+        let title = runbook.trim_matches('"');
+        assert!(
+            readme.contains(&format!("**{title}.**")),
+            "the README's runbook has a paragraph {title:?}"
+        );
+    }
+    let named: BTreeSet<String> = exprs
+        .iter()
+        .map(String::as_str)
+        .chain(alert_exprs.iter().copied())
+        .flat_map(metric_names)
+        .collect();
+    assert!(named.len() >= 15, "the metrics named: {named:?}");
+
+    // A kassa at work: an order completes through a flash sale, a card is declined, a 3-D
+    // Secure window runs out, a message is dead-lettered.
+    let saga = Saga::new(start_processors(ENV).await, None, None).await;
+    let sku = saga.sku("WATCH");
+    saga.product(&sku, 900, 10).await;
+    let sale = saga
+        .api
+        .as_admin(reqwest::Method::PUT, &format!("/admin/flash-sales/{sku}"))
+        .json(&serde_json::json!({"tokens": 5, "hold_seconds": 60, "per_customer_limit": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(sale.status().is_success());
+    let completed = saga.place("pm_card_visa", &[(&sku, 1)]).await;
+    let declined = saga.place("pm_card_chargeDeclined", &[(&sku, 1)]).await;
+    let expired = saga
+        .place("pm_card_threeDSecure2Required", &[(&sku, 1)])
+        .await;
+    let feed = common::inventory::Feed::new(&saga.api.settings);
+    feed.send(
+        &format!("not-{sku}"),
+        &common::inventory::reserve("o-watch", 0, &sku, 1),
+    )
+    .await;
+    saga.wait_status(&completed, "completed", Duration::from_secs(60))
+        .await;
+    saga.wait_status(&declined, "cancelled", Duration::from_secs(60))
+        .await;
+    saga.wait_status(&expired, "cancelled", Duration::from_secs(60))
+        .await;
+
+    // Scraped from the API and every processor, until every name is exported (the gauges are
+    // sampled every 10 s).
+    let processors: Vec<String> = common::turns::RUNNING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|c| c.ops.clone())
+        .collect();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let mut exported = BTreeSet::new();
+        for base in std::iter::once(&saga.api.base).chain(&processors) {
+            if let Some((200, Value::String(text))) = get(&http, base, "/metrics").await {
+                exported.extend(
+                    text.lines()
+                        .filter(|l| l.starts_with("kassa_"))
+                        .filter_map(|l| l.split(['{', ' ']).next())
+                        .map(str::to_owned),
+                );
+            }
+        }
+        let missing: Vec<&String> = named.iter().filter(|n| !exported.contains(*n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "named by the dashboard or an alert, not exported by a running kassa: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await; // poll the scrapes until the deadline
+    }
 }

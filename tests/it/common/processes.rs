@@ -13,6 +13,8 @@ pub struct Component {
     /// `inventory`, `orders`, `payments`, `expiry`, `all`, `api`.
     pub name: String,
     env: Vec<(String, String)>,
+    /// Where it serves `/metrics`, `/health` and `/ready`: `http://127.0.0.1:<port>`.
+    pub ops: String,
     child: Child,
     stdin: Option<ChildStdin>,
 }
@@ -61,7 +63,20 @@ impl Component {
         Self::spawn(name, env)
     }
 
-    fn spawn(name: &str, env: Vec<(String, String)>) -> Self {
+    fn spawn(name: &str, mut env: Vec<(String, String)>) -> Self {
+        // A port of its own for its operations endpoints, kept across restarts.
+        if !env.iter().any(|(k, _)| k == "KASSA_OPS_ADDR") {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            env.push(("KASSA_OPS_ADDR".into(), format!("127.0.0.1:{port}")));
+        }
+        let ops = env
+            .iter()
+            .find(|(k, _)| k == "KASSA_OPS_ADDR")
+            .map(|(_, v)| format!("http://{v}"))
+            .unwrap_or_default();
         let log = std::env::var("KASSA_TEST_PROCESSOR_LOG").map(|p| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -96,6 +111,7 @@ impl Component {
         Self {
             name: name.to_owned(),
             env,
+            ops,
             child,
             stdin,
         }
