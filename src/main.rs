@@ -1,6 +1,5 @@
 //! The `kassa` command: run components, and the admin tasks around them.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +10,7 @@ use kassa::supervisor::Component;
 use kassa::topics::TopicOutcome;
 use kassa_schemas::registry::{Registry, Verdict};
 
+mod logging;
 mod operate;
 
 /// kassa — checkout back end: HTTP intake and Kafka-driven stream processors.
@@ -146,30 +146,16 @@ enum BenchWhat {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.settings.process.log).unwrap_or_else(|e| {
-            eprintln!("KASSA_LOG: {e}; logging at info");
-            tracing_subscriber::EnvFilter::new("info")
-        });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.settings.process.log_format {
-        kassa::settings::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        kassa::settings::LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .init(),
-    }
-    match execute(cli).await {
+    let logging = logging::init(&cli.settings.process);
+    let code = match execute(cli).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    logging.shutdown();
+    code
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kassa_schemas::trace::{TRACEPARENT, child_of};
+use kassa_schemas::trace::{TRACEPARENT, child_of, continue_trace, of_span};
 use kassa_schemas::{Envelope, Payload};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -30,8 +30,12 @@ pub async fn send_all(
     parent: Option<&str>,
     records: &[(String, Vec<u8>)],
 ) -> Result<(), ApiError> {
+    // Exported: a span for the send, in the order's trace; each record is its child.
+    let span = tracing::info_span!("send", otel.name = %format!("api sends to {topic}"));
+    continue_trace(&span, parent);
+    let sent_by = of_span(&span);
     let sends = records.iter().map(|(key, bytes)| {
-        let traceparent = child_of(parent);
+        let traceparent = sent_by.clone().unwrap_or_else(|| child_of(parent));
         let headers = OwnedHeaders::new().insert(Header {
             key: TRACEPARENT,
             value: Some(traceparent.as_str()),
@@ -62,10 +66,11 @@ pub async fn send<P: Payload>(
     send_all(state, P::TOPIC.name(), parent, &[(key.to_owned(), bytes)]).await
 }
 
-/// The trace an order starts: the storefront's (a child of its `traceparent` header, when it sent
-/// a well-formed one) or a new one.
+/// The trace an order starts: the storefront's (when it sent a well-formed `traceparent`) or a
+/// new one; exported, the request's span is its root here.
 pub fn order_trace(headers: &axum::http::HeaderMap) -> String {
-    child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+    of_span(&tracing::Span::current())
+        .unwrap_or_else(|| child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())))
 }
 
 /// The `traceparent` kept with order `order_id` (None: no such order, or none kept).

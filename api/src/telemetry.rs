@@ -49,10 +49,18 @@ pub async fn record(request: Request, next: Next) -> Response {
         .map(str::to_owned);
     let span = tracing::info_span!(
         "request",
+        otel.name = %format!("{method} {route}"),
         method = %method,
         route = %route,
         trace_id = trace_id,
         order_id = tracing::field::Empty,
+    );
+    kassa_schemas::trace::continue_trace(
+        &span,
+        request
+            .headers()
+            .get(kassa_schemas::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
     );
     let started = Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span).await;

@@ -282,3 +282,103 @@ async fn the_dashboard_and_alerts_name_only_metrics_a_running_kassa_exports() {
         tokio::time::sleep(Duration::from_millis(500)).await; // poll the scrapes until the deadline
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_order_is_one_trace_at_a_real_collector() {
+    let jaeger = std::env::var("KASSA_TEST_JAEGER").expect(
+        "KASSA_TEST_JAEGER: Jaeger's query API (`scripts/dev up jaeger`, `scripts/dev env`)",
+    );
+    let otlp = std::env::var("KASSA_TEST_OTLP_ENDPOINT").expect("KASSA_TEST_OTLP_ENDPOINT");
+    // The processors and the API as processes of their own, exporting their spans.
+    let exporting = [
+        ("KASSA_INSTANCE_ID", "trace-export-tests"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+    ];
+    let saga = Saga::new(start_processors(&exporting).await, None, None).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _api = Component::start("api", &[("KASSA_HTTP_ADDR", addr.as_str()), exporting[1]]);
+    let api = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    wait_until(&http, &api, "/health", 200, |_| true).await;
+    let sku = saga.sku("TRACED");
+    saga.product(&sku, 1500, 5).await;
+
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let storefront_span = "00f067aa0ba902b7";
+    let customer = format!("cus_{}_traced", saga.run);
+    let placed = http
+        .post(format!("{api}/api/orders"))
+        .bearer_auth(&saga.api.storefront)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .header("traceparent", format!("00-{trace}-{storefront_span}-01"))
+        .json(&serde_json::json!({
+            "customer_id": customer,
+            "payment_method_id": "pm_card_visa",
+            "lines": [{"sku": sku, "quantity": 2}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let answer: Value = placed.json().await.unwrap();
+    let order = common::saga::Placed {
+        id: answer["order_id"].as_str().unwrap().to_owned(),
+        customer,
+    };
+    saga.wait_status(&order, "completed", Duration::from_secs(60))
+        .await;
+
+    // Every hop's span reaches the collector, in the storefront's trace.
+    let wanted = [
+        "POST /api/orders",
+        "api sends to",
+        "inventory handles",
+        "inventory publishes to",
+        "orders handles",
+        "orders publishes to",
+        "payments handles",
+        "payments works on",
+        "simulated authorize",
+        "simulated capture",
+        "payments publishes to",
+        "expiry handles",
+    ];
+    let started = Instant::now();
+    let spans = loop {
+        let found = get(&http, &jaeger, &format!("/api/traces/{trace}")).await;
+        let spans: Vec<Value> = found
+            .as_ref()
+            .and_then(|(_, body)| body["data"][0]["spans"].as_array().cloned())
+            .unwrap_or_default();
+        let names: Vec<&str> = spans
+            .iter()
+            .filter_map(|s| s["operationName"].as_str())
+            .collect();
+        if wanted
+            .iter()
+            .all(|w| names.iter().any(|n| n.starts_with(w)))
+        {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the collector holds every hop of the order's trace within 60 s; it has {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await; // poll the collector until the deadline
+    };
+    // Linked: each span's parent is in the trace, but the first's, which is the storefront's.
+    let ids: BTreeSet<&str> = spans.iter().filter_map(|s| s["spanID"].as_str()).collect();
+    for span in &spans {
+        for parent in span["references"].as_array().unwrap() {
+            let parent = parent["spanID"].as_str().unwrap();
+            assert!(
+                ids.contains(parent)
+                    || (span["operationName"] == "POST /api/orders" && parent == storefront_span),
+                "{} has its parent {parent} outside the trace",
+                span["operationName"]
+            );
+        }
+        assert_eq!(span["traceID"], trace.as_str());
+    }
+}

@@ -107,6 +107,7 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
     }
     let fired_at = Utc::now();
     let mut events = Vec::with_capacity(due.len());
+    let mut spans = Vec::new();
     for (order_id, kind, due_at, traceparent) in &due {
         let Some(kind) = super::parse_kind(kind) else {
             tracing::error!(
@@ -126,15 +127,25 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
                 fired_at,
             }),
         );
+        // Exported: a span for the firing, in the order's trace.
+        let span = tracing::info_span!(
+            "deadline passed",
+            otel.name = %format!("expiry fires {kind:?}"),
+            order_id = %order_id,
+        );
+        kassa_schemas::trace::continue_trace(&span, traceparent.as_deref());
         events.push(Caused {
             topic: Topic::ExpiryEvents,
             key: order_id.clone(),
             payload: codec.encode(&event).await?,
             parent: traceparent.as_deref(),
+            writer: kassa_schemas::trace::of_span(&span),
         });
+        spans.push(span);
     }
     outbox::append(&mut tx, ConsumerGroup::Expiry, events).await?;
     tx.commit().await?;
+    drop(spans);
     let late_ms = due
         .iter()
         .map(|(_, _, at, _)| (fired_at - *at).num_milliseconds())

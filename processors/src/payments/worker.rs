@@ -128,9 +128,11 @@ pub async fn run<G: Gateway>(
                         let (owner, lease, recheck) = (owner.clone(), config.lease, config.recheck);
                         let span = tracing::info_span!(
                             "payment work",
+                            otel.name = %format!("payments works on {}", payment.order_id),
                             order_id = %payment.order_id,
                             trace_id = payment.traceparent.as_deref().and_then(kassa_schemas::trace::trace_id),
                         );
+                        kassa_schemas::trace::continue_trace(&span, payment.traceparent.as_deref());
                         in_flight.spawn(tracing::Instrument::instrument(async move {
                             let _working = working;
                             let order = payment.order_id.clone();
@@ -296,8 +298,13 @@ async fn work_on<G: Gateway>(
             }
         }
     };
+    let call = tracing::info_span!(
+        "provider call",
+        otel.name = %format!("{} {}", gateway.name(), work.as_str()),
+        operation = work.as_str(),
+    );
     let outcome = tokio::select! {
-        outcome = perform(pool, gateway, &payment, work) => outcome?,
+        outcome = tracing::Instrument::instrument(perform(pool, gateway, &payment, work), call) => outcome?,
         never = renewing => never,
     };
     let result = match &outcome {

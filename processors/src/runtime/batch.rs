@@ -141,6 +141,25 @@ pub(super) async fn process<H: Handler>(
     let skipped = messages.len() - dead.len() - fresh.len();
     let inbox_ms = lap(&mut since);
 
+    // Exported spans: one a message, each a child of the span that wrote its record (the
+    // handler handles the batch at once: each lasts as long as the batch).
+    let spans: Vec<tracing::Span> = if kassa_schemas::trace::exporting() {
+        fresh
+            .iter()
+            .map(|d| {
+                let span = tracing::info_span!(
+                    "handle",
+                    otel.name = %format!("{schema} handles {}", d.topic.base_name()),
+                    partition = d.partition,
+                    offset = d.offset,
+                );
+                kassa_schemas::trace::continue_trace(&span, d.traceparent.as_deref());
+                span
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let handled = handler.handle(&mut tx, &fresh).await?;
     let handle_ms = lap(&mut since);
     let mut rows = Vec::with_capacity(handled.emit.len() + dead.len() + handled.invalid.len());
@@ -151,6 +170,9 @@ pub(super) async fn process<H: Handler>(
             key: emit.key,
             payload: emit.payload,
             parent,
+            writer: spans
+                .get(emit.cause)
+                .and_then(kassa_schemas::trace::of_span),
         };
         rows.push(caused.into_row());
     }

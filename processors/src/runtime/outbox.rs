@@ -10,7 +10,7 @@ use crate::ConsumerGroup;
 use sqlx::PgConnection;
 
 use super::store::{self, OutboxRow};
-use kassa_schemas::trace::{TRACEPARENT, child_of};
+use kassa_schemas::trace::{TRACEPARENT, header_for};
 
 /// An event to publish, and the trace context of what caused it.
 #[derive(Debug, Clone)]
@@ -23,16 +23,20 @@ pub struct Caused<'a> {
     pub payload: Vec<u8>,
     /// The cause's `traceparent` (None, or malformed: the event starts a new trace).
     pub parent: Option<&'a str>,
+    /// The `traceparent` of the exported span that wrote it, when there is one (else the span
+    /// current when the row is made, or a fresh child of `parent`).
+    pub writer: Option<String>,
 }
 
 impl Caused<'_> {
-    /// The outbox row: the event with a child span of its cause's trace.
+    /// The outbox row: the event in its cause's trace, as a child of the span that wrote it.
     pub(super) fn into_row(self) -> OutboxRow {
+        let traceparent = self.writer.unwrap_or_else(|| header_for(self.parent));
         OutboxRow {
             topic: self.topic.name().to_owned(),
             key: Some(self.key),
             payload: self.payload,
-            headers: vec![(TRACEPARENT.to_owned(), child_of(self.parent))],
+            headers: vec![(TRACEPARENT.to_owned(), traceparent)],
         }
     }
 }

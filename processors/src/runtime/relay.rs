@@ -148,6 +148,9 @@ async fn publish_round(
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(rows.len());
     let mut ids = Vec::with_capacity(rows.len());
+    // Exported: a span a row, from enqueueing to the broker's acknowledgement, a child of the
+    // span that wrote it.
+    let mut spans = Vec::new();
     for row in &rows {
         let id: i64 = row.get("id");
         let topic: String = row.get("topic");
@@ -162,6 +165,14 @@ async fn publish_round(
                     value: value.as_str(),
                 });
             }
+        }
+        if kassa_schemas::trace::exporting() {
+            let span = tracing::info_span!("publish", otel.name = %format!("{schema} publishes to {topic}"));
+            let parent = headers
+                .get(kassa_schemas::trace::TRACEPARENT)
+                .and_then(|v| v.as_str());
+            kassa_schemas::trace::continue_trace(&span, parent);
+            spans.push(span);
         }
         let mut record = FutureRecord::to(&topic).headers(kafka_headers);
         if let Some(key) = key.as_deref() {
@@ -182,6 +193,7 @@ async fn publish_round(
             Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
         }
     }
+    drop(spans);
     let published_ms = started.elapsed().as_secs_f64() * 1000.0;
     sqlx::query(AssertSqlSafe(format!(
         "UPDATE {schema}.outbox SET sent_at = now() WHERE id = ANY($1)"

@@ -143,6 +143,7 @@ pub(super) async fn record(
             key: order_id.to_owned(),
             payload: codec.encode(&event).await?,
             parent: p.traceparent.as_deref(),
+            writer: None,
         };
         outbox::append(&mut tx, ConsumerGroup::Payments, vec![caused]).await?;
     }
