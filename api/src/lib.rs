@@ -336,7 +336,33 @@ pub async fn serve_on(
     extra: Router<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, extra))
+    let sampling = tokio::spawn(sample(state.clone()));
+    let served = axum::serve(listener, router(state, extra))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sampling.abort();
+    served
+}
+
+/// Reports every 10 s, while the API serves: its database pool's saturation
+/// (`kassa_db_pool_connections{pool="api",state}`, `kassa_db_pool_max{pool="api"}`) and whether
+/// Redis is connected (`kassa_redis_connected`).
+async fn sample(state: AppState) {
+    let max = f64::from(state.pool.options().get_max_connections());
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        let (size, idle) = (state.pool.size(), state.pool.num_idle() as u32);
+        metrics::gauge!("kassa_db_pool_connections", "pool" => "api", "state" => "in_use")
+            .set(f64::from(size.saturating_sub(idle)));
+        metrics::gauge!("kassa_db_pool_connections", "pool" => "api", "state" => "idle")
+            .set(f64::from(idle));
+        metrics::gauge!("kassa_db_pool_max", "pool" => "api").set(max);
+        let connected = if state.redis.get().is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!("kassa_redis_connected").set(connected);
+    }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::accepted::owned_order;
+use crate::accepted::{Accepted, owned_order};
 use crate::auth::Storefront;
 use crate::domain::XCustomerId;
 use crate::error::ApiError;
@@ -32,17 +32,10 @@ pub async fn cancel(
     let order = owned.order_id.to_string();
     let request = OrderRequest::CancelRequested(CancelRequested {
         order_id: order.clone(),
-        customer_id: owned.customer_id,
+        customer_id: owned.customer_id.clone(),
         reason: "customer requested".into(),
     });
-    let trace = owned.traceparent.as_deref();
-    crate::produce::send(
-        &state,
-        &order,
-        trace,
-        &Envelope::new(order.clone(), None, request),
-    )
-    .await?;
+    send(&state, &owned, request).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "order_id": order, "status": "cancel_requested" })),
@@ -81,16 +74,17 @@ pub async fn renew_hold(
     let order = owned.order_id.to_string();
     let request = OrderRequest::HoldRenewalRequested(HoldRenewalRequested {
         order_id: order.clone(),
-        customer_id: owned.customer_id,
+        customer_id: owned.customer_id.clone(),
         hold_seconds,
     });
-    let trace = owned.traceparent.as_deref();
-    crate::produce::send(
-        &state,
-        &order,
-        trace,
-        &Envelope::new(order.clone(), None, request),
-    )
-    .await?;
+    send(&state, &owned, request).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "hold_renewal_requested", "hold_seconds": hold_seconds }))).into_response())
+}
+
+/// Sends `request` about `owned` to `orders.requests`, keyed by the order id, in its trace.
+async fn send(state: &AppState, owned: &Accepted, request: OrderRequest) -> Result<(), ApiError> {
+    let order = owned.order_id.to_string();
+    let trace = owned.traceparent.as_deref();
+    let envelope = Envelope::new(order.clone(), None, request);
+    crate::produce::send(state, &order, trace, &envelope).await
 }

@@ -272,21 +272,19 @@ async fn every_record_of_an_order_on_every_topic_continues_one_trace() {
         customer: answer["customer_id"].as_str().unwrap().to_owned(),
     };
     saga.wait_status(&order, "completed", DONE).await;
-    let records = common::foreign::order_traces(&saga.api.settings, &order.id, since).await;
-    let (traces, topics) = traces_and_topics(&records);
-    assert_eq!(
-        traces,
-        HashSet::from([Some(storefront_trace.as_str())]),
-        "every record continues the storefront's trace: {records:?}"
-    );
-    for topic in [
-        "checkout.requests",
-        "inventory.events",
-        "orders.events",
-        "payments.events",
-    ] {
-        assert!(topics.contains(topic), "a record on {topic}: {records:?}");
-    }
+    let trace = one_trace(
+        &saga,
+        &order.id,
+        since,
+        &[
+            "checkout.requests",
+            "inventory.events",
+            "orders.events",
+            "payments.events",
+        ],
+    )
+    .await;
+    assert_eq!(trace, Some(storefront_trace), "the storefront's trace");
 
     // Without the storefront's: one trace the API starts, continued by a cancellation the
     // customer asks for later and by the void it causes.
@@ -299,21 +297,39 @@ async fn every_record_of_an_order_on_every_topic_continues_one_trace() {
     saga.cancel(&order).await;
     saga.wait_status(&order, "cancelled", DONE).await;
     saga.wait_undone(&cap, 3, &intent_of(&order.id)).await;
-    let records = common::foreign::order_traces(&saga.api.settings, &order.id, since).await;
-    let (traces, topics) = traces_and_topics(&records);
+    one_trace(
+        &saga,
+        &order.id,
+        since,
+        &[
+            "checkout.requests",
+            "orders.requests",
+            "orders.events",
+            "payments.events",
+        ],
+    )
+    .await;
+}
+
+/// Asserts that every record about `order` since `since` carries one trace id, and that some
+/// are on each of `topics`.
+async fn one_trace(
+    saga: &Saga,
+    order: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    topics: &[&str],
+) -> Option<String> {
+    let records = common::foreign::order_traces(&saga.api.settings, order, since).await;
+    let (traces, on) = traces_and_topics(&records);
     assert_eq!(traces.len(), 1, "one trace: {records:?}");
     assert!(
         !traces.contains(&None),
         "every record carries it: {records:?}"
     );
-    for topic in [
-        "checkout.requests",
-        "orders.requests",
-        "orders.events",
-        "payments.events",
-    ] {
-        assert!(topics.contains(topic), "a record on {topic}: {records:?}");
+    for topic in topics {
+        assert!(on.contains(topic), "a record on {topic}: {records:?}");
     }
+    traces.into_iter().next().flatten().map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -337,14 +353,7 @@ async fn three_d_secure_never_completed_cancels_at_the_deadline_and_voids() {
     assert_eq!(cancelled["reason"], "payment_action_expired");
     saga.wait_undone(&sku, 2, &intent_of(&order.id)).await;
     // The deadline the expiry ticker fired continues the order's one trace.
-    let records = common::foreign::order_traces(&saga.api.settings, &order.id, since).await;
-    let (traces, topics) = traces_and_topics(&records);
-    assert_eq!(traces.len(), 1, "one trace: {records:?}");
-    assert!(
-        !traces.contains(&None),
-        "every record carries it: {records:?}"
-    );
-    assert!(topics.contains("expiry.events"), "{records:?}");
+    one_trace(&saga, &order.id, since, &["expiry.events"]).await;
     let (due, fired): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT due_at, fired_at FROM expiry.deadlines WHERE order_id = $1 AND kind = 'payment_action'",
     )

@@ -103,6 +103,7 @@ pub async fn run<H: Handler>(
         }
         return Ok(());
     };
+    super::stats::watch_pool(pool.clone(), group.name());
 
     let mut producer_config = ClientConfig::new();
     producer_config

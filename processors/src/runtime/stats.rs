@@ -1,6 +1,25 @@
-//! Process-wide counters of committed batches, for `kassa bench` and logs.
+//! Process-wide counters of committed batches, for `kassa bench` and logs; the database pools'
+//! saturation, for the metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Reports `pool`'s saturation every 10 s until the process ends:
+/// `kassa_db_pool_connections{pool,state}` (`in_use`, `idle`) and `kassa_db_pool_max{pool}`.
+pub fn watch_pool(pool: sqlx::PgPool, name: &'static str) {
+    let max = f64::from(pool.options().get_max_connections());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            let (size, idle) = (pool.size(), pool.num_idle() as u32);
+            metrics::gauge!("kassa_db_pool_connections", "pool" => name, "state" => "in_use")
+                .set(f64::from(size.saturating_sub(idle)));
+            metrics::gauge!("kassa_db_pool_connections", "pool" => name, "state" => "idle")
+                .set(f64::from(idle));
+            metrics::gauge!("kassa_db_pool_max", "pool" => name).set(max);
+        }
+    });
+}
 
 /// Counters of the batches this process committed.
 #[derive(Debug, Default)]
