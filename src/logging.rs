@@ -1,4 +1,5 @@
-//! The process's logs and traces: events as text or JSON lines (`KASSA_LOG`, `KASSA_LOG_FORMAT`)
+//! The process's logs and traces: events as text or JSON lines (`KASSA_LOG`, `KASSA_LOG_FORMAT`;
+//! a JSON line carries the fields of the spans it happened in: `trace_id`, `order_id`, …)
 //! and, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, the
 //! spans exported over OTLP/HTTP (protobuf) in batches, with the standard `OTEL_SERVICE_NAME`
 //! (default `kassa`) and `OTEL_RESOURCE_ATTRIBUTES`.
@@ -8,7 +9,10 @@ use std::io::IsTerminal;
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -53,10 +57,8 @@ pub fn init(process: &ProcessSettings) -> Logging {
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -100,4 +102,71 @@ pub fn init(process: &ProcessSettings) -> Logging {
         tracing::info!("exporting spans over OTLP");
     }
     Logging { provider }
+}
+
+/// Log lines as JSON objects, one a line: `timestamp`, `level`, `target`, `message` and the
+/// event's fields, and, flattened beside them, the fields of the spans it happened in (inner
+/// spans' win): `trace_id`, `order_id`, `group`, `route` where known.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = serde_json::Map::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(fields)) =
+                    serde_json::from_str::<serde_json::Value>(fields)
+                {
+                    line.extend(fields);
+                }
+                line.insert("span".into(), span.name().into());
+            }
+        }
+        let mut fields = FieldsOf(serde_json::Map::new());
+        event.record(&mut fields);
+        line.extend(fields.0);
+        line.remove("otel.name");
+        line.insert("timestamp".into(), chrono::Utc::now().to_rfc3339().into());
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        line.insert("target".into(), event.metadata().target().into());
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// An event's fields as JSON values.
+struct FieldsOf(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for FieldsOf {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
 }

@@ -1,6 +1,6 @@
 //! `kassa dlq`: the dead letters of each processor, and what operators do with them. A dead
 //! letter's id is `<group>/<partition>/<offset>` of its record on `<group>.dlq`. `redrive`
-//! publishes the original message (key, bytes, trace context) to the topic it came from again, so
+//! publishes the original message (key, bytes, trace context) to the partition it came from again, so
 //! the processor handles it anew once its cause is fixed; `discard` marks it dealt with. Every
 //! redrive and discard is recorded in `ops.dead_letter_actions` (who, why, when, outcome).
 //!
@@ -294,6 +294,13 @@ pub async fn redrive(
         .headers(headers);
     if let Some(key) = &letter.record.key {
         message = message.key(key);
+    }
+    // Back where it was: the original partition, whatever partitioner its producer used.
+    if let Some(partition) = letter
+        .header("kassa.dlq.partition")
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        message = message.partition(partition);
     }
     if let Err((error, _)) = producer.send(message, Duration::from_secs(30)).await {
         // Not published after all: say so, so that it may be redriven again.

@@ -132,6 +132,7 @@ async fn fire_due(pool: &PgPool, codec: &Codec) -> Result<usize, TaskError> {
             "deadline passed",
             otel.name = %format!("expiry fires {kind:?}"),
             order_id = %order_id,
+            trace_id = traceparent.as_deref().and_then(kassa_schemas::trace::trace_id),
         );
         kassa_schemas::trace::continue_trace(&span, traceparent.as_deref());
         events.push(Caused {

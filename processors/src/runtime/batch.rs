@@ -152,6 +152,8 @@ pub(super) async fn process<H: Handler>(
                     otel.name = %format!("{schema} handles {}", d.topic.base_name()),
                     partition = d.partition,
                     offset = d.offset,
+                    key = d.key.as_deref(),
+                    trace_id = d.traceparent.as_deref().and_then(kassa_schemas::trace::trace_id),
                 );
                 kassa_schemas::trace::continue_trace(&span, d.traceparent.as_deref());
                 span

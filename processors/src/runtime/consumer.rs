@@ -422,5 +422,6 @@ fn metrics_batch(group: &str, size: usize, took: Duration) {
         .increment(size as u64);
     metrics::histogram!("kassa_batch_duration_seconds", "group" => group.to_owned())
         .record(took.as_secs_f64());
+    metrics::histogram!("kassa_batch_size", "group" => group.to_owned()).record(size as f64);
     tracing::debug!(group, size, took_ms = took.as_millis() as u64, "batch");
 }

@@ -262,6 +262,49 @@ async fn the_operators_views_over_http_answer_what_the_commands_print() {
     );
     let (status, _) = get(&saga, "/admin/dlq/inventory/0/999999999").await;
     assert_eq!(status, 404);
+
+    // A foreign producer's record, on a partition its key does not hash to: redriven, the copy
+    // goes back to that partition (not where kassa's partitioner would put the key).
+    let key = format!("garbage-{sku}");
+    let partitions = saga.api.settings.topics.partitions as u32;
+    let elsewhere =
+        (kassa_schemas::kafka::java_partition(key.as_bytes(), partitions) + 1) % partitions;
+    let producer = kassa::kafka::producer(&saga.api.settings).unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(kassa_schemas::Topic::CheckoutRequests.name())
+                .partition(elsewhere as i32)
+                .key(&key)
+                .payload("not an event"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("Kafka takes the record");
+    let origin = |letter: &Value| -> String {
+        letter["record"]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == "kassa.dlq.partition")
+            .map(|h| h[1].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let garbage = listed_keyed(&saga, &query, &key, 1).await.remove(0);
+    assert_eq!(origin(&garbage), elsewhere.to_string());
+    let id = garbage["id"].as_str().unwrap();
+    let (status, _) = post(
+        &saga,
+        &format!("/admin/dlq/{id}/redrive"),
+        "partition check",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let again = listed_keyed(&saga, &query, &key, 2).await;
+    assert_eq!(
+        origin(&again[1]),
+        elsewhere.to_string(),
+        "redriven to its own partition"
+    );
 }
 
 /// Waits until `order` is completed or rejected; returns which.
