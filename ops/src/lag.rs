@@ -100,11 +100,32 @@ impl Thresholds {
     }
 }
 
+/// How a partition's lag is told from transaction markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Markers {
+    /// Read every partition that is short of its end (`kassa lag`: exact, reads the backlog).
+    Exact,
+    /// Read only partitions at most this many offsets short of their end (the metrics sampler:
+    /// a processor keeping up is short of it by a marker or two; one behind has real lag, and
+    /// reading its backlog every few seconds would cost a loaded machine what it lacks).
+    Near(i64),
+}
+
 /// The lag and outbox backlog of `groups`.
 pub async fn measure(
     settings: &Settings,
     pool: &PgPool,
     groups: &[ConsumerGroup],
+) -> Result<Vec<GroupLag>, OffsetsError> {
+    measure_with(settings, pool, groups, Markers::Exact).await
+}
+
+/// [`measure`], telling markers apart as `markers` says.
+pub async fn measure_with(
+    settings: &Settings,
+    pool: &PgPool,
+    groups: &[ConsumerGroup],
+    markers: Markers,
 ) -> Result<Vec<GroupLag>, OffsetsError> {
     let mut all = Vec::with_capacity(groups.len());
     for &group in groups {
@@ -122,7 +143,13 @@ pub async fn measure(
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         let brokers = settings.kafka_brokers.clone();
         partitions = tokio::task::spawn_blocking(move || {
-            discount_markers(&brokers, &mut partitions).map(|()| partitions)
+            let (mut near, far): (Vec<PartitionLag>, Vec<PartitionLag>) = partitions
+                .into_iter()
+                .partition(|p| !matches!(markers, Markers::Near(most) if p.lag > most));
+            discount_markers(&brokers, &mut near)?;
+            let mut all: Vec<PartitionLag> = near.into_iter().chain(far).collect();
+            all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            Ok::<_, KafkaError>(all)
         })
         .await
         .map_err(|_| KafkaError::Canceled)??;

@@ -175,7 +175,8 @@ async fn sample(settings: Settings, probes: Probes) {
                 Err(e) => tracing::warn!(error = %e, "counting stuck orders failed"),
             }
         }
-        match crate::lag::measure(&settings, &probes.pool, &probes.groups).await {
+        let markers = crate::lag::Markers::Near(2);
+        match crate::lag::measure_with(&settings, &probes.pool, &probes.groups, markers).await {
             Ok(groups) => {
                 for g in groups {
                     for p in &g.partitions {
