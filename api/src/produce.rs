@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kassa_schemas::trace::{TRACEPARENT, child_of, continue_trace, of_span};
+use kassa_schemas::trace::{TRACEPARENT, child_of, continue_trace, header_for, of_span};
 use kassa_schemas::{Envelope, Payload};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -69,8 +69,7 @@ pub async fn send<P: Payload>(
 /// The trace an order starts: the storefront's (when it sent a well-formed `traceparent`) or a
 /// new one; exported, the request's span is its root here.
 pub fn order_trace(headers: &axum::http::HeaderMap) -> String {
-    of_span(&tracing::Span::current())
-        .unwrap_or_else(|| child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())))
+    header_for(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
 }
 
 /// The `traceparent` kept with order `order_id` (None: no such order, or none kept).

@@ -41,12 +41,12 @@ pub async fn record(request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     // The request's span: its route, and the trace and order it belongs to once known (the
     // storefront's `traceparent`; an order handler records the order's).
-    let trace_id = request
+    let incoming = request
         .headers()
         .get(kassa_schemas::trace::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(kassa_schemas::trace::trace_id)
         .map(str::to_owned);
+    let trace_id = incoming.as_deref().and_then(kassa_schemas::trace::trace_id);
     let span = tracing::info_span!(
         "request",
         otel.name = %format!("{method} {route}"),
@@ -55,13 +55,7 @@ pub async fn record(request: Request, next: Next) -> Response {
         trace_id = trace_id,
         order_id = tracing::field::Empty,
     );
-    kassa_schemas::trace::continue_trace(
-        &span,
-        request
-            .headers()
-            .get(kassa_schemas::trace::TRACEPARENT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    kassa_schemas::trace::continue_trace(&span, incoming.as_deref());
     let started = Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status().as_u16().to_string();

@@ -172,11 +172,14 @@ async fn search_orders(
     QueryParams(query): QueryParams<SearchQuery>,
 ) -> Result<Json<Page>, ApiError> {
     if let Some(s) = &query.state
-        && !crate::search::STATES.contains(&s.as_str())
+        && !crate::search::states().any(|known| known == s)
     {
         return Err(invalid(
             "state",
-            format!("one of {}", crate::search::STATES.join(", ")),
+            format!(
+                "one of {}",
+                crate::search::states().collect::<Vec<_>>().join(", ")
+            ),
         )
         .into());
     }

@@ -143,13 +143,7 @@ pub async fn measure_with(
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         let brokers = settings.kafka_brokers.clone();
         partitions = tokio::task::spawn_blocking(move || {
-            let (mut near, far): (Vec<PartitionLag>, Vec<PartitionLag>) = partitions
-                .into_iter()
-                .partition(|p| !matches!(markers, Markers::Near(most) if p.lag > most));
-            discount_markers(&brokers, &mut near)?;
-            let mut all: Vec<PartitionLag> = near.into_iter().chain(far).collect();
-            all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-            Ok::<_, KafkaError>(all)
+            discount_markers(&brokers, &mut partitions, markers).map(|()| partitions)
         })
         .await
         .map_err(|_| KafkaError::Canceled)??;
@@ -172,14 +166,21 @@ pub async fn measure_with(
     Ok(all)
 }
 
-/// Sets to 0 the lag of every partition in `partitions` whose offsets from the stored one to the
-/// end hold no committed record (only transaction markers, or aborted records). A partition
+/// Sets to 0 the lag of every partition in `partitions` (of those `markers` says to read) whose
+/// offsets from the stored one to the end hold no committed record (only transaction markers, or
+/// aborted records). A partition
 /// that delivers a record, holds records of a transaction not yet decided, or does not answer
 /// within 10 s, keeps its lag.
-pub fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Result<(), KafkaError> {
+pub fn discount_markers(
+    brokers: &str,
+    partitions: &mut [PartitionLag],
+    markers: Markers,
+) -> Result<(), KafkaError> {
+    let read =
+        |p: &PartitionLag| p.lag > 0 && !matches!(markers, Markers::Near(most) if p.lag > most);
     let topics: HashSet<String> = partitions
         .iter()
-        .filter(|p| p.lag > 0)
+        .filter(|p| read(p))
         .map(|p| p.topic.clone())
         .collect();
     // One consumer a topic: the end-of-partition event names the partition, not the topic.
@@ -193,7 +194,7 @@ pub fn discount_markers(brokers: &str, partitions: &mut [PartitionLag]) -> Resul
             .create_with_context(EofIsNoError)?;
         let mut list = TopicPartitionList::new();
         let mut open = std::collections::HashMap::new();
-        for p in partitions.iter().filter(|p| p.topic == topic && p.lag > 0) {
+        for p in partitions.iter().filter(|p| p.topic == topic && read(p)) {
             // An offset, never `Beginning`: the position read at the end is then an offset too.
             let from = match p.stored {
                 Some(stored) => stored,

@@ -5,6 +5,7 @@
 //! order while new ones arrive.
 
 use chrono::{DateTime, Utc};
+use kassa_processors::orders::machine::State;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,18 +15,9 @@ pub const MAX_LIMIT: u32 = 500;
 
 /// The states an order can be searched by: `accepted` (not yet seen by the orders processor)
 /// and the orders processor's.
-pub const STATES: [&str; 10] = [
-    "accepted",
-    "pending",
-    "reserved",
-    "authorizing",
-    "action_required",
-    "authorized",
-    "confirmed",
-    "completed",
-    "rejected",
-    "cancelled",
-];
+pub fn states() -> impl Iterator<Item = &'static str> {
+    std::iter::once("accepted").chain(State::ALL.into_iter().map(State::as_str))
+}
 
 /// Where the next page starts: after this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +56,7 @@ impl std::str::FromStr for Cursor {
 /// What to look for.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// Only orders in this state (one of [`STATES`]).
+    /// Only orders in this state (one of [`states`]).
     pub state: Option<String>,
     /// Only orders with a line of this SKU.
     pub sku: Option<String>,

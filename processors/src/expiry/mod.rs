@@ -76,15 +76,16 @@ pub const fn kind_name(kind: DeadlineKind) -> &'static str {
     }
 }
 
+/// Every deadline kind.
+pub const KINDS: [DeadlineKind; 3] = [
+    DeadlineKind::Hold,
+    DeadlineKind::PaymentAction,
+    DeadlineKind::Progress,
+];
+
 /// The deadline kind stored under `name`.
 pub fn parse_kind(name: &str) -> Option<DeadlineKind> {
-    [
-        DeadlineKind::Hold,
-        DeadlineKind::PaymentAction,
-        DeadlineKind::Progress,
-    ]
-    .into_iter()
-    .find(|k| kind_name(*k) == name)
+    KINDS.into_iter().find(|k| kind_name(*k) == name)
 }
 
 /// The expiry processor's handler (learning deadlines; firing is the ticker's).

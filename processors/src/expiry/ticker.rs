@@ -72,7 +72,7 @@ async fn sample_pending(pool: &PgPool) {
     .await;
     match counted {
         Ok(rows) => {
-            for kind in ["hold", "payment_action", "progress"] {
+            for kind in super::KINDS.map(super::kind_name) {
                 let n = rows.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
                 metrics::gauge!("kassa_deadlines_pending", "kind" => kind).set(n as f64);
             }

@@ -241,7 +241,8 @@ async fn transaction_markers_and_aborted_records_are_no_lag_but_a_committed_reco
             .collect();
         let brokers = settings.kafka_brokers.clone();
         let partitions = tokio::task::spawn_blocking(move || {
-            kassa::lag::discount_markers(&brokers, &mut partitions).map(|()| partitions)
+            kassa::lag::discount_markers(&brokers, &mut partitions, kassa::lag::Markers::Exact)
+                .map(|()| partitions)
         })
         .await
         .unwrap()
