@@ -216,7 +216,8 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             DocsWhat::Asyncapi => print!("{}", kassa::asyncapi::pretty()),
             DocsWhat::Openapi => {
                 let extension = kassa::admin_api::extension(&settings);
-                println!("{}", kassa_api::openapi::document_of(&extension));
+                let longest = settings.api_config().max_hold_seconds;
+                println!("{}", kassa_api::openapi::document_of(&extension, longest));
             }
         },
         Command::Seed => {

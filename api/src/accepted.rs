@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -122,15 +121,40 @@ pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Acce
     }))
 }
 
+/// An order as the API answers it when accepting it (and inside its status).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct OrderView {
+    /// The order's id (also in `Location`).
+    pub order_id: Uuid,
+    /// `accepted` until the orders processor has seen the order; then its state.
+    pub status: String,
+    /// The customer it was placed for.
+    pub customer_id: String,
+    /// ISO 4217 currency of every amount.
+    pub currency: String,
+    /// Sum of the line totals, in minor units.
+    pub total_minor: i64,
+    /// The lines, priced by the server.
+    pub lines: Vec<PricedLine>,
+}
+
+impl OrderView {
+    /// The view of `order` in `status`.
+    pub(crate) fn of(order: &Accepted, status: &str) -> Self {
+        Self {
+            order_id: order.order_id,
+            status: status.to_owned(),
+            customer_id: order.customer_id.clone(),
+            currency: order.currency.clone(),
+            total_minor: order.total_minor,
+            lines: order.lines.clone(),
+        }
+    }
+}
+
+/// The body answered (and kept for replays) when `order` is accepted.
 pub(crate) fn order_json(order: &Accepted, status: &str) -> serde_json::Value {
-    json!({
-        "order_id": order.order_id,
-        "status": status,
-        "customer_id": order.customer_id,
-        "currency": order.currency,
-        "total_minor": order.total_minor,
-        "lines": order.lines,
-    })
+    serde_json::to_value(OrderView::of(order, status)).unwrap_or_default()
 }
 
 /// The answer to an accepted order: its status and body, with `Location`.
@@ -151,7 +175,8 @@ pub(crate) async fn owned_order(
     customer: &XCustomerId,
     id: &str,
 ) -> Result<Accepted, ApiError> {
-    let (Some(customer), Some(OrderId(order_id))) = (&customer.0, OrderId::parse(id)) else {
+    let customer = customer.clone().required()?;
+    let Some(OrderId(order_id)) = OrderId::parse(id) else {
         return Err(Problem::not_found("order").into());
     };
     let order = load(state, order_id)

@@ -8,12 +8,11 @@ use axum::response::{IntoResponse, Response};
 use kassa_schemas::Envelope;
 use kassa_schemas::events::inventory::{InventoryCommand, MAX_STOCK_UNITS, Restock, SetStock};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::AppState;
 use crate::auth::Admin;
 use crate::body::JsonBody;
-use crate::domain::Sku;
+use crate::domain::{IdempotencyKey, Sku};
 use crate::error::ApiError;
 use crate::flash::{self, Sale};
 use crate::problem::{CommonErrors, FieldError, Problem};
@@ -21,11 +20,15 @@ use crate::problem::{CommonErrors, FieldError, Problem};
 /// A catalog product as admins write it.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ProductBody {
-    /// Display name.
+    /// Display name (1 to 200 characters, not only spaces).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// Unit price in minor units.
+    #[serde(deserialize_with = "crate::body::whole::number")]
+    #[schema(minimum = 0)]
     pub price_minor: i64,
     /// ISO 4217 currency, upper case.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
     /// Whether it can be ordered (default true).
     #[serde(default = "yes")]
@@ -34,6 +37,34 @@ pub struct ProductBody {
 
 fn yes() -> bool {
     true
+}
+
+/// A catalog product.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Product {
+    /// The SKU.
+    pub sku: String,
+    /// The rest of it.
+    #[serde(flatten)]
+    pub product: ProductBody,
+}
+
+/// A stock command on its way to inventory.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StockSent {
+    /// The SKU.
+    pub sku: String,
+    /// `sent to inventory`.
+    pub status: String,
+}
+
+/// A flash sale of a SKU.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SaleView {
+    /// The SKU.
+    pub sku: String,
+    /// Its settings and the tokens left.
+    pub sale: Sale,
 }
 
 fn check_sku(sku: &str) -> Result<(), Problem> {
@@ -48,7 +79,7 @@ fn field(name: &str, message: &str) -> Problem {
 }
 
 /// `PUT /admin/products/{sku}`: creates or updates a product.
-#[utoipa::path(put, path = "/admin/products/{sku}", tag = "admin", request_body = ProductBody, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the product")))]
+#[utoipa::path(put, path = "/admin/products/{sku}", operation_id = "putProduct", tag = "admin", request_body = ProductBody, params(("sku" = String, Path)), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the product", body = Product)))]
 pub async fn put_product(
     State(state): State<AppState>,
     _admin: Admin,
@@ -91,11 +122,11 @@ pub async fn put_product(
     .execute(&state.pool)
     .await
     ?;
-    Ok(Json(json!({ "sku": sku, "name": p.name, "price_minor": p.price_minor, "currency": p.currency, "active": p.active })).into_response())
+    Ok(Json(Product { sku, product: p }).into_response())
 }
 
 /// `GET /admin/products/{sku}`.
-#[utoipa::path(get, path = "/admin/products/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the product")))]
+#[utoipa::path(get, path = "/admin/products/{sku}", operation_id = "getProduct", tag = "admin", params(("sku" = String, Path)), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the product", body = Product)))]
 pub async fn get_product(
     State(state): State<AppState>,
     _admin: Admin,
@@ -109,20 +140,63 @@ pub async fn get_product(
     .fetch_optional(&state.pool)
     .await?;
     let (name, price_minor, currency, active) = row.ok_or_else(|| Problem::not_found("product"))?;
-    Ok(Json(json!({ "sku": sku, "name": name, "price_minor": price_minor, "currency": currency, "active": active })).into_response())
+    let product = ProductBody {
+        name,
+        price_minor,
+        currency,
+        active,
+    };
+    Ok(Json(Product { sku, product }).into_response())
 }
 
 /// The body of `POST /admin/stock/{sku}`: exactly one of the two.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct StockBody {
     /// Units delivered (added to on-hand).
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
     pub restock: Option<i32>,
     /// Units counted on hand (set absolutely).
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
     pub set: Option<i64>,
 }
 
+impl utoipa::PartialSchema for StockBody {
+    /// Exactly one of `restock` (1 or more) and `set` (0 to 10^12).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let restock = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(1))
+            .description(Some("units delivered (added to on-hand)"));
+        let set = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(MAX_STOCK_UNITS))
+            .description(Some("units counted on hand (set absolutely)"));
+        // One given, the other absent or null.
+        let only = |name: &str, schema: ObjectBuilder, other: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property(name, schema)
+                .property(other, ObjectBuilder::new().schema_type(Type::Null))
+                .required(name)
+        };
+        OneOfBuilder::new()
+            .item(only("restock", restock, "set"))
+            .item(only("set", set, "restock"))
+            .description(Some("exactly one of `restock` and `set`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StockBody {}
+
 /// `POST /admin/stock/{sku}`: a restock or a stock count, sent to inventory; 202 once on Kafka.
-#[utoipa::path(post, path = "/admin/stock/{sku}", tag = "admin", request_body = StockBody, params(("sku" = String, Path, description = "SKU"), ("Idempotency-Key" = Option<String>, Header, description = "makes a retried request the same command: inventory applies it once")), security(("admin" = [])), responses(CommonErrors, (status = 202, description = "sent to inventory")))]
+#[utoipa::path(post, path = "/admin/stock/{sku}", operation_id = "sendStockCommand", tag = "admin", request_body = StockBody, params(("sku" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "makes a retried request the same command: inventory applies it once")), security(("admin" = [])), responses(CommonErrors, (status = 202, description = "sent to inventory", body = StockSent)))]
 pub async fn post_stock(
     State(state): State<AppState>,
     admin: Admin,
@@ -158,16 +232,18 @@ pub async fn post_stock(
     // The command's id is its identity for good (inventory never applies one twice, replays
     // included): with an Idempotency-Key, a retried request is the same command.
     let mut envelope = Envelope::new(sku.clone(), None, command);
-    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers.get("idempotency-key") {
+        let key = IdempotencyKey::parse(value.to_str().unwrap_or_default())
+            .map_err(|rule| field("Idempotency-Key", rule))?;
         let name = format!("kassa-stock-command/{}/{sku}/{key}", admin.name);
         envelope.event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
     }
     crate::produce::send(&state, &sku, None, &envelope).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "sku": sku, "status": "sent to inventory" })),
-    )
-        .into_response())
+    let sent = StockSent {
+        sku,
+        status: "sent to inventory".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(sent)).into_response())
 }
 
 fn redis(state: &AppState) -> Result<redis::aio::ConnectionManager, Problem> {
@@ -177,7 +253,7 @@ fn redis(state: &AppState) -> Result<redis::aio::ConnectionManager, Problem> {
 }
 
 /// `PUT /admin/flash-sales/{sku}`: starts (or resets) a sale with tokens, hold and limit.
-#[utoipa::path(put, path = "/admin/flash-sales/{sku}", tag = "admin", request_body = Sale, params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the sale")))]
+#[utoipa::path(put, path = "/admin/flash-sales/{sku}", operation_id = "putFlashSale", tag = "admin", request_body = Sale, params(("sku" = String, Path)), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the sale", body = SaleView)))]
 pub async fn put_sale(
     State(state): State<AppState>,
     _admin: Admin,
@@ -208,11 +284,11 @@ pub async fn put_sale(
         return Err(Problem::validation(errors).into());
     }
     flash::start(&mut redis(&state)?, &sku, &sale).await?;
-    Ok(Json(json!({ "sku": sku, "sale": sale })).into_response())
+    Ok(Json(SaleView { sku, sale }).into_response())
 }
 
 /// `GET /admin/flash-sales/{sku}`: the sale running, with its tokens left.
-#[utoipa::path(get, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the sale, tokens left")))]
+#[utoipa::path(get, path = "/admin/flash-sales/{sku}", operation_id = "getFlashSale", tag = "admin", params(("sku" = String, Path)), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the sale, tokens left", body = SaleView)))]
 pub async fn get_sale(
     State(state): State<AppState>,
     _admin: Admin,
@@ -220,11 +296,11 @@ pub async fn get_sale(
 ) -> Result<Response, ApiError> {
     let sale = flash::current(&mut redis(&state)?, &sku).await?;
     let sale = sale.ok_or_else(|| Problem::not_found("flash sale"))?;
-    Ok(Json(json!({ "sku": sku, "sale": sale })).into_response())
+    Ok(Json(SaleView { sku, sale }).into_response())
 }
 
 /// `DELETE /admin/flash-sales/{sku}`: stops the sale.
-#[utoipa::path(delete, path = "/admin/flash-sales/{sku}", tag = "admin", params(("sku" = String, Path, description = "SKU")), security(("admin" = [])), responses(CommonErrors, (status = 204, description = "stopped")))]
+#[utoipa::path(delete, path = "/admin/flash-sales/{sku}", operation_id = "stopFlashSale", tag = "admin", params(("sku" = String, Path)), security(("admin" = [])), responses(CommonErrors, (status = 204, description = "stopped")))]
 pub async fn delete_sale(
     State(state): State<AppState>,
     _admin: Admin,

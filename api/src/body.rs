@@ -45,7 +45,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// An optional JSON body: absent (empty) is `None`; present, it must be valid like [`JsonBody`].
+/// An optional JSON body: absent (empty) or `null` is `None`; present, it must be valid like
+/// [`JsonBody`].
 pub struct MaybeJson<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeJson<T> {
@@ -60,9 +61,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeJson<T> {
             return Ok(Self(None));
         }
         let request = Request::from_parts(parts, axum::body::Body::from(bytes));
-        JsonBody::from_request(request, state)
+        JsonBody::<Option<T>>::from_request(request, state)
             .await
-            .map(|b| Self(Some(b.value)))
+            .map(|b| Self(b.value))
     }
 }
 
@@ -102,6 +103,89 @@ pub async fn buffer_body(
                 axum::http::HeaderValue::from_static("close"),
             );
             response
+        }
+    }
+}
+
+/// Integer fields as JSON Schema's `integer` has them: any JSON number with no fractional part
+/// (`2`, `2.0`, `2e0`), in range of the field's type. Use with `#[serde(deserialize_with)]`.
+pub mod whole {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    /// A whole number of type `T`.
+    pub fn number<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<T, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let value = match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i,
+            // i64::MIN is exactly representable; 2^63 (the f64 just above i64::MAX) is excluded.
+            (None, Some(f)) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => {
+                f as i64
+            }
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "{n} is not a whole number in range"
+                )));
+            }
+        };
+        T::try_from(value).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+    }
+
+    /// An optional whole number of type `T` (`null` or absent: None; needs `#[serde(default)]`).
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<i64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Wrapped<T: TryFrom<i64>>(#[serde(deserialize_with = "number")] T);
+        Ok(Option::<Wrapped<T>>::deserialize(d)?.map(|w| w.0))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Line {
+            #[serde(deserialize_with = "super::number")]
+            quantity: i32,
+            #[serde(default, deserialize_with = "super::optional")]
+            hold: Option<i32>,
+        }
+
+        fn parse(json: &str) -> Result<Line, serde_json::Error> {
+            serde_json::from_str(json)
+        }
+
+        #[test]
+        fn whole_numbers_in_any_spelling_are_integers() {
+            for json in [
+                r#"{"quantity": 2}"#,
+                r#"{"quantity": 2.0}"#,
+                r#"{"quantity": 2e0}"#,
+            ] {
+                assert_eq!(
+                    parse(json).unwrap(),
+                    Line {
+                        quantity: 2,
+                        hold: None
+                    },
+                    "{json}"
+                );
+            }
+            assert_eq!(
+                parse(r#"{"quantity": 1, "hold": 60.0}"#).unwrap().hold,
+                Some(60)
+            );
+            assert_eq!(
+                parse(r#"{"quantity": 1, "hold": null}"#).unwrap().hold,
+                None
+            );
+            for json in [
+                r#"{"quantity": 2.5}"#,
+                r#"{"quantity": 1e300}"#,
+                r#"{"quantity": 2147483648}"#,
+                r#"{"quantity": "2"}"#,
+                r#"{"quantity": 9223372036854775808}"#,
+            ] {
+                assert!(parse(json).is_err(), "{json}");
+            }
         }
     }
 }

@@ -8,6 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
+use crate::problem::{FieldError, Problem};
+
 /// Characters of ids other than SKUs: letters, digits and these.
 const ID_PUNCTUATION: &str = "-_.@";
 
@@ -20,8 +22,19 @@ fn id(value: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(c))
 }
 
+/// A string schema: `pattern`, 1 to `max` characters, `rule` as its description.
+pub fn string_schema(pattern: &str, max: usize, rule: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .description(Some(rule))
+        .build()
+}
+
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $rule:expr, $valid:expr) => {
+    ($(#[$doc:meta])* $name:ident, $rule:expr, $pattern:expr, $max:expr, $valid:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -29,6 +42,13 @@ macro_rules! string_id {
         impl $name {
             /// What a well-formed value looks like (the message a client gets).
             pub const RULE: &'static str = $rule;
+            /// The same rule as an ECMA-262 pattern, for the OpenAPI document.
+            pub const PATTERN: &'static str = $pattern;
+
+            /// The OpenAPI schema of a well-formed value: the rule, declared.
+            pub fn schema() -> utoipa::openapi::Object {
+                string_schema(Self::PATTERN, $max, Self::RULE)
+            }
 
             /// Parses `value`; the rule it breaks otherwise.
             pub fn parse(value: &str) -> Result<Self, &'static str> {
@@ -55,6 +75,8 @@ string_id!(
     /// (the catalog's own CHECK says the same).
     Sku,
     "1 to 64 characters: letters, digits, '.', '_', '-'",
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    64,
     |value| {
         let mut chars = value.chars();
         value.len() <= 64
@@ -67,13 +89,17 @@ string_id!(
     /// A customer, as the storefront knows them.
     CustomerId,
     "1 to 128 characters: letters, digits, '-', '_', '.', '@'",
+    "^[A-Za-z0-9._@-]{1,128}$",
+    128,
     |value| id(value, 128)
 );
 
 string_id!(
     /// A payment method to authorize (e.g. `pm_card_visa`).
     PaymentMethodId,
-    "1 to 255 characters: letters, digits, '-', '_', '.'",
+    "1 to 255 characters: letters, digits, '-', '_', '.', '@'",
+    "^[A-Za-z0-9._@-]{1,255}$",
+    255,
     |value| id(value, 255)
 );
 
@@ -81,6 +107,8 @@ string_id!(
     /// An `Idempotency-Key`: the same key and body get the same answer for 24 hours.
     IdempotencyKey,
     "1 to 255 visible ASCII characters",
+    "^[!-~]{1,255}$",
+    255,
     |value| !value.is_empty() && value.len() <= 255 && value.bytes().all(|b| b.is_ascii_graphic())
 );
 
@@ -95,19 +123,76 @@ impl OrderId {
     }
 }
 
-/// The `X-Customer-Id` header: the customer a request is made for (None: absent or malformed).
+/// The `X-Customer-Id` header: the customer a request is made for (None: absent). A header that
+/// is present but malformed is refused (400), never taken for an absent one.
 #[derive(Debug, Clone)]
 pub struct XCustomerId(pub Option<CustomerId>);
 
-impl<S: Send + Sync> FromRequestParts<S> for XCustomerId {
-    type Rejection = std::convert::Infallible;
+impl XCustomerId {
+    /// The header's name.
+    pub const NAME: &'static str = "X-Customer-Id";
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get("x-customer-id")
-            .and_then(|v| v.to_str().ok());
-        Ok(XCustomerId(header.and_then(|h| CustomerId::parse(h).ok())))
+    /// The customer, or 400 when the header is absent.
+    pub fn required(self) -> Result<CustomerId, Problem> {
+        self.0
+            .ok_or_else(|| invalid(Self::NAME, "the header is required"))
+    }
+
+    /// Reads the header from `headers`.
+    pub fn of(headers: &axum::http::HeaderMap) -> Result<Self, Problem> {
+        let Some(value) = headers.get(Self::NAME) else {
+            return Ok(XCustomerId(None));
+        };
+        let text = value.to_str().unwrap_or("\u{0}");
+        CustomerId::parse(text)
+            .map(|c| XCustomerId(Some(c)))
+            .map_err(|rule| invalid(Self::NAME, rule))
+    }
+}
+
+/// 400 for one field.
+fn invalid(field: &str, message: &str) -> Problem {
+    Problem::validation(vec![FieldError {
+        field: field.into(),
+        message: message.into(),
+    }])
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for XCustomerId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        Self::of(&parts.headers)
+    }
+}
+
+/// A guest cart's id: issued by the server (`POST /api/carts`), 128 random bits, so it cannot be
+/// guessed; ids a client makes up are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GuestCartId(String);
+
+impl GuestCartId {
+    /// `gc_` and 32 lower-case hex digits.
+    pub const PATTERN: &'static str = "^gc_[0-9a-f]{32}$";
+
+    /// A new random id.
+    pub fn issue() -> Self {
+        Self(format!("gc_{}", Uuid::new_v4().simple()))
+    }
+
+    /// Parses an id the server could have issued; None for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        let hex = value.strip_prefix("gc_")?;
+        (hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(value.to_owned()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -132,5 +217,60 @@ mod tests {
         assert!(IdempotencyKey::parse("k\u{0}").is_err());
         assert!(OrderId::parse("01a237f8-e20a-77c1-88ad-37f842bf8ce9").is_some());
         assert!(OrderId::parse("not-an-order").is_none());
+        let issued = GuestCartId::issue();
+        assert_eq!(GuestCartId::parse(issued.as_str()), Some(issued.clone()));
+        for made_up in [
+            "gc_1",
+            "my-cart",
+            "GC_0123456789abcdef0123456789abcdef",
+            "gc_0123456789ABCDEF0123456789abcdef",
+        ] {
+            assert_eq!(GuestCartId::parse(made_up), None, "{made_up}");
+        }
+    }
+
+    #[test]
+    fn the_declared_patterns_say_what_the_parsers_enforce() {
+        // Each pattern, read as a regular expression, accepts and refuses what its parser does.
+        /// A pattern, the parser it declares, and samples to compare them on.
+        type Case<'a> = (&'a str, fn(&str) -> bool, &'a [&'a str]);
+        let cases: [Case; 4] = [
+            (
+                Sku::PATTERN,
+                |v| Sku::parse(v).is_ok(),
+                &["TEE-BLK-M", "a", "-x", "a b", "", "é"],
+            ),
+            (
+                CustomerId::PATTERN,
+                |v| CustomerId::parse(v).is_ok(),
+                &["cus_1@shop.example", "", "a b", "é"],
+            ),
+            (
+                PaymentMethodId::PATTERN,
+                |v| PaymentMethodId::parse(v).is_ok(),
+                &["pm_card_visa", "pm card", ""],
+            ),
+            (
+                IdempotencyKey::PATTERN,
+                |v| IdempotencyKey::parse(v).is_ok(),
+                &["k-1", "k 1", "", "\u{7f}"],
+            ),
+        ];
+        for (pattern, parser, samples) in cases {
+            let regex = regex_lite::Regex::new(pattern).expect("a valid pattern");
+            for sample in samples {
+                assert_eq!(
+                    regex.is_match(sample),
+                    parser(sample),
+                    "{pattern} on {sample:?}"
+                );
+            }
+        }
+        let long = "x".repeat(65);
+        assert!(
+            !regex_lite::Regex::new(Sku::PATTERN)
+                .unwrap()
+                .is_match(&long)
+        );
     }
 }

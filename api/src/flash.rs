@@ -181,10 +181,16 @@ pub async fn give_back(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Sale {
     /// Tokens (units) left.
+    #[serde(deserialize_with = "crate::body::whole::number")]
+    #[schema(minimum = 0)]
     pub tokens: i64,
     /// Reservation hold for orders in the sale, in seconds.
+    #[serde(deserialize_with = "crate::body::whole::number")]
+    #[schema(minimum = 30, maximum = 3600)]
     pub hold_seconds: i32,
     /// Most units one customer may buy (0: no limit).
+    #[serde(deserialize_with = "crate::body::whole::number")]
+    #[schema(minimum = 0)]
     pub per_customer_limit: i32,
 }
 

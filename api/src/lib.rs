@@ -37,7 +37,7 @@ use kassa_schemas::Codec;
 use kassa_schemas::redis_link::RedisLink;
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -143,6 +143,19 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
             get(order_status::get).delete(order_requests::cancel),
         )
         .route("/api/orders/{id}/hold", post(order_requests::renew_hold))
+        .route("/api/carts", post(carts::create))
+        .route(
+            "/api/carts/me",
+            get(carts::get_mine)
+                .put(carts::put_mine)
+                .delete(carts::delete_mine),
+        )
+        .route("/api/carts/me/items", post(carts::add_mine))
+        .route(
+            "/api/carts/me/items/{sku}",
+            axum::routing::put(carts::set_mine).delete(carts::remove_mine),
+        )
+        .route("/api/carts/me/checkout", post(carts::checkout_mine))
         .route("/api/carts/me/merge", post(carts::merge))
         .route(
             "/api/carts/{cart_id}",
@@ -174,14 +187,32 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The answer of `GET /health`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+/// The answer of `GET /ready` when every dependency answers.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready`.
+    pub status: String,
+    /// Each dependency (`postgres`, `kafka`, `redis`): `ok`, `failing` or `timed out`.
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
 /// `GET /health`: the process is up.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "up")))]
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations", responses((status = 200, description = "up", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready when Postgres, Kafka and Redis all answer within 2 s; the body says which did not.
-#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "every dependency answers"), (status = 503, description = "a dependency does not", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "operations", responses((status = 200, description = "every dependency answers", body = Readiness), (status = 503, description = "a dependency does not", body = Problem, content_type = "application/problem+json")))]
 async fn ready(State(state): State<AppState>) -> axum::response::Response {
     let limit = Duration::from_secs(2);
     let postgres = async {
@@ -224,15 +255,24 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
         Ok(Err(_)) => "failing",
         Err(_) => "timed out",
     };
-    let checks =
-        json!({ "postgres": verdict(postgres), "kafka": verdict(kafka), "redis": verdict(redis) });
-    let all_ok = checks
-        .as_object()
-        .is_some_and(|c| c.values().all(|v| v == "ok"));
+    let checks: std::collections::BTreeMap<String, String> = [
+        ("postgres", verdict(postgres)),
+        ("kafka", verdict(kafka)),
+        ("redis", verdict(redis)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let all_ok = checks.values().all(|v| v == "ok");
     metrics::gauge!("kassa_ready", "component" => "api").set(if all_ok { 1.0 } else { 0.0 });
     if all_ok {
-        Json(json!({ "status": "ready", "checks": checks })).into_response()
+        Json(Readiness {
+            status: "ready".into(),
+            checks,
+        })
+        .into_response()
     } else {
+        let checks = json!(checks);
         tracing::warn!(%checks, "not ready");
         let mut problem = Problem::unavailable(format!("not ready: {checks}"), 2);
         problem.detail = format!("dependencies: {checks}");
@@ -279,7 +319,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
         status_feed: order_status::StatusFeed::start(pool.clone()),
-        openapi: openapi::document_of(&config.extension).into(),
+        openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
     })
 }
 

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use kassa_schemas::Envelope;
 use kassa_schemas::events::orders::{CancelRequested, HoldRenewalRequested, OrderRequest};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::AppState;
 use crate::accepted::{Accepted, owned_order};
@@ -21,7 +20,7 @@ use crate::problem::{CommonErrors, FieldError, Problem};
 pub const MIN_HOLD_SECONDS: i32 = 30;
 
 /// `DELETE /api/orders/{id}`: asks for cancellation; 202 once on Kafka (orders decides).
-#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "cancellation requested")))]
+#[utoipa::path(delete, path = "/api/orders/{id}", operation_id = "cancelOrder", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "cancellation requested", body = OrderRequested)))]
 pub async fn cancel(
     State(state): State<AppState>,
     storefront: Storefront,
@@ -36,22 +35,38 @@ pub async fn cancel(
         reason: "customer requested".into(),
     });
     send(&state, &owned, request).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "order_id": order, "status": "cancel_requested" })),
-    )
-        .into_response())
+    let answer = OrderRequested {
+        order_id: order,
+        status: "cancel_requested".into(),
+        hold_seconds: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// The optional body of `POST /api/orders/{id}/hold`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct HoldBody {
-    /// New hold length from now (default: the configured hold).
+    /// New hold length from now, in seconds (default: the configured hold; at most
+    /// `KASSA_MAX_HOLD_SECONDS`, which the served document states).
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
+    #[schema(minimum = 30)]
+    pub hold_seconds: Option<i32>,
+}
+
+/// The answer to a request about an order: on Kafka, for the orders processor to decide.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct OrderRequested {
+    /// The order.
+    pub order_id: String,
+    /// `cancel_requested` or `hold_renewal_requested`.
+    pub status: String,
+    /// The hold asked for, in seconds (hold renewals).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_seconds: Option<i32>,
 }
 
 /// `POST /api/orders/{id}/hold`: asks to keep the reservation longer; 202 once on Kafka.
-#[utoipa::path(post, path = "/api/orders/{id}/hold", tag = "orders", request_body(content = Option<HoldBody>), params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "hold renewal requested")))]
+#[utoipa::path(post, path = "/api/orders/{id}/hold", operation_id = "renewHold", tag = "orders", request_body(content = Option<HoldBody>), params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "hold renewal requested", body = OrderRequested)))]
 pub async fn renew_hold(
     State(state): State<AppState>,
     storefront: Storefront,
@@ -78,7 +93,12 @@ pub async fn renew_hold(
         hold_seconds,
     });
     send(&state, &owned, request).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "order_id": order, "status": "hold_renewal_requested", "hold_seconds": hold_seconds }))).into_response())
+    let answer = OrderRequested {
+        order_id: order,
+        status: "hold_renewal_requested".into(),
+        hold_seconds: Some(hold_seconds),
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// Sends `request` about `owned` to `orders.requests`, keyed by the order id, in its trace.

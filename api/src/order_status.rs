@@ -7,17 +7,16 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 
 use crate::AppState;
-use crate::accepted::{order_json, owned_order};
+use crate::accepted::{OrderView, owned_order};
 use crate::auth::Storefront;
 use crate::domain::XCustomerId;
 use crate::error::ApiError;
@@ -89,7 +88,7 @@ pub struct StatusRow {
 }
 
 /// One step of an order's audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Step {
     /// State before.
     #[sqlx(rename = "from_state")]
@@ -131,21 +130,73 @@ fn status_name(row: &Option<StatusRow>) -> &str {
 
 /// Query parameters of `GET /api/orders/{id}`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Wait up to this many seconds (at most 30) for the status to change.
+    #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
     /// The status the caller already knows; with `wait`, answer once it is something else.
+    #[param(max_length = 64)]
     pub since: Option<String>,
 }
 
+/// An order with its status, payment and audit trail.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct OrderStatus {
+    /// The order.
+    #[serde(flatten)]
+    pub order: OrderView,
+    /// Why it was rejected or cancelled (e.g. `out_of_stock`, `payment_declined`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail of that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When the reservation hold runs out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// When the orders processor last changed the order (absent while `accepted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The payment, once asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<Payment>,
+    /// The audit trail's steps, oldest first.
+    pub transitions: Vec<Step>,
+    /// What the customer must do (3-D Secure), while `action_required`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_action: Option<NextAction>,
+}
+
+/// The payment of an order.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Payment {
+    /// The gateway (e.g. `stripe`).
+    pub provider: Option<String>,
+    /// The provider's id of the payment (e.g. the PaymentIntent).
+    pub provider_ref: Option<String>,
+}
+
+/// A step the customer must take before the order can go on.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NextAction {
+    /// `use_stripe_sdk`: hand `client_secret` to Stripe.js.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The PaymentIntent's client secret, for Stripe.js.
+    pub client_secret: String,
+    /// When the order is cancelled if the action is not done.
+    pub due_at: Option<DateTime<Utc>>,
+}
+
 /// `GET /api/orders/{id}`: the order and its status, for the customer named in `X-Customer-Id`.
-#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), StatusQuery), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the order; `status` is `accepted` until the orders processor has seen it, then pending, reserved, authorizing, action_required (with `next_action`), authorized, confirmed, completed, rejected or cancelled (with `reason`); `payment` (provider and its id) and `transitions` (the audit trail's steps)")))]
+#[utoipa::path(get, path = "/api/orders/{id}", operation_id = "getOrder", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), StatusQuery), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the order; `status` is `accepted` until the orders processor has seen it, then pending, reserved, authorizing, action_required (with `next_action`), authorized, confirmed, completed, rejected or cancelled (with `reason`); `payment` (provider and its id) and `transitions` (the audit trail's steps)", body = OrderStatus)))]
 pub async fn get(
     State(state): State<AppState>,
     storefront: Storefront,
     customer: XCustomerId,
     Path(id): Path<String>,
-    Query(query): Query<StatusQuery>,
+    crate::query::QueryParams(query): crate::query::QueryParams<StatusQuery>,
 ) -> Result<Response, ApiError> {
     let wait = query.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
@@ -179,23 +230,39 @@ pub async fn get(
             }
         }
     }
-    let mut body = order_json(&order, status_name(&row));
-    if let Some(row) = &row {
-        body["reason"] = json!(row.reason);
-        body["detail"] = json!(row.detail);
-        body["hold_expires_at"] = json!(row.hold_expires_at);
-        body["updated_at"] = json!(row.updated_at);
-        if row.provider.is_some() {
-            body["payment"] = json!({ "provider": row.provider, "provider_ref": row.provider_ref });
-        }
-        body["transitions"] = json!(trail(&state.pool, &order_id).await?);
-        if let Some(secret) = &row.client_secret {
-            body["next_action"] = json!({
-                "type": "use_stripe_sdk",
-                "client_secret": secret,
-                "due_at": row.action_due_at,
-            });
-        }
-    }
+    let transitions = match &row {
+        Some(_) => trail(&state.pool, &order_id).await?,
+        None => Vec::new(),
+    };
+    let view = OrderView::of(&order, status_name(&row));
+    let body = match row {
+        None => OrderStatus {
+            order: view,
+            reason: None,
+            detail: None,
+            hold_expires_at: None,
+            updated_at: None,
+            payment: None,
+            transitions,
+            next_action: None,
+        },
+        Some(row) => OrderStatus {
+            order: view,
+            payment: row.provider.is_some().then_some(Payment {
+                provider: row.provider,
+                provider_ref: row.provider_ref,
+            }),
+            next_action: row.client_secret.map(|client_secret| NextAction {
+                kind: "use_stripe_sdk".into(),
+                client_secret,
+                due_at: row.action_due_at,
+            }),
+            reason: row.reason,
+            detail: row.detail,
+            hold_expires_at: row.hold_expires_at,
+            updated_at: Some(row.updated_at),
+            transitions,
+        },
+    };
     Ok(Json(body).into_response())
 }

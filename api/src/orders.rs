@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::accepted::OrderView;
 use crate::accepted::{Accepted, accepted_response, claim_and_store, load, order_json};
 use crate::auth::Storefront;
 use crate::body::JsonBody;
@@ -33,10 +34,13 @@ pub const MAX_QUANTITY: i32 = 1_000;
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct OrderRequest {
     /// The customer placing the order (as the storefront knows them).
+    #[schema(schema_with = CustomerId::schema)]
     pub customer_id: String,
     /// What to buy.
+    #[schema(min_items = 1, max_items = 50)]
     pub lines: Vec<LineRequest>,
     /// Payment method to authorize (e.g. `pm_card_visa`).
+    #[schema(schema_with = PaymentMethodId::schema)]
     pub payment_method_id: String,
 }
 
@@ -44,8 +48,11 @@ pub struct OrderRequest {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct LineRequest {
     /// The SKU.
+    #[schema(schema_with = Sku::schema)]
     pub sku: String,
     /// Units.
+    #[serde(deserialize_with = "crate::body::whole::number")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i32,
 }
 
@@ -110,7 +117,19 @@ fn reserve_event_id(order_id: Uuid, line_index: i32) -> Uuid {
 }
 
 /// `POST /api/orders`.
-#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = OrderRequest, params(("Idempotency-Key" = String, Header, description = "required; the same key and body get the same answer for 24 h")), security(("storefront" = [])), responses(CommonErrors, (status = 202, description = "accepted: every line is on Kafka; `Location` names the order"), (status = 409, description = "`sold_out` or `purchase_limit` (flash sale)", body = Problem, content_type = "application/problem+json"), (status = 422, description = "`unknown_sku` or `idempotency_key_reused`", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/orders", operation_id = "placeOrder", tag = "orders", request_body = OrderRequest,
+    params(("Idempotency-Key" = String, Header, description = "required; the same key and body get the same answer for 24 h")),
+    security(("storefront" = [])),
+    responses(CommonErrors,
+        (status = 202, description = "accepted: every line is on Kafka; `Location` names the order", body = OrderView,
+            headers(("Location" = String, description = "the order: `/api/orders/{order_id}`")),
+            links(
+                ("getOrder" = (operation_id = "getOrder", parameters(("id" = "$response.body#/order_id"), ("header.X-Customer-Id" = "$response.body#/customer_id")), description = "the order's status")),
+                ("cancelOrder" = (operation_id = "cancelOrder", parameters(("id" = "$response.body#/order_id"), ("header.X-Customer-Id" = "$response.body#/customer_id")), description = "cancel it")),
+                ("renewHold" = (operation_id = "renewHold", parameters(("id" = "$response.body#/order_id"), ("header.X-Customer-Id" = "$response.body#/customer_id")), description = "keep its reservation longer")),
+            )),
+        (status = 409, description = "`sold_out` or `purchase_limit` (flash sale)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_sku`, `mixed_currencies`, `total_too_large` or `idempotency_key_reused`: well-formed, but the catalog or an earlier request refuses it", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     storefront: Storefront,
@@ -286,17 +305,16 @@ async fn price(state: &AppState, lines: &[(Sku, i32)]) -> Result<pricing::Priced
         .collect();
     let priced = pricing::price(&lines, &catalog).map_err(|e| match e {
         PricingError::UnknownSkus(skus) => Problem::unknown_sku(&skus),
-        PricingError::MixedCurrencies(c) => Problem::validation(vec![FieldError {
-            field: "lines".into(),
-            message: format!(
+        PricingError::MixedCurrencies(c) => Problem::unprocessable(
+            "mixed_currencies",
+            format!(
                 "all lines must be in one currency; these are in {}",
                 c.join(", ")
             ),
-        }]),
-        PricingError::Overflow => Problem::validation(vec![FieldError {
-            field: "lines".into(),
-            message: "the order total is too large".into(),
-        }]),
+        ),
+        PricingError::Overflow => {
+            Problem::unprocessable("total_too_large", "the order total is too large")
+        }
     })?;
     Ok(priced)
 }

@@ -136,6 +136,17 @@ impl Problem {
         }
     }
 
+    /// 422: a well-formed request that the catalog or the state of things refuses; `code` names
+    /// the rule (`mixed_currencies`, `total_too_large`, `empty_cart`, …).
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "Cannot be processed",
+            detail,
+        )
+    }
+
     /// 422: the Idempotency-Key was used before with a different request.
     pub fn idempotency_key_reused() -> Self {
         Self::new(
@@ -198,10 +209,11 @@ impl Problem {
         )
     }
 
-    /// 400: a webhook whose signature is missing, wrong or stale.
+    /// 401: a webhook whose signature is missing, wrong or stale (the signature is how a
+    /// webhook authenticates).
     pub fn bad_signature(detail: &str) -> Self {
         Self::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
             "invalid_signature",
             "Signature not valid",
             detail,

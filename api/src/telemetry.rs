@@ -66,7 +66,7 @@ pub async fn record(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: every metric of this process, in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn render() -> Response {
     let body = handle().map(|h| h.render()).unwrap_or_default();
     let mut response = body.into_response();

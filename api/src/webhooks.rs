@@ -11,7 +11,7 @@ use chrono::Utc;
 use hmac::{KeyInit, Mac};
 use kassa_schemas::Envelope;
 use kassa_schemas::events::payments::{PaymentWebhook, WebhookReceived};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::AppState;
 use crate::body::RawBody;
@@ -84,8 +84,22 @@ pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
+/// The answer to a verified webhook.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Received {
+    /// Always true: the event is on `payments.webhooks`.
+    pub received: bool,
+}
+
 /// `POST /webhooks/stripe`.
-#[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks", params(("Stripe-Signature" = String, Header, description = "t=<unix time>,v1=<HMAC-SHA256 hex>")), request_body(content = String, content_type = "application/json", description = "the Stripe event, verbatim"), responses((status = 200, description = "verified and on `payments.webhooks`"), (status = 400, description = "`invalid_signature` or `malformed_request`", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Kafka or the webhook secret unavailable", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/webhooks/stripe", operation_id = "stripeWebhook", tag = "webhooks",
+    request_body(content = String, content_type = "application/json", description = "the Stripe event, verbatim"),
+    security(("stripe_signature" = [])),
+    responses(
+        (status = 200, description = "verified and on `payments.webhooks`", body = Received),
+        (status = 400, description = "`malformed_request`: signed, but not a Stripe event", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_signature`: `Stripe-Signature` missing, wrong or outside the tolerance", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the webhook secret unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn stripe(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -143,7 +157,7 @@ pub async fn stripe(
     };
     let envelope = Envelope::new(key.clone(), None, PaymentWebhook::WebhookReceived(received));
     crate::produce::send(&state, &key, trace.as_deref(), &envelope).await?;
-    Ok(Json(json!({ "received": true })).into_response())
+    Ok(Json(Received { received: true }).into_response())
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ pub fn extension(settings: &Settings) -> kassa_api::Extension {
 struct ViewsDoc;
 
 /// `GET /asyncapi.json`: the AsyncAPI 3.0 document of kassa's topics, for downstream teams.
-#[utoipa::path(get, path = "/asyncapi.json", tag = "operations", responses((status = 200, description = "the AsyncAPI 3.0 document: every topic, its key, producers, consumers, retention, and every event type with its Avro schema")))]
+#[utoipa::path(get, path = "/asyncapi.json", operation_id = "asyncapi", tag = "operations", responses((status = 200, description = "the AsyncAPI 3.0 document: every topic, its key, producers, consumers, retention, and every event type with its Avro schema")))]
 async fn asyncapi() -> Json<serde_json::Value> {
     Json(crate::asyncapi::document())
 }
@@ -97,6 +97,15 @@ fn time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Probl
     value
         .map(|v| crate::offsets::parse_time(v).map_err(|e| invalid(field, e)))
         .transpose()
+}
+
+/// A duration given in seconds as parameter `field`: 0 to a year.
+fn seconds(field: &str, value: Option<i64>) -> Result<Option<Duration>, Problem> {
+    const YEAR: i64 = 31_536_000;
+    match value {
+        Some(n) if !(0..=YEAR).contains(&n) => Err(invalid(field, "0 to 31,536,000 seconds")),
+        other => Ok(other.map(|n| Duration::from_secs(n.unsigned_abs()))),
+    }
 }
 
 /// The processor named by parameter `field` (None: every one).
@@ -149,23 +158,62 @@ fn dlq_failed(error: DlqError) -> ApiError {
 struct SearchQuery {
     /// Only orders in this state: `accepted` (not yet seen by the orders processor) or one of
     /// the orders processor's.
+    #[param(schema_with = state_schema)]
     state: Option<String>,
     /// Only orders with a line of this SKU.
+    #[param(schema_with = kassa_api::domain::Sku::schema)]
     sku: Option<String>,
     /// Only this customer's orders.
+    #[param(schema_with = kassa_api::domain::CustomerId::schema)]
     customer: Option<String>,
     /// Only orders created at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Only orders created before this RFC 3339 time.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// Orders a page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,18}_[0-9a-f]{32}$")]
     cursor: Option<String>,
 }
 
+/// The states an order can be looked up by, as a schema.
+fn state_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(crate::search::states()))
+        .build()
+}
+
+/// Where a dead letter is: `/admin/dlq/{group}/{partition}/{offset}`.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only declares the path's parameters
+struct DeadLetterPath {
+    /// The processor.
+    #[param(schema_with = group_schema)]
+    group: String,
+    /// Partition of `<group>.dlq`.
+    #[param(minimum = 0)]
+    partition: i32,
+    /// Offset there.
+    #[param(minimum = 0)]
+    offset: i64,
+}
+
+/// The processors, as a schema.
+fn group_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(ConsumerGroup::ALL.iter().map(|g| g.name())))
+        .build()
+}
+
 /// `GET /admin/orders`: orders newest first, filtered, a page at a time.
-#[utoipa::path(get, path = "/admin/orders", tag = "operations-admin", params(SearchQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "a page of orders, newest first, and the cursor of the next", body = Page)))]
+#[utoipa::path(get, path = "/admin/orders", operation_id = "searchOrders", tag = "operations-admin", params(SearchQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "a page of orders, newest first, and the cursor of the next", body = Page)))]
 async fn search_orders(
     State(state): State<AppState>,
     _admin: Admin,
@@ -182,6 +230,12 @@ async fn search_orders(
             ),
         )
         .into());
+    }
+    if let Some(sku) = &query.sku {
+        kassa_api::domain::Sku::parse(sku).map_err(|rule| invalid("sku", rule))?;
+    }
+    if let Some(customer) = &query.customer {
+        kassa_api::domain::CustomerId::parse(customer).map_err(|rule| invalid("customer", rule))?;
     }
     let limit = query.limit.unwrap_or(50);
     if !(1..=crate::search::MAX_LIMIT).contains(&limit) {
@@ -205,7 +259,7 @@ async fn search_orders(
 }
 
 /// `GET /admin/orders/{id}`: the order's story (`kassa order`).
-#[utoipa::path(get, path = "/admin/orders/{id}", tag = "operations-admin", params(("id" = String, Path, description = "order id")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the order's story in time order (every component's records and every event about it on every topic) and a one-line diagnosis", body = Story)))]
+#[utoipa::path(get, path = "/admin/orders/{id}", operation_id = "getOrderStory", tag = "operations-admin", params(("id" = String, Path, description = "order id")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the order's story in time order (every component's records and every event about it on every topic) and a one-line diagnosis", body = Story)))]
 async fn order_story(
     State(state): State<AppState>,
     _admin: Admin,
@@ -226,8 +280,10 @@ async fn order_story(
 #[into_params(parameter_in = Query)]
 struct DlqQuery {
     /// Only this processor's: `inventory`, `orders`, `payments` or `expiry`.
+    #[param(schema_with = group_schema)]
     group: Option<String>,
     /// Only those dead-lettered since this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Discarded ones too (default false).
     all: Option<bool>,
@@ -241,7 +297,7 @@ struct DeadLetters {
 }
 
 /// `GET /admin/dlq`: the dead letters (`kassa dlq list`).
-#[utoipa::path(get, path = "/admin/dlq", tag = "operations-admin", params(DlqQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letters with their origin, reason and status", body = DeadLetters)))]
+#[utoipa::path(get, path = "/admin/dlq", operation_id = "listDeadLetters", tag = "operations-admin", params(DlqQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letters with their origin, reason and status", body = DeadLetters)))]
 async fn list_dead_letters(
     State(state): State<AppState>,
     _admin: Admin,
@@ -268,7 +324,7 @@ fn dead_letter_id(
 }
 
 /// `GET /admin/dlq/{group}/{partition}/{offset}`: one dead letter (`kassa dlq show`).
-#[utoipa::path(get, path = "/admin/dlq/{group}/{partition}/{offset}", tag = "operations-admin", params(("group" = String, Path, description = "the processor"), ("partition" = i32, Path, description = "partition of `<group>.dlq`"), ("offset" = i64, Path, description = "offset there")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letter: headers (reason, origin), the decoded message or its raw bytes, its last action", body = DeadLetter)))]
+#[utoipa::path(get, path = "/admin/dlq/{group}/{partition}/{offset}", operation_id = "getDeadLetter", tag = "operations-admin", params(DeadLetterPath), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letter: headers (reason, origin), the decoded message or its raw bytes, its last action", body = DeadLetter)))]
 async fn show_dead_letter(
     State(state): State<AppState>,
     _admin: Admin,
@@ -283,7 +339,8 @@ async fn show_dead_letter(
 /// The body of a redrive or a discard.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct Action {
-    /// Why (recorded with the action).
+    /// Why (recorded with the action): 1 to 500 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     reason: String,
 }
 
@@ -309,7 +366,7 @@ fn reason(action: &Action) -> Result<&str, Problem> {
 
 /// `POST /admin/dlq/{group}/{partition}/{offset}/redrive`: publishes the original message again
 /// (`kassa dlq redrive`): once at most; a second redrive is 409 and changes nothing.
-#[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/redrive", tag = "operations-admin", request_body = Action, params(("group" = String, Path, description = "the processor"), ("partition" = i32, Path, description = "partition of `<group>.dlq`"), ("offset" = i64, Path, description = "offset there")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "published again to the topic it came from", body = Acted), (status = 409, description = "already redriven (recorded as refused)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/redrive", operation_id = "redriveDeadLetter", tag = "operations-admin", request_body = Action, params(DeadLetterPath), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "published again to the topic it came from", body = Acted), (status = 409, description = "already redriven (recorded as refused)", body = Problem, content_type = "application/problem+json")))]
 async fn redrive(
     State(state): State<AppState>,
     admin: Admin,
@@ -332,7 +389,7 @@ async fn redrive(
 
 /// `POST /admin/dlq/{group}/{partition}/{offset}/discard`: marks the dead letter dealt with
 /// (`kassa dlq discard`); the list no longer shows it.
-#[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/discard", tag = "operations-admin", request_body = Action, params(("group" = String, Path, description = "the processor"), ("partition" = i32, Path, description = "partition of `<group>.dlq`"), ("offset" = i64, Path, description = "offset there")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "discarded (recorded)", body = Acted)))]
+#[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/discard", operation_id = "discardDeadLetter", tag = "operations-admin", request_body = Action, params(DeadLetterPath), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "discarded (recorded)", body = Acted)))]
 async fn discard(
     State(state): State<AppState>,
     admin: Admin,
@@ -358,15 +415,18 @@ async fn discard(
 #[into_params(parameter_in = Query)]
 struct LagQuery {
     /// Only this processor.
+    #[param(schema_with = group_schema)]
     group: Option<String>,
     /// A breach when a processor is more records behind than this.
+    #[param(minimum = 0)]
     max_lag: Option<i64>,
     /// A breach when an outbox row has waited longer than this to be published, in seconds.
-    max_outbox_age: Option<u64>,
+    #[param(minimum = 0, maximum = 31_536_000)]
+    max_outbox_age: Option<i64>,
 }
 
 /// `GET /admin/lag`: how far each processor is behind (`kassa lag`).
-#[utoipa::path(get, path = "/admin/lag", tag = "operations-admin", params(LagQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "per processor and input partition: Kafka's end, the offset stored in Postgres, the lag; the outbox backlog; the breaches of the thresholds given", body = Report)))]
+#[utoipa::path(get, path = "/admin/lag", operation_id = "getLag", tag = "operations-admin", params(LagQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "per processor and input partition: Kafka's end, the offset stored in Postgres, the lag; the outbox backlog; the breaches of the thresholds given", body = Report)))]
 async fn lag(
     State(state): State<AppState>,
     _admin: Admin,
@@ -376,9 +436,13 @@ async fn lag(
     let groups = groups("group", query.group.as_deref())?;
     let measured = crate::lag::measure(&views.settings, &state.pool, &groups).await;
     let groups = measured.map_err(offsets_failed)?;
+    if query.max_lag.is_some_and(|n| n < 0) {
+        return Err(invalid("max_lag", "0 or more").into());
+    }
+    let max_outbox_age = seconds("max_outbox_age", query.max_outbox_age)?;
     let limits = Thresholds {
         max_lag: query.max_lag,
-        max_outbox_age: query.max_outbox_age.map(Duration::from_secs),
+        max_outbox_age,
     };
     let breaches = limits.breaches(&groups);
     Ok(Json(Report { groups, breaches }))
@@ -389,10 +453,12 @@ async fn lag(
 #[into_params(parameter_in = Query)]
 struct ReconcileQuery {
     /// Only orders created since this RFC 3339 time (and the SKUs they reserved).
+    #[param(format = DateTime)]
     since: Option<String>,
     /// How long compensation may trail an order's decision, and how far past its deadline an
-    /// undecided order counts as stuck, in seconds (default 300).
-    margin_seconds: Option<u64>,
+    /// undecided order counts as stuck, in seconds (default 300; at most a year).
+    #[param(minimum = 0, maximum = 31_536_000)]
+    margin_seconds: Option<i64>,
     /// Also read every recorded intent back from the payment provider (default false).
     provider: Option<bool>,
 }
@@ -407,7 +473,7 @@ struct Books {
 }
 
 /// `GET /admin/reconcile`: whether the books square (`kassa reconcile`).
-#[utoipa::path(get, path = "/admin/reconcile", tag = "operations-admin", params(ReconcileQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "every discrepancy by class with its ids; `square` when there is none", body = Books)))]
+#[utoipa::path(get, path = "/admin/reconcile", operation_id = "reconcile", tag = "operations-admin", params(ReconcileQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "every discrepancy by class with its ids; `square` when there is none", body = Books)))]
 async fn reconcile(
     State(state): State<AppState>,
     _admin: Admin,
@@ -416,7 +482,8 @@ async fn reconcile(
 ) -> Result<Json<Books>, ApiError> {
     let options = crate::reconcile::Options {
         since: time("since", query.since.as_deref())?,
-        margin: Duration::from_secs(query.margin_seconds.unwrap_or(300)),
+        margin: seconds("margin_seconds", query.margin_seconds)?
+            .unwrap_or(Duration::from_secs(300)),
     };
     let mut discrepancies = crate::reconcile::reconcile(&state.pool, &options).await?;
     if query.provider.unwrap_or(false) {

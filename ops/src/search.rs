@@ -45,6 +45,17 @@ impl std::str::FromStr for Cursor {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         const BAD: &str = "not a cursor this API gave";
         let (micros, id) = text.split_once('_').ok_or(BAD)?;
+        // Exactly as written: decimal microseconds (at most 18 digits) and the id's 32 hex digits.
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        let well_formed = (1..=18).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            return Err(BAD);
+        }
         let micros: i64 = micros.parse().map_err(|_| BAD)?;
         Ok(Cursor {
             created_at: DateTime::from_timestamp_micros(micros).ok_or(BAD)?,
@@ -193,6 +204,10 @@ mod tests {
             "x_y",
             "12_not-a-uuid",
             "_0190a8b0-0000-7000-8000-000000000000",
+            "12_0190a8b0-0000-7000-8000-000000000000",
+            "+12_0190a8b000007000800000000000000f",
+            "12_0190A8B000007000800000000000000F",
+            "1234567890123456789_0190a8b000007000800000000000000f",
         ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }

@@ -203,6 +203,8 @@ pub async fn tail(
                 Start::Beginning => Offset::Beginning,
                 Start::End => Offset::End,
                 Start::Offset(o) => Offset::Offset(o.clamp(low, high)),
+                // Kafka's record times start at the epoch: an earlier time is the beginning.
+                Start::Time(at) if at.timestamp_millis() <= 0 => Offset::Beginning,
                 Start::Time(at) => Offset::Offset(at.timestamp_millis()),
             };
             list.add_partition_offset(topic, p.id(), start)?;

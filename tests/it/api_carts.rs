@@ -50,6 +50,27 @@ impl Api {
     }
 }
 
+/// A new guest cart (`POST /api/carts`): its path.
+async fn new_guest_cart(api: &Api) -> String {
+    let created = api
+        .req(reqwest::Method::POST, "/api/carts", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/api/carts/{}", body["cart_id"].as_str().unwrap())
+    );
+    assert_eq!(
+        (body["version"].as_u64(), &body["items"]),
+        (Some(1), &json!([]))
+    );
+    location
+}
+
 fn etag(r: &reqwest::Response) -> String {
     r.headers()["etag"].to_str().unwrap().to_owned()
 }
@@ -171,10 +192,68 @@ async fn two_devices_share_a_customers_cart_and_a_stale_write_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn guest_cart_ids_come_from_the_server_and_made_up_ones_are_refused() {
+    let api = Api::start(60).await;
+    use reqwest::Method;
+    let made_up = [
+        "/api/carts/my-cart".to_owned(),
+        "/api/carts/guest-1".to_owned(),
+        // The server's shape, but never issued: 128 random bits are not guessed.
+        format!("/api/carts/gc_{}", uuid::Uuid::new_v4().simple()),
+    ];
+    for path in &made_up {
+        for method in [Method::GET, Method::PUT, Method::DELETE] {
+            let mut request = api.req(method.clone(), path, None);
+            if method == Method::PUT {
+                request = request.json(&json!({"items": {api.skus[0].as_str(): 1}}));
+            }
+            assert_eq!(
+                problem_code(request.send().await.unwrap()).await,
+                (404, "not_found".to_owned()),
+                "{method} {path}"
+            );
+        }
+        let add = api
+            .req(Method::POST, &format!("{path}/items"), None)
+            .json(&json!({"sku": api.skus[0], "quantity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(add.status().as_u16(), 404, "{path}/items");
+    }
+    let a = new_guest_cart(&api).await;
+    let b = new_guest_cart(&api).await;
+    assert_ne!(a, b);
+    let added: Value = api
+        .req(Method::POST, &format!("{a}/items"), None)
+        .json(&json!({"sku": api.skus[0], "quantity": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            added["version"].as_u64(),
+            added["items"][0]["quantity"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+    // Deleted, it is gone for good.
+    let deleted = api.req(Method::DELETE, &a, None).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(
+        problem_code(api.req(Method::GET, &a, None).send().await.unwrap()).await,
+        (404, "not_found".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
     let api = Api::start(2).await;
     use reqwest::Method;
-    let guest = format!("/api/carts/guest-{}", uuid::Uuid::new_v4().simple());
+    let guest = new_guest_cart(&api).await;
     let created = api
         .req(Method::PUT, &guest, None)
         .json(&json!({"items": {api.skus[1].as_str(): 1}}))
@@ -214,15 +293,32 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
         .await
         .unwrap();
     assert_eq!(merged["items"][0]["quantity"], 3);
+    let emptied: Value = api
+        .req(Method::GET, &guest, None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(emptied["items"], json!([]), "the guest cart is left empty");
+    let again: Value = api
+        .req(Method::POST, "/api/carts/me/merge", Some("hana"))
+        .json(&json!({"guest_cart_id": guest_id}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
-        problem_code(api.req(Method::GET, &guest, None).send().await.unwrap()).await,
-        (404, "not_found".to_owned()),
-        "the guest cart is gone"
+        again["items"][0]["quantity"], 3,
+        "a retried merge adds nothing twice"
     );
 
     // Left alone, a guest cart expires (polled, with a deadline well past its 2 s life).
-    let lonely = format!("/api/carts/guest-{}", uuid::Uuid::new_v4().simple());
     let started = std::time::Instant::now(); // before the write that starts its 2 s life
+    let lonely = new_guest_cart(&api).await;
     api.req(Method::PUT, &lonely, None)
         .json(&json!({"items": {api.skus[0].as_str(): 1}}))
         .send()

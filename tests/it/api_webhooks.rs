@@ -141,7 +141,7 @@ async fn unsigned_tampered_and_stale_webhooks_are_refused_and_a_repeat_is_accept
     .to_string();
     let now = chrono::Utc::now().timestamp();
     let code = crate::common::api::problem_code;
-    let invalid = (400, "invalid_signature".to_owned());
+    let invalid = (401, "invalid_signature".to_owned());
     assert_eq!(
         code(api.deliver(&event, None).await).await,
         invalid,

@@ -9,6 +9,7 @@ mod common;
 
 mod api_admin_flash;
 mod api_carts;
+mod api_contract;
 mod api_fuzz;
 mod api_orders;
 mod api_webhooks;
