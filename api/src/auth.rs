@@ -1,8 +1,6 @@
 //! API keys: storefront keys for `/api`, admin keys for `/admin`, stored as SHA-256 hashes.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -67,52 +65,44 @@ pub async fn create_key(pool: &PgPool, kind: KeyKind, name: &str) -> Result<Stri
 /// within this time).
 const CACHE_FOR: Duration = Duration::from_secs(30);
 
-/// One key's lookup: started once, shared by every request that needs it meanwhile.
-type Lookup = std::sync::Arc<tokio::sync::OnceCell<Option<String>>>;
+/// Most key lookups remembered; past it the least useful are evicted, not all of them.
+const CACHED_KEYS: u64 = 100_000;
 
-/// Recent key lookups: (hash, kind) → (the lookup, when it began). Requests that arrive together
-/// with a key not cached (a burst at start-up, or when an entry expires) share one query, so a
-/// flash-sale burst never queues a thousand identical queries for the database pool.
-#[derive(Default)]
+/// Recent key lookups: (hash, kind) → the key's name, or None for a key that does not exist (a
+/// made-up key costs one query, not one a request). Requests that arrive together with a key not
+/// cached share one query, so a flash-sale burst never queues a thousand identical queries for
+/// the database pool; a flood of random keys evicts the least used entries (TinyLFU), never the
+/// keys in use.
 pub struct KeyCache {
-    entries: Mutex<HashMap<(Vec<u8>, KeyKind), Started>>,
+    entries: moka::future::Cache<(Vec<u8>, KeyKind), Option<String>>,
 }
 
-/// A key lookup and when it began.
-type Started = (Lookup, Instant);
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            entries: moka::future::Cache::builder()
+                .max_capacity(CACHED_KEYS)
+                .time_to_live(CACHE_FOR)
+                .build(),
+        }
+    }
+}
 
-/// The name of the live key of `kind` whose secret is `secret`, if any.
+/// The name of the live key `key` names (None: no such key), from the cache or else the table.
 async fn lookup(
     pool: &PgPool,
     cache: &KeyCache,
-    kind: KeyKind,
-    secret: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    let key = (hash(secret), kind);
-    let cell = {
-        let mut entries = cache.entries.lock().expect("key cache");
-        match entries.get(&key) {
-            Some((cell, at)) if at.elapsed() < CACHE_FOR => cell.clone(),
-            _ => {
-                if entries.len() > 10_000 {
-                    entries.clear(); // bounded: a flood of made-up keys cannot grow it without end
-                }
-                let cell = Lookup::default();
-                entries.insert(key.clone(), (cell.clone(), Instant::now()));
-                cell
-            }
-        }
-    };
-    // A failed query leaves the cell empty: the next request (or a waiting one) asks again.
-    let name = cell
-        .get_or_try_init(|| {
-            sqlx::query_scalar("SELECT name FROM api.api_keys WHERE key_hash = $1 AND kind = $2 AND revoked_at IS NULL")
-                .bind(&key.0)
-                .bind(kind.as_str())
-                .fetch_optional(pool)
-        })
-        .await?;
-    Ok(name.clone())
+    key: (Vec<u8>, KeyKind),
+) -> Result<Option<String>, std::sync::Arc<sqlx::Error>> {
+    let kind = key.1;
+    let query = sqlx::query_scalar(
+        "SELECT name FROM api.api_keys WHERE key_hash = $1 AND kind = $2 AND revoked_at IS NULL",
+    )
+    .bind(key.0.clone())
+    .bind(kind.as_str())
+    .fetch_optional(pool);
+    // A failed query is not cached: the next request asks again.
+    cache.entries.try_get_with(key, query).await
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -131,15 +121,35 @@ pub struct Admin {
     pub name: String,
 }
 
-/// The name of the key of `kind` the request carries, or the problem to answer.
+/// The name of the key of `kind` the request carries, or the problem to answer. A request
+/// without a key the API knows counts against its peer's allowance (429 past it), before its key
+/// costs a query: a flood of made-up keys is turned away without reaching the key store, and
+/// requests with known keys are never counted.
 async fn authenticate(
     parts: &Parts,
     state: &AppState,
     kind: KeyKind,
     missing: fn() -> Problem,
 ) -> Result<String, ApiError> {
-    let secret = bearer(parts).ok_or_else(missing)?;
-    match lookup(&state.pool, &state.keys, kind, secret).await {
+    let count_peer = || match crate::server::peer(&parts.extensions) {
+        Some(peer) => state.limits.unauthenticated(peer.ip()),
+        None => Ok(()),
+    };
+    let Some(secret) = bearer(parts) else {
+        count_peer()?;
+        return Err(missing().into());
+    };
+    let key = (hash(secret), kind);
+    let cached = state.keys.entries.get(&key).await;
+    match cached {
+        Some(Some(name)) => return Ok(name),
+        Some(None) => {
+            count_peer()?;
+            return Err(missing().into());
+        }
+        None => count_peer()?, // a key not seen lately costs a query
+    }
+    match lookup(&state.pool, &state.keys, key).await {
         Ok(Some(name)) => Ok(name),
         Ok(None) => Err(missing().into()),
         Err(e) => {

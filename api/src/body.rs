@@ -81,30 +81,34 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// Middleware: reads every request body (up to [`MAX_BODY_BYTES`], else 413) before routing, so
-/// a handler that ignores its body never leaves unread bytes that would cost the connection.
+/// Middleware: reads every request body (up to [`MAX_BODY_BYTES`], else 413; within `timeout`,
+/// else 408) before routing, so a handler that ignores its body never leaves unread bytes that
+/// would cost the connection, and a client that sends its body slowly holds nothing for long.
 pub async fn buffer_body(
+    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
     request: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
-        }
-        Err(_) => {
-            // The rest of the body is never read, so the connection cannot carry another request:
-            // say so, and clients open a fresh one instead of writing into a closed socket.
-            let mut response = Problem::too_large(MAX_BODY_BYTES).into_response();
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            response
-        }
-    }
+    let problem =
+        match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+            Ok(Ok(bytes)) => {
+                return next
+                    .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                    .await;
+            }
+            Ok(Err(_)) => Problem::too_large(MAX_BODY_BYTES),
+            Err(_) => Problem::request_timeout(timeout),
+        };
+    // The rest of the body is never read, so the connection cannot carry another request: say
+    // so, and clients open a fresh one instead of writing into a closed socket.
+    let mut response = problem.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Integer fields as JSON Schema's `integer` has them: any JSON number with no fractional part

@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod problem;
 pub mod produce;
 pub mod query;
+pub mod server;
 pub mod telemetry;
 pub mod webhooks;
 
@@ -67,6 +68,8 @@ pub struct ApiConfig {
     pub stripe_webhook_secret: Option<webhooks::Secret>,
     /// Rate limits.
     pub rate_limits: limits::RateLimits,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub server: server::ServerLimits,
     /// Routes mounted beside the API's own (the operator's views, from kassa-ops).
     pub extension: Extension,
 }
@@ -108,6 +111,8 @@ pub struct AppState {
     pub status_feed: order_status::StatusFeed,
     /// The OpenAPI document: the API's paths and the extension's, serialised once.
     pub openapi: Arc<str>,
+    /// The longest a request's body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 /// Why the API server stopped with an error.
@@ -182,7 +187,10 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .fallback(|| async { Problem::not_found("route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
-        .layer(axum::middleware::from_fn(body::buffer_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.body_timeout,
+            body::buffer_body,
+        ))
         .route_layer(axum::middleware::from_fn(telemetry::record))
         .with_state(state)
 }
@@ -320,6 +328,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
         status_feed: order_status::StatusFeed::start(pool.clone()),
         openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
+        body_timeout: config.server.body_timeout,
     })
 }
 
@@ -349,7 +358,14 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     tracing::info!(%addr, "API listening");
-    let served = serve_on(listener, state, config.extension.routes, shutdown).await;
+    let served = serve_on(
+        listener,
+        state,
+        config.extension.routes,
+        config.server,
+        shutdown,
+    )
+    .await;
     pruning.abort();
     served?;
     Ok(())
@@ -365,21 +381,28 @@ pub async fn spawn(config: &ApiConfig) -> Result<SocketAddr, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })?;
     let bound = listener.local_addr()?;
     let routes = config.extension.routes.clone();
-    tokio::spawn(serve_on(listener, state, routes, std::future::pending()));
+    let limits = config.server;
+    tokio::spawn(serve_on(
+        listener,
+        state,
+        routes,
+        limits,
+        std::future::pending(),
+    ));
     Ok(bound)
 }
 
-/// Serves the API's routes (and `extra`) on a bound listener until `shutdown` completes.
+/// Serves the API's routes (and `extra`) on a bound listener within `limits` until `shutdown`
+/// completes.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
     extra: Router<AppState>,
+    limits: server::ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sampling = tokio::spawn(sample(state.clone()));
-    let served = axum::serve(listener, router(state, extra))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = server::serve(listener, router(state, extra), limits, shutdown).await;
     sampling.abort();
     served
 }

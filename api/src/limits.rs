@@ -1,5 +1,6 @@
-//! Rate limits: per storefront key and per customer (GCRA, via `governor`). Over the limit, a
-//! request gets 429 `rate_limited` with `Retry-After`. Idempotent replays are not counted.
+//! Rate limits: per storefront key, per customer, and per peer address for requests without a
+//! key the API knows (GCRA, via `governor`). Over the limit, a request gets 429 `rate_limited`
+//! with `Retry-After`. Idempotent replays are not counted.
 
 use std::num::NonZeroU32;
 
@@ -15,6 +16,8 @@ pub struct RateLimits {
     pub storefront_per_second: u32,
     /// Per customer (of a storefront).
     pub customer_per_second: u32,
+    /// Per peer address, for requests with a missing or unknown key.
+    pub unauthenticated_per_second: u32,
 }
 
 impl Default for RateLimits {
@@ -22,6 +25,7 @@ impl Default for RateLimits {
         Self {
             storefront_per_second: 5_000,
             customer_per_second: 20,
+            unauthenticated_per_second: 20,
         }
     }
 }
@@ -30,6 +34,7 @@ impl Default for RateLimits {
 pub struct Limits {
     storefront: DefaultKeyedRateLimiter<String>,
     customer: DefaultKeyedRateLimiter<(String, String)>,
+    unauthenticated: DefaultKeyedRateLimiter<std::net::IpAddr>,
     clock: DefaultClock,
 }
 
@@ -45,6 +50,9 @@ impl Limits {
         Self {
             storefront: DefaultKeyedRateLimiter::keyed(quota(limits.storefront_per_second)),
             customer: DefaultKeyedRateLimiter::keyed(quota(limits.customer_per_second)),
+            unauthenticated: DefaultKeyedRateLimiter::keyed(quota(
+                limits.unauthenticated_per_second,
+            )),
             clock: DefaultClock::default(),
         }
     }
@@ -64,10 +72,18 @@ impl Limits {
             .map_err(|n| self.limited(n.wait_time_from(self.clock.now())))
     }
 
+    /// Counts a request from `peer` that carries no key the API knows.
+    pub fn unauthenticated(&self, peer: std::net::IpAddr) -> Result<(), Problem> {
+        self.unauthenticated
+            .check_key(&peer)
+            .map_err(|n| self.limited(n.wait_time_from(self.clock.now())))
+    }
+
     /// Forgets keys that are back to a full allowance (bounds the memory).
     pub fn forget_idle(&self) {
         self.storefront.retain_recent();
         self.customer.retain_recent();
+        self.unauthenticated.retain_recent();
     }
 
     fn limited(&self, wait: std::time::Duration) -> Problem {

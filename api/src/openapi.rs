@@ -77,8 +77,9 @@ impl utoipa::Modify for Keys {
 }
 
 /// The rules the server enforces on parameters and bodies that every operation shares, declared
-/// once here from the parsers' own rules: each parameter's schema by name, 413 on every
-/// operation (every body is read up to the limit), 415 on every one that takes a JSON body.
+/// once here from the parsers' own rules: each parameter's schema by name, 408 and 413 on every
+/// operation (every body is read, up to a size and a time), 415 on every one that takes a JSON
+/// body.
 struct Rules;
 
 /// The schema and description of a parameter the API takes in several operations.

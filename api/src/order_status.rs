@@ -136,7 +136,7 @@ pub struct StatusQuery {
     #[param(minimum = 0, maximum = 30)]
     pub wait: Option<u64>,
     /// The status the caller already knows; with `wait`, answer once it is something else.
-    #[param(max_length = 64)]
+    #[param(pattern = "^[a-z_]{1,32}$")]
     pub since: Option<String>,
 }
 
@@ -206,15 +206,22 @@ pub async fn get(
         }])
         .into());
     }
+    let well_formed = |s: &String| {
+        (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    };
+    if query.since.as_ref().is_some_and(|s| !well_formed(s)) {
+        return Err(Problem::validation(vec![FieldError {
+            field: "since".into(),
+            message: "a status: 1 to 32 of a-z and _".into(),
+        }])
+        .into());
+    }
     let order = owned_order(&state, &storefront, &customer, &id).await?;
     let order_id = order.order_id.to_string();
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut changes = state.status_feed.changed.subscribe();
     let mut row = read(&state.pool, &order_id).await?;
-    let since = query
-        .since
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| status_name(&row).to_owned());
+    let since = query.since.unwrap_or_else(|| status_name(&row).to_owned());
     if wait > 0 && status_name(&row) == since {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         loop {

@@ -243,6 +243,16 @@ impl Problem {
         )
     }
 
+    /// 408: the body did not arrive within `timeout`.
+    pub fn request_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request too slow",
+            format!("the body must arrive within {} s", timeout.as_secs()),
+        )
+    }
+
     /// 415: not a JSON body.
     pub fn unsupported_media_type() -> Self {
         Self::new(

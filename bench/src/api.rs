@@ -111,6 +111,7 @@ pub(super) async fn serve_catalog(
     config.rate_limits = kassa_api::limits::RateLimits {
         storefront_per_second: 1_000_000,
         customer_per_second: 1_000_000,
+        unauthenticated_per_second: 1_000_000,
     };
     let base = format!("http://{}", kassa_api::spawn(&config).await?);
     let http = reqwest::Client::builder()

@@ -180,6 +180,34 @@ pub struct ApiSettings {
         global = true
     )]
     pub rate_customer_per_second: u32,
+
+    /// Requests per second per peer address that carry no key the API knows (a missing, unknown
+    /// or revoked key); bursts of 5 s' worth absorbed. Keys the API knows are never counted.
+    #[arg(
+        long = "rate-unauthenticated-per-second",
+        env = "KASSA_RATE_UNAUTHENTICATED_PER_SECOND",
+        default_value_t = 20,
+        global = true
+    )]
+    pub rate_unauthenticated_per_second: u32,
+
+    /// The longest a request's head may take to arrive, and a kept-alive connection may idle.
+    #[arg(long = "http-header-timeout-seconds", env = "KASSA_HTTP_HEADER_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds, global = true)]
+    pub header_timeout: Duration,
+
+    /// The longest a request's body may take to arrive (then 408).
+    #[arg(long = "http-body-timeout-seconds", env = "KASSA_HTTP_BODY_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds, global = true)]
+    pub body_timeout: Duration,
+
+    /// Most HTTP connections open at once (the next waits until one closes); keep it under the
+    /// process's file descriptor limit.
+    #[arg(
+        long = "http-max-connections",
+        env = "KASSA_HTTP_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_connections: usize,
 }
 
 /// How log lines are written.
@@ -288,6 +316,12 @@ impl Settings {
             rate_limits: kassa_api::limits::RateLimits {
                 storefront_per_second: self.api.rate_storefront_per_second,
                 customer_per_second: self.api.rate_customer_per_second,
+                unauthenticated_per_second: self.api.rate_unauthenticated_per_second,
+            },
+            server: kassa_api::server::ServerLimits {
+                header_timeout: self.api.header_timeout,
+                body_timeout: self.api.body_timeout,
+                max_connections: self.api.max_connections,
             },
             cart_ttl: kassa_api::carts::CartTtl {
                 guest: self.api.cart_ttl_guest.as_secs(),

@@ -365,6 +365,7 @@ async fn health_ready_and_rate_limits() {
         c.rate_limits = kassa_api::limits::RateLimits {
             storefront_per_second: 1000,
             customer_per_second: 1,
+            unauthenticated_per_second: 20,
         }
     })
     .await;

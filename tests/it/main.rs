@@ -11,6 +11,7 @@ mod api_admin_flash;
 mod api_carts;
 mod api_contract;
 mod api_fuzz;
+mod api_hostile;
 mod api_orders;
 mod api_webhooks;
 mod contract;
