@@ -1,7 +1,8 @@
 //! kassa's storefront HTTP API (axum): orders (server-side pricing, Idempotency-Key, one
 //! `checkout.requests` message per line; status from the orders processor's read model, with long
 //! polling), cancellation and hold renewal, carts, the flash-sale gate, admin, Stripe webhooks,
-//! storefront and admin API keys, RFC 9457 errors, the OpenAPI document, `/health`, `/ready`.
+//! storefront and admin API keys, RFC 9457 errors, the OpenAPI document, `/health`, `/ready`,
+//! served by an HTTP server that hostile clients cannot hold (server.rs).
 
 pub mod accepted;
 pub mod admin;
