@@ -23,6 +23,7 @@ pub mod problem;
 pub mod produce;
 pub mod query;
 pub mod server;
+pub mod status_feed;
 pub mod telemetry;
 pub mod webhooks;
 
@@ -109,7 +110,7 @@ pub struct AppState {
     /// Rate limiters.
     pub limits: Arc<limits::Limits>,
     /// Order status changes, for long polls.
-    pub status_feed: order_status::StatusFeed,
+    pub status_feed: status_feed::StatusFeed,
     /// The OpenAPI document: the API's paths and the extension's, serialised once.
     pub openapi: Arc<str>,
     /// The longest a request's body may take to arrive.
@@ -327,7 +328,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         cart_ttl: config.cart_ttl,
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
-        status_feed: order_status::StatusFeed::start(pool.clone()),
+        status_feed: status_feed::StatusFeed::start(pool.clone()),
         openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
         body_timeout: config.server.body_timeout,
     })

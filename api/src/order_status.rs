@@ -1,8 +1,7 @@
 //! `GET /api/orders/{id}`: an order's status, payment and audit trail from the orders
 //! processor's read model (`orders.order_status`, `orders.order_trail`), with long polling: `?wait=<seconds>` holds the request until the
-//! status differs from `since` (default: the status at the time of the request). The processor
-//! notifies `kassa_order_status` with the ids it changed; one listener per API process fans them
-//! out to waiting requests.
+//! status differs from `since` (default: the status at the time of the request), woken by the
+//! status feed (status_feed.rs) when this order changes.
 
 use std::time::Duration;
 
@@ -12,8 +11,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
-use tokio::sync::broadcast;
 
 use crate::AppState;
 use crate::accepted::{OrderView, owned_order};
@@ -24,45 +21,6 @@ use crate::problem::{CommonErrors, FieldError, Problem};
 
 /// The longest a status request may wait.
 pub const MAX_WAIT_SECONDS: u64 = 30;
-
-/// Fans out the ids of orders whose status changed to requests waiting on them.
-#[derive(Clone)]
-pub struct StatusFeed {
-    changed: broadcast::Sender<String>,
-}
-
-impl StatusFeed {
-    /// Starts listening on `pool`'s database (reconnecting when the connection drops).
-    pub fn start(pool: PgPool) -> Self {
-        let (changed, _) = broadcast::channel(4096);
-        tokio::spawn(listen(pool, changed.clone()));
-        Self { changed }
-    }
-}
-
-async fn listen(pool: PgPool, changed: broadcast::Sender<String>) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        // Runs until the connection fails: only an error ends it.
-        let listened: Result<std::convert::Infallible, sqlx::Error> = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener
-                .listen(kassa_schemas::read_model::ORDER_STATUS_CHANNEL)
-                .await?;
-            loop {
-                let notification = listener.recv().await?;
-                let _ = changed.send(notification.payload().to_owned());
-            }
-        }
-        .await;
-        let Err(e) = listened;
-        tracing::warn!(error = %e, ?delay, "order status listener lost; reconnecting");
-        // Requests waiting now would miss changes: wake them all to read again.
-        let _ = changed.send(String::new());
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
 
 /// An order's status as the orders processor last decided it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -216,29 +174,29 @@ pub async fn get(
         }])
         .into());
     }
+    let reading = state.status_feed.reading().await;
     let order = owned_order(&state, &storefront, &customer, &id).await?;
     let order_id = order.order_id.to_string();
-    // Subscribe before reading, so a change between the read and the wait is not missed.
-    let mut changes = state.status_feed.changed.subscribe();
+    // Watch before reading, so a change between the read and the wait is not missed.
+    let mut watch = state.status_feed.watch(&order_id);
     let mut row = read(&state.pool, &order_id).await?;
+    drop(reading);
     let since = query.since.unwrap_or_else(|| status_name(&row).to_owned());
     if wait > 0 && status_name(&row) == since {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-        loop {
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
-                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
-                Ok(Ok(changed)) if !changed.is_empty() && changed != order_id => continue,
-                Ok(_) => {
-                    row = read(&state.pool, &order_id).await?;
-                    if status_name(&row) != since {
-                        break;
-                    }
-                }
+        while let Ok(_reading) = tokio::time::timeout_at(deadline, watch.changed()).await {
+            row = read(&state.pool, &order_id).await?;
+            if status_name(&row) != since {
+                break;
             }
         }
     }
+    drop(watch);
     let transitions = match &row {
-        Some(_) => trail(&state.pool, &order_id).await?,
+        Some(_) => {
+            let _reading = state.status_feed.reading().await;
+            trail(&state.pool, &order_id).await?
+        }
         None => Vec::new(),
     };
     let view = OrderView::of(&order, status_name(&row));

@@ -167,6 +167,8 @@ async fn schemathesis(base: &str, key: &str) -> Run {
 
 #[tokio::test]
 async fn schemathesis_finds_no_failure_with_a_storefront_key_or_an_admin_key() {
+    // Minutes long, and every 5xx is a failure: not beside a test that stops Postgres.
+    let _quiet = common::inventory::exclusive().await;
     let api = deployed_api().await;
     let http = reqwest::Client::new();
     for sku in catalog_of_the_settings() {

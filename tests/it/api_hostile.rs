@@ -31,6 +31,8 @@ async fn behaving_request(api: &common::api::TestApi, within: Duration) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_made_up_keys_is_turned_away_and_known_keys_keep_working() {
+    // A key lookup while Postgres is down is rightly 503: not beside a test that stops it.
+    let _quiet = common::inventory::exclusive().await;
     let api = common::api::start(|c| c.rate_limits.unauthenticated_per_second = 20).await;
     assert_eq!(behaving_request(&api, Duration::from_secs(5)).await, 200);
     let http = reqwest::Client::new();
@@ -96,6 +98,7 @@ async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_and_trickling_connections_are_closed_and_others_keep_being_answered() {
+    let _quiet = common::inventory::exclusive().await;
     let api = common::api::start(|c| {
         c.server.header_timeout = Duration::from_secs(2);
         c.server.body_timeout = Duration::from_secs(2);
@@ -181,6 +184,7 @@ async fn idle_and_trickling_connections_are_closed_and_others_keep_being_answere
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_connection_cap_a_client_waits_its_turn_instead_of_being_dropped() {
+    let _quiet = common::inventory::exclusive().await;
     let api = common::api::start(|c| {
         c.server.header_timeout = Duration::from_secs(2);
         c.server.max_connections = 20;
