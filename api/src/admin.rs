@@ -68,14 +68,9 @@ pub struct SaleView {
 }
 
 fn check_sku(sku: &str) -> Result<(), Problem> {
-    Sku::parse(sku).map(drop).map_err(|rule| field("sku", rule))
-}
-
-fn field(name: &str, message: &str) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: name.into(),
-        message: message.into(),
-    }])
+    Sku::parse(sku)
+        .map(drop)
+        .map_err(|rule| Problem::invalid("sku", rule))
 }
 
 /// `PUT /admin/products/{sku}`: creates or updates a product.
@@ -222,7 +217,7 @@ pub async fn post_stock(
             })
         }
         _ => {
-            return Err(field(
+            return Err(Problem::invalid(
                 "restock|set",
                 "exactly one of `restock` (positive) or `set` (0 to 1,000,000,000,000)",
             )
@@ -234,7 +229,7 @@ pub async fn post_stock(
     let mut envelope = Envelope::new(sku.clone(), None, command);
     if let Some(value) = headers.get("idempotency-key") {
         let key = IdempotencyKey::parse(value.to_str().unwrap_or_default())
-            .map_err(|rule| field("Idempotency-Key", rule))?;
+            .map_err(|rule| Problem::invalid("Idempotency-Key", rule))?;
         let name = format!("kassa-stock-command/{}/{sku}/{key}", admin.name);
         envelope.event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
     }

@@ -8,7 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
-use crate::problem::{FieldError, Problem};
+use crate::problem::Problem;
 
 /// Characters of ids other than SKUs: letters, digits and these.
 const ID_PUNCTUATION: &str = "-_.@";
@@ -23,7 +23,7 @@ fn id(value: &str, max: usize) -> bool {
 }
 
 /// A string schema: `pattern`, 1 to `max` characters, `rule` as its description.
-pub fn string_schema(pattern: &str, max: usize, rule: &str) -> utoipa::openapi::Object {
+fn string_schema(pattern: &str, max: usize, rule: &str) -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::Type::String)
         .min_length(Some(1))
@@ -135,7 +135,7 @@ impl XCustomerId {
     /// The customer, or 400 when the header is absent.
     pub fn required(self) -> Result<CustomerId, Problem> {
         self.0
-            .ok_or_else(|| invalid(Self::NAME, "the header is required"))
+            .ok_or_else(|| Problem::invalid(Self::NAME, "the header is required"))
     }
 
     /// Reads the header from `headers`.
@@ -146,16 +146,8 @@ impl XCustomerId {
         let text = value.to_str().unwrap_or("\u{0}");
         CustomerId::parse(text)
             .map(|c| XCustomerId(Some(c)))
-            .map_err(|rule| invalid(Self::NAME, rule))
+            .map_err(|rule| Problem::invalid(Self::NAME, rule))
     }
-}
-
-/// 400 for one field.
-fn invalid(field: &str, message: &str) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: field.into(),
-        message: message.into(),
-    }])
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for XCustomerId {
@@ -174,6 +166,11 @@ pub struct GuestCartId(String);
 impl GuestCartId {
     /// `gc_` and 32 lower-case hex digits.
     pub const PATTERN: &'static str = "^gc_[0-9a-f]{32}$";
+
+    /// The OpenAPI schema of an id the server could have issued.
+    pub fn schema() -> utoipa::openapi::Object {
+        string_schema(Self::PATTERN, 35, "a guest cart id from `POST /api/carts`")
+    }
 
     /// A new random id.
     pub fn issue() -> Self {

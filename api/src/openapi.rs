@@ -11,7 +11,7 @@ use utoipa::openapi::{
     ContentBuilder, KnownFormat, Object, ObjectBuilder, Ref, ResponseBuilder, SchemaFormat, Type,
 };
 
-use crate::domain::{CustomerId, GuestCartId, IdempotencyKey, Sku, string_schema};
+use crate::domain::{CustomerId, GuestCartId, IdempotencyKey, Sku};
 
 use crate::{
     AppState, admin, carts, order_requests, order_status, orders, pricing, problem, telemetry,
@@ -98,11 +98,7 @@ fn parameter_rule(location: &ParameterIn, name: &str) -> Option<(Object, &'stati
             "`*` or entity tags (RFC 9110): the change applies only if one of them is the cart's `ETag` (else 412; a value that is not entity tags matches none)",
         ),
         (ParameterIn::Path, "cart_id") => (
-            string_schema(
-                GuestCartId::PATTERN,
-                35,
-                "a guest cart id from `POST /api/carts`",
-            ),
+            GuestCartId::schema(),
             "a guest cart id from `POST /api/carts`",
         ),
         (ParameterIn::Path, "sku") => (Sku::schema(), "the SKU"),
@@ -120,6 +116,17 @@ fn parameter_rule(location: &ParameterIn, name: &str) -> Option<(Object, &'stati
 
 impl utoipa::Modify for Rules {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -143,20 +150,12 @@ impl utoipa::Modify for Rules {
                             .get_or_insert_with(|| description.to_owned());
                     }
                 }
-                let problem = |description: &str| {
-                    ResponseBuilder::new()
-                        .description(description)
-                        .content(
-                            "application/problem+json",
-                            ContentBuilder::new()
-                                .schema(Some(Ref::from_schema_name("Problem")))
-                                .build(),
-                        )
-                        .build()
-                };
                 let responses = &mut operation.responses.responses;
                 responses.entry("413".into()).or_insert_with(|| {
                     problem("`payload_too_large`: the body is over 64 KiB").into()
+                });
+                responses.entry("408".into()).or_insert_with(|| {
+                    problem("`request_timeout`: the body did not arrive in time").into()
                 });
                 let json_body = operation
                     .request_body
@@ -276,6 +275,10 @@ mod tests {
                         assert!(typed, "{method} {path} {status} has no schema");
                     }
                 }
+                assert!(
+                    operation["responses"].get("408").is_some(),
+                    "{method} {path}: 408"
+                );
                 assert!(
                     operation["responses"].get("413").is_some(),
                     "{method} {path}: 413"

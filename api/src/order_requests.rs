@@ -14,7 +14,7 @@ use crate::accepted::{Accepted, owned_order};
 use crate::auth::Storefront;
 use crate::domain::XCustomerId;
 use crate::error::ApiError;
-use crate::problem::{CommonErrors, FieldError, Problem};
+use crate::problem::{CommonErrors, Problem};
 
 /// The shortest hold a renewal may ask for, in seconds.
 pub const MIN_HOLD_SECONDS: i32 = 30;
@@ -80,10 +80,10 @@ pub async fn renew_hold(
         .unwrap_or(state.hold_seconds);
     let longest = state.max_hold_seconds.max(MIN_HOLD_SECONDS);
     if !(MIN_HOLD_SECONDS..=longest).contains(&hold_seconds) {
-        return Err(Problem::validation(vec![FieldError {
-            field: "hold_seconds".into(),
-            message: format!("{MIN_HOLD_SECONDS} to {longest} (KASSA_MAX_HOLD_SECONDS)"),
-        }])
+        return Err(Problem::invalid(
+            "hold_seconds",
+            format!("{MIN_HOLD_SECONDS} to {longest} (KASSA_MAX_HOLD_SECONDS)"),
+        )
         .into());
     }
     let order = owned.order_id.to_string();

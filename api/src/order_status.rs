@@ -17,7 +17,7 @@ use crate::accepted::{OrderView, owned_order};
 use crate::auth::Storefront;
 use crate::domain::XCustomerId;
 use crate::error::ApiError;
-use crate::problem::{CommonErrors, FieldError, Problem};
+use crate::problem::{CommonErrors, Problem};
 
 /// The longest a status request may wait.
 pub const MAX_WAIT_SECONDS: u64 = 30;
@@ -158,21 +158,13 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let wait = query.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
-        return Err(Problem::validation(vec![FieldError {
-            field: "wait".into(),
-            message: "0 to 30 seconds".into(),
-        }])
-        .into());
+        return Err(Problem::invalid("wait", "0 to 30 seconds").into());
     }
     let well_formed = |s: &String| {
         (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
     };
     if query.since.as_ref().is_some_and(|s| !well_formed(s)) {
-        return Err(Problem::validation(vec![FieldError {
-            field: "since".into(),
-            message: "a status: 1 to 32 of a-z and _".into(),
-        }])
-        .into());
+        return Err(Problem::invalid("since", "a status: 1 to 32 of a-z and _").into());
     }
     let reading = state.status_feed.reading().await;
     let order = owned_order(&state, &storefront, &customer, &id).await?;

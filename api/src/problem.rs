@@ -71,6 +71,14 @@ impl Problem {
         }
     }
 
+    /// 400: one field (a body field, a header, a parameter) breaks its rule, `message`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
     /// 400: the body is not the JSON this endpoint takes.
     pub fn malformed(detail: impl Into<String>) -> Self {
         Self::new(

@@ -4,7 +4,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::problem::{FieldError, Problem};
+use crate::problem::Problem;
 
 /// The query string, parsed into `T`; one that does not parse is a 400 saying which parameter.
 pub struct QueryParams<T>(pub T);
@@ -15,11 +15,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
         Query::try_from_uri(&parts.uri)
             .map(|Query(value)| Self(value))
-            .map_err(|e| {
-                Problem::validation(vec![FieldError {
-                    field: "query".into(),
-                    message: e.body_text(),
-                }])
-            })
+            .map_err(|e| Problem::invalid("query", e.body_text()))
     }
 }

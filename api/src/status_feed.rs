@@ -45,7 +45,7 @@ impl Waiters {
 #[derive(Clone)]
 pub struct StatusFeed {
     waiters: Arc<Waiters>,
-    rereads: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
 }
 
 /// One request's watch on one order, from before its first read (so no change between that read
@@ -54,7 +54,7 @@ pub struct Watch {
     waiters: Arc<Waiters>,
     order: String,
     changes: Option<watch::Receiver<u64>>,
-    rereads: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
 }
 
 impl StatusFeed {
@@ -69,7 +69,7 @@ impl StatusFeed {
     fn idle() -> Self {
         Self {
             waiters: Arc::default(),
-            rereads: Arc::new(Semaphore::new(READS_AT_ONCE)),
+            reads: Arc::new(Semaphore::new(READS_AT_ONCE)),
         }
     }
 
@@ -89,13 +89,13 @@ impl StatusFeed {
             waiters: self.waiters.clone(),
             order: order.to_owned(),
             changes: Some(changes),
-            rereads: self.rereads.clone(),
+            reads: self.reads.clone(),
         }
     }
 
     /// A permit to read an order's status: held while reading, so reads queue here.
     pub async fn reading(&self) -> OwnedSemaphorePermit {
-        self.rereads
+        self.reads
             .clone()
             .acquire_owned()
             .await
@@ -116,7 +116,7 @@ impl Watch {
             // The sender lives as long as any receiver: an error cannot happen while we wait.
             let _ = changes.changed().await;
         }
-        self.rereads
+        self.reads
             .clone()
             .acquire_owned()
             .await

@@ -14,7 +14,7 @@ use kassa_api::AppState;
 use kassa_api::auth::Admin;
 use kassa_api::body::JsonBody;
 use kassa_api::error::ApiError;
-use kassa_api::problem::{CommonErrors, FieldError, Problem};
+use kassa_api::problem::{CommonErrors, Problem};
 use kassa_api::query::QueryParams;
 use kassa_processors::ConsumerGroup;
 use serde::{Deserialize, Serialize};
@@ -84,18 +84,10 @@ async fn asyncapi() -> Json<serde_json::Value> {
     Json(crate::asyncapi::document())
 }
 
-/// A 400 naming the query parameter `field`.
-fn invalid(field: &str, message: impl Into<String>) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: field.into(),
-        message: message.into(),
-    }])
-}
-
 /// An RFC 3339 time from parameter `field`.
 fn time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Problem> {
     value
-        .map(|v| crate::offsets::parse_time(v).map_err(|e| invalid(field, e)))
+        .map(|v| crate::offsets::parse_time(v).map_err(|e| Problem::invalid(field, e)))
         .transpose()
 }
 
@@ -103,7 +95,9 @@ fn time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Probl
 fn seconds(field: &str, value: Option<i64>) -> Result<Option<Duration>, Problem> {
     const YEAR: i64 = 31_536_000;
     match value {
-        Some(n) if !(0..=YEAR).contains(&n) => Err(invalid(field, "0 to 31,536,000 seconds")),
+        Some(n) if !(0..=YEAR).contains(&n) => {
+            Err(Problem::invalid(field, "0 to 31,536,000 seconds"))
+        }
         other => Ok(other.map(|n| Duration::from_secs(n.unsigned_abs()))),
     }
 }
@@ -116,7 +110,7 @@ fn groups(field: &str, name: Option<&str>) -> Result<Vec<ConsumerGroup>, Problem
             .map(|g| vec![g])
             .ok_or_else(|| {
                 let names: Vec<_> = ConsumerGroup::ALL.iter().map(|g| g.name()).collect();
-                invalid(field, format!("one of {}", names.join(", ")))
+                Problem::invalid(field, format!("one of {}", names.join(", ")))
             }),
     }
 }
@@ -222,7 +216,7 @@ async fn search_orders(
     if let Some(s) = &query.state
         && !crate::search::states().any(|known| known == s)
     {
-        return Err(invalid(
+        return Err(Problem::invalid(
             "state",
             format!(
                 "one of {}",
@@ -232,19 +226,20 @@ async fn search_orders(
         .into());
     }
     if let Some(sku) = &query.sku {
-        kassa_api::domain::Sku::parse(sku).map_err(|rule| invalid("sku", rule))?;
+        kassa_api::domain::Sku::parse(sku).map_err(|rule| Problem::invalid("sku", rule))?;
     }
     if let Some(customer) = &query.customer {
-        kassa_api::domain::CustomerId::parse(customer).map_err(|rule| invalid("customer", rule))?;
+        kassa_api::domain::CustomerId::parse(customer)
+            .map_err(|rule| Problem::invalid("customer", rule))?;
     }
     let limit = query.limit.unwrap_or(50);
     if !(1..=crate::search::MAX_LIMIT).contains(&limit) {
-        return Err(invalid("limit", "1 to 500").into());
+        return Err(Problem::invalid("limit", "1 to 500").into());
     }
     let after = query
         .cursor
         .as_deref()
-        .map(|c| c.parse().map_err(|e: &str| invalid("cursor", e)))
+        .map(|c| c.parse().map_err(|e: &str| Problem::invalid("cursor", e)))
         .transpose()?;
     let filter = crate::search::Filter {
         state: query.state,
@@ -359,7 +354,7 @@ struct Acted {
 fn reason(action: &Action) -> Result<&str, Problem> {
     let reason = action.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(invalid("reason", "1 to 500 characters"));
+        return Err(Problem::invalid("reason", "1 to 500 characters"));
     }
     Ok(reason)
 }
@@ -437,7 +432,7 @@ async fn lag(
     let measured = crate::lag::measure(&views.settings, &state.pool, &groups).await;
     let groups = measured.map_err(offsets_failed)?;
     if query.max_lag.is_some_and(|n| n < 0) {
-        return Err(invalid("max_lag", "0 or more").into());
+        return Err(Problem::invalid("max_lag", "0 or more").into());
     }
     let max_outbox_age = seconds("max_outbox_age", query.max_outbox_age)?;
     let limits = Thresholds {

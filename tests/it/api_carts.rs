@@ -283,15 +283,17 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
         .await
         .unwrap();
     let guest_id = guest.trim_start_matches("/api/carts/");
-    let merged: Value = api
-        .req(Method::POST, "/api/carts/me/merge", Some("hana"))
-        .json(&json!({"guest_cart_id": guest_id}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let merge = || async {
+        api.req(Method::POST, "/api/carts/me/merge", Some("hana"))
+            .json(&json!({"guest_cart_id": guest_id}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let merged = merge().await;
     assert_eq!(merged["items"][0]["quantity"], 3);
     let emptied: Value = api
         .req(Method::GET, &guest, None)
@@ -302,15 +304,7 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
         .await
         .unwrap();
     assert_eq!(emptied["items"], json!([]), "the guest cart is left empty");
-    let again: Value = api
-        .req(Method::POST, "/api/carts/me/merge", Some("hana"))
-        .json(&json!({"guest_cart_id": guest_id}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = merge().await;
     assert_eq!(
         again["items"][0]["quantity"], 3,
         "a retried merge adds nothing twice"

@@ -9,12 +9,12 @@
 //!   to its end, every answer parsed into the generated types.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use kassa_api::auth::{KeyKind, create_key};
 use reqwest::Method;
 
 use crate::common;
+use crate::common::http::{free_port, wait_until};
 use crate::common::processes::Component;
 
 /// A program from the contract tools' directory.
@@ -50,11 +50,7 @@ async fn deployed_api() -> DeployedApi {
     let admin = create_key(&pool, KeyKind::Admin, &format!("st-admin-{name}"))
         .await
         .expect("admin key");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port());
     let process = Component::start(
         "api",
         &[
@@ -66,18 +62,7 @@ async fn deployed_api() -> DeployedApi {
         ],
     );
     let base = format!("http://{addr}");
-    let started = Instant::now();
-    loop {
-        let ready = reqwest::get(format!("{base}/ready")).await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "kassa run api is not ready within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await; // poll /ready until it answers or the deadline
-    }
+    wait_until(&reqwest::Client::new(), &base, "/ready", 200, |_| true).await;
     DeployedApi {
         base,
         storefront,

@@ -10,6 +10,7 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::http::{free_port, get, wait_until};
 use common::processes::Component;
 use common::saga::{Saga, start_processors};
 use rdkafka::producer::FutureRecord;
@@ -20,50 +21,6 @@ const ENV: &[(&str, &str)] = &[
     ("KASSA_INSTANCE_ID", "observability-tests"),
     ("KASSA_PAYMENT_ACTION_SECONDS", "5"),
 ];
-
-/// A free loopback port (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// `GET base + path`: the status and the body (JSON, or the text as a string).
-async fn get(http: &reqwest::Client, base: &str, path: &str) -> Option<(u16, Value)> {
-    let response = http.get(format!("{base}{path}")).send().await.ok()?;
-    let status = response.status().as_u16();
-    let text = response.text().await.ok()?;
-    Some((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
-/// Waits until `GET base + path` answers `status` and `check` holds for the body; returns it.
-async fn wait_until(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    status: u16,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let started = Instant::now();
-    loop {
-        let answer = get(http, base, path).await;
-        if let Some((got, body)) = &answer
-            && *got == status
-            && check(body)
-        {
-            return body.clone();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "GET {path} did not answer {status} as expected within 60 s: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await; // poll the endpoint until the deadline
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_processor_serves_metrics_health_and_ready_and_a_stuck_loop_is_unhealthy() {

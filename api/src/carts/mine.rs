@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::store::{Owner, read, write};
 use super::view::answer;
-use super::{AddItemBody, CartBody, CheckoutBody, MergeBody, SetItemBody, conn, edit, field};
+use super::{AddItemBody, CartBody, CheckoutBody, MergeBody, SetItemBody, conn, edit};
 use crate::AppState;
 use crate::accepted::OrderView;
 use crate::auth::Storefront;
@@ -188,7 +188,7 @@ pub async fn merge(
     let customer = Owner::customer(&headers)?;
     let guest = GuestCartId::parse(&value.guest_cart_id)
         .map(Owner::Guest)
-        .ok_or_else(|| field("guest_cart_id", "a cart id from POST /api/carts"))?;
+        .ok_or_else(|| Problem::invalid("guest_cart_id", "a cart id from POST /api/carts"))?;
     let mut redis = conn(&state)?;
     let guest_key = guest.key(&storefront.name);
     let Some(guest_cart) = read(&mut redis, &guest_key, guest.ttl(state.cart_ttl)).await? else {

@@ -57,13 +57,6 @@ impl Owner {
     }
 }
 
-fn field(name: &str, message: &str) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: name.into(),
-        message: message.into(),
-    }])
-}
-
 fn conn(state: &AppState) -> Result<ConnectionManager, Problem> {
     state
         .redis
@@ -110,8 +103,8 @@ impl IfMatch {
     }
 }
 
-/// The rules a cart's items keep; `status` is what breaking them answers: 400 for a body that
-/// breaks them itself, 422 for an edit that makes an otherwise valid cart break them.
+/// The rules a cart's items keep. Breaking them is 400 for a body that breaks them itself, and
+/// 422 `cart_limit` when `edited`: an edit that makes an otherwise valid cart break them.
 fn check_items(items: &BTreeMap<String, i32>, edited: bool) -> Result<(), Problem> {
     let mut errors = Vec::new();
     if items.len() > MAX_LINES {
@@ -205,7 +198,7 @@ pub struct SetItemBody {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct MergeBody {
     /// The guest cart to fold into the customer's cart.
-    #[schema(pattern = "^gc_[0-9a-f]{32}$")]
+    #[schema(schema_with = GuestCartId::schema)]
     pub guest_cart_id: String,
 }
 
@@ -349,7 +342,7 @@ async fn unset(
     headers: &HeaderMap,
     sku: String,
 ) -> Result<Response, ApiError> {
-    Sku::parse(&sku).map_err(|rule| field("sku", rule))?;
+    Sku::parse(&sku).map_err(|rule| Problem::invalid("sku", rule))?;
     let cart = edit(state, &owner, storefront, headers, |items| {
         items.remove(&sku);
     })

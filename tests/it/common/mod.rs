@@ -157,6 +157,7 @@ pub async fn ensure_scratch_topic(settings: &Settings, name: &str, partitions: i
 }
 pub mod api;
 pub mod foreign;
+pub mod http;
 pub mod inventory;
 pub mod processes;
 pub mod proxy;

@@ -66,10 +66,7 @@ impl Component {
     fn spawn(name: &str, mut env: Vec<(String, String)>) -> Self {
         // A port of its own for its operations endpoints, kept across restarts.
         if !env.iter().any(|(k, _)| k == "KASSA_OPS_ADDR") {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = super::http::free_port();
             env.push(("KASSA_OPS_ADDR".into(), format!("127.0.0.1:{port}")));
         }
         let ops = env
