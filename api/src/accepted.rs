@@ -2,6 +2,7 @@
 //! that placed them, read back for replays, the status route and the order requests.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -24,8 +25,8 @@ pub(crate) struct Accepted {
     pub(crate) total_minor: i64,
     pub(crate) lines: Vec<PricedLine>,
     pub(crate) payment_method_id: String,
-    /// SKUs admitted by a flash-sale gate, with the sale's hold in seconds.
-    pub(crate) flash: BTreeMap<String, i32>,
+    /// SKUs admitted by a flash-sale gate, with the sale's hold and generation.
+    pub(crate) flash: BTreeMap<String, crate::flash::Admission>,
     /// The order's trace (W3C `traceparent`): every record about it continues it.
     pub(crate) traceparent: Option<String>,
 }
@@ -167,19 +168,50 @@ pub(crate) fn accepted_response(order_id: Uuid, status: u16, body: serde_json::V
     response
 }
 
+/// Orders read lately, by id: a stored order never changes, so the routes that read one over
+/// and over (a status long-polled by its customer) read it from the database once.
+#[derive(Clone)]
+pub struct Recent(moka::future::Cache<Uuid, Arc<Accepted>>);
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self(
+            moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(300))
+                .build(),
+        )
+    }
+}
+
+/// The accepted order `order_id`, from [`Recent`] or (through a status-read permit, so a crowd of
+/// requests queues there and not for the pool) the database. Unknown ids are not kept.
+async fn load_recent(state: &AppState, order_id: Uuid) -> Result<Option<Arc<Accepted>>, ApiError> {
+    if let Some(kept) = state.recent_orders.0.get(&order_id).await {
+        return Ok(Some(kept));
+    }
+    let _reading = state.status_feed.reading().await;
+    let Some(order) = load(state, order_id).await? else {
+        return Ok(None);
+    };
+    let order = Arc::new(order);
+    state.recent_orders.0.insert(order_id, order.clone()).await;
+    Ok(Some(order))
+}
+
 /// The order `id` if it belongs to this storefront and to the customer in `X-Customer-Id`;
-/// otherwise 404 (unknown, another storefront's or another customer's alike). One read.
+/// otherwise 404 (unknown, another storefront's or another customer's alike). At most one read.
 pub(crate) async fn owned_order(
     state: &AppState,
     storefront: &Storefront,
     customer: &XCustomerId,
     id: &str,
-) -> Result<Accepted, ApiError> {
+) -> Result<Arc<Accepted>, ApiError> {
     let customer = customer.clone().required()?;
     let Some(OrderId(order_id)) = OrderId::parse(id) else {
         return Err(Problem::not_found("order").into());
     };
-    let order = load(state, order_id)
+    let order = load_recent(state, order_id)
         .await?
         .filter(|o| o.storefront == storefront.name && o.customer_id == customer.as_str());
     let order = order.ok_or_else(|| Problem::not_found("order"))?;

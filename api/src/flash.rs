@@ -5,41 +5,61 @@
 
 use std::collections::BTreeMap;
 
-use kassa_schemas::flash_keys::{
-    GIVE_BACK_SCRIPT, admitted_key, bought_key, config_key, tokens_key,
-};
+use kassa_schemas::flash_keys::{admitted_key, bought_key, config_key, tokens_key};
 use redis::aio::ConnectionManager;
 
 /// Per-customer counters are kept this long after the last purchase.
 const BOUGHT_TTL_SECONDS: u32 = 7 * 24 * 3600;
 
-/// Checks every SKU first, then takes tokens for all, so an order takes all or nothing.
-/// KEYS: per SKU (tokens, config, bought, admitted). ARGV: per SKU the units, then the TTL.
-/// `admitted` marks this Idempotency-Key as let in, so a replay is never turned away early.
-/// Returns {'ok', hold_1, …} (hold '' for a SKU without a sale) or {'sold_out'|'purchase_limit', i}.
+/// How long an Idempotency-Key's admission is remembered: as long as the key itself.
+const ADMITTED_TTL_SECONDS: u32 = 24 * 3600;
+
+/// Checks every SKU first, then takes tokens for all, so an order takes all or nothing. A SKU
+/// this request (same key, same fingerprint) was let into before is not taken from again: the
+/// units it took then are the ones its order carries, in the generation they left.
+/// KEYS: per SKU (tokens, config, bought, admitted). ARGV: per SKU the units, then the counters'
+/// TTL, the admission's TTL and the request's fingerprint.
+/// Returns {'ok', hold_1, generation_1, …} (both '' for a SKU without a sale) or
+/// {'sold_out'|'purchase_limit'|'key_reused', i}.
 const GATE_SCRIPT: &str = r"
-local n = (#ARGV - 1)
-local ttl = ARGV[#ARGV]
+local n = (#ARGV - 3)
+local ttl, admitted_ttl, fingerprint = ARGV[n+1], ARGV[n+2], ARGV[n+3]
+local before = {}
 for i = 1, n do
   local tokens = redis.call('GET', KEYS[4*i-3])
   if tokens then
-    local q = tonumber(ARGV[i])
-    if tonumber(tokens) < q then return {'sold_out', tostring(i)} end
-    local limit = tonumber(redis.call('HGET', KEYS[4*i-2], 'per_customer_limit') or '0')
-    local bought = tonumber(redis.call('GET', KEYS[4*i-1]) or '0')
-    if limit > 0 and bought + q > limit then return {'purchase_limit', tostring(i)} end
+    local marker = redis.call('GET', KEYS[4*i])
+    if marker then
+      local bar = string.find(marker, '|', 1, true)
+      if not bar or string.sub(marker, 1, bar - 1) ~= fingerprint then
+        return {'key_reused', tostring(i)}
+      end
+      before[i] = string.sub(marker, bar + 1)
+    else
+      local q = tonumber(ARGV[i])
+      if tonumber(tokens) < q then return {'sold_out', tostring(i)} end
+      local limit = tonumber(redis.call('HGET', KEYS[4*i-2], 'per_customer_limit') or '0')
+      local bought = tonumber(redis.call('GET', KEYS[4*i-1]) or '0')
+      if limit > 0 and bought + q > limit then return {'purchase_limit', tostring(i)} end
+    end
   end
 end
 local out = {'ok'}
 for i = 1, n do
   if redis.call('EXISTS', KEYS[4*i-3]) == 1 then
-    local q = tonumber(ARGV[i])
-    redis.call('DECRBY', KEYS[4*i-3], q)
-    redis.call('INCRBY', KEYS[4*i-1], q)
-    redis.call('EXPIRE', KEYS[4*i-1], ttl)
-    redis.call('SET', KEYS[4*i], '1', 'EX', 86400)
+    local generation = before[i]
+    if not generation then
+      local q = tonumber(ARGV[i])
+      generation = redis.call('HGET', KEYS[4*i-2], 'generation') or ''
+      redis.call('DECRBY', KEYS[4*i-3], q)
+      redis.call('INCRBY', KEYS[4*i-1], q)
+      redis.call('EXPIRE', KEYS[4*i-1], ttl)
+      redis.call('SET', KEYS[4*i], fingerprint .. '|' .. generation, 'EX', admitted_ttl)
+    end
     table.insert(out, redis.call('HGET', KEYS[4*i-2], 'hold_seconds') or '0')
+    table.insert(out, generation)
   else
+    table.insert(out, '')
     table.insert(out, '')
   end
 end
@@ -89,19 +109,63 @@ pub async fn sold_out_early(
 /// What the gate said about an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gate {
-    /// Admitted; the SKUs on sale (tokens taken) with their sale's hold, in seconds.
-    Admitted(BTreeMap<String, i32>),
+    /// Admitted; the SKUs on sale (tokens taken, now or by an earlier try of the same request).
+    Admitted(BTreeMap<String, Admission>),
     /// A SKU's sale has fewer tokens left than the order asks.
     SoldOut(String),
     /// The customer would go over a SKU's per-customer limit.
     PurchaseLimit(String),
+    /// The Idempotency-Key was let into a SKU's sale with another request.
+    KeyReused(String),
 }
 
-/// Runs the gate for `units` per SKU. Fails open (admitted, nothing on sale) if Redis fails.
+/// One SKU's admission to a sale: what the order's lines of that SKU carry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Admission {
+    /// The sale's reservation hold, in seconds (0: the API's default).
+    pub hold_seconds: i32,
+    /// The sale generation the units left (None: a sale started before generations existed).
+    pub generation: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for Admission {
+    /// Reads an admission as stored with an order: an object, or (orders stored before sale
+    /// generations) the hold alone.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Full {
+                hold_seconds: i32,
+                generation: Option<String>,
+            },
+            HoldOnly(i32),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Full {
+                hold_seconds,
+                generation,
+            } => Admission {
+                hold_seconds,
+                generation,
+            },
+            Stored::HoldOnly(hold_seconds) => Admission {
+                hold_seconds,
+                generation: None,
+            },
+        })
+    }
+}
+
+/// Runs the gate for `units` per SKU, for the request with `fingerprint` under `idempotency_key`.
+/// Fails open (admitted, nothing on sale) if Redis fails. The tokens taken are never given back
+/// here: they belong to the Idempotency-Key (its retries reuse them) and, once its order is
+/// stored, to the order, whose rejected, released or restocked lines inventory gives back.
 pub async fn admit(
     redis: &Option<ConnectionManager>,
     storefront: &str,
     idempotency_key: &str,
+    fingerprint: &[u8],
     customer: &str,
     units: &BTreeMap<String, i32>,
 ) -> Gate {
@@ -122,31 +186,13 @@ pub async fn admit(
     for sku in &skus {
         invocation.arg(units[*sku]);
     }
-    invocation.arg(BOUGHT_TTL_SECONDS);
+    invocation
+        .arg(BOUGHT_TTL_SECONDS)
+        .arg(ADMITTED_TTL_SECONDS)
+        .arg(hex::encode(fingerprint));
     let answer: redis::RedisResult<Vec<String>> = invocation.invoke_async(&mut conn).await;
     match answer {
-        Ok(reply) => match reply.first().map(String::as_str) {
-            Some("ok") => Gate::Admitted(
-                skus.iter()
-                    .zip(&reply[1..])
-                    .filter(|(_, hold)| !hold.is_empty())
-                    .map(|(sku, hold)| ((*sku).clone(), hold.parse().unwrap_or(0)))
-                    .collect(),
-            ),
-            Some(verdict) => {
-                let index: usize = reply.get(1).and_then(|i| i.parse().ok()).unwrap_or(1);
-                let sku = skus
-                    .get(index.saturating_sub(1))
-                    .map(|s| (*s).clone())
-                    .unwrap_or_default();
-                if verdict == "sold_out" {
-                    Gate::SoldOut(sku)
-                } else {
-                    Gate::PurchaseLimit(sku)
-                }
-            }
-            None => Gate::Admitted(BTreeMap::new()),
-        },
+        Ok(reply) => verdict(&skus, &reply),
         Err(e) => {
             tracing::warn!(error = %e, "flash-sale gate unavailable: failing open to inventory");
             Gate::Admitted(BTreeMap::new())
@@ -154,26 +200,36 @@ pub async fn admit(
     }
 }
 
-/// Gives tokens back (an admitted order that then did not go ahead).
-pub async fn give_back(
-    redis: &Option<ConnectionManager>,
-    customer: &str,
-    taken: &BTreeMap<String, i32>,
-    units: &BTreeMap<String, i32>,
-) {
-    let Some(conn) = redis else { return };
-    let mut conn = conn.clone();
-    let script = redis::Script::new(GIVE_BACK_SCRIPT);
-    for sku in taken.keys() {
-        let result: redis::RedisResult<i64> = script
-            .key(tokens_key(sku))
-            .key(bought_key(sku, customer))
-            .arg(units[sku])
-            .invoke_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(sku, error = %e, "flash-sale tokens not given back");
+/// Reads the gate script's reply for `skus`.
+fn verdict(skus: &[&String], reply: &[String]) -> Gate {
+    match reply.first().map(String::as_str) {
+        Some("ok") => Gate::Admitted(
+            skus.iter()
+                .zip(reply[1..].chunks(2))
+                .filter(|(_, answer)| answer.first().is_some_and(|hold| !hold.is_empty()))
+                .map(|(sku, answer)| {
+                    let generation = answer.get(1).filter(|g| !g.is_empty()).cloned();
+                    let admission = Admission {
+                        hold_seconds: answer[0].parse().unwrap_or(0),
+                        generation,
+                    };
+                    ((*sku).clone(), admission)
+                })
+                .collect(),
+        ),
+        Some(refusal) => {
+            let index: usize = reply.get(1).and_then(|i| i.parse().ok()).unwrap_or(1);
+            let sku = skus
+                .get(index.saturating_sub(1))
+                .map(|s| (*s).clone())
+                .unwrap_or_default();
+            match refusal {
+                "sold_out" => Gate::SoldOut(sku),
+                "key_reused" => Gate::KeyReused(sku),
+                _ => Gate::PurchaseLimit(sku),
+            }
         }
+        None => Gate::Admitted(BTreeMap::new()),
     }
 }
 
@@ -194,15 +250,18 @@ pub struct Sale {
     pub per_customer_limit: i32,
 }
 
-/// Starts (or resets) a sale for `sku`.
+/// Starts (or resets) a sale for `sku`: a new generation, so units admitted before it (to an
+/// earlier sale) never come back to this one.
 pub async fn start(conn: &mut ConnectionManager, sku: &str, sale: &Sale) -> redis::RedisResult<()> {
+    let generation = uuid::Uuid::new_v4().simple().to_string();
     redis::pipe()
         .atomic()
         .hset_multiple(
             config_key(sku),
             &[
-                ("hold_seconds", sale.hold_seconds),
-                ("per_customer_limit", sale.per_customer_limit),
+                ("hold_seconds", sale.hold_seconds.to_string()),
+                ("per_customer_limit", sale.per_customer_limit.to_string()),
+                ("generation", generation),
             ],
         )
         .set(tokens_key(sku), sale.tokens)
@@ -233,4 +292,65 @@ pub async fn current(conn: &mut ConnectionManager, sku: &str) -> redis::RedisRes
         hold_seconds: hold.unwrap_or(0),
         per_customer_limit: limit.unwrap_or(0),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_reply_names_each_sale_and_its_generation() {
+        let (a, b, c) = ("A".to_owned(), "B".to_owned(), "C".to_owned());
+        let skus = [&a, &b, &c];
+        let reply: Vec<String> = ["ok", "120", "g1", "", "", "0", ""]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let Gate::Admitted(admitted) = verdict(&skus, &reply) else {
+            panic!("admitted")
+        };
+        assert_eq!(
+            admitted,
+            BTreeMap::from([
+                (
+                    a.clone(),
+                    Admission {
+                        hold_seconds: 120,
+                        generation: Some("g1".into())
+                    }
+                ),
+                (
+                    c.clone(),
+                    Admission {
+                        hold_seconds: 0,
+                        generation: None
+                    }
+                ),
+            ]),
+            "B is not on sale; C's sale predates generations"
+        );
+        let refused = |r: &str| verdict(&skus, &[r.to_owned(), "2".to_owned()]);
+        assert_eq!(refused("sold_out"), Gate::SoldOut(b.clone()));
+        assert_eq!(refused("purchase_limit"), Gate::PurchaseLimit(b.clone()));
+        assert_eq!(refused("key_reused"), Gate::KeyReused(b));
+    }
+
+    #[test]
+    fn admissions_stored_before_generations_still_read() {
+        let stored: BTreeMap<String, Admission> = serde_json::from_str(
+            r#"{"OLD": 120, "NEW": {"hold_seconds": 60, "generation": "g2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stored["OLD"],
+            Admission {
+                hold_seconds: 120,
+                generation: None
+            }
+        );
+        assert_eq!(stored["NEW"].generation.as_deref(), Some("g2"));
+        let again: BTreeMap<String, Admission> =
+            serde_json::from_value(serde_json::to_value(&stored).unwrap()).unwrap();
+        assert_eq!(again, stored, "written as read");
+    }
 }

@@ -25,6 +25,7 @@ pub mod query;
 pub mod server;
 pub mod status_feed;
 pub mod telemetry;
+pub mod unpublished;
 pub mod webhooks;
 
 use std::future::Future;
@@ -109,6 +110,8 @@ pub struct AppState {
     pub stripe_webhook_secret: Option<webhooks::Secret>,
     /// Rate limiters.
     pub limits: Arc<limits::Limits>,
+    /// Orders read lately (a stored order never changes).
+    pub recent_orders: accepted::Recent,
     /// Order status changes, for long polls.
     pub status_feed: status_feed::StatusFeed,
     /// The OpenAPI document: the API's paths and the extension's, serialised once.
@@ -328,6 +331,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         cart_ttl: config.cart_ttl,
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
+        recent_orders: accepted::Recent::default(),
         status_feed: status_feed::StatusFeed::start(pool.clone()),
         openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
         body_timeout: config.server.body_timeout,
@@ -404,8 +408,10 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sampling = tokio::spawn(sample(state.clone()));
+    let sweeping = tokio::spawn(unpublished::sweep(state.clone()));
     let served = server::serve(listener, router(state, extra), limits, shutdown).await;
     sampling.abort();
+    sweeping.abort();
     served
 }
 

@@ -3,6 +3,7 @@
 //! status differs from `since` (default: the status at the time of the request), woken by the
 //! status feed (status_feed.rs) when this order changes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -79,6 +80,25 @@ pub async fn read(pool: &PgPool, order_id: &str) -> Result<Option<StatusRow>, sq
     .bind(order_id)
     .fetch_optional(pool)
     .await
+}
+
+/// An order's status and audit trail, read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The status (None: the orders processor has not seen the order yet).
+    pub row: Option<StatusRow>,
+    /// The steps it took, oldest first.
+    pub trail: Vec<Step>,
+}
+
+/// Reads `order_id`'s status and, once it has one, its trail.
+pub async fn snapshot(pool: &PgPool, order_id: &str) -> Result<Snapshot, sqlx::Error> {
+    let row = read(pool, order_id).await?;
+    let trail = match row {
+        Some(_) => trail(pool, order_id).await?,
+        None => Vec::new(),
+    };
+    Ok(Snapshot { row, trail })
 }
 
 /// The status name served for a row (`accepted` before the orders processor has seen the order).
@@ -166,31 +186,37 @@ pub async fn get(
     if query.since.as_ref().is_some_and(|s| !well_formed(s)) {
         return Err(Problem::invalid("since", "a status: 1 to 32 of a-z and _").into());
     }
-    let reading = state.status_feed.reading().await;
     let order = owned_order(&state, &storefront, &customer, &id).await?;
     let order_id = order.order_id.to_string();
     // Watch before reading, so a change between the read and the wait is not missed.
     let mut watch = state.status_feed.watch(&order_id);
-    let mut row = read(&state.pool, &order_id).await?;
-    drop(reading);
-    let since = query.since.unwrap_or_else(|| status_name(&row).to_owned());
-    if wait > 0 && status_name(&row) == since {
+    let feed = &state.status_feed;
+    let unavailable = |e: Arc<sqlx::Error>| {
+        tracing::warn!(error = %e, "order status unreadable");
+        ApiError::from(Problem::unavailable("the database is unavailable", 1))
+    };
+    let mut snapshot = feed
+        .read(&state.pool, &order_id, watch.version())
+        .await
+        .map_err(unavailable)?;
+    let since = query
+        .since
+        .unwrap_or_else(|| status_name(&snapshot.row).to_owned());
+    if wait > 0 && status_name(&snapshot.row) == since {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-        while let Ok(_reading) = tokio::time::timeout_at(deadline, watch.changed()).await {
-            row = read(&state.pool, &order_id).await?;
-            if status_name(&row) != since {
+        while let Ok(version) = tokio::time::timeout_at(deadline, watch.changed()).await {
+            snapshot = feed
+                .read(&state.pool, &order_id, version)
+                .await
+                .map_err(unavailable)?;
+            if status_name(&snapshot.row) != since {
                 break;
             }
         }
     }
     drop(watch);
-    let transitions = match &row {
-        Some(_) => {
-            let _reading = state.status_feed.reading().await;
-            trail(&state.pool, &order_id).await?
-        }
-        None => Vec::new(),
-    };
+    let Snapshot { row, trail } = Snapshot::clone(&snapshot);
+    let transitions = trail;
     let view = OrderView::of(&order, status_name(&row));
     let body = match row {
         None => OrderStatus {

@@ -167,8 +167,10 @@ pub(crate) async fn place(
         return Err(Problem::sold_out(&sku).into());
     }
 
-    // At most two rounds: a lost race for the key is followed by the winner's record.
-    for _ in 0..2 {
+    // At most three rounds: a lost race for the key, or a store whose outcome is unknown, is
+    // followed by a look at what the key holds now.
+    let mut failed = None;
+    for _ in 0..3 {
         let accepted = match idempotency::existing(&state.pool, &storefront.name, key, &fingerprint)
             .await?
         {
@@ -186,22 +188,26 @@ pub(crate) async fn place(
                 state
                     .limits
                     .customer(&storefront.name, valid.customer.as_str())?;
-                // The gate before pricing and storing: a refused order costs no more work.
-                let taken = match flash::admit(
+                let priced = price(state, &valid.lines).await?;
+                // Tokens taken here are never given back by the API: they belong to the key (a
+                // retry of this request reuses them) and, once stored, to the order, whose lines
+                // inventory gives back if they are rejected, released or restocked.
+                let flash = match flash::admit(
                     &state.redis.get(),
                     &storefront.name,
                     key,
+                    &fingerprint,
                     valid.customer.as_str(),
                     &units,
                 )
                 .await
                 {
-                    Gate::Admitted(taken) => {
-                        if !taken.is_empty() {
+                    Gate::Admitted(flash) => {
+                        if !flash.is_empty() {
                             metrics::counter!("kassa_flash_gate_total", "outcome" => "admitted")
                                 .increment(1);
                         }
-                        taken
+                        flash
                     }
                     Gate::SoldOut(sku) => {
                         metrics::counter!("kassa_flash_gate_total", "outcome" => "sold_out")
@@ -213,19 +219,7 @@ pub(crate) async fn place(
                             .increment(1);
                         return Err(Problem::purchase_limit(&sku).into());
                     }
-                };
-                let priced = match price(state, &valid.lines).await {
-                    Ok(priced) => priced,
-                    Err(problem) => {
-                        flash::give_back(
-                            &state.redis.get(),
-                            valid.customer.as_str(),
-                            &taken,
-                            &units,
-                        )
-                        .await;
-                        return Err(problem);
-                    }
+                    Gate::KeyReused(_) => return Err(Problem::idempotency_key_reused().into()),
                 };
                 let accepted = Accepted {
                     order_id: Uuid::now_v7(),
@@ -235,24 +229,21 @@ pub(crate) async fn place(
                     total_minor: priced.total_minor,
                     lines: priced.lines,
                     payment_method_id: valid.payment_method.to_string(),
-                    flash: taken,
+                    flash,
                     traceparent: Some(produce::order_trace(headers)),
                 };
-                let stored =
-                    claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await;
-                if !matches!(stored, Ok(true)) {
-                    // Lost the race for the key (or could not store): this order does not go ahead.
-                    flash::give_back(
-                        &state.redis.get(),
-                        &accepted.customer_id,
-                        &accepted.flash,
-                        &units,
-                    )
-                    .await;
-                    stored?;
-                    continue;
+                match claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await
+                {
+                    Ok(true) => accepted,
+                    // Another request holds the key: its record says what to answer.
+                    Ok(false) => continue,
+                    // Stored or not, nobody can tell from here (an error may come after the
+                    // commit): the key's record says which.
+                    Err(e) => {
+                        failed = Some(e);
+                        continue;
+                    }
                 }
-                accepted
             }
         };
         let span = tracing::Span::current();
@@ -271,7 +262,10 @@ pub(crate) async fn place(
         idempotency::answer(&state.pool, &storefront.name, key, 202, &body).await?;
         return Ok(accepted_response(accepted.order_id, 202, body));
     }
-    // Two lost races in a row: the other request is mid-flight; the client may retry.
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    // Lost races only: the other request is mid-flight; the client may retry.
     Err(Problem::unavailable(
         "the same request is being processed; retry with the same Idempotency-Key",
         1,
@@ -320,11 +314,11 @@ async fn price(state: &AppState, lines: &[(Sku, i32)]) -> Result<pricing::Priced
 }
 
 /// Sends one `checkout.requests` message per line, keyed by SKU, and waits for every ack.
-async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
+pub(crate) async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
     let order_id = order.order_id.to_string();
     let mut records = Vec::with_capacity(order.lines.len());
     for line in &order.lines {
-        let sale_hold = order.flash.get(&line.sku).copied();
+        let sale = order.flash.get(&line.sku);
         let reserve = Reserve {
             order_id: order_id.clone(),
             line_index: line.line_index,
@@ -335,8 +329,12 @@ async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
             currency: order.currency.clone(),
             unit_price_minor: line.unit_price_minor,
             payment_method_id: order.payment_method_id.clone(),
-            hold_seconds: sale_hold.filter(|h| *h > 0).unwrap_or(state.hold_seconds),
-            flash_sale: sale_hold.is_some(),
+            hold_seconds: sale
+                .map(|s| s.hold_seconds)
+                .filter(|h| *h > 0)
+                .unwrap_or(state.hold_seconds),
+            flash_sale: sale.is_some(),
+            flash_sale_generation: sale.and_then(|s| s.generation.clone()),
         };
         let mut event = Envelope::new(order_id.clone(), None, CheckoutPayload::Reserve(reserve));
         event.event_id = reserve_event_id(order.order_id, line.line_index);

@@ -1,12 +1,16 @@
 //! Wakes the requests long-polling an order (`GET /api/orders/{id}?wait=`) when, and only when,
-//! that order's status changes. The orders processor notifies `kassa_order_status` with each id
-//! it changed; one listener per API process bumps that order's counter, which only its waiters
-//! watch. When the listener's connection drops, changes may have been missed, so every waiter is
-//! woken to read again. Every read of the status route (the first, the re-reads, the answer's)
-//! goes through a small number of permits: thousands of requests arriving or re-reading at once
-//! queue here, never for the database pool, whose wait ends in 503.
+//! that order's status changes, and reads each change once for all of them. The orders
+//! processor notifies `kassa_order_status` with each id it changed; one listener per API process
+//! gives each notification the next number of a sequence and sets that order's version to it,
+//! which only its waiters watch. When the listener's connection drops, changes may have been
+//! missed, so every order gets a new version and every waiter reads again. A read is keyed by
+//! (order, version): the requests woken by one change (and new requests before the next) share
+//! one read of the status and trail. Reads go through a small number of permits: thousands of
+//! requests arriving or waking at once queue here, never for the database pool, whose wait ends
+//! in 503.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,29 +18,39 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::order_status::Snapshot;
+
 /// How many status requests may read the database at once (half the API's pool).
 const READS_AT_ONCE: usize = 16;
+/// Reads kept for requests that come for the same version of an order.
+const SNAPSHOTS_KEPT: u64 = 50_000;
+/// How long a read is kept (a newer version makes it unused long before).
+const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
 
-/// The waiters' orders, each with the counter its waiters watch.
+/// The waiters' orders, each with the version its waiters watch.
 #[derive(Default)]
 struct Waiters {
     orders: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The last version given: every change (of any order) gets the next one.
+    sequence: AtomicU64,
 }
 
 impl Waiters {
-    /// Bumps `order`'s counter, waking its waiters (if it has any).
+    /// Gives `order` a new version, waking its waiters (if it has any).
     fn changed(&self, order: &str) {
+        let version = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         let orders = self.orders.lock().expect("waiters");
-        if let Some(counter) = orders.get(order) {
-            counter.send_modify(|n| *n += 1);
+        if let Some(current) = orders.get(order) {
+            current.send_replace(version);
         }
     }
 
-    /// Bumps every counter: each waiter reads again.
+    /// Gives every order a new version: each waiter reads again.
     fn all_changed(&self) {
+        let version = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         let orders = self.orders.lock().expect("waiters");
-        for counter in orders.values() {
-            counter.send_modify(|n| *n += 1);
+        for current in orders.values() {
+            current.send_replace(version);
         }
     }
 }
@@ -46,6 +60,7 @@ impl Waiters {
 pub struct StatusFeed {
     waiters: Arc<Waiters>,
     reads: Arc<Semaphore>,
+    snapshots: moka::future::Cache<(String, u64), Arc<Snapshot>>,
 }
 
 /// One request's watch on one order, from before its first read (so no change between that read
@@ -54,7 +69,6 @@ pub struct Watch {
     waiters: Arc<Waiters>,
     order: String,
     changes: Option<watch::Receiver<u64>>,
-    reads: Arc<Semaphore>,
 }
 
 impl StatusFeed {
@@ -70,6 +84,10 @@ impl StatusFeed {
         Self {
             waiters: Arc::default(),
             reads: Arc::new(Semaphore::new(READS_AT_ONCE)),
+            snapshots: moka::future::Cache::builder()
+                .max_capacity(SNAPSHOTS_KEPT)
+                .time_to_live(SNAPSHOT_TTL)
+                .build(),
         }
     }
 
@@ -78,10 +96,12 @@ impl StatusFeed {
         metrics::gauge!("kassa_order_status_watches").increment(1.0);
         let mut orders = self.waiters.orders.lock().expect("waiters");
         let changes = match orders.get(order) {
-            Some(counter) => counter.subscribe(),
+            Some(current) => current.subscribe(),
             None => {
-                let (counter, changes) = watch::channel(0);
-                orders.insert(order.to_owned(), counter);
+                // Any change from now on gets a higher version than the current one.
+                let version = self.waiters.sequence.load(Ordering::SeqCst);
+                let (current, changes) = watch::channel(version);
+                orders.insert(order.to_owned(), current);
                 changes
             }
         };
@@ -89,8 +109,25 @@ impl StatusFeed {
             waiters: self.waiters.clone(),
             order: order.to_owned(),
             changes: Some(changes),
-            reads: self.reads.clone(),
         }
+    }
+
+    /// `order`'s status and trail as of `version` (a [`Watch::version`]): read once (through a
+    /// permit) for every request that asks for the same version.
+    pub async fn read(
+        &self,
+        pool: &PgPool,
+        order: &str,
+        version: u64,
+    ) -> Result<Arc<Snapshot>, Arc<sqlx::Error>> {
+        self.snapshots
+            .try_get_with((order.to_owned(), version), async {
+                let _reading = self.reading().await;
+                crate::order_status::snapshot(pool, order)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
     }
 
     /// A permit to read an order's status: held while reading, so reads queue here.
@@ -109,18 +146,18 @@ impl StatusFeed {
 }
 
 impl Watch {
-    /// Waits until the order may have changed, then returns a permit to read it (held while
-    /// reading, so woken waiters read a few at a time).
-    pub async fn changed(&mut self) -> OwnedSemaphorePermit {
+    /// The order's version now (what to read it as); later changes wake [`Watch::changed`].
+    pub fn version(&mut self) -> u64 {
+        self.changes.as_mut().map_or(0, |c| *c.borrow_and_update())
+    }
+
+    /// Waits until the order may have changed; returns its new version.
+    pub async fn changed(&mut self) -> u64 {
         if let Some(changes) = self.changes.as_mut() {
             // The sender lives as long as any receiver: an error cannot happen while we wait.
             let _ = changes.changed().await;
         }
-        self.reads
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed")
+        self.version()
     }
 }
 
@@ -194,17 +231,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn woken_waiters_read_a_few_at_a_time() {
+    async fn waiters_woken_by_one_change_read_the_same_version_and_later_ones_a_newer() {
         let feed = StatusFeed::idle();
-        let mut watches: Vec<Watch> = (0..20).map(|i| feed.watch(&i.to_string())).collect();
-        feed.waiters.all_changed();
+        let (mut a, mut a_too) = (feed.watch("a"), feed.watch("a"));
+        let first = a.version();
+        assert_eq!(a_too.version(), first, "one read serves both");
+        feed.waiters.changed("a");
+        let (woken, woken_too) = (a.changed().await, a_too.changed().await);
+        assert!(woken > first);
+        assert_eq!(woken, woken_too, "both woken by the change read it once");
+        drop((a, a_too));
+        // No watch of `a` is left; it changes, then a new request comes: it must not be served
+        // the read made before that change.
+        feed.waiters.changed("a");
+        let mut late = feed.watch("a");
+        assert!(late.version() > woken);
+    }
+
+    #[tokio::test]
+    async fn reads_go_a_few_at_a_time() {
+        let feed = StatusFeed::idle();
         let mut permits = Vec::new();
-        for watch in &mut watches[..READS_AT_ONCE] {
-            permits.push(watch.changed().await);
+        for _ in 0..READS_AT_ONCE {
+            permits.push(feed.reading().await);
         }
-        let next =
-            tokio::time::timeout(Duration::from_millis(100), watches[READS_AT_ONCE].changed());
+        let next = tokio::time::timeout(Duration::from_millis(100), feed.reading());
         assert!(next.await.is_err(), "the next waits for a permit");
         drop(permits);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), feed.reading())
+                .await
+                .is_ok()
+        );
     }
 }

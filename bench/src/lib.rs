@@ -107,6 +107,7 @@ impl Load {
             payment_method_id: "pm_card_visa".into(),
             hold_seconds: 900,
             flash_sale: false,
+            flash_sale_generation: None,
         });
         (sku, Envelope::new(order_id, None, payload))
     }

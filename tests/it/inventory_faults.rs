@@ -475,6 +475,7 @@ async fn redis_black_holed_during_a_flash_sales_releases_stalls_nothing_and_give
             payment_method_id: "pm_card_visa".into(),
             hold_seconds: 60,
             flash_sale: true,
+            flash_sale_generation: None,
         };
         feed.send(
             &sku,

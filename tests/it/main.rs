@@ -15,6 +15,7 @@ mod api_hostile;
 mod api_orders;
 mod api_webhooks;
 mod contract;
+mod flash_accounting;
 mod inventory;
 mod inventory_faults;
 mod observability;

@@ -92,13 +92,7 @@ impl Batch {
                 self.changed.insert(key.clone());
                 let (order_id, line_index, sku_owned) = (line.0.to_owned(), line.1, sku.to_owned());
                 if command == "release" {
-                    let record = &records[&key];
-                    if record.flash_sale {
-                        let customer = record.customer_id.clone();
-                        self.give_back.push(flash::GiveBack::of_line(
-                            line.0, line.1, sku, customer, units,
-                        ));
-                    }
+                    self.give_back_flash(&records[&key], line, units);
                     self.event(
                         cause,
                         line.0,
@@ -132,6 +126,14 @@ impl Batch {
                     reason,
                 });
             }
+        }
+    }
+
+    /// Gives a flash-sale line's units back to the sale they left (nothing for other lines).
+    fn give_back_flash(&mut self, record: &LineRecord, line: (&str, i32), units: i32) {
+        if record.flash_sale {
+            self.give_back
+                .push(flash::GiveBack::of_line(record, line, units));
         }
     }
 
@@ -173,6 +175,8 @@ impl Batch {
                 LineChange::Applied { units } => {
                     self.touched.insert(c.sku.clone());
                     self.changed.insert((order.to_owned(), index));
+                    // Sold units that came back (the order was not paid): unsold after all.
+                    self.give_back_flash(&records[&(order.to_owned(), index)], (order, index), units);
                     let on_hand = skus[&c.sku].stock.on_hand;
                     let event = Restocked {
                         sku: c.sku.clone(),

@@ -204,7 +204,16 @@ impl Handler for Inventory {
                         if had_stock && matches!(answer, ReserveAnswer::Reserved { .. }) {
                             out.touched.insert(sku.to_owned());
                         }
-                        records.insert(key.clone(), record(r, reservation));
+                        let line = record(r, reservation);
+                        if r.flash_sale && matches!(answer, ReserveAnswer::Rejected(_)) {
+                            // Admitted by the gate, refused here: its units go back to the sale.
+                            out.give_back.push(flash::GiveBack::of_line(
+                                &line,
+                                (&r.order_id, r.line_index),
+                                r.quantity,
+                            ));
+                        }
+                        records.insert(key.clone(), line);
                         out.changed.insert(key);
                     }
                     out.emit_reserve_answer(index, e, r, answer);
@@ -341,6 +350,7 @@ fn record(r: &Reserve, reservation: Reservation) -> LineRecord {
         reservation,
         customer_id: Some(r.customer_id.clone()),
         flash_sale: r.flash_sale,
+        flash_generation: r.flash_sale_generation.clone(),
     }
 }
 

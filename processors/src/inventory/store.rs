@@ -29,6 +29,8 @@ pub struct LineRecord {
     pub customer_id: Option<String>,
     /// Whether it passed the flash-sale gate.
     pub flash_sale: bool,
+    /// The sale generation its units were admitted to (None: none named).
+    pub flash_generation: Option<String>,
 }
 
 /// A command that changed nothing, for the record.
@@ -91,11 +93,12 @@ pub async fn load_lines(
         Option<String>,
         Option<String>,
         bool,
+        Option<String>,
         DateTime<Utc>,
     );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT r.order_id, r.line_index, r.sku, r.quantity, r.status, r.reject_reason, r.customer_id,
-                r.flash_sale, r.expires_at
+                r.flash_sale, r.flash_generation, r.expires_at
          FROM inventory.reservations r
          JOIN unnest($1::text[], $2::int[]) AS w(order_id, line_index) USING (order_id, line_index)",
     )
@@ -114,6 +117,7 @@ pub async fn load_lines(
                 reason,
                 customer_id,
                 flash_sale,
+                flash_generation,
                 expires_at,
             )| {
                 let status = status_from(&status, reason.as_deref())?;
@@ -129,6 +133,7 @@ pub async fn load_lines(
                         reservation,
                         customer_id,
                         flash_sale,
+                        flash_generation,
                     },
                 ))
             },
@@ -230,15 +235,20 @@ pub async fn insert_lines(
         .map(|(_, r)| r.customer_id.as_deref())
         .collect();
     let flash: Vec<bool> = lines.iter().map(|(_, r)| r.flash_sale).collect();
+    let generations: Vec<Option<&str>> = lines
+        .iter()
+        .map(|(_, r)| r.flash_generation.as_deref())
+        .collect();
     let expires: Vec<DateTime<Utc>> = lines
         .iter()
         .map(|(_, r)| r.reservation.expires_at)
         .collect();
     let inserted: Vec<(String, i32)> = sqlx::query_as(
         "INSERT INTO inventory.reservations
-           (order_id, line_index, sku, quantity, status, reject_reason, customer_id, flash_sale, expires_at)
+           (order_id, line_index, sku, quantity, status, reject_reason, customer_id, flash_sale,
+            flash_generation, expires_at)
          SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
-                              $8::bool[], $9::timestamptz[])
+                              $8::bool[], $9::text[], $10::timestamptz[])
          ON CONFLICT (order_id, line_index) DO NOTHING
          RETURNING order_id, line_index",
     )
@@ -250,6 +260,7 @@ pub async fn insert_lines(
     .bind(&reasons)
     .bind(&customers)
     .bind(&flash)
+    .bind(&generations)
     .bind(&expires)
     .fetch_all(conn)
     .await?;

@@ -29,6 +29,9 @@ pub struct Reserve {
     pub hold_seconds: i32,
     /// Whether the line passed the flash-sale gate.
     pub flash_sale: bool,
+    /// The sale generation its units were admitted to (None outside a sale, and from writers
+    /// before it was added): given-back units go to that sale only.
+    pub flash_sale_generation: Option<String>,
 }
 
 payload_union! {

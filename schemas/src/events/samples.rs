@@ -125,6 +125,7 @@ pub fn all() -> Vec<Sample> {
                 payment_method_id: "pm_card_visa".into(),
                 hold_seconds: 900,
                 flash_sale: true,
+                flash_sale_generation: Some("5f0c2a7e9d1b4c3a8e6f1a2b3c4d5e6f".into()),
             }),
         )),
         Sample::InventoryCommand(envelope(

@@ -148,6 +148,7 @@ pub fn reserve(
             payment_method_id: "pm_card_visa".into(),
             hold_seconds: 900,
             flash_sale: false,
+            flash_sale_generation: None,
         }),
     )
 }

@@ -4,6 +4,8 @@
 //! connections opened under the previous one, so pooled clients meet the new fault at once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,12 +26,19 @@ pub enum Fault {
     /// Forwards requests to the service but drops its answers: what was asked is done, and the
     /// client never learns it.
     DropReplies,
+    /// Forwards both ways until a client sends these bytes; then the service's answer to them is
+    /// withheld and the connection cut: what was asked is done, and the client meets a broken
+    /// connection instead of the answer. Once per proxy (then it forwards as `Pass`); counted in
+    /// [`FaultProxy::cuts`].
+    CutAfter(&'static str),
 }
 
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// Connections cut by [`Fault::CutAfter`].
+    pub cuts: Arc<AtomicUsize>,
     mode: watch::Sender<Fault>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -42,6 +51,8 @@ impl FaultProxy {
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
         let (mode, watching) = watch::channel(fault);
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let counted = cuts.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -49,8 +60,9 @@ impl FaultProxy {
                 };
                 let mut watching = watching.clone();
                 let fault = *watching.borrow_and_update();
+                let counted = counted.clone();
                 tokio::spawn(async move {
-                    let served = serve(client, upstream, fault);
+                    let served = serve(client, upstream, fault, counted);
                     tokio::select! {
                         _ = served => {}
                         _ = watching.changed() => {}
@@ -58,7 +70,12 @@ impl FaultProxy {
                 });
             }
         });
-        Self { addr, mode, task }
+        Self {
+            addr,
+            cuts,
+            mode,
+            task,
+        }
     }
 
     /// Switches the fault; connections opened under the previous one are dropped.
@@ -78,8 +95,62 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
+async fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault, cuts: Arc<AtomicUsize>) {
     match fault {
+        Fault::CutAfter(pattern) => {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let (mut server_read, mut server_write) = server.into_split();
+            let (mut client_read, mut client_write) = client.into_split();
+            let seen = AtomicBool::new(false);
+            let forward = async {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut recent: Vec<u8> = Vec::new();
+                loop {
+                    let n = match client_read.read(&mut buffer).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    // Noted before it is forwarded, so the answer cannot overtake the note.
+                    recent.extend_from_slice(&buffer[..n]);
+                    if recent
+                        .windows(pattern.len())
+                        .any(|w| w == pattern.as_bytes())
+                    {
+                        seen.store(true, Ordering::SeqCst);
+                    }
+                    let keep = recent.len().saturating_sub(pattern.len());
+                    recent.drain(..keep);
+                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let back = async {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buffer).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    if seen.load(Ordering::SeqCst)
+                        && cuts
+                            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    {
+                        return; // withheld: both connections close as this returns
+                    }
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = forward => {}
+                _ = back => {}
+            }
+        }
         Fault::Pass => {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;

@@ -104,12 +104,21 @@ impl Saga {
     /// An API for this test (webhooks signed with `webhook_secret`, holds of `hold_seconds`).
     pub async fn new(turn: Turn, webhook_secret: Option<&str>, hold_seconds: Option<i32>) -> Self {
         let secret = webhook_secret.map(kassa_api::webhooks::Secret::new);
-        let api = super::api::start(|c| {
+        Self::with(turn, |c| {
             c.stripe_webhook_secret = secret;
             if let Some(hold) = hold_seconds {
                 c.hold_seconds = hold;
             }
+        })
+        .await
+    }
+
+    /// An API for this test with its settings changed by `adjust` (e.g. to reach a service
+    /// through a fault proxy).
+    pub async fn with(turn: Turn, adjust: impl FnOnce(&mut kassa_api::ApiConfig)) -> Self {
+        let api = super::api::start(|c| {
             c.rate_limits.customer_per_second = 1_000;
+            adjust(c);
         })
         .await;
         let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_uppercase();
