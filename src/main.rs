@@ -132,6 +132,18 @@ enum BenchWhat {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// Long polls at scale: waiters on every order while the orders flow; each answer's delay after its order's change.
+    Polls {
+        /// Orders to place (they wait for the orders processor until every waiter is parked).
+        #[arg(long, default_value_t = 1_000)]
+        orders: usize,
+        /// Long-polling requests, spread evenly over the orders.
+        #[arg(long, default_value_t = 10_000)]
+        waiters: usize,
+        /// Restart Postgres (`scripts/dev down/up postgres`) halfway instead of cutting the API's listener.
+        #[arg(long)]
+        restart_postgres: bool,
+    },
     /// Reservation requests → committed outcome events, kassa's processor vs one row lock per request.
     Inventory {
         /// SKUs the requests spread over (1 = one hot SKU).
@@ -254,6 +266,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             what: BenchWhat::Saga { orders, rate },
         } => {
             kassa::bench::saga::run(&settings, orders, rate).await?;
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Polls {
+                    orders,
+                    waiters,
+                    restart_postgres,
+                },
+        } => {
+            kassa::bench::polls::run(&settings, orders, waiters, restart_postgres).await?;
         }
         Command::Bench {
             what: BenchWhat::Inventory { skus, requests },

@@ -3,6 +3,7 @@
 //! status differs from `since` (default: the status at the time of the request), woken by the
 //! status feed (status_feed.rs) when this order changes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,16 @@ pub struct StatusRow {
 }
 
 /// One step of an order's audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Step {
     /// State before.
     #[sqlx(rename = "from_state")]
@@ -63,25 +73,6 @@ pub struct Step {
     pub at: DateTime<Utc>,
 }
 
-/// The steps `order_id` took, oldest first.
-pub async fn trail(pool: &PgPool, order_id: &str) -> Result<Vec<Step>, sqlx::Error> {
-    sqlx::query_as("SELECT from_state, to_state, trigger, cause_type, at FROM orders.order_trail WHERE order_id = $1 ORDER BY id")
-        .bind(order_id)
-        .fetch_all(pool)
-        .await
-}
-
-/// Reads the status of `order_id` (None: the orders processor has not seen it yet).
-pub async fn read(pool: &PgPool, order_id: &str) -> Result<Option<StatusRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT state, reason, detail, hold_expires_at, client_secret, action_due_at, updated_at, provider, provider_ref
-         FROM orders.order_status WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(pool)
-    .await
-}
-
 /// An order's status and audit trail, read together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -91,14 +82,50 @@ pub struct Snapshot {
     pub trail: Vec<Step>,
 }
 
-/// Reads `order_id`'s status and, once it has one, its trail.
-pub async fn snapshot(pool: &PgPool, order_id: &str) -> Result<Snapshot, sqlx::Error> {
-    let row = read(pool, order_id).await?;
-    let trail = match row {
-        Some(_) => trail(pool, order_id).await?,
-        None => Vec::new(),
-    };
-    Ok(Snapshot { row, trail })
+/// A row of [`snapshots`]: an order's status with its trail.
+#[derive(sqlx::FromRow)]
+struct SnapshotRow {
+    order_id: String,
+    #[sqlx(flatten)]
+    row: StatusRow,
+    trail: sqlx::types::Json<Vec<Step>>,
+}
+
+/// Reads the status and trail of each of `order_ids` in one statement (an order the orders
+/// processor has not seen yet has neither).
+pub async fn snapshots(
+    pool: &PgPool,
+    order_ids: &[String],
+) -> Result<HashMap<String, Snapshot>, sqlx::Error> {
+    let rows: Vec<SnapshotRow> = sqlx::query_as(
+        "SELECT s.order_id, s.state, s.reason, s.detail, s.hold_expires_at, s.client_secret,
+                s.action_due_at, s.updated_at, s.provider, s.provider_ref,
+                (SELECT coalesce(json_agg(json_build_object('from', t.from_state, 'to', t.to_state,
+                          'trigger', t.trigger, 'cause_type', t.cause_type, 'at', t.at) ORDER BY t.id),
+                        '[]'::json)
+                 FROM orders.order_trail t WHERE t.order_id = s.order_id) AS trail
+         FROM orders.order_status s WHERE s.order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(pool)
+    .await?;
+    let mut found: HashMap<String, Snapshot> = rows
+        .into_iter()
+        .map(|r| {
+            let snapshot = Snapshot {
+                row: Some(r.row),
+                trail: r.trail.0,
+            };
+            (r.order_id, snapshot)
+        })
+        .collect();
+    for id in order_ids {
+        found.entry(id.clone()).or_insert(Snapshot {
+            row: None,
+            trail: Vec::new(),
+        });
+    }
+    Ok(found)
 }
 
 /// The status name served for a row (`accepted` before the orders processor has seen the order).
@@ -196,7 +223,7 @@ pub async fn get(
         ApiError::from(Problem::unavailable("the database is unavailable", 1))
     };
     let mut snapshot = feed
-        .read(&state.pool, &order_id, watch.version())
+        .read(&order_id, watch.version())
         .await
         .map_err(unavailable)?;
     let since = query
@@ -204,12 +231,17 @@ pub async fn get(
         .unwrap_or_else(|| status_name(&snapshot.row).to_owned());
     if wait > 0 && status_name(&snapshot.row) == since {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-        while let Ok(version) = tokio::time::timeout_at(deadline, watch.changed()).await {
+        while let Ok(change) = tokio::time::timeout_at(deadline, watch.changed()).await {
             snapshot = feed
-                .read(&state.pool, &order_id, version)
+                .read(&order_id, change.version)
                 .await
                 .map_err(unavailable)?;
             if status_name(&snapshot.row) != since {
+                // How long this answer took after the change was heard (its wake, its read).
+                if let Some(heard_at) = change.heard_at {
+                    metrics::histogram!("kassa_order_status_wake_seconds")
+                        .record(heard_at.elapsed().as_secs_f64());
+                }
                 break;
             }
         }

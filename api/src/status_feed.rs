@@ -12,11 +12,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::order_status::Snapshot;
 
@@ -27,10 +27,20 @@ const SNAPSHOTS_KEPT: u64 = 50_000;
 /// How long a read is kept (a newer version makes it unused long before).
 const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
 
+/// An order's version, and when this process heard of the change that made it (None: no change
+/// heard since its waiters started watching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The version: higher for every change heard.
+    pub version: u64,
+    /// When the change was heard.
+    pub heard_at: Option<Instant>,
+}
+
 /// The waiters' orders, each with the version its waiters watch.
 #[derive(Default)]
 struct Waiters {
-    orders: Mutex<HashMap<String, watch::Sender<u64>>>,
+    orders: Mutex<HashMap<String, watch::Sender<Change>>>,
     /// The last version given: every change (of any order) gets the next one.
     sequence: AtomicU64,
 }
@@ -38,19 +48,27 @@ struct Waiters {
 impl Waiters {
     /// Gives `order` a new version, waking its waiters (if it has any).
     fn changed(&self, order: &str) {
-        let version = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        let change = self.next();
         let orders = self.orders.lock().expect("waiters");
         if let Some(current) = orders.get(order) {
-            current.send_replace(version);
+            current.send_replace(change);
+        }
+    }
+
+    /// The next change, heard now.
+    fn next(&self) -> Change {
+        Change {
+            version: self.sequence.fetch_add(1, Ordering::SeqCst) + 1,
+            heard_at: Some(Instant::now()),
         }
     }
 
     /// Gives every order a new version: each waiter reads again.
     fn all_changed(&self) {
-        let version = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        let change = self.next();
         let orders = self.orders.lock().expect("waiters");
         for current in orders.values() {
-            current.send_replace(version);
+            current.send_replace(change);
         }
     }
 }
@@ -61,21 +79,32 @@ pub struct StatusFeed {
     waiters: Arc<Waiters>,
     reads: Arc<Semaphore>,
     snapshots: moka::future::Cache<(String, u64), Arc<Snapshot>>,
+    /// Where reads are asked for: gathered, and read many orders a statement.
+    loads: Option<mpsc::UnboundedSender<Load>>,
 }
+
+/// One order's read, asked for: the answer goes back on the channel.
+type Load = (String, oneshot::Sender<Result<Snapshot, Arc<sqlx::Error>>>);
+
+/// Most orders one statement reads.
+const ORDERS_A_READ: usize = 500;
 
 /// One request's watch on one order, from before its first read (so no change between that read
 /// and the wait is missed) until it answers.
 pub struct Watch {
     waiters: Arc<Waiters>,
     order: String,
-    changes: Option<watch::Receiver<u64>>,
+    changes: Option<watch::Receiver<Change>>,
 }
 
 impl StatusFeed {
     /// Starts listening on `pool`'s database (reconnecting when the connection drops).
     pub fn start(pool: PgPool) -> Self {
-        let feed = Self::idle();
-        tokio::spawn(listen(pool, feed.waiters.clone()));
+        let mut feed = Self::idle();
+        tokio::spawn(listen(pool.clone(), feed.waiters.clone()));
+        let (loads, asked) = mpsc::unbounded_channel();
+        tokio::spawn(load(pool, asked, feed.reads.clone()));
+        feed.loads = Some(loads);
         feed
     }
 
@@ -88,6 +117,7 @@ impl StatusFeed {
                 .max_capacity(SNAPSHOTS_KEPT)
                 .time_to_live(SNAPSHOT_TTL)
                 .build(),
+            loads: None,
         }
     }
 
@@ -100,7 +130,10 @@ impl StatusFeed {
             None => {
                 // Any change from now on gets a higher version than the current one.
                 let version = self.waiters.sequence.load(Ordering::SeqCst);
-                let (current, changes) = watch::channel(version);
+                let (current, changes) = watch::channel(Change {
+                    version,
+                    heard_at: None,
+                });
                 orders.insert(order.to_owned(), current);
                 changes
             }
@@ -112,20 +145,25 @@ impl StatusFeed {
         }
     }
 
-    /// `order`'s status and trail as of `version` (a [`Watch::version`]): read once (through a
-    /// permit) for every request that asks for the same version.
-    pub async fn read(
-        &self,
-        pool: &PgPool,
-        order: &str,
-        version: u64,
-    ) -> Result<Arc<Snapshot>, Arc<sqlx::Error>> {
+    /// `order`'s status and trail as of `version` (a [`Watch::version`]): read once for every
+    /// request that asks for the same version, in one statement with the other orders asked for
+    /// meanwhile (through a permit).
+    pub async fn read(&self, order: &str, version: u64) -> Result<Arc<Snapshot>, Arc<sqlx::Error>> {
         self.snapshots
             .try_get_with((order.to_owned(), version), async {
-                let _reading = self.reading().await;
-                crate::order_status::snapshot(pool, order)
-                    .await
-                    .map(Arc::new)
+                let (answer, answered) = oneshot::channel();
+                let asked = self
+                    .loads
+                    .as_ref()
+                    .is_some_and(|loads| loads.send((order.to_owned(), answer)).is_ok());
+                if !asked {
+                    return Err(sqlx::Error::PoolClosed);
+                }
+                match answered.await {
+                    Ok(Ok(snapshot)) => Ok(Arc::new(snapshot)),
+                    Ok(Err(e)) => Err(sqlx::Error::Protocol(e.to_string())),
+                    Err(_) => Err(sqlx::Error::PoolClosed),
+                }
             })
             .await
     }
@@ -148,16 +186,26 @@ impl StatusFeed {
 impl Watch {
     /// The order's version now (what to read it as); later changes wake [`Watch::changed`].
     pub fn version(&mut self) -> u64 {
-        self.changes.as_mut().map_or(0, |c| *c.borrow_and_update())
+        self.current().version
     }
 
-    /// Waits until the order may have changed; returns its new version.
-    pub async fn changed(&mut self) -> u64 {
+    /// Waits until the order may have changed; returns the change.
+    pub async fn changed(&mut self) -> Change {
         if let Some(changes) = self.changes.as_mut() {
             // The sender lives as long as any receiver: an error cannot happen while we wait.
             let _ = changes.changed().await;
         }
-        self.version()
+        self.current()
+    }
+
+    fn current(&mut self) -> Change {
+        self.changes.as_mut().map_or(
+            Change {
+                version: 0,
+                heard_at: None,
+            },
+            |c| *c.borrow_and_update(),
+        )
     }
 }
 
@@ -172,6 +220,43 @@ impl Drop for Watch {
         {
             orders.remove(&self.order);
         }
+    }
+}
+
+/// Reads what is asked for: whatever has gathered (up to [`ORDERS_A_READ`] orders) in one
+/// statement, each under a read permit, so many orders changed at once cost a few statements.
+async fn load(pool: PgPool, mut asked: mpsc::UnboundedReceiver<Load>, reads: Arc<Semaphore>) {
+    while let Some(first) = asked.recv().await {
+        let permit = reads.clone().acquire_owned().await.expect("never closed");
+        // Gathered while waiting for the permit, too.
+        let mut batch = vec![first];
+        while batch.len() < ORDERS_A_READ {
+            match asked.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let read = crate::order_status::snapshots(&pool, &ids).await;
+            drop(permit);
+            match read {
+                Ok(mut found) => {
+                    for (id, answer) in batch {
+                        if let Some(snapshot) = found.remove(&id) {
+                            let _ = answer.send(Ok(snapshot));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -237,7 +322,7 @@ mod tests {
         let first = a.version();
         assert_eq!(a_too.version(), first, "one read serves both");
         feed.waiters.changed("a");
-        let (woken, woken_too) = (a.changed().await, a_too.changed().await);
+        let (woken, woken_too) = (a.changed().await.version, a_too.changed().await.version);
         assert!(woken > first);
         assert_eq!(woken, woken_too, "both woken by the change read it once");
         drop((a, a_too));

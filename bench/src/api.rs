@@ -92,6 +92,17 @@ fn print_step(label: &str, s: &Step) {
     );
 }
 
+/// Puts `skus` in the catalog at 19.99 EUR.
+pub(super) async fn catalog(pool: &sqlx::PgPool, skus: &[String]) -> anyhow::Result<()> {
+    for sku in skus {
+        sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
+            .bind(sku)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Puts `skus` in the catalog (19.99 EUR each) and starts the API in this process on a free
 /// loopback port, its rate limits lifted: a benchmark measures the work, not the limits. Returns
 /// its base URL and an HTTP client with room for many connections.
@@ -100,12 +111,7 @@ pub(super) async fn serve_catalog(
     pool: &sqlx::PgPool,
     skus: &[String],
 ) -> anyhow::Result<(String, reqwest::Client)> {
-    for sku in skus {
-        sqlx::query("INSERT INTO api.products (sku, name, price_minor, currency) VALUES ($1, 'bench', 1999, 'EUR')")
-            .bind(sku)
-            .execute(pool)
-            .await?;
-    }
+    catalog(pool, skus).await?;
     let mut config = settings.api_config();
     config.addr = "127.0.0.1:0".parse()?;
     config.rate_limits = kassa_api::limits::RateLimits {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod http;
 mod naive;
+pub mod polls;
 pub mod saga;
 
 use std::time::{Duration, Instant};

@@ -47,22 +47,7 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     let (base, http) = super::api::serve_catalog(settings, &pool, &skus).await?;
 
     // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
-    let codec = Codec::new(&settings.schema_registry_url)?;
-    let producer = kassa_ops::kafka::producer(settings)?;
-    let stocked = Outcomes::start(
-        settings,
-        Topic::InventoryEvents.name(),
-        format!("BSAGA-{run}"),
-    );
-    for sku in &skus {
-        let command = InventoryCommand::SetStock(SetStock {
-            sku: sku.clone(),
-            on_hand: orders as i64,
-            reason: "bench".into(),
-        });
-        send(&producer, &codec, sku, &Envelope::new(sku, None, command)).await?;
-    }
-    stocked.wait(skus.len(), Duration::from_secs(120)).await?;
+    stock(settings, &skus, orders as i64, &format!("BSAGA-{run}")).await?;
     println!(
         "saga bench: {orders} orders at {rate}/s over HTTP, one line each, simulated gateway (pm_card_visa), API and processors in this process"
     );
@@ -81,12 +66,12 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     .await?;
     let mut to_confirmed: Vec<i64> = confirmed
         .iter()
-        .map(|(id, at)| (*at - accepted[id]).num_milliseconds())
+        .map(|(id, at)| (*at - accepted[id].0).num_milliseconds())
         .collect();
     let mut to_completed: Vec<i64> = finals
         .iter()
         .filter(|f| f.1 == "completed")
-        .map(|(id, _, at)| (*at - accepted[id]).num_milliseconds())
+        .map(|(id, _, at)| (*at - accepted[id].0).num_milliseconds())
         .collect();
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for (_, state, _) in &finals {
@@ -123,9 +108,33 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     Ok(())
 }
 
-/// Places the orders open-loop; returns each accepted order's id and the time of its 202. A 503
-/// is retried with the same Idempotency-Key after its Retry-After, as a storefront would.
-async fn place(
+/// Sets `units` on hand for each of `skus` (named `<prefix>-…`) and waits until inventory has
+/// counted them all.
+pub(crate) async fn stock(
+    settings: &Settings,
+    skus: &[String],
+    units: i64,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let codec = Codec::new(&settings.schema_registry_url)?;
+    let producer = kassa_ops::kafka::producer(settings)?;
+    let stocked = Outcomes::start(settings, Topic::InventoryEvents.name(), prefix.to_owned());
+    for sku in skus {
+        let command = InventoryCommand::SetStock(SetStock {
+            sku: sku.clone(),
+            on_hand: units,
+            reason: "bench".into(),
+        });
+        send(&producer, &codec, sku, &Envelope::new(sku, None, command)).await?;
+    }
+    stocked.wait(skus.len(), Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+/// Places the orders open-loop; returns each accepted order's id with the time of its 202 and
+/// its customer. A 503 is retried with the same Idempotency-Key after its Retry-After, as a
+/// storefront would.
+pub(crate) async fn place(
     http: &reqwest::Client,
     base: &str,
     key: &str,
@@ -133,7 +142,7 @@ async fn place(
     run: &str,
     orders: usize,
     rate: u32,
-) -> HashMap<String, DateTime<Utc>> {
+) -> HashMap<String, (DateTime<Utc>, String)> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let started = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -144,6 +153,7 @@ async fn place(
             .bearer_auth(key)
             .header("Idempotency-Key", format!("bsaga-{run}-{i}"))
             .json(&json!({"customer_id": format!("bsaga-{run}-c{i}"), "payment_method_id": "pm_card_visa", "lines": [{"sku": skus[i % skus.len()], "quantity": 1}]}));
+        let customer = format!("bsaga-{run}-c{i}");
         tasks.spawn(async move {
             let resend = || request.try_clone().expect("a JSON body can be sent again");
             let (response, _) = crate::http::send_honouring_503(resend, 5).await.ok()?;
@@ -152,20 +162,20 @@ async fn place(
             }
             let at = Utc::now();
             let body: serde_json::Value = response.json().await.ok()?;
-            Some((body["order_id"].as_str()?.to_owned(), at))
+            Some((body["order_id"].as_str()?.to_owned(), (at, customer)))
         });
     }
     let mut accepted = HashMap::new();
     while let Some(done) = tasks.join_next().await {
-        if let Ok(Some((id, at))) = done {
-            accepted.insert(id, at);
+        if let Ok(Some((id, placed))) = done {
+            accepted.insert(id, placed);
         }
     }
     accepted
 }
 
 /// Waits until every order is completed, rejected or cancelled; returns (id, state, updated at).
-async fn wait_final(
+pub(crate) async fn wait_final(
     pool: &sqlx::PgPool,
     ids: &[String],
     within: Duration,

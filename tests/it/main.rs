@@ -12,6 +12,7 @@ mod api_carts;
 mod api_contract;
 mod api_fuzz;
 mod api_hostile;
+mod api_long_polls;
 mod api_orders;
 mod api_webhooks;
 mod contract;
