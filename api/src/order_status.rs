@@ -232,10 +232,16 @@ pub async fn get(
     if wait > 0 && status_name(&snapshot.row) == since {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         while let Ok(change) = tokio::time::timeout_at(deadline, watch.changed()).await {
-            snapshot = feed
-                .read(&order_id, change.version)
-                .await
-                .map_err(unavailable)?;
+            // A re-read that fails (the database restarting) keeps the request waiting: the
+            // listener's reconnect wakes it to read again, and at the deadline it answers what
+            // it last read, instead of a 503 to every waiter at once.
+            snapshot = match feed.read(&order_id, change.version).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::debug!(error = %e, "order status re-read failed; waiting on");
+                    continue;
+                }
+            };
             if status_name(&snapshot.row) != since {
                 // How long this answer took after the change was heard (its wake, its read).
                 if let Some(heard_at) = change.heard_at {
