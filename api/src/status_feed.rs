@@ -10,7 +10,7 @@
 //! in 503.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,9 @@ struct Waiters {
     orders: Mutex<HashMap<String, watch::Sender<Change>>>,
     /// The last version given: every change (of any order) gets the next one.
     sequence: AtomicU64,
+    /// Whether the listener is connected: while it is not, changes go unheard, so every new
+    /// watch gets a version of its own (a read of its own).
+    listening: AtomicBool,
 }
 
 impl Waiters {
@@ -128,8 +131,13 @@ impl StatusFeed {
         let changes = match orders.get(order) {
             Some(current) => current.subscribe(),
             None => {
-                // Any change from now on gets a higher version than the current one.
-                let version = self.waiters.sequence.load(Ordering::SeqCst);
+                // Any change from now on gets a higher version than the current one; while
+                // changes go unheard, the watch starts a version of its own.
+                let version = if self.waiters.listening.load(Ordering::SeqCst) {
+                    self.waiters.sequence.load(Ordering::SeqCst)
+                } else {
+                    self.waiters.sequence.fetch_add(1, Ordering::SeqCst) + 1
+                };
                 let (current, changes) = watch::channel(Change {
                     version,
                     heard_at: None,
@@ -263,23 +271,30 @@ async fn load(pool: PgPool, mut asked: mpsc::UnboundedReceiver<Load>, reads: Arc
 async fn listen(pool: PgPool, waiters: Arc<Waiters>) {
     let mut delay = Duration::from_millis(100);
     loop {
-        // Runs until the connection fails: only an error ends it.
-        let listened: Result<std::convert::Infallible, sqlx::Error> = async {
+        // Runs until the connection is lost. (`try_recv`, not `recv`: `recv` reconnects by
+        // itself, and the changes missed meanwhile would go unnoticed.)
+        let listened: Result<(), sqlx::Error> = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener
                 .listen(kassa_schemas::read_model::ORDER_STATUS_CHANNEL)
                 .await?;
             // Listening again: anything changed while it was not is read now.
+            waiters.listening.store(true, Ordering::SeqCst);
             waiters.all_changed();
             delay = Duration::from_millis(100);
-            loop {
-                let notification = listener.recv().await?;
+            while let Some(notification) = listener.try_recv().await? {
                 waiters.changed(notification.payload());
             }
+            Ok(())
         }
         .await;
-        let Err(e) = listened;
-        tracing::warn!(error = %e, ?delay, "order status listener lost; reconnecting");
+        waiters.listening.store(false, Ordering::SeqCst);
+        match listened {
+            Ok(()) => tracing::warn!(?delay, "order status listener lost; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, "order status listener failed; reconnecting")
+            }
+        }
         // Requests waiting now would miss changes: they read again (a few at a time).
         waiters.all_changed();
         tokio::time::sleep(delay).await;
@@ -331,6 +346,25 @@ mod tests {
         feed.waiters.changed("a");
         let mut late = feed.watch("a");
         assert!(late.version() > woken);
+    }
+
+    #[tokio::test]
+    async fn while_changes_go_unheard_every_new_request_reads_afresh() {
+        let feed = StatusFeed::idle();
+        feed.waiters.listening.store(true, Ordering::SeqCst);
+        let heard = feed.watch("a").version();
+        assert_eq!(
+            feed.watch("a").version(),
+            heard,
+            "listening: one read serves both"
+        );
+        feed.waiters.listening.store(false, Ordering::SeqCst);
+        let first = feed.watch("a").version();
+        let second = feed.watch("a").version();
+        assert!(
+            first > heard && second > first,
+            "not listening: a change may have gone unheard, so no read is shared"
+        );
     }
 
     #[tokio::test]

@@ -21,6 +21,8 @@ const WAITERS_PER_ORDER: usize = 10;
 #[derive(Default)]
 struct Seen {
     ended: AtomicUsize,
+    /// Waits that ran out with nothing new (a change whose wake was lost shows as one).
+    ran_out: AtomicUsize,
     failed: std::sync::Mutex<HashMap<u16, usize>>,
 }
 
@@ -59,6 +61,9 @@ async fn follow(saga: &Saga, order: &str, customer: &str, seen: &Seen) -> String
         if ["completed", "rejected", "cancelled"].contains(&status.as_str()) {
             seen.ended.fetch_add(1, Ordering::SeqCst);
             return status;
+        }
+        if since.as_deref() == Some(status.as_str()) {
+            seen.ran_out.fetch_add(1, Ordering::SeqCst);
         }
         since = Some(status);
     }
@@ -105,7 +110,8 @@ async fn a_thousand_waiters_see_their_orders_end_through_a_lost_listener_without
     }
     let failed = seen.failed.lock().unwrap().clone();
     println!(
-        "long polls: {total} waiters on {ORDERS} orders, listener cut halfway: finals {finals:?}, answers other than 200: {failed:?}"
+        "long polls: {total} waiters on {ORDERS} orders, listener cut halfway: finals {finals:?}, answers other than 200: {failed:?}, waits that ran out: {}",
+        seen.ran_out.load(Ordering::SeqCst)
     );
     assert_eq!(
         finals.get("completed"),
