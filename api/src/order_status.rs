@@ -253,8 +253,10 @@ pub async fn get(
         }
     }
     drop(watch);
-    let Snapshot { row, trail } = Snapshot::clone(&snapshot);
-    let transitions = trail;
+    let Snapshot {
+        row,
+        trail: transitions,
+    } = Snapshot::clone(&snapshot);
     let view = OrderView::of(&order, status_name(&row));
     let body = match row {
         None => OrderStatus {

@@ -255,11 +255,7 @@ pub(crate) async fn place(
         {
             span.record("trace_id", trace_id);
         }
-        publish(state, &accepted).await?;
-        metrics::counter!("kassa_order_lines_published_total")
-            .increment(accepted.lines.len() as u64);
-        let body = order_json(&accepted, "accepted");
-        idempotency::answer(&state.pool, &storefront.name, key, 202, &body).await?;
+        let body = publish_and_answer(state, &storefront.name, key, &accepted).await?;
         return Ok(accepted_response(accepted.order_id, 202, body));
     }
     if let Some(error) = failed {
@@ -313,8 +309,24 @@ async fn price(state: &AppState, lines: &[(Sku, i32)]) -> Result<pricing::Priced
     Ok(priced)
 }
 
+/// Publishes `order` and records the 202 answer under its storefront's Idempotency-Key, for
+/// replays; returns the answer's body. (A request does this, or the sweep of orders left
+/// unanswered.)
+pub(crate) async fn publish_and_answer(
+    state: &AppState,
+    storefront: &str,
+    key: &str,
+    order: &Accepted,
+) -> Result<serde_json::Value, ApiError> {
+    publish(state, order).await?;
+    metrics::counter!("kassa_order_lines_published_total").increment(order.lines.len() as u64);
+    let body = order_json(order, "accepted");
+    idempotency::answer(&state.pool, storefront, key, 202, &body).await?;
+    Ok(body)
+}
+
 /// Sends one `checkout.requests` message per line, keyed by SKU, and waits for every ack.
-pub(crate) async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
+async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
     let order_id = order.order_id.to_string();
     let mut records = Vec::with_capacity(order.lines.len());
     for line in &order.lines {

@@ -61,9 +61,14 @@ impl Waiters {
     /// The next change, heard now.
     fn next(&self) -> Change {
         Change {
-            version: self.sequence.fetch_add(1, Ordering::SeqCst) + 1,
+            version: self.next_version(),
             heard_at: Some(Instant::now()),
         }
+    }
+
+    /// The next version of the sequence.
+    fn next_version(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Gives every order a new version: each waiter reads again.
@@ -136,7 +141,7 @@ impl StatusFeed {
                 let version = if self.waiters.listening.load(Ordering::SeqCst) {
                     self.waiters.sequence.load(Ordering::SeqCst)
                 } else {
-                    self.waiters.sequence.fetch_add(1, Ordering::SeqCst) + 1
+                    self.waiters.next_version()
                 };
                 let (current, changes) = watch::channel(Change {
                     version,

@@ -11,9 +11,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::accepted::{load, order_json};
+use crate::accepted::load;
 use crate::error::ApiError;
-use crate::idempotency;
 
 /// How often the sweep looks.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -44,12 +43,11 @@ pub async fn sweep(state: AppState) {
 /// how many were published and answered.
 pub async fn publish_unanswered(state: &AppState) -> Result<usize, ApiError> {
     let waiting: Vec<(String, String, Uuid)> = sqlx::query_as(
-        "SELECT k.storefront, k.key, k.order_id
-         FROM api.idempotency_keys k JOIN api.orders o USING (order_id)
-         WHERE k.response_status IS NULL
-           AND k.created_at < now() - make_interval(secs => $1)
-           AND k.created_at > now() - interval '24 hours'
-         ORDER BY k.created_at LIMIT $2",
+        "SELECT storefront, key, order_id FROM api.idempotency_keys
+         WHERE response_status IS NULL
+           AND created_at < now() - make_interval(secs => $1)
+           AND created_at > now() - interval '24 hours'
+         ORDER BY created_at LIMIT $2",
     )
     .bind(f64::from(GRACE_SECONDS))
     .bind(BATCH)
@@ -60,9 +58,7 @@ pub async fn publish_unanswered(state: &AppState) -> Result<usize, ApiError> {
         let Some(order) = load(state, order_id).await? else {
             continue;
         };
-        crate::orders::publish(state, &order).await?;
-        let body = order_json(&order, "accepted");
-        idempotency::answer(&state.pool, &storefront, &key, 202, &body).await?;
+        crate::orders::publish_and_answer(state, &storefront, &key, &order).await?;
         metrics::counter!("kassa_orders_published_late_total").increment(1);
         tracing::info!(%order_id, storefront, "a stored order left unanswered was published");
         published += 1;

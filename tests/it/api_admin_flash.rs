@@ -165,16 +165,7 @@ async fn a_flash_sale_of_100_admits_exactly_100_of_1000_concurrent_buyers() {
     );
     assert_eq!(r.hold_seconds, 120, "the sale's hold");
 
-    let sale: Value = api
-        .test
-        .as_admin(reqwest::Method::GET, &format!("/admin/flash-sales/{sku}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(sale["sale"]["tokens"], 0);
+    assert_eq!(api.test.flash_tokens(&sku).await, 0);
     // Sold out now, yet an admitted buyer's retry still gets its order back, not `sold_out`.
     let lucky = results.iter().position(|((s, _), _)| *s == 202).unwrap();
     let retry = api

@@ -56,16 +56,7 @@ async fn start_sale(saga: &Saga, sku: &str, tokens: i64, limit: i32) {
 
 /// Tokens left in `sku`'s sale.
 async fn tokens_left(saga: &Saga, sku: &str) -> i64 {
-    let sale: Value = saga
-        .api
-        .as_admin(Method::GET, &format!("/admin/flash-sales/{sku}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    sale["sale"]["tokens"].as_i64().expect("a sale runs")
+    saga.api.flash_tokens(sku).await
 }
 
 async fn redis(saga: &Saga) -> redis::aio::MultiplexedConnection {

@@ -130,7 +130,7 @@ impl Batch {
     }
 
     /// Gives a flash-sale line's units back to the sale they left (nothing for other lines).
-    fn give_back_flash(&mut self, record: &LineRecord, line: (&str, i32), units: i32) {
+    pub(super) fn give_back_flash(&mut self, record: &LineRecord, line: (&str, i32), units: i32) {
         if record.flash_sale {
             self.give_back
                 .push(flash::GiveBack::of_line(record, line, units));

@@ -69,7 +69,7 @@ impl GiveBack {
     }
 }
 
-/// Records give-backs in the transaction that released their holds.
+/// Records give-backs in the batch transaction that decided them.
 pub async fn record(conn: &mut PgConnection, give_backs: &[GiveBack]) -> Result<(), sqlx::Error> {
     if give_backs.is_empty() {
         return Ok(());

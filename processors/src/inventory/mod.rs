@@ -205,13 +205,9 @@ impl Handler for Inventory {
                             out.touched.insert(sku.to_owned());
                         }
                         let line = record(r, reservation);
-                        if r.flash_sale && matches!(answer, ReserveAnswer::Rejected(_)) {
-                            // Admitted by the gate, refused here: its units go back to the sale.
-                            out.give_back.push(flash::GiveBack::of_line(
-                                &line,
-                                (&r.order_id, r.line_index),
-                                r.quantity,
-                            ));
+                        if matches!(answer, ReserveAnswer::Rejected(_)) {
+                            // Admitted by a sale's gate, refused here: its units go back.
+                            out.give_back_flash(&line, (&r.order_id, r.line_index), r.quantity);
                         }
                         records.insert(key.clone(), line);
                         out.changed.insert(key);

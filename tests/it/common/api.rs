@@ -73,6 +73,19 @@ impl TestApi {
         self.request(method, path, &self.storefront)
     }
 
+    /// Tokens left in the flash sale of `sku` (`GET /admin/flash-sales/{sku}`; panics if none runs).
+    pub async fn flash_tokens(&self, sku: &str) -> i64 {
+        let sale: serde_json::Value = self
+            .as_admin(reqwest::Method::GET, &format!("/admin/flash-sales/{sku}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sale["sale"]["tokens"].as_i64().expect("a sale runs")
+    }
+
     /// A request to `path` as this test's admin.
     pub fn as_admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.request(method, path, &self.admin)
