@@ -252,24 +252,34 @@ async fn load(pool: PgPool, mut asked: mpsc::UnboundedReceiver<Load>, reads: Arc
         let pool = pool.clone();
         tokio::spawn(async move {
             let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let started = Instant::now();
             let read = crate::order_status::snapshots(&pool, &ids).await;
             drop(permit);
-            match read {
-                Ok(mut found) => {
-                    for (id, answer) in batch {
-                        if let Some(snapshot) = found.remove(&id) {
-                            let _ = answer.send(Ok(snapshot));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for (_, answer) in batch {
-                        let _ = answer.send(Err(e.clone()));
-                    }
+            metrics::histogram!("kassa_order_status_read_seconds")
+                .record(started.elapsed().as_secs_f64());
+            deliver(batch, read);
+        });
+    }
+}
+
+/// Sends each asker of `batch` its order's read (or the error). An order may be asked for twice
+/// in a batch (two versions of it): each asker gets the read (a dropped answer would be taken
+/// for a closed pool).
+fn deliver(batch: Vec<Load>, read: Result<HashMap<String, Snapshot>, sqlx::Error>) {
+    match read {
+        Ok(found) => {
+            for (id, answer) in batch {
+                if let Some(snapshot) = found.get(&id) {
+                    let _ = answer.send(Ok(snapshot.clone()));
                 }
             }
-        });
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for (_, answer) in batch {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -370,6 +380,20 @@ mod tests {
             first > heard && second > first,
             "not listening: a change may have gone unheard, so no read is shared"
         );
+    }
+
+    #[tokio::test]
+    async fn an_order_asked_for_twice_in_one_read_answers_both() {
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        let batch = vec![("a".to_owned(), first), ("a".to_owned(), second)];
+        let snapshot = Snapshot {
+            row: None,
+            trail: Vec::new(),
+        };
+        deliver(batch, Ok(HashMap::from([("a".to_owned(), snapshot.clone())])));
+        assert_eq!(first_answer.await.expect("answered").expect("read"), snapshot);
+        assert_eq!(second_answer.await.expect("answered").expect("read"), snapshot);
     }
 
     #[tokio::test]

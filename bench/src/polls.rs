@@ -179,7 +179,8 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed();
-    let api_side = wake_histogram(&http, &base).await;
+    let api_side = histogram(&http, &base, "kassa_order_status_wake_seconds").await;
+    let reads = histogram(&http, &base, "kassa_order_status_read_seconds").await;
     orders_processor.stop();
     orders_processor.wait().await?;
     running.stop();
@@ -192,18 +193,23 @@ pub async fn run(
         ),
         Err(e) => println!("the API's wake histogram could not be read: {e}"),
     }
+    match reads {
+        Ok(buckets) => println!(
+            "the API's status reads, each one statement for the orders asked meanwhile (kassa_order_status_read_seconds): {buckets}"
+        ),
+        Err(e) => println!("the API's read histogram could not be read: {e}"),
+    }
     Ok(())
 }
 
-/// The share of the API's long-poll answers within each bucket of its wake histogram.
-async fn wake_histogram(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+/// The share of the API's `name` histogram within each bucket.
+async fn histogram(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<String> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    let name = "kassa_order_status_wake_seconds";
     let count: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
@@ -227,7 +233,7 @@ async fn wake_histogram(http: &reqwest::Client, base: &str) -> anyhow::Result<St
             ))
         })
         .collect();
-    Ok(format!("{} of {count} answers", shares.join(", ")))
+    Ok(format!("{} of {count}", shares.join(", ")))
 }
 
 /// One waiter: reads its order, then long-polls it until it is final.
