@@ -6,6 +6,7 @@ pub mod http;
 mod naive;
 pub mod polls;
 pub mod saga;
+pub mod usage;
 
 use std::time::{Duration, Instant};
 

@@ -110,7 +110,7 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let placed: Vec<(Arc<str>, String)> = placed
         .into_iter()
-        .map(|(id, (_, customer))| (Arc::from(id.as_str()), customer))
+        .map(|(id, placed)| (Arc::from(id.as_str()), placed.customer))
         .collect();
     for w in 0..waiters {
         let (order, customer) = placed[w % orders].clone();

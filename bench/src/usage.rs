@@ -1,0 +1,268 @@
+//! What a bench run used of the machine, between two samples: CPU seconds per process group
+//! (kassa, the Kafka broker, Postgres, Redis, the registry, localstripe) and of the whole machine
+//! from `/proc`, Postgres transactions and statements (`pg_stat_database`,
+//! `pg_stat_statements` where `scripts/dev` loaded it), and Kafka offsets written (records and
+//! transaction markers, from the topics' high watermarks).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kassa_schemas::Topic;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::PgPool;
+
+use kassa_ops::settings::Settings;
+
+/// Clock ticks a second in `/proc` times (USER_HZ: 100 on Linux's mainstream architectures).
+const TICKS_A_SECOND: f64 = 100.0;
+
+/// The process groups reported, in order.
+const GROUPS: [&str; 6] = [
+    "kassa",
+    "Kafka",
+    "Postgres",
+    "Redis",
+    "registry",
+    "localstripe",
+];
+
+/// The counters at one moment.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    at: Instant,
+    /// CPU ticks per group (children reaped included: a Postgres backend that ended counts in the
+    /// postmaster's).
+    ticks: BTreeMap<&'static str, u64>,
+    /// The machine's busy and total ticks (all cores).
+    machine: (u64, u64),
+    pg_commits: i64,
+    pg_statements: Option<i64>,
+    kafka_offsets: Option<i64>,
+}
+
+/// What was used between two samples.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// Wall time between the samples.
+    pub wall: Duration,
+    /// CPU seconds per group.
+    pub cpu: Vec<(&'static str, f64)>,
+    /// The share of the machine's CPU (all cores) that was busy.
+    pub machine_busy: f64,
+    /// Postgres transactions committed in kassa's database.
+    pub pg_commits: i64,
+    /// Statements Postgres ran there (None: pg_stat_statements not loaded).
+    pub pg_statements: Option<i64>,
+    /// Kafka offsets written on kassa's topics (None: the broker did not answer).
+    pub kafka_offsets: Option<i64>,
+}
+
+impl Sample {
+    /// Reads every counter now.
+    pub async fn take(settings: &Settings, pool: &PgPool) -> Self {
+        let brokers = settings.kafka_brokers.clone();
+        let kafka_offsets = tokio::task::spawn_blocking(move || kafka_offsets(&brokers))
+            .await
+            .ok()
+            .flatten();
+        Self {
+            at: Instant::now(),
+            ticks: group_ticks(),
+            machine: machine_ticks(),
+            pg_commits: super::pg_commits(pool).await.unwrap_or(0),
+            pg_statements: pg_statements(pool).await,
+            kafka_offsets,
+        }
+    }
+
+    /// What was used from `self` to `later`.
+    pub fn until(&self, later: &Sample) -> Usage {
+        let cpu = GROUPS
+            .iter()
+            .map(|g| {
+                let ticks = later.ticks.get(g).copied().unwrap_or(0)
+                    .saturating_sub(self.ticks.get(g).copied().unwrap_or(0));
+                (*g, ticks as f64 / TICKS_A_SECOND)
+            })
+            .collect();
+        let busy = later.machine.0.saturating_sub(self.machine.0) as f64;
+        let total = later.machine.1.saturating_sub(self.machine.1).max(1) as f64;
+        Usage {
+            wall: later.at - self.at,
+            cpu,
+            machine_busy: busy / total,
+            pg_commits: later.pg_commits - self.pg_commits,
+            pg_statements: later.pg_statements.zip(self.pg_statements).map(|(b, a)| b - a),
+            kafka_offsets: later.kafka_offsets.zip(self.kafka_offsets).map(|(b, a)| b - a),
+        }
+    }
+}
+
+impl Usage {
+    /// Prints the use per order (`orders` orders went through meanwhile).
+    pub fn print(&self, orders: usize) {
+        let orders = orders.max(1) as f64;
+        let seconds = self.wall.as_secs_f64();
+        println!(
+            "machine: {:.0}% of all cores busy over {seconds:.1} s; CPU per order by process:",
+            self.machine_busy * 100.0
+        );
+        let total: f64 = self.cpu.iter().map(|(_, s)| s).sum();
+        for (group, cpu) in self.cpu.iter().filter(|(_, s)| *s > 0.0) {
+            println!(
+                "  {group:<12} {:>7.2} ms/order  ({:>5.1}% of one core)",
+                cpu * 1000.0 / orders,
+                cpu * 100.0 / seconds
+            );
+        }
+        println!("  {:<12} {:>7.2} ms/order", "all", total * 1000.0 / orders);
+        let statements = self
+            .pg_statements
+            .map_or("n/a (pg_stat_statements not loaded)".to_owned(), |s| {
+                format!("{:.1}", s as f64 / orders)
+            });
+        println!(
+            "Postgres: {:.0} transactions/s, {:.1} transactions and {statements} statements per order",
+            self.pg_commits as f64 / seconds,
+            self.pg_commits as f64 / orders
+        );
+        match self.kafka_offsets {
+            Some(n) => println!(
+                "Kafka: {:.0} offsets/s written (records and transaction markers), {:.1} per order",
+                n as f64 / seconds,
+                n as f64 / orders
+            ),
+            None => println!("Kafka: offsets not read"),
+        }
+    }
+}
+
+/// Which group a process belongs to, by its name and command line.
+fn group_of(pid: u32, comm: &str, cmdline: &str) -> Option<&'static str> {
+    if pid == std::process::id() {
+        return Some("kassa");
+    }
+    match comm {
+        "postgres" => Some("Postgres"),
+        "redis-server" => Some("Redis"),
+        _ if cmdline.contains("kafka.Kafka") => Some("Kafka"),
+        _ if cmdline.contains("quarkus-run") => Some("registry"),
+        _ if cmdline.contains("localstripe") => Some("localstripe"),
+        _ => None,
+    }
+}
+
+/// CPU ticks (user, system, and of reaped children) of each group's processes now.
+fn group_ticks() -> BTreeMap<&'static str, u64> {
+    let mut ticks = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let Some((comm, used)) = parse_stat(&stat) else {
+            continue;
+        };
+        if let Some(group) = group_of(pid, comm, &cmdline) {
+            *ticks.entry(group).or_default() += used;
+        }
+    }
+    ticks
+}
+
+/// A `/proc/<pid>/stat` line's name and utime + stime + cutime + cstime.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    // The name is in parentheses and may hold spaces; the fields after it are plain.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = &stat[open + 1..close];
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // After the name: state (0), … utime (11), stime (12), cutime (13), cstime (14).
+    let sum = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some((comm, sum))
+}
+
+/// The machine's (busy, total) ticks over all cores, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let fields: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Statements Postgres has run in this database (None without pg_stat_statements).
+async fn pg_statements(pool: &PgPool) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT sum(calls)::int8 FROM pg_stat_statements s
+         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The sum of the high watermarks of kassa's topics.
+fn kafka_offsets(brokers: &str) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .ok()?;
+    let timeout = Duration::from_secs(5);
+    let mut sum = 0;
+    for topic in Topic::ALL {
+        let metadata = consumer.fetch_metadata(Some(topic.name()), timeout).ok()?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                sum += consumer.fetch_watermarks(t.name(), p.id(), timeout).ok()?.1;
+            }
+        }
+    }
+    Some(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_ticks() {
+        let line = "1234 (postgres: ka ssa) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 100 0 0";
+        assert_eq!(parse_stat(line), Some(("postgres: ka ssa", 250 + 50 + 7 + 3)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn processes_fall_into_their_groups() {
+        assert_eq!(group_of(std::process::id(), "kassa", ""), Some("kassa"));
+        assert_eq!(group_of(1, "postgres", "postgres: kassa"), Some("Postgres"));
+        assert_eq!(
+            group_of(2, "java", "java -cp libs/* kafka.Kafka /x/kafka.properties"),
+            Some("Kafka")
+        );
+        assert_eq!(group_of(3, "java", "java -jar quarkus-run.jar"), Some("registry"));
+        assert_eq!(group_of(4, "bash", "bash"), None);
+    }
+}
