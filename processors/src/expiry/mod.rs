@@ -178,10 +178,16 @@ impl Handler for Expiry {
         .bind(repeat)
         .execute(&mut *conn)
         .await?;
+        // `state NOT IN ('fired', 'cancelled')`, not `state = 'pending'`: the latter matches the
+        // partial index of pending deadlines, which the planner (its statistics taken between
+        // bursts, with none pending) scanned whole for every row of the batch: 5.7 ms a batch
+        // at 150 orders/s, the most expensive statement of the saga. This way each row is found
+        // by its primary key.
         sqlx::query(
             "UPDATE expiry.deadlines d SET state = 'cancelled', updated_at = now()
              FROM jsonb_to_recordset($1) AS x(order_id text, kind text, state text)
-             WHERE x.state = 'cancelled' AND d.order_id = x.order_id AND d.kind = x.kind AND d.state = 'pending'",
+             WHERE x.state = 'cancelled' AND d.order_id = x.order_id AND d.kind = x.kind
+                   AND d.state NOT IN ('fired', 'cancelled')",
         )
         .bind(serde_json::Value::Array(rows))
         .execute(conn)

@@ -233,7 +233,7 @@ impl Handler for Payments {
             .filter_map(|(id, cause)| payments.get(id).map(|p| (p, *cause)))
             .collect();
         rows.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
-        store::save(conn, &rows, None, None, None).await?;
+        store::save(conn, &rows, None, None, None, None).await?;
         Ok(handled)
     }
 

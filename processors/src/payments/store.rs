@@ -64,16 +64,33 @@ pub async fn load(
         .collect()
 }
 
+/// A call made to the provider, as recorded in `payments.attempts`.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The order whose payment the call was for.
+    pub order_id: &'a str,
+    /// The work done (`authorize`, `capture`, …).
+    pub step: &'a str,
+    /// The idempotency key the call used (a look-up has none).
+    pub key: Option<&'a str>,
+    /// What came of it.
+    pub outcome: &'a str,
+    /// The error, if any.
+    pub detail: Option<&'a str>,
+}
+
 /// Writes `payments` (inserted or updated) with their next work due at `due_at` (now when
-/// None), and wakes the worker if work is due now. `release` ends the lease of the worker of
-/// that name, if it still holds it (a lease another worker took meanwhile is left alone; only the
-/// worker that holds it may); otherwise a call in flight keeps it.
+/// None), records `attempt` if given, and wakes the worker if work is due now, in one
+/// statement. `release` ends the lease of the worker of that name, if it still holds it (a lease
+/// another worker took meanwhile is left alone; only the worker that holds it may); otherwise a
+/// call in flight keeps it.
 pub async fn save(
     conn: &mut PgConnection,
     payments: &[(&Payment, Option<Uuid>)],
     due_at: Option<DateTime<Utc>>,
     last_error: Option<&str>,
     release: Option<&str>,
+    attempt: Option<Attempt<'_>>,
 ) -> Result<(), sqlx::Error> {
     if payments.is_empty() {
         return Ok(());
@@ -93,8 +110,14 @@ pub async fn save(
             })
         })
         .collect();
+    // One round trip: the rows, and (when there is work due now) the worker's wake-up, sent
+    // when the transaction commits.
+    let wake = due_at.is_none() && payments.iter().any(|(p, _)| next_work(p).is_some());
     sqlx::query(
-        "INSERT INTO payments.payments AS p (order_id, payment_id, provider, amount_minor, currency, payment_method_id,
+        "WITH attempt AS (
+             INSERT INTO payments.attempts (order_id, step, idempotency_key, outcome, detail)
+             SELECT $7, $8, $9, $10, $11 WHERE $7 IS NOT NULL),
+         saved AS (INSERT INTO payments.payments AS p (order_id, payment_id, provider, amount_minor, currency, payment_method_id,
               provider_ref, status, stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, work,
               cause_event_id, key_generation, unsure_work, traceparent, due_at, last_error)
          SELECT x.*, coalesce($2, now()), $3 FROM jsonb_to_recordset($1) AS x(order_id text, payment_id uuid, provider text,
@@ -109,20 +132,22 @@ pub async fn save(
               key_generation = excluded.key_generation, unsure_work = excluded.unsure_work,
               traceparent = coalesce(excluded.traceparent, p.traceparent),
               due_at = excluded.due_at, last_error = excluded.last_error,
-              leased_until = CASE WHEN p.leased_by = $4 THEN NULL ELSE p.leased_until END, updated_at = now()",
+              leased_until = CASE WHEN p.leased_by = $4 THEN NULL ELSE p.leased_until END, updated_at = now())
+         SELECT pg_notify($5, '') WHERE $6",
     )
     .bind(serde_json::Value::Array(rows))
     .bind(due_at)
     .bind(last_error)
     .bind(release)
-    .execute(&mut *conn)
+    .bind(WORK_CHANNEL)
+    .bind(wake)
+    .bind(attempt.map(|a| a.order_id))
+    .bind(attempt.map(|a| a.step))
+    .bind(attempt.and_then(|a| a.key))
+    .bind(attempt.map(|a| a.outcome))
+    .bind(attempt.and_then(|a| a.detail))
+    .execute(conn)
     .await?;
-    if due_at.is_none() && payments.iter().any(|(p, _)| next_work(p).is_some()) {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(WORK_CHANNEL)
-            .execute(conn)
-            .await?;
-    }
     Ok(())
 }
 
@@ -237,26 +262,6 @@ pub async fn release_leases(pool: &sqlx::PgPool, owner: &str) -> Result<u64, sql
         .execute(pool)
         .await?;
     Ok(released.rows_affected())
-}
-
-/// Records a call made to the provider.
-pub async fn record_attempt(
-    conn: &mut PgConnection,
-    order_id: &str,
-    step: &str,
-    key: Option<&str>,
-    outcome: &str,
-    detail: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO payments.attempts (order_id, step, idempotency_key, outcome, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(order_id)
-        .bind(step)
-        .bind(key)
-        .bind(outcome)
-        .bind(detail)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// A webhook as kept.

@@ -252,18 +252,17 @@ async fn claim(
     lease: Duration,
     busy: &[String],
 ) -> Result<Vec<Payment>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let claimed = store::claim(
-        &mut tx,
+    // One statement, atomic by itself: no transaction around it (two round trips fewer).
+    let mut conn = pool.acquire().await?;
+    store::claim(
+        &mut conn,
         provider,
         owner,
         limit as i64,
         lease.as_secs().max(1) as i64,
         busy,
     )
-    .await?;
-    tx.commit().await?;
-    Ok(claimed)
+    .await
 }
 
 /// Does the payment's due work at the provider and records the outcome.

@@ -261,20 +261,20 @@ pub(super) async fn append_outbox(
             )
         })
         .collect();
+    // One round trip: the rows, and the relay's wake-up (sent when the transaction commits).
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.outbox (topic, key, payload, headers)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[])"
+        "WITH appended AS (
+             INSERT INTO {schema}.outbox (topic, key, payload, headers)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[]))
+         SELECT pg_notify($5, '')"
     )))
     .bind(&topics)
     .bind(&keys)
     .bind(&payloads)
     .bind(&headers)
-    .execute(&mut *conn)
+    .bind(outbox_channel(schema))
+    .execute(conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(outbox_channel(schema))
-        .execute(conn)
-        .await?;
     Ok(())
 }
 

@@ -116,7 +116,8 @@ impl Simulated {
         Self { pool, config }
     }
 
-    /// Runs one call: latency, fault injection, idempotent replay, the effect, the record.
+    /// Runs one call in one transaction: latency, the call counted and the intent locked (one
+    /// statement), fault injection, idempotent replay, the effect, the record.
     async fn call(
         &self,
         op: &'static str,
@@ -128,105 +129,102 @@ impl Simulated {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
-        let number: i64 = sqlx::query_scalar(
-            "INSERT INTO simulator.calls (key, op, intent_id) VALUES ($1, $2, $3)
-             RETURNING (SELECT count(*) FROM simulator.calls WHERE key = $1)",
-        )
-        .bind(key)
-        .bind(op)
-        .bind(intent_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(transient)?;
-        let dice = roll(key, number, "fault");
-        let c = self.config;
-        if dice < c.transient {
-            return Err(GatewayError::Transient(
-                "simulated 500: nothing was done".into(),
-            ));
-        }
-        let performed = self.perform(op, key, intent_id, amount, effect);
-        if dice < c.transient + c.timeout {
-            if roll(key, number, "done") < 0.5 {
-                let _ = performed.await;
-            }
-            return Err(GatewayError::Ambiguous("simulated timeout".into()));
-        }
-        if dice < c.transient + c.timeout + c.lost {
-            let _ = performed.await;
-            return Err(GatewayError::Ambiguous("simulated lost answer".into()));
-        }
-        if dice < c.transient + c.timeout + c.lost + c.cached500 {
-            // Like Stripe: the key's answer is stored, a 500 included, and replayed from now on.
-            sqlx::query("INSERT INTO simulator.replies (key, op, reply) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(key)
-                .bind(op)
-                .bind(json!({"status": 500}))
-                .execute(&self.pool)
-                .await
-                .map_err(transient)?;
-        }
-        performed.await
-    }
-
-    /// Does the call once per key: a repeated key replays the stored answer. Three statements:
-    /// lock the intent (every key of an intent waits for it), look for an answer stored for the
-    /// key, write the intent, the effect and the answer together.
-    async fn perform(
-        &self,
-        op: &'static str,
-        key: &str,
-        intent_id: &str,
-        amount: i64,
-        effect: Effect,
-    ) -> Result<Intent, GatewayError> {
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(mut row) = load(&mut tx, intent_id).await? else {
+        let Some((mut row, number)) = load(&mut tx, Some((op, key)), intent_id).await? else {
+            tx.commit().await.map_err(transient)?;
             return Err(GatewayError::Refused(format!("no such intent {intent_id}")));
         };
-        // Read after the lock: a call with this key that committed meanwhile is seen.
-        let replay: Option<serde_json::Value> =
-            sqlx::query_scalar("SELECT reply FROM simulator.replies WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(transient)?;
-        if let Some(reply) = replay {
-            return from_reply(&reply);
-        }
-        let result = effect(&mut row, amount);
-        // A decline is kept on the intent (and replayed for the key), like Stripe's 402.
-        let changed = matches!(result, Ok(_) | Err(GatewayError::Declined(..)));
-        let done = result.as_ref().ok().copied().flatten();
-        let answer = result.map(|_| row.intent.clone());
-        let i = &row.intent;
-        sqlx::query(
-            "WITH changed AS (
-                 UPDATE simulator.intents SET status = $2, received_minor = $3, refunded_minor = $4, error_code = $5,
-                        error_message = $6, updated_at = now()
-                 WHERE id = $1 AND $7),
-             effect AS (
-                 INSERT INTO simulator.effects (intent_id, kind, amount_minor) SELECT $1, $8, $9 WHERE $8 IS NOT NULL)
-             INSERT INTO simulator.replies (key, op, reply) VALUES ($10, $11, $12)",
-        )
-        .bind(&i.id)
-        .bind(i.status.as_str())
-        .bind(i.received_minor)
-        .bind(i.refunded_minor)
-        .bind(i.last_error.as_ref().map(|e| &e.0))
-        .bind(i.last_error.as_ref().map(|e| &e.1))
-        .bind(changed)
-        .bind(done.map(|d| d.0))
-        .bind(done.map(|d| d.1))
-        .bind(key)
-        .bind(op)
-        .bind(to_reply(&answer))
-        .execute(&mut *tx)
-        .await
-        .map_err(transient)?;
+        let dice = roll(key, number, "fault");
+        let c = self.config;
+        // Whether the call does its work, and the fault its caller sees instead of the answer.
+        let (performs, fault) = if dice < c.transient {
+            let fault = GatewayError::Transient("simulated 500: nothing was done".into());
+            (false, Some(fault))
+        } else if dice < c.transient + c.timeout {
+            let done = roll(key, number, "done") < 0.5;
+            (done, Some(GatewayError::Ambiguous("simulated timeout".into())))
+        } else if dice < c.transient + c.timeout + c.lost {
+            let fault = GatewayError::Ambiguous("simulated lost answer".into());
+            (true, Some(fault))
+        } else {
+            if dice < c.transient + c.timeout + c.lost + c.cached500 {
+                // Like Stripe: the key's answer is stored, a 500 included, and replayed from now
+                // on (the key's first answer stays if it has one).
+                sqlx::query("INSERT INTO simulator.replies (key, op, reply) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(key)
+                    .bind(op)
+                    .bind(json!({"status": 500}))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(transient)?;
+            }
+            (true, None)
+        };
+        let answer = if performs {
+            perform(&mut tx, op, key, &mut row, amount, effect).await
+        } else {
+            Ok(row.intent.clone())
+        };
         tx.commit().await.map_err(transient)?;
-        answer
+        match fault {
+            Some(fault) => Err(fault),
+            None => answer,
+        }
     }
+}
+
+/// Does the call once per key, in the transaction that locked the intent (`row`): a repeated
+/// key replays the stored answer. Two statements: look for an answer stored for the key (read
+/// after the lock, so a call with this key that committed meanwhile is seen), then write the
+/// intent, the effect and the answer together.
+async fn perform(
+    tx: &mut Transaction<'_, Postgres>,
+    op: &'static str,
+    key: &str,
+    row: &mut IntentRow,
+    amount: i64,
+    effect: Effect,
+) -> Result<Intent, GatewayError> {
+    let replay: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT reply FROM simulator.replies WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(transient)?;
+    if let Some(reply) = replay {
+        return from_reply(&reply);
+    }
+    let result = effect(row, amount);
+    // A decline is kept on the intent (and replayed for the key), like Stripe's 402.
+    let changed = matches!(result, Ok(_) | Err(GatewayError::Declined(..)));
+    let done = result.as_ref().ok().copied().flatten();
+    let answer = result.map(|_| row.intent.clone());
+    let i = &row.intent;
+    sqlx::query(
+        "WITH changed AS (
+             UPDATE simulator.intents SET status = $2, received_minor = $3, refunded_minor = $4, error_code = $5,
+                    error_message = $6, updated_at = now()
+             WHERE id = $1 AND $7),
+         effect AS (
+             INSERT INTO simulator.effects (intent_id, kind, amount_minor) SELECT $1, $8, $9 WHERE $8 IS NOT NULL)
+         INSERT INTO simulator.replies (key, op, reply) VALUES ($10, $11, $12)",
+    )
+    .bind(&i.id)
+    .bind(i.status.as_str())
+    .bind(i.received_minor)
+    .bind(i.refunded_minor)
+    .bind(i.last_error.as_ref().map(|e| &e.0))
+    .bind(i.last_error.as_ref().map(|e| &e.1))
+    .bind(changed)
+    .bind(done.map(|d| d.0))
+    .bind(done.map(|d| d.1))
+    .bind(key)
+    .bind(op)
+    .bind(to_reply(&answer))
+    .execute(&mut **tx)
+    .await
+    .map_err(transient)?;
+    answer
 }
 
 fn transient(e: sqlx::Error) -> GatewayError {
@@ -278,21 +276,29 @@ fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
     })
 }
 
+/// Locks and reads the intent; with a call (`(op, key)`), counts it in the same statement and
+/// returns how many calls with its key came before (None: no such intent).
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
+    call: Option<(&str, &str)>,
     intent_id: &str,
-) -> Result<Option<IntentRow>, GatewayError> {
+) -> Result<Option<(IntentRow, i64)>, GatewayError> {
+    let (op, key) = call.unzip();
     let row = sqlx::query(
-        "SELECT id, status, amount_minor, received_minor, refunded_minor, client_secret, error_code, error_message,
-                payment_method
+        "WITH call AS (
+             INSERT INTO simulator.calls (key, op, intent_id) SELECT $2, $3, $1 WHERE $2 IS NOT NULL)
+         SELECT id, status, amount_minor, received_minor, refunded_minor, client_secret, error_code, error_message,
+                payment_method, (SELECT count(*) FROM simulator.calls WHERE key = $2) AS number
          FROM simulator.intents WHERE id = $1 FOR UPDATE",
     )
     .bind(intent_id)
+    .bind(key)
+    .bind(op)
     .fetch_optional(&mut **tx)
     .await
     .map_err(transient)?;
-    Ok(row.map(|r| IntentRow {
-        intent: Intent {
+    Ok(row.map(|r| {
+        let intent = Intent {
             id: r.get("id"),
             status: IntentStatus::parse(r.get::<&str, _>("status"))
                 .unwrap_or(IntentStatus::Processing),
@@ -307,8 +313,15 @@ async fn load(
                         .unwrap_or_default(),
                 )
             }),
-        },
-        payment_method: r.get("payment_method"),
+        };
+        let payment_method = r.get("payment_method");
+        (
+            IntentRow {
+                intent,
+                payment_method,
+            },
+            r.get("number"),
+        )
     }))
 }
 
@@ -518,9 +531,9 @@ impl Gateway for Simulated {
             tokio::time::sleep(self.config.latency).await;
         }
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        let row = load(&mut tx, intent_id).await?;
+        let row = load(&mut tx, None, intent_id).await?;
         tx.commit().await.map_err(transient)?;
-        row.map(|r| r.intent)
+        row.map(|(r, _)| r.intent)
             .ok_or_else(|| GatewayError::Refused(format!("no such intent {intent_id}")))
     }
 }

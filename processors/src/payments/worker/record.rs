@@ -118,21 +118,20 @@ pub(super) async fn record(
         p.needs_lookup = true;
         due_at = Some(Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default());
     }
-    store::record_attempt(
-        &mut tx,
+    let attempt = store::Attempt {
         order_id,
-        work.as_str(),
-        key.as_deref(),
-        &attempt,
-        error.as_deref(),
-    )
-    .await?;
+        step: work.as_str(),
+        key: key.as_deref(),
+        outcome: &attempt,
+        detail: error.as_deref(),
+    };
     store::save(
         &mut tx,
         &[(&p, None)],
         due_at,
         error.as_deref(),
         Some(owner),
+        Some(attempt),
     )
     .await?;
     if let Some(fact) = fact {
