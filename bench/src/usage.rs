@@ -37,7 +37,7 @@ pub struct Sample {
     /// The machine's busy and total ticks (all cores).
     machine: (u64, u64),
     pg_commits: i64,
-    pg_statements: Option<i64>,
+    pg_statements: Option<(i64, i64)>,
     kafka_offsets: Option<i64>,
 }
 
@@ -52,8 +52,9 @@ pub struct Usage {
     pub machine_busy: f64,
     /// Postgres transactions committed in kassa's database.
     pub pg_commits: i64,
-    /// Statements Postgres ran there (None: pg_stat_statements not loaded).
-    pub pg_statements: Option<i64>,
+    /// Statements Postgres ran there, and how many of them touched the simulated gateway's
+    /// `simulator` schema (None: pg_stat_statements not loaded).
+    pub pg_statements: Option<(i64, i64)>,
     /// Kafka offsets written on kassa's topics (None: the broker did not answer).
     pub kafka_offsets: Option<i64>,
 }
@@ -93,7 +94,10 @@ impl Sample {
             cpu,
             machine_busy: busy / total,
             pg_commits: later.pg_commits - self.pg_commits,
-            pg_statements: later.pg_statements.zip(self.pg_statements).map(|(b, a)| b - a),
+            pg_statements: later
+                .pg_statements
+                .zip(self.pg_statements)
+                .map(|(b, a)| (b.0 - a.0, b.1 - a.1)),
             kafka_offsets: later.kafka_offsets.zip(self.kafka_offsets).map(|(b, a)| b - a),
         }
     }
@@ -117,11 +121,16 @@ impl Usage {
             );
         }
         println!("  {:<12} {:>7.2} ms/order", "all", total * 1000.0 / orders);
-        let statements = self
-            .pg_statements
-            .map_or("n/a (pg_stat_statements not loaded)".to_owned(), |s| {
-                format!("{:.1}", s as f64 / orders)
-            });
+        let statements = self.pg_statements.map_or(
+            "n/a (pg_stat_statements not loaded)".to_owned(),
+            |(all, simulator)| {
+                format!(
+                    "{:.1} (of them {:.1} in the simulated gateway, not counting its BEGIN/COMMIT)",
+                    all as f64 / orders,
+                    simulator as f64 / orders
+                )
+            },
+        );
         println!(
             "Postgres: {:.0} transactions/s, {:.1} transactions and {statements} statements per order",
             self.pg_commits as f64 / seconds,
@@ -212,16 +221,18 @@ fn machine_ticks() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
-/// Statements Postgres has run in this database (None without pg_stat_statements).
-async fn pg_statements(pool: &PgPool) -> Option<i64> {
-    sqlx::query_scalar(
-        "SELECT sum(calls)::int8 FROM pg_stat_statements s
+/// Statements Postgres has run in this database, and those naming the `simulator` schema (None
+/// without pg_stat_statements).
+async fn pg_statements(pool: &PgPool) -> Option<(i64, i64)> {
+    sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+        "SELECT sum(calls)::int8, (sum(calls) FILTER (WHERE query LIKE '%simulator.%'))::int8
+         FROM pg_stat_statements s
          JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()",
     )
     .fetch_one(pool)
     .await
     .ok()
-    .flatten()
+    .and_then(|(all, simulator)| Some((all?, simulator.unwrap_or(0))))
 }
 
 /// The sum of the high watermarks of kassa's topics.

@@ -228,12 +228,12 @@ impl Handler for Payments {
                 }
             }
         }
-        let mut rows: Vec<(&Payment, Option<Uuid>)> = changed
+        let mut rows: Vec<store::Saved> = changed
             .iter()
-            .filter_map(|(id, cause)| payments.get(id).map(|p| (p, *cause)))
+            .filter_map(|(id, cause)| payments.get(id).map(|p| store::Saved::plain(p, *cause)))
             .collect();
-        rows.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
-        store::save(conn, &rows, None, None, None, None).await?;
+        rows.sort_by(|a, b| a.payment.order_id.cmp(&b.payment.order_id));
+        store::save(conn, &rows, None).await?;
         Ok(handled)
     }
 

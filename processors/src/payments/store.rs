@@ -67,8 +67,6 @@ pub async fn load(
 /// A call made to the provider, as recorded in `payments.attempts`.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
-    /// The order whose payment the call was for.
-    pub order_id: &'a str,
     /// The work done (`authorize`, `capture`, …).
     pub step: &'a str,
     /// The idempotency key the call used (a look-up has none).
@@ -79,25 +77,50 @@ pub struct Attempt<'a> {
     pub detail: Option<&'a str>,
 }
 
-/// Writes `payments` (inserted or updated) with their next work due at `due_at` (now when
-/// None), records `attempt` if given, and wakes the worker if work is due now, in one
-/// statement. `release` ends the lease of the worker of that name, if it still holds it (a lease
-/// another worker took meanwhile is left alone; only the worker that holds it may); otherwise a
-/// call in flight keeps it.
+/// A payment to write, with what goes with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Saved<'a> {
+    /// The payment as it is now.
+    pub payment: &'a Payment,
+    /// The event its next events are caused by (None: keep the stored one).
+    pub cause: Option<Uuid>,
+    /// When its next work is due (None: now).
+    pub due_at: Option<DateTime<Utc>>,
+    /// The last error of its work, if any.
+    pub last_error: Option<&'a str>,
+    /// The provider call this write records, if any.
+    pub attempt: Option<Attempt<'a>>,
+}
+
+impl<'a> Saved<'a> {
+    /// `payment`, caused by `cause`, with its work due now and nothing else to record.
+    pub fn plain(payment: &'a Payment, cause: Option<Uuid>) -> Self {
+        Self {
+            payment,
+            cause,
+            due_at: None,
+            last_error: None,
+            attempt: None,
+        }
+    }
+}
+
+/// Writes `payments` (inserted or updated) with their next work due, records their attempts, and
+/// wakes the worker if any work is due now, in one statement. `release` ends the lease of the
+/// worker of that name, if it still holds it (a lease another worker took meanwhile is left
+/// alone; only the worker that holds it may); otherwise a call in flight keeps it.
 pub async fn save(
     conn: &mut PgConnection,
-    payments: &[(&Payment, Option<Uuid>)],
-    due_at: Option<DateTime<Utc>>,
-    last_error: Option<&str>,
+    payments: &[Saved<'_>],
     release: Option<&str>,
-    attempt: Option<Attempt<'_>>,
 ) -> Result<(), sqlx::Error> {
     if payments.is_empty() {
         return Ok(());
     }
     let rows: Vec<serde_json::Value> = payments
         .iter()
-        .map(|(p, cause)| {
+        .map(|s| {
+            let (p, cause) = (s.payment, s.cause);
             json!({
                 "order_id": p.order_id, "payment_id": p.payment_id, "provider": p.provider,
                 "amount_minor": p.amount_minor, "currency": p.currency, "payment_method_id": p.payment_method_id,
@@ -106,24 +129,40 @@ pub async fn save(
                 "refunded_minor": p.refunded_minor, "needs_lookup": p.needs_lookup, "attempts": p.attempts,
                 "work": next_work(p).map(|w| w.as_str()), "cause_event_id": cause,
                 "key_generation": p.key_generation, "unsure_work": p.unsure.map(|w| w.as_str()),
-                "traceparent": p.traceparent,
+                "traceparent": p.traceparent, "due_at": s.due_at, "last_error": s.last_error,
             })
         })
         .collect();
-    // One round trip: the rows, and (when there is work due now) the worker's wake-up, sent
-    // when the transaction commits.
-    let wake = due_at.is_none() && payments.iter().any(|(p, _)| next_work(p).is_some());
+    let attempts: Vec<serde_json::Value> = payments
+        .iter()
+        .filter_map(|s| {
+            s.attempt.map(|a| {
+                json!({"order_id": s.payment.order_id, "step": a.step, "idempotency_key": a.key,
+                       "outcome": a.outcome, "detail": a.detail})
+            })
+        })
+        .collect();
+    // The worker's wake-up is sent when the transaction commits.
+    let wake = payments
+        .iter()
+        .any(|s| s.due_at.is_none() && next_work(s.payment).is_some());
     sqlx::query(
         "WITH attempt AS (
              INSERT INTO payments.attempts (order_id, step, idempotency_key, outcome, detail)
-             SELECT $7, $8, $9, $10, $11 WHERE $7 IS NOT NULL),
+             SELECT * FROM jsonb_to_recordset($2) AS a(order_id text, step text, idempotency_key text,
+                                                      outcome text, detail text)),
          saved AS (INSERT INTO payments.payments AS p (order_id, payment_id, provider, amount_minor, currency, payment_method_id,
               provider_ref, status, stage, client_secret, captured_minor, refunded_minor, needs_lookup, attempts, work,
               cause_event_id, key_generation, unsure_work, traceparent, due_at, last_error)
-         SELECT x.*, coalesce($2, now()), $3 FROM jsonb_to_recordset($1) AS x(order_id text, payment_id uuid, provider text,
+         SELECT x.order_id, x.payment_id, x.provider, x.amount_minor, x.currency, x.payment_method_id, x.provider_ref,
+                x.status, x.stage, x.client_secret, x.captured_minor, x.refunded_minor, x.needs_lookup, x.attempts,
+                x.work, x.cause_event_id, x.key_generation, x.unsure_work, x.traceparent, coalesce(x.due_at, now()),
+                x.last_error
+         FROM jsonb_to_recordset($1) AS x(order_id text, payment_id uuid, provider text,
               amount_minor bigint, currency text, payment_method_id text, provider_ref text, status text, stage text,
               client_secret text, captured_minor bigint, refunded_minor bigint, needs_lookup boolean, attempts int,
-              work text, cause_event_id uuid, key_generation int, unsure_work text, traceparent text)
+              work text, cause_event_id uuid, key_generation int, unsure_work text, traceparent text,
+              due_at timestamptz, last_error text)
          ON CONFLICT (order_id) DO UPDATE SET provider_ref = excluded.provider_ref, status = excluded.status,
               stage = excluded.stage, client_secret = excluded.client_secret, captured_minor = excluded.captured_minor,
               refunded_minor = excluded.refunded_minor, needs_lookup = excluded.needs_lookup,
@@ -132,41 +171,42 @@ pub async fn save(
               key_generation = excluded.key_generation, unsure_work = excluded.unsure_work,
               traceparent = coalesce(excluded.traceparent, p.traceparent),
               due_at = excluded.due_at, last_error = excluded.last_error,
-              leased_until = CASE WHEN p.leased_by = $4 THEN NULL ELSE p.leased_until END, updated_at = now())
-         SELECT pg_notify($5, '') WHERE $6",
+              leased_until = CASE WHEN p.leased_by = $3 THEN NULL ELSE p.leased_until END, updated_at = now())
+         SELECT pg_notify($4, '') WHERE $5",
     )
     .bind(serde_json::Value::Array(rows))
-    .bind(due_at)
-    .bind(last_error)
+    .bind(serde_json::Value::Array(attempts))
     .bind(release)
     .bind(WORK_CHANNEL)
     .bind(wake)
-    .bind(attempt.map(|a| a.order_id))
-    .bind(attempt.map(|a| a.step))
-    .bind(attempt.and_then(|a| a.key))
-    .bind(attempt.map(|a| a.outcome))
-    .bind(attempt.and_then(|a| a.detail))
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// A payment the worker writes a result for (locked), with the event its next events are caused
-/// by and whether webhooks are kept for it.
-pub async fn load_for_result(
+/// The payments the worker writes results for (locked, in order id order as every writer locks
+/// them), each with the event its next events are caused by and whether webhooks are kept for it.
+pub async fn load_for_results(
     conn: &mut PgConnection,
-    order_id: &str,
-) -> Result<Option<(Payment, Option<Uuid>, bool)>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    order_ids: &[&str],
+) -> Result<HashMap<String, (Payment, Option<Uuid>, bool)>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, cause_event_id,
                 EXISTS (SELECT 1 FROM payments.webhooks w WHERE w.order_id = p.order_id AND w.applied_at IS NULL) AS kept
-         FROM payments.payments p WHERE order_id = $1 FOR UPDATE"
+         FROM payments.payments p WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     )))
-    .bind(order_id)
-    .fetch_optional(conn)
+    .bind(order_ids)
+    .fetch_all(conn)
     .await?;
-    row.map(|r| Ok((from_row(&r)?, r.get("cause_event_id"), r.get("kept"))))
-        .transpose()
+    rows.iter()
+        .map(|r| {
+            let payment = from_row(r)?;
+            Ok((
+                payment.order_id.clone(),
+                (payment, r.get("cause_event_id"), r.get("kept")),
+            ))
+        })
+        .collect()
 }
 
 /// Records the intent created for `order_id` unless one is recorded already; returns the

@@ -16,7 +16,7 @@ use kassa_schemas::{Codec, Envelope, Topic};
 use crate::ConsumerGroup;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::gateway::{Gateway, GatewayError, Intent, IntentRequest};
 use super::ledger::{Fact, OrderStage, Payment, Status, Work, next_work, observed, settle};
@@ -30,7 +30,7 @@ mod record;
 
 use calls::perform;
 pub(super) use record::event_of;
-use record::record;
+use record::{Done, record};
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub struct WorkerConfig {
 }
 
 /// What a round of calls found out.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Outcome {
     /// The provider said where the intent stands.
     Observed(Intent),
@@ -93,6 +93,8 @@ pub async fn run<G: Gateway>(
     }
     let mut listener: Option<PgListener> = None;
     let mut in_flight = tokio::task::JoinSet::new();
+    let (recorder, recording) =
+        Recorder::start(pool.clone(), codec.clone(), owner.clone(), config.recheck);
     // The payments this worker is working on: never claimed twice, even when a lease runs out.
     let busy = Busy::default();
     // Whether the queue may have more due work than was claimed last time.
@@ -124,8 +126,8 @@ pub async fn run<G: Gateway>(
                         let Some(working) = busy.take(&payment.order_id) else {
                             continue;
                         };
-                        let (pool, codec, gateway) = (pool.clone(), codec.clone(), gateway.clone());
-                        let (owner, lease, recheck) = (owner.clone(), config.lease, config.recheck);
+                        let (pool, gateway, recorder) = (pool.clone(), gateway.clone(), recorder.clone());
+                        let (owner, lease) = (owner.clone(), config.lease);
                         let span = tracing::info_span!(
                             "payment work",
                             otel.name = %format!("payments works on {}", payment.order_id),
@@ -137,7 +139,12 @@ pub async fn run<G: Gateway>(
                             let _working = working;
                             let order = payment.order_id.clone();
                             let lease = Lease { owner: &owner, length: lease };
-                            if let Err(e) = work_on(&pool, &codec, gateway.as_ref(), payment, lease, recheck).await {
+                            let recorded = match work_on(&pool, gateway.as_ref(), payment, lease).await {
+                                Ok(Some(done)) => recorder.record(done).await,
+                                Ok(None) => Ok(()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            if let Err(e) = recorded {
                                 // The lease runs out and the work is taken again.
                                 tracing::warn!(order, error = %e, "payment work not recorded; retried after the lease");
                             }
@@ -179,6 +186,109 @@ pub async fn run<G: Gateway>(
         }
     }
     while in_flight.join_next().await.is_some() {}
+    drop(recorder);
+    let _ = recording.await;
+}
+
+/// Most outcomes written in one transaction.
+const RECORDS_AT_ONCE: usize = 64;
+
+/// What a piece of finished work is answered: written, or why not.
+type Recorded = oneshot::Sender<Result<(), String>>;
+
+/// Hands finished work to the task that writes it: whatever finished meanwhile is written in one
+/// transaction, so the cost of a write is shared when many calls finish together.
+#[derive(Clone)]
+struct Recorder(mpsc::UnboundedSender<(Done, Recorded)>);
+
+impl Recorder {
+    /// Starts the writing task; it ends once every `Recorder` is dropped.
+    fn start(
+        pool: PgPool,
+        codec: Arc<Codec>,
+        owner: String,
+        recheck: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (asks, asked) = mpsc::unbounded_channel();
+        let task = tokio::spawn(recording(pool, codec, owner, recheck, asked));
+        (Self(asks), task)
+    }
+
+    /// Writes `done` (with whatever else finished meanwhile); returns once it is committed.
+    async fn record(&self, done: Done) -> Result<(), String> {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || "the payment writer stopped".to_owned();
+        self.0.send((done, answer)).map_err(|_| stopped())?;
+        answered.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// Transactions the writer has open at once: one would queue every outcome behind a write that
+/// waits for a lock or the CPU.
+const WRITES_AT_ONCE: usize = 4;
+
+/// The writing task: takes what has gathered (up to [`RECORDS_AT_ONCE`]) and writes it in one
+/// transaction, up to [`WRITES_AT_ONCE`] transactions at a time.
+async fn recording(
+    pool: PgPool,
+    codec: Arc<Codec>,
+    owner: String,
+    recheck: Duration,
+    mut asked: mpsc::UnboundedReceiver<(Done, Recorded)>,
+) {
+    let writes = Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE));
+    let mut writing = tokio::task::JoinSet::new();
+    while let Some(first) = asked.recv().await {
+        let permit = writes.clone().acquire_owned().await.expect("never closed");
+        // Gathered while waiting for the permit, too.
+        let mut batch = vec![first];
+        while batch.len() < RECORDS_AT_ONCE {
+            match asked.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let (done, answers): (Vec<Done>, Vec<Recorded>) = batch.into_iter().unzip();
+        metrics::histogram!("kassa_payment_writes_batch_size").record(done.len() as f64);
+        let (pool, codec, owner) = (pool.clone(), codec.clone(), owner.clone());
+        writing.spawn(async move {
+            write_batch(&pool, &codec, &owner, recheck, done, answers).await;
+            drop(permit);
+        });
+        while writing.try_join_next().is_some() {}
+    }
+    while writing.join_next().await.is_some() {}
+}
+
+/// Writes `done` in one transaction and answers each; if that fails, each on its own, so one bad
+/// write holds no other back.
+async fn write_batch(
+    pool: &PgPool,
+    codec: &Codec,
+    owner: &str,
+    recheck: Duration,
+    done: Vec<Done>,
+    answers: Vec<Recorded>,
+) {
+    match record(pool, codec, &done, owner, recheck).await {
+        Ok(()) => {
+            for answer in answers {
+                let _ = answer.send(Ok(()));
+            }
+        }
+        Err(e) if done.len() == 1 => {
+            for answer in answers {
+                let _ = answer.send(Err(e.to_string()));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, outcomes = done.len(), "writing payment outcomes together failed; one at a time");
+            for (one, answer) in done.iter().zip(answers) {
+                let alone = record(pool, codec, std::slice::from_ref(one), owner, recheck).await;
+                let _ = answer.send(alone.map_err(|e| e.to_string()));
+            }
+        }
+    }
 }
 
 /// The payments a worker is working on.
@@ -265,19 +375,17 @@ async fn claim(
     .await
 }
 
-/// Does the payment's due work at the provider and records the outcome.
-/// The lease is renewed every third of its length while the calls last, so however slow the
-/// provider, no other worker takes the payment meanwhile.
+/// Does the payment's due work at the provider; returns what came of it, to be written (None:
+/// no work was due). The lease is renewed every third of its length while the calls last, so
+/// however slow the provider, no other worker takes the payment meanwhile.
 async fn work_on<G: Gateway>(
     pool: &PgPool,
-    codec: &Codec,
     gateway: &G,
     payment: Payment,
     lease: Lease<'_>,
-    recheck: Duration,
-) -> Result<(), TaskError> {
+) -> Result<Option<Done>, TaskError> {
     let Some(work) = next_work(&payment) else {
-        return Ok(());
+        return Ok(None);
     };
     let started = std::time::Instant::now();
     let renewing = async {
@@ -318,14 +426,9 @@ async fn work_on<G: Gateway>(
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("kassa_provider_calls_total", "operation" => work.as_str(), "outcome" => result)
         .increment(1);
-    record(
-        pool,
-        codec,
-        &payment.order_id,
+    Ok(Some(Done {
+        order_id: payment.order_id,
         work,
         outcome,
-        lease.owner,
-        recheck,
-    )
-    .await
+    }))
 }

@@ -1,22 +1,97 @@
-//! Writing what the calls found out: the payment re-read and locked, the attempt, the event.
+//! Writing what the calls found out: the payments re-read and locked, the attempts, the events,
+//! for every piece of work that finished meanwhile, in one transaction.
 
 use super::*;
+use store::{Attempt, Saved};
 
-/// Writes what the calls found out: one transaction with the payment locked and re-read (the
-/// order may have moved on meanwhile), the attempt, and the resulting event in the outbox.
+/// A piece of work done at the provider, to be written.
+#[derive(Debug, Clone)]
+pub(super) struct Done {
+    /// The order whose payment it was.
+    pub order_id: String,
+    /// The work.
+    pub work: Work,
+    /// What came of it.
+    pub outcome: Outcome,
+}
+
+/// What writing one outcome decided, besides the payment itself.
+struct Written {
+    work: Work,
+    key: Option<String>,
+    due_at: Option<chrono::DateTime<Utc>>,
+    error: Option<String>,
+    attempt: String,
+    fact: Option<Fact>,
+    cause: Option<uuid::Uuid>,
+}
+
+/// Writes what the calls of `done` found out (each order once), in one transaction: the payments
+/// locked and re-read (an order may have moved on meanwhile), each one's attempt, its new state
+/// and its event in the outbox.
 pub(super) async fn record(
     pool: &PgPool,
     codec: &Codec,
-    order_id: &str,
-    work: Work,
-    outcome: Outcome,
+    done: &[Done],
     owner: &str,
     recheck: Duration,
 ) -> Result<(), TaskError> {
     let mut tx = pool.begin().await?;
-    let Some((mut p, cause, kept)) = store::load_for_result(&mut tx, order_id).await? else {
-        return Ok(());
-    };
+    let ids: Vec<&str> = done.iter().map(|d| d.order_id.as_str()).collect();
+    let mut loaded = store::load_for_results(&mut tx, &ids).await?;
+    let mut written: Vec<(Payment, Written)> = Vec::with_capacity(done.len());
+    for d in done {
+        let Some((mut p, cause, kept)) = loaded.remove(&d.order_id) else {
+            continue;
+        };
+        let w = write_one(&mut tx, &mut p, kept, d, recheck).await?;
+        written.push((p, Written { cause, ..w }));
+    }
+    let saved: Vec<Saved> = written
+        .iter()
+        .map(|(p, w)| Saved {
+            payment: p,
+            cause: None,
+            due_at: w.due_at,
+            last_error: w.error.as_deref(),
+            attempt: Some(Attempt {
+                step: w.work.as_str(),
+                key: w.key.as_deref(),
+                outcome: &w.attempt,
+                detail: w.error.as_deref(),
+            }),
+        })
+        .collect();
+    store::save(&mut tx, &saved, Some(owner)).await?;
+    let mut events = Vec::new();
+    for (p, w) in &written {
+        if let Some(fact) = &w.fact {
+            let mut event = Envelope::new(&p.order_id, w.cause, event_of(p, fact.clone()));
+            event.event_id = fact.event_id(p.payment_id);
+            events.push(Caused {
+                topic: Topic::PaymentsEvents,
+                key: p.order_id.clone(),
+                payload: codec.encode(&event).await?,
+                parent: p.traceparent.as_deref(),
+                writer: None,
+            });
+        }
+    }
+    outbox::append(&mut tx, ConsumerGroup::Payments, events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies one outcome to its payment `p` (locked in `tx`).
+async fn write_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    p: &mut Payment,
+    kept: bool,
+    done: &Done,
+    recheck: Duration,
+) -> Result<Written, TaskError> {
+    let (order_id, work) = (done.order_id.as_str(), done.work);
+    let outcome = done.outcome.clone();
     let before = p.status;
     // The key the call used (the generation may move on below).
     let key = step_key(work).map(|step| p.key(step));
@@ -28,13 +103,13 @@ pub(super) async fn record(
             if p.provider_ref.is_none() {
                 p.provider_ref = Some(intent.id.clone());
             }
-            match observed(&p, &intent) {
+            match observed(p, &intent) {
                 Some(status) => {
                     p.needs_lookup = false;
-                    let fact = settle(&mut p, status, Some(&intent), None);
+                    let fact = settle(p, status, Some(&intent), None);
                     if let Some(unsure) = p.unsure.take()
                         && work == Work::Lookup
-                        && next_work(&p) == Some(unsure)
+                        && next_work(p) == Some(unsure)
                     {
                         // The call whose answer was unsure did nothing: its key may be one whose
                         // error the provider replays (Stripe keeps a 500 for a day), so the next
@@ -66,20 +141,20 @@ pub(super) async fn record(
                 PaymentStep::Void | PaymentStep::Refund => Status::Voided,
             };
             let attempt = format!("failed: {code}");
-            (settle(&mut p, status, None, Some((code, message))), attempt)
+            (settle(p, status, None, Some((code, message))), attempt)
         }
         Outcome::Refunded(amount) => {
             p.attempts = 0;
             // Counted once per key, however many times its answer is recorded.
             let counted = match key.as_deref() {
-                Some(key) => store::refund_recorded(&mut tx, order_id, key).await?,
+                Some(key) => store::refund_recorded(tx, order_id, key).await?,
                 None => false,
             };
             if !counted {
                 p.refunded_minor = p.refunded_minor.saturating_add(amount);
             }
             (
-                settle(&mut p, Status::Refunded, None, None),
+                settle(p, Status::Refunded, None, None),
                 format!("refunded {amount}"),
             )
         }
@@ -111,43 +186,22 @@ pub(super) async fn record(
         }
     };
     if kept && p.status != before {
-        webhooks::apply_kept(&mut tx, &mut p).await?;
+        webhooks::apply_kept(tx, p).await?;
     }
     if p.status == Status::ActionRequired && p.stage == OrderStage::Reserved && !p.needs_lookup {
         // Waiting for the customer: look again later, in case no webhook tells.
         p.needs_lookup = true;
         due_at = Some(Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default());
     }
-    let attempt = store::Attempt {
-        order_id,
-        step: work.as_str(),
-        key: key.as_deref(),
-        outcome: &attempt,
-        detail: error.as_deref(),
-    };
-    store::save(
-        &mut tx,
-        &[(&p, None)],
+    Ok(Written {
+        work,
+        key,
         due_at,
-        error.as_deref(),
-        Some(owner),
-        Some(attempt),
-    )
-    .await?;
-    if let Some(fact) = fact {
-        let mut event = Envelope::new(order_id, cause, event_of(&p, fact.clone()));
-        event.event_id = fact.event_id(p.payment_id);
-        let caused = Caused {
-            topic: Topic::PaymentsEvents,
-            key: order_id.to_owned(),
-            payload: codec.encode(&event).await?,
-            parent: p.traceparent.as_deref(),
-            writer: None,
-        };
-        outbox::append(&mut tx, ConsumerGroup::Payments, vec![caused]).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+        error,
+        attempt,
+        fact,
+        cause: None,
+    })
 }
 
 /// The step whose idempotency key a piece of work ends with (a look-up changes nothing: none).
