@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod http;
+pub mod limits;
 mod naive;
 pub mod polls;
 pub mod saga;

@@ -33,6 +33,9 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
     )
     .await?;
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BSAGA-{run}-{i}")).collect();
+    // The machine's limits, on the quiet machine just before the run.
+    println!("measuring the machine's limits (Kafka's ProducerPerformance, pgbench) …");
+    let limits = super::limits::Limits::measure(settings, &pool).await;
 
     // Every processor and the API in this process, as `kassa run all` starts them.
     let processors: Vec<Component> = ConsumerGroup::ALL
@@ -94,6 +97,7 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
         print_latencies(&format!("accept -> {stage}"), &mut latencies);
     }
     used.print(accepted.len());
+    limits.print(&used);
     println!(
         "target: 1,000 orders/s with accept -> completed p99 < 1000 ms and request -> accepted p99 < 25 ms"
     );

@@ -1,8 +1,8 @@
 //! What a bench run used of the machine, between two samples: CPU seconds per process group
 //! (kassa, the Kafka broker, Postgres, Redis, the registry, localstripe) and of the whole machine
 //! from `/proc`, Postgres transactions and statements (`pg_stat_database`,
-//! `pg_stat_statements` where `scripts/dev` loaded it), and Kafka offsets written (records and
-//! transaction markers, from the topics' high watermarks).
+//! `pg_stat_statements` where `scripts/dev` loaded it), and Kafka records written (from the
+//! topics' high watermarks; kassa's producers are idempotent, not transactional, so no markers).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ pub struct Usage {
     /// Statements Postgres ran there, and how many of them touched the simulated gateway's
     /// `simulator` schema (None: pg_stat_statements not loaded).
     pub pg_statements: Option<(i64, i64)>,
-    /// Kafka offsets written on kassa's topics (None: the broker did not answer).
+    /// Kafka records written on kassa's topics (None: the broker did not answer).
     pub kafka_offsets: Option<i64>,
 }
 
@@ -138,7 +138,7 @@ impl Usage {
         );
         match self.kafka_offsets {
             Some(n) => println!(
-                "Kafka: {:.0} offsets/s written (records and transaction markers), {:.1} per order",
+                "Kafka: {:.0} records/s written (kassa writes no transactions: no markers), {:.1} per order",
                 n as f64 / seconds,
                 n as f64 / orders
             ),
