@@ -391,9 +391,18 @@ mod tests {
             row: None,
             trail: Vec::new(),
         };
-        deliver(batch, Ok(HashMap::from([("a".to_owned(), snapshot.clone())])));
-        assert_eq!(first_answer.await.expect("answered").expect("read"), snapshot);
-        assert_eq!(second_answer.await.expect("answered").expect("read"), snapshot);
+        deliver(
+            batch,
+            Ok(HashMap::from([("a".to_owned(), snapshot.clone())])),
+        );
+        assert_eq!(
+            first_answer.await.expect("answered").expect("read"),
+            snapshot
+        );
+        assert_eq!(
+            second_answer.await.expect("answered").expect("read"),
+            snapshot
+        );
     }
 
     #[tokio::test]

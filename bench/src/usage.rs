@@ -82,7 +82,11 @@ impl Sample {
         let cpu = GROUPS
             .iter()
             .map(|g| {
-                let ticks = later.ticks.get(g).copied().unwrap_or(0)
+                let ticks = later
+                    .ticks
+                    .get(g)
+                    .copied()
+                    .unwrap_or(0)
                     .saturating_sub(self.ticks.get(g).copied().unwrap_or(0));
                 (*g, ticks as f64 / TICKS_A_SECOND)
             })
@@ -98,7 +102,10 @@ impl Sample {
                 .pg_statements
                 .zip(self.pg_statements)
                 .map(|(b, a)| (b.0 - a.0, b.1 - a.1)),
-            kafka_offsets: later.kafka_offsets.zip(self.kafka_offsets).map(|(b, a)| b - a),
+            kafka_offsets: later
+                .kafka_offsets
+                .zip(self.kafka_offsets)
+                .map(|(b, a)| b - a),
         }
     }
 }
@@ -169,7 +176,11 @@ fn group_ticks() -> BTreeMap<&'static str, u64> {
         return ticks;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -261,7 +272,10 @@ mod tests {
     #[test]
     fn a_stat_line_gives_its_name_and_cpu_ticks() {
         let line = "1234 (postgres: ka ssa) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 100 0 0";
-        assert_eq!(parse_stat(line), Some(("postgres: ka ssa", 250 + 50 + 7 + 3)));
+        assert_eq!(
+            parse_stat(line),
+            Some(("postgres: ka ssa", 250 + 50 + 7 + 3))
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -273,7 +287,10 @@ mod tests {
             group_of(2, "java", "java -cp libs/* kafka.Kafka /x/kafka.properties"),
             Some("Kafka")
         );
-        assert_eq!(group_of(3, "java", "java -jar quarkus-run.jar"), Some("registry"));
+        assert_eq!(
+            group_of(3, "java", "java -jar quarkus-run.jar"),
+            Some("registry")
+        );
         assert_eq!(group_of(4, "bash", "bash"), None);
     }
 }
