@@ -331,5 +331,7 @@ async fn work_on<G: Gateway>(
         order_id: payment.order_id,
         work,
         outcome,
+        // Written by another task: the event names this work's span as its parent.
+        writer: kassa_schemas::trace::of_span(&tracing::Span::current()),
     }))
 }

@@ -13,6 +13,9 @@ pub(super) struct Done {
     pub work: Work,
     /// What came of it.
     pub outcome: Outcome,
+    /// The `traceparent` of the exported span the work ran in (None: not exporting): its events
+    /// are children of that span, wherever they are written.
+    pub writer: Option<String>,
 }
 
 /// What writing one outcome decided, besides the payment itself.
@@ -24,6 +27,7 @@ struct Written {
     attempt: String,
     fact: Option<Fact>,
     cause: Option<uuid::Uuid>,
+    writer: Option<String>,
 }
 
 /// Writes what the calls of `done` found out (each order once), in one transaction: the payments
@@ -45,7 +49,8 @@ pub(super) async fn record(
             continue;
         };
         let w = write_one(&mut tx, &mut p, kept, d, recheck).await?;
-        written.push((p, Written { cause, ..w }));
+        let writer = d.writer.clone();
+        written.push((p, Written { cause, writer, ..w }));
     }
     let saved: Vec<Saved> = written
         .iter()
@@ -73,7 +78,7 @@ pub(super) async fn record(
                 key: p.order_id.clone(),
                 payload: codec.encode(&event).await?,
                 parent: p.traceparent.as_deref(),
-                writer: None,
+                writer: w.writer.clone(),
             });
         }
     }
@@ -201,6 +206,7 @@ async fn write_one(
         attempt,
         fact,
         cause: None,
+        writer: None,
     })
 }
 
