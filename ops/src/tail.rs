@@ -209,8 +209,11 @@ pub async fn tail(
             };
             list.add_partition_offset(topic, p.id(), start)?;
             ends.insert((topic.clone(), p.id()), high);
-            let empty =
-                high == low || options.start == Start::End || options.start == Start::Offset(high);
+            // Nothing to read from a start at or past the end (an offset past it is clamped to
+            // it): no end-of-partition event need be waited for (it may never come).
+            let empty = high == low
+                || options.start == Start::End
+                || matches!(options.start, Start::Offset(o) if o >= high);
             if !empty {
                 open.insert((topic.clone(), p.id()));
             }
