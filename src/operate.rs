@@ -329,6 +329,7 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                 follow,
                 limit,
                 partition: None,
+                until: None,
             };
             let shown = kassa::tail::tail(&settings, &options, |record| {
                 if json {

@@ -172,6 +172,7 @@ async fn read(
         follow: false,
         limit: partition.map(|_| 1),
         partition,
+        until: None,
     };
     let mut records = Vec::new();
     tail::tail(settings, &options, |r| records.push(r.clone())).await?;

@@ -213,6 +213,13 @@ pub async fn add_events(
         follow: false,
         limit: None,
         partition: None,
+        // What was written about the order by a minute after its last recorded step.
+        until: story
+            .entries
+            .iter()
+            .map(|e| e.at)
+            .max()
+            .map(|last| last + chrono::Duration::seconds(60)),
     };
     let mut events = Vec::new();
     crate::tail::tail(settings, &options, |r| {

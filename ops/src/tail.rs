@@ -74,6 +74,9 @@ pub struct Options {
     pub limit: Option<usize>,
     /// Only this partition (None: every partition).
     pub partition: Option<i32>,
+    /// Stop reading a partition at its first record written after this time (None: read to
+    /// the end), so a look at one order's past does not read everything written since.
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// One record as shown.
@@ -263,6 +266,17 @@ pub async fn tail(
         let partition = message.partition();
         if message.offset() + 1 >= ends.get(&(topic.clone(), partition)).copied().unwrap_or(0) {
             open.remove(&(topic.clone(), partition));
+        }
+        let written = message.timestamp().to_millis();
+        if let Some(until) = options.until
+            && written.is_some_and(|ms| ms > until.timestamp_millis())
+        {
+            // Past the window: this partition is done (and no longer fetched).
+            open.remove(&(topic.clone(), partition));
+            let mut done = TopicPartitionList::new();
+            done.add_partition(&topic, partition);
+            let _ = consumer.pause(&done);
+            continue;
         }
         let headers: Vec<(String, String)> = message
             .headers()

@@ -240,6 +240,7 @@ async fn a_client_that_is_not_ours_decodes_every_event_type() {
             follow: false,
             limit: Some(1),
             partition: Some(place["partition"].as_i64().unwrap() as i32),
+            until: None,
         };
         let mut shown = Vec::new();
         kassa::tail::tail(&settings, &options, |r| shown.push(r.clone()))

@@ -73,6 +73,7 @@ pub async fn order_traces(
         follow: false,
         limit: None,
         partition: None,
+        until: None,
     };
     let mut places = Vec::new();
     kassa::tail::tail(settings, &options, |r| {
