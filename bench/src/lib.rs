@@ -21,6 +21,12 @@ use sqlx::PgPool;
 
 use kassa_ops::settings::Settings;
 
+/// The `q` quantile (0 to 1) of `sorted`, by nearest rank (None when empty).
+pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let rank = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(rank).copied()
+}
+
 /// What one side of the benchmark measured.
 #[derive(Debug, Clone)]
 pub struct Measured {

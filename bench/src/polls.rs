@@ -388,11 +388,7 @@ fn report(tally: &Tally, announced: &Announced, waiters: usize, elapsed: Duratio
         }
     }
     delays.sort_unstable();
-    let at = |q: f64| {
-        delays
-            .get(((delays.len() as f64 * q) as usize).min(delays.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let at = |q: f64| super::quantile(&delays, q).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let over = delays.iter().filter(|d| **d > TARGET).count();
     println!(
         "ended: {} of {waiters} waiters saw their order's end, in {:.1} s",

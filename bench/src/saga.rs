@@ -107,12 +107,7 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
 /// Prints one row of percentiles (milliseconds) for `label`.
 fn print_latencies(label: &str, latencies: &mut [i64]) {
     latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let at = |q: f64| super::quantile(latencies, q).unwrap_or(0);
     println!(
         "{label:<26} {:>8} {:>8} {:>8} {:>8} {:>8}",
         at(0.5),

@@ -305,10 +305,7 @@ pub async fn tail(
             topic,
             partition,
             offset: message.offset(),
-            timestamp: message
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::from_timestamp_millis),
+            timestamp: written.and_then(DateTime::from_timestamp_millis),
             key: message
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),

@@ -20,14 +20,11 @@ pub(super) struct Done {
 
 /// What writing one outcome decided, besides the payment itself.
 struct Written {
-    work: Work,
     key: Option<String>,
     due_at: Option<chrono::DateTime<Utc>>,
     error: Option<String>,
     attempt: String,
     fact: Option<Fact>,
-    cause: Option<uuid::Uuid>,
-    writer: Option<String>,
 }
 
 /// Writes what the calls of `done` found out (each order once), in one transaction: the payments
@@ -43,24 +40,25 @@ pub(super) async fn record(
     let mut tx = pool.begin().await?;
     let ids: Vec<&str> = done.iter().map(|d| d.order_id.as_str()).collect();
     let mut loaded = store::load_for_results(&mut tx, &ids).await?;
-    let mut written: Vec<(Payment, Written)> = Vec::with_capacity(done.len());
+    // Each payment with the event its next events are caused by, the work done, what it decided.
+    let mut written: Vec<(Payment, Option<uuid::Uuid>, &Done, Written)> =
+        Vec::with_capacity(done.len());
     for d in done {
         let Some((mut p, cause, kept)) = loaded.remove(&d.order_id) else {
             continue;
         };
         let w = write_one(&mut tx, &mut p, kept, d, recheck).await?;
-        let writer = d.writer.clone();
-        written.push((p, Written { cause, writer, ..w }));
+        written.push((p, cause, d, w));
     }
     let saved: Vec<Saved> = written
         .iter()
-        .map(|(p, w)| Saved {
+        .map(|(p, _, d, w)| Saved {
             payment: p,
             cause: None,
             due_at: w.due_at,
             last_error: w.error.as_deref(),
             attempt: Some(Attempt {
-                step: w.work.as_str(),
+                step: d.work.as_str(),
                 key: w.key.as_deref(),
                 outcome: &w.attempt,
                 detail: w.error.as_deref(),
@@ -69,16 +67,16 @@ pub(super) async fn record(
         .collect();
     store::save(&mut tx, &saved, Some(owner)).await?;
     let mut events = Vec::new();
-    for (p, w) in &written {
+    for (p, cause, d, w) in &written {
         if let Some(fact) = &w.fact {
-            let mut event = Envelope::new(&p.order_id, w.cause, event_of(p, fact.clone()));
+            let mut event = Envelope::new(&p.order_id, *cause, event_of(p, fact.clone()));
             event.event_id = fact.event_id(p.payment_id);
             events.push(Caused {
                 topic: Topic::PaymentsEvents,
                 key: p.order_id.clone(),
                 payload: codec.encode(&event).await?,
                 parent: p.traceparent.as_deref(),
-                writer: w.writer.clone(),
+                writer: d.writer.clone(),
             });
         }
     }
@@ -199,14 +197,11 @@ async fn write_one(
         due_at = Some(Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default());
     }
     Ok(Written {
-        work,
         key,
         due_at,
         error,
         attempt,
         fact,
-        cause: None,
-        writer: None,
     })
 }
 

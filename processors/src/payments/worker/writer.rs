@@ -51,15 +51,12 @@ async fn recording(
 ) {
     let writes = Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE));
     let mut writing = tokio::task::JoinSet::new();
-    while let Some(first) = asked.recv().await {
+    loop {
+        // The permit first: what gathers while every write is busy goes into the next batch.
         let permit = writes.clone().acquire_owned().await.expect("never closed");
-        // Gathered while waiting for the permit, too.
-        let mut batch = vec![first];
-        while batch.len() < RECORDS_AT_ONCE {
-            match asked.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
+        let mut batch = Vec::with_capacity(RECORDS_AT_ONCE);
+        if asked.recv_many(&mut batch, RECORDS_AT_ONCE).await == 0 {
+            break; // every Recorder dropped
         }
         let (done, answers): (Vec<Done>, Vec<Recorded>) = batch.into_iter().unzip();
         metrics::histogram!("kassa_payment_writes_batch_size").record(done.len() as f64);
