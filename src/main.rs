@@ -109,6 +109,12 @@ enum KeyKindArg {
     Admin,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TrafficArg {
+    Mixed,
+    Simple,
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
     /// POST /api/orders open-loop at rising rates (HDR latencies from intended send time), then the flash-sale sold-out path.
@@ -123,7 +129,7 @@ enum BenchWhat {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
-    /// The whole checkout in one process (API + processors, simulated gateway): accept → confirmed and → completed latencies.
+    /// The whole checkout (API + processors, simulated gateway): latencies per stage and final state, CPU per order, the machine's limits, then the naive checkout on the same orders.
     Saga {
         /// Orders to place.
         #[arg(long, default_value_t = 2_000)]
@@ -131,6 +137,18 @@ enum BenchWhat {
         /// Orders per second, open loop.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// The orders: mixed (1-3 lines over 200 SKUs, 5% declined, 5% out of stock) or simple (one line, every card authorizes).
+        #[arg(long, value_enum, default_value = "mixed")]
+        traffic: TrafficArg,
+        /// Run each processor as a `kassa run <processor>` process of its own, as deployed (default: all in the bench's process).
+        #[arg(long)]
+        separate: bool,
+        /// Runs back to back, each with fresh processors and SKUs (a stall shows as one slow run).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Leave out the naive checkout.
+        #[arg(long)]
+        no_naive: bool,
     },
     /// Long polls at scale: waiters on every order while the orders flow; each answer's delay after its order's change.
     Polls {
@@ -263,9 +281,29 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             kassa::bench::api::run(&settings, &rates, flash_rate, seconds).await?;
         }
         Command::Bench {
-            what: BenchWhat::Saga { orders, rate },
+            what:
+                BenchWhat::Saga {
+                    orders,
+                    rate,
+                    traffic,
+                    separate,
+                    runs,
+                    no_naive,
+                },
         } => {
-            kassa::bench::saga::run(&settings, orders, rate).await?;
+            let traffic = match traffic {
+                TrafficArg::Mixed => kassa::bench::traffic::Traffic::Mixed,
+                TrafficArg::Simple => kassa::bench::traffic::Traffic::Simple,
+            };
+            let options = kassa::bench::saga::Options {
+                orders,
+                rate,
+                traffic,
+                separate,
+                runs,
+                naive: !no_naive,
+            };
+            kassa::bench::saga::run(&settings, options).await?;
         }
         Command::Bench {
             what:

@@ -5,8 +5,12 @@ pub mod api;
 pub mod http;
 pub mod limits;
 mod naive;
+mod naive_checkout;
+mod orders;
 pub mod polls;
+mod processes;
 pub mod saga;
+pub mod traffic;
 pub mod usage;
 
 use std::time::{Duration, Instant};

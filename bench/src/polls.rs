@@ -80,7 +80,8 @@ pub async fn run(
     .map(Component::Processor)
     .collect();
     let running = kassa_ops::supervisor::start(&on_any_port, &others)?;
-    super::saga::stock(settings, &skus, orders as i64, &format!("BPOLL-{run}")).await?;
+    let stock: Vec<(String, i64)> = skus.iter().map(|s| (s.clone(), orders as i64)).collect();
+    super::orders::stock(settings, &stock, &format!("BPOLL-{run}")).await?;
     let (base, _api) = api_process().await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(waiters + 64)
@@ -98,7 +99,14 @@ pub async fn run(
         }
     );
     // Orders wait at the orders processor (not running yet): every one is `accepted`.
-    let placed = super::saga::place(&http, &base, &key, &skus, &run, orders, 500).await;
+    let bodies: Vec<serde_json::Value> = (0..orders)
+        .map(|i| {
+            serde_json::json!({"customer_id": format!("bpoll-{run}-c{i}"), "payment_method_id": "pm_card_visa",
+                               "lines": [{"sku": skus[i % skus.len()], "quantity": 1}]})
+        })
+        .collect();
+    let placed =
+        super::orders::place(&http, &base, &key, &format!("bpoll-{run}"), &bodies, 500).await;
     anyhow::ensure!(
         placed.len() == orders,
         "only {} of {orders} orders accepted",

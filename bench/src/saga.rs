@@ -1,6 +1,9 @@
-//! `kassa bench saga`: the whole checkout, in one process: the API and every processor with the
-//! simulated gateway. Orders go in open-loop over HTTP; each order's accept time (its 202) is
-//! compared with the times its audit trail records for `confirmed` and `completed`.
+//! `kassa bench saga`: the whole checkout: the API and every processor with the simulated
+//! gateway, the processors in this process (`kassa run all`) or as processes of their own (as
+//! deployed). Orders go in open-loop over HTTP; each order's accept time (its 202) is compared
+//! with the times its audit trail records for each stage and for its final state. Then the naive
+//! checkout (one handler per order, locks held across the gateway call) meets the same orders
+//! at the same rate on the same services.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,60 +11,243 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kassa_ops::supervisor::Component;
 use kassa_processors::ConsumerGroup;
-use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
-use kassa_schemas::{Codec, Envelope, Topic};
-use serde_json::json;
 
-use super::{Outcomes, send};
+use super::orders::{self, Answered, Placed};
+use super::traffic::{Catalog, Expect, Traffic};
+use super::usage::{Sample, Usage};
 use kassa_ops::settings::Settings;
 
-/// SKUs the orders spread over.
-const SKUS: usize = 20;
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Orders to place.
+    pub orders: usize,
+    /// Orders a second, open loop.
+    pub rate: u32,
+    /// The orders' mix.
+    pub traffic: Traffic,
+    /// Each processor as a `kassa run <processor>` process of its own (else all in this one).
+    pub separate: bool,
+    /// Runs back to back (fresh processors and SKUs each).
+    pub runs: usize,
+    /// Also run the naive checkout on the same orders.
+    pub naive: bool,
+}
 
-/// Runs `orders` single-line orders at `rate` a second through the whole saga.
-pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Result<()> {
+/// Where the processors run during the bench.
+enum Running {
+    /// In this process.
+    Here(kassa_ops::supervisor::Running),
+    /// One process each.
+    Apart(super::processes::Processors),
+}
+
+impl Running {
+    async fn start(settings: &Settings, separate: bool) -> anyhow::Result<Self> {
+        if separate {
+            let logs = std::env::temp_dir().join("kassa-bench-saga");
+            std::fs::create_dir_all(&logs)?;
+            println!("processors' logs: {}/<processor>.log", logs.display());
+            return Ok(Self::Apart(
+                super::processes::Processors::start(&logs).await?,
+            ));
+        }
+        let processors: Vec<Component> = ConsumerGroup::ALL
+            .into_iter()
+            .map(Component::Processor)
+            .collect();
+        // Their /metrics, /health and /ready on any free port (logged): a development kassa may
+        // hold the configured one.
+        let mut on_any_port = settings.clone();
+        on_any_port.process.ops_addr.set_port(0);
+        Ok(Self::Here(kassa_ops::supervisor::start(
+            &on_any_port,
+            &processors,
+        )?))
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Here(running) => {
+                running.stop();
+                running.wait().await?;
+            }
+            Self::Apart(processes) => processes.stop().await,
+        }
+        Ok(())
+    }
+}
+
+/// One run's orders: its SKUs with their stock, and each order's body and expected end.
+struct Load {
+    run: String,
+    prefix: String,
+    catalog: Catalog,
+    stock: Vec<(String, i64)>,
+    sequence: Vec<super::traffic::Order>,
+    bodies: Vec<serde_json::Value>,
+}
+
+impl Load {
+    fn new(traffic: Traffic, orders: usize) -> Self {
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let prefix = format!("BSAGA-{run}");
+        let catalog = Catalog::new(traffic, &prefix);
+        let units = catalog.units_for(orders);
+        let stock = catalog
+            .stocked()
+            .iter()
+            .map(|s| (s.clone(), units))
+            .chain(catalog.empty().iter().map(|s| (s.clone(), 0)))
+            .collect();
+        let sequence: Vec<_> = (0..orders).map(|i| traffic.order(&catalog, i)).collect();
+        let bodies = sequence
+            .iter()
+            .enumerate()
+            .map(|(i, order)| catalog.body(order, &format!("bsaga-{run}-c{i}")))
+            .collect();
+        Self {
+            run,
+            prefix,
+            catalog,
+            stock,
+            sequence,
+            bodies,
+        }
+    }
+}
+
+/// Runs the bench as `options` say.
+pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
+    let Options {
+        orders,
+        rate,
+        runs,
+        naive,
+        ..
+    } = options;
     anyhow::ensure!(
-        orders > 0 && rate > 0,
-        "--orders and --rate must be positive"
+        orders > 0 && rate > 0 && runs > 0,
+        "--orders, --rate and --runs must be positive"
     );
     let pool = kassa_ops::migrate::connect(settings).await?;
-    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let key = kassa_api::auth::create_key(
         &pool,
         kassa_api::auth::KeyKind::Storefront,
-        &format!("bench-saga-{run}"),
+        &format!("bench-saga-{}", uuid::Uuid::new_v4().simple()),
     )
     .await?;
-    let skus: Vec<String> = (0..SKUS).map(|i| format!("BSAGA-{run}-{i}")).collect();
-    // The machine's limits, on the quiet machine just before the run.
+    // The machine's limits, on the quiet machine just before the runs.
     println!("measuring the machine's limits (Kafka's ProducerPerformance, pgbench) …");
     let limits = super::limits::Limits::measure(settings, &pool).await;
-
-    // Every processor and the API in this process, as `kassa run all` starts them.
-    let processors: Vec<Component> = ConsumerGroup::ALL
-        .into_iter()
-        .map(Component::Processor)
-        .collect();
-    // Their /metrics, /health and /ready on any free port (logged): a development kassa may hold
-    // the configured one.
-    let mut on_any_port = settings.clone();
-    on_any_port.process.ops_addr.set_port(0);
-    let running = kassa_ops::supervisor::start(&on_any_port, &processors)?;
-    let (base, http) = super::api::serve_catalog(settings, &pool, &skus).await?;
-
-    // Stock for every order (nothing is rejected), confirmed by inventory before the clock starts.
-    stock(settings, &skus, orders as i64, &format!("BSAGA-{run}")).await?;
+    let mut summaries = Vec::with_capacity(runs);
+    let mut load = Load::new(options.traffic, orders);
+    for number in 1..=runs {
+        if runs > 1 {
+            println!();
+            println!("run {number} of {runs}, back to back:");
+        }
+        if number > 1 {
+            load = Load::new(options.traffic, orders);
+        }
+        let (summary, used) = once(settings, &pool, &key, &options, &load).await?;
+        limits.print(&used);
+        summaries.push(summary);
+    }
+    if runs > 1 {
+        println!();
+        println!(
+            "{:<5} {:>12} {:>16} {:>16} {:>14}",
+            "run", "orders/s", "completed p99 ms", "completed max ms", "CPU ms/order"
+        );
+        for (number, s) in summaries.iter().enumerate() {
+            println!(
+                "{:<5} {:>12.0} {:>16} {:>16} {:>14.1}",
+                number + 1,
+                s.throughput,
+                s.completed_p99.unwrap_or(0),
+                s.completed_max.unwrap_or(0),
+                s.cpu_ms
+            );
+        }
+    }
+    if naive {
+        let kassa = summaries.last().expect("at least one run");
+        let naive = naive_checkout(settings, &pool, &load, rate).await?;
+        let ratio = |k: Option<i64>, n: Option<i64>| match (k, n) {
+            (Some(k), Some(n)) if n > 0 => format!("{:.1}x", k as f64 / n as f64),
+            _ => "n/a".into(),
+        };
+        println!(
+            "kassa (last run) vs naive at {rate}/s: completed p99 {} ms vs {} ms ({}); CPU per order {:.1} ms vs {:.1} ms ({})",
+            kassa.completed_p99.map_or("n/a".into(), |v| v.to_string()),
+            naive.completed_p99.map_or("n/a".into(), |v| v.to_string()),
+            ratio(kassa.completed_p99, naive.completed_p99),
+            kassa.cpu_ms,
+            naive.cpu_ms,
+            ratio(
+                Some((kassa.cpu_ms * 1000.0) as i64),
+                Some((naive.cpu_ms * 1000.0) as i64)
+            ),
+        );
+    }
     println!(
-        "saga bench: {orders} orders at {rate}/s over HTTP, one line each, simulated gateway (pm_card_visa), API and processors in this process"
+        "target: 1,000 orders/s with accept -> completed p99 < 1000 ms and request -> accepted p99 < 25 ms"
     );
+    Ok(())
+}
 
-    let before = super::usage::Sample::take(settings, &pool).await;
-    let accepted = place(&http, &base, &key, &skus, &run, orders, rate).await;
+/// One run through kassa: processors started, stock set, orders placed and followed to their
+/// end, processors stopped; its report printed.
+async fn once(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    key: &str,
+    options: &Options,
+    load: &Load,
+) -> anyhow::Result<(Summary, Usage)> {
+    let Options {
+        orders,
+        rate,
+        traffic,
+        separate,
+        ..
+    } = *options;
+    let running = Running::start(settings, separate).await?;
+    let (base, http) = super::api::serve_catalog(settings, pool, &load.catalog.skus).await?;
+    // Stock for every order that should get it, confirmed by inventory before the clock starts.
+    orders::stock(settings, &load.stock, &load.prefix).await?;
+    println!(
+        "saga bench: {orders} orders at {rate}/s over HTTP, {} traffic ({}), simulated gateway; API in this process, processors {}",
+        match traffic {
+            Traffic::Mixed => "mixed",
+            Traffic::Simple => "simple",
+        },
+        match traffic {
+            Traffic::Mixed =>
+                "1-3 lines over 200 SKUs; 90% pm_card_visa, 5% declined, 5% a line out of stock",
+            Traffic::Simple => "one line over 20 SKUs, pm_card_visa",
+        },
+        if separate {
+            "as one process each (kassa run <processor>)"
+        } else {
+            "in this process"
+        }
+    );
+    let before = Sample::take(settings, pool).await;
+    let accepted = orders::place(
+        &http,
+        &base,
+        key,
+        &format!("bsaga-{}", load.run),
+        &load.bodies,
+        rate,
+    )
+    .await;
     let ids: Vec<String> = accepted.keys().cloned().collect();
-    let finals = wait_final(&pool, &ids, Duration::from_secs(300)).await?;
-    let used = before.until(&super::usage::Sample::take(settings, &pool).await);
-    running.stop();
-    running.wait().await?;
+    let finals = orders::wait_final(pool, &ids, Duration::from_secs(300)).await?;
+    let used = before.until(&Sample::take(settings, pool).await);
+    running.stop().await?;
 
     // Each order's first time in each stage, from its audit trail.
     let reached: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
@@ -69,176 +255,216 @@ pub async fn run(settings: &Settings, orders: usize, rate: u32) -> anyhow::Resul
          WHERE order_id = ANY($1) AND applied GROUP BY 1, 2",
     )
     .bind(&ids)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (_, state, _) in &finals {
-        *counts.entry(state.as_str()).or_default() += 1;
-    }
+    let summary = report(orders, &accepted, &finals, &reached, &load.sequence, &used);
+    Ok((summary, used))
+}
+
+/// The naive checkout on `load`'s orders at `rate`: its report printed.
+async fn naive_checkout(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    load: &Load,
+    rate: u32,
+) -> anyhow::Result<Summary> {
+    let base = super::naive_checkout::serve(settings, pool, &load.stock).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let orders = load.bodies.len();
+    println!();
     println!(
-        "accepted {} of {orders}; final states {counts:?}",
-        accepted.len()
+        "naive checkout: the same {orders} orders at {rate}/s, one handler each: stock rows locked, gateway called \
+         (create, confirm, capture) with the locks held, order written, commit; answered when done"
     );
+    let before = Sample::take(settings, pool).await;
+    let answered = orders::drive(rate, orders, |i| {
+        http.post(format!("{base}/api/orders"))
+            .json(&load.bodies[i])
+    })
+    .await;
+    let used = before.until(&Sample::take(settings, pool).await);
+    Ok(report_naive(orders, &answered, &used))
+}
+
+/// What one side's report gives for the comparison.
+struct Summary {
+    /// Orders decided a second.
+    throughput: f64,
+    /// p99 to completed, in ms.
+    completed_p99: Option<i64>,
+    /// The slowest to completed, in ms.
+    completed_max: Option<i64>,
+    /// CPU of every process per order, in ms.
+    cpu_ms: f64,
+}
+
+/// Prints and returns `decided` orders a second between `first` and `last` (`span` says which).
+fn print_throughput(
+    decided: usize,
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    span: &str,
+) -> f64 {
+    let (Some(first), Some(last)) = (first, last) else {
+        return 0.0;
+    };
+    let seconds = (last - first).num_milliseconds().max(1) as f64 / 1000.0;
+    let throughput = decided as f64 / seconds;
+    println!("throughput: {throughput:.0} orders/s decided ({span}, {seconds:.1} s)");
+    throughput
+}
+
+/// The table header.
+fn print_header() {
     println!(
-        "{:<26} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "orders"
     );
+}
+
+/// Prints one row of percentiles (milliseconds) for `label`; returns the p99.
+fn print_latencies(label: &str, latencies: &mut [i64]) -> Option<i64> {
+    latencies.sort_unstable();
+    let at = |q: f64| super::quantile(latencies, q);
+    println!(
+        "{label:<30} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        at(0.5).unwrap_or(0),
+        at(0.99).unwrap_or(0),
+        at(0.999).unwrap_or(0),
+        latencies.last().copied().unwrap_or(0),
+        latencies.len()
+    );
+    at(0.99)
+}
+
+/// Prints kassa's figures: final states against what each order should have come to,
+/// throughput, latencies per stage and per final state, the machine's use.
+fn report(
+    orders: usize,
+    accepted: &HashMap<String, Placed>,
+    finals: &[(String, String, DateTime<Utc>)],
+    reached: &[(String, String, DateTime<Utc>)],
+    sequence: &[super::traffic::Order],
+    used: &Usage,
+) -> Summary {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut unexpected: Vec<String> = Vec::new();
+    for (id, state, _) in finals {
+        *counts.entry(state.as_str()).or_default() += 1;
+        let expect = sequence[accepted[id].index].expect;
+        let fits = match expect {
+            Expect::Completes => state == "completed",
+            Expect::Declined => state != "completed",
+            Expect::OutOfStock => state == "rejected",
+        };
+        if !fits {
+            unexpected.push(format!("{id} ({expect:?}, ended {state})"));
+        }
+    }
+    println!(
+        "accepted {} of {orders}; final states {counts:?}; {} ended otherwise than their card and stock say{}",
+        accepted.len(),
+        unexpected.len(),
+        if unexpected.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                unexpected
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    let first = accepted.values().map(|p| p.at).min();
+    let last = finals.iter().map(|f| f.2).max();
+    let throughput = print_throughput(
+        finals.len(),
+        first,
+        last,
+        "first accept to last final state",
+    );
+    print_header();
     let mut accept: Vec<i64> = accepted
         .values()
         .map(|p| p.accept.as_millis() as i64)
         .collect();
     print_latencies("request -> accepted (202)", &mut accept);
-    for stage in ["reserved", "authorized", "confirmed", "completed"] {
-        let mut latencies: Vec<i64> = reached
+    let since_accept = |stage: &str| -> Vec<i64> {
+        reached
             .iter()
             .filter(|(_, to, _)| to == stage)
             .map(|(id, _, at)| (*at - accepted[id].at).num_milliseconds())
+            .collect()
+    };
+    for stage in ["reserved", "authorized", "confirmed"] {
+        print_latencies(&format!("accept -> {stage}"), &mut since_accept(stage));
+    }
+    let mut completed = since_accept("completed");
+    let completed_p99 = print_latencies("accept -> completed", &mut completed);
+    for state in ["rejected", "cancelled"] {
+        let ended: std::collections::HashSet<&str> = finals
+            .iter()
+            .filter(|f| f.1 == state)
+            .map(|f| f.0.as_str())
             .collect();
-        print_latencies(&format!("accept -> {stage}"), &mut latencies);
+        let mut latencies: Vec<i64> = reached
+            .iter()
+            .filter(|(id, to, _)| to == state && ended.contains(id.as_str()))
+            .map(|(id, _, at)| (*at - accepted[id].at).num_milliseconds())
+            .collect();
+        print_latencies(&format!("accept -> {state} (final)"), &mut latencies);
     }
     used.print(accepted.len());
-    limits.print(&used);
+    Summary {
+        throughput,
+        completed_p99,
+        completed_max: completed.last().copied(),
+        cpu_ms: used.cpu_per_order_ms(accepted.len()),
+    }
+}
+
+/// Prints the naive checkout's figures: answers by status, latencies per answer, throughput,
+/// the machine's use.
+fn report_naive(orders: usize, answered: &[Answered], used: &Usage) -> Summary {
+    let mut by_status: HashMap<u16, Vec<i64>> = HashMap::new();
+    for a in answered {
+        by_status
+            .entry(a.status)
+            .or_default()
+            .push(a.took.as_millis() as i64);
+    }
+    let statuses: HashMap<u16, usize> = by_status.iter().map(|(s, l)| (*s, l.len())).collect();
     println!(
-        "target: 1,000 orders/s with accept -> completed p99 < 1000 ms and request -> accepted p99 < 25 ms"
+        "answered {} of {orders}: by status {statuses:?} (201 completed, 409 out of stock, 402 declined)",
+        answered.len()
     );
-    Ok(())
-}
-
-/// Prints one row of percentiles (milliseconds) for `label`.
-fn print_latencies(label: &str, latencies: &mut [i64]) {
-    latencies.sort_unstable();
-    let at = |q: f64| super::quantile(latencies, q).unwrap_or(0);
-    println!(
-        "{label:<26} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        at(0.5),
-        at(0.99),
-        at(0.999),
-        latencies.last().copied().unwrap_or(0),
-        latencies.len()
-    );
-}
-
-/// An order the API accepted.
-pub(crate) struct Placed {
-    /// When its 202 came.
-    pub at: DateTime<Utc>,
-    /// Its customer.
-    pub customer: String,
-    /// From sending the request to its 202 (retries after a 503 included).
-    pub accept: Duration,
-}
-
-/// Sets `units` on hand for each of `skus` (named `<prefix>-…`) and waits until inventory has
-/// counted them all.
-pub(crate) async fn stock(
-    settings: &Settings,
-    skus: &[String],
-    units: i64,
-    prefix: &str,
-) -> anyhow::Result<()> {
-    let codec = Codec::new(&settings.schema_registry_url)?;
-    let producer = kassa_ops::kafka::producer(settings)?;
-    let stocked = Outcomes::start(settings, Topic::InventoryEvents.name(), prefix.to_owned());
-    for sku in skus {
-        let command = InventoryCommand::SetStock(SetStock {
-            sku: sku.clone(),
-            on_hand: units,
-            reason: "bench".into(),
-        });
-        send(&producer, &codec, sku, &Envelope::new(sku, None, command)).await?;
+    let first = answered
+        .iter()
+        .map(|a| a.at - chrono::Duration::from_std(a.took).unwrap_or_default())
+        .min();
+    let last = answered.iter().map(|a| a.at).max();
+    let throughput = print_throughput(answered.len(), first, last, "first request to last answer");
+    print_header();
+    let mut completed = by_status.remove(&201).unwrap_or_default();
+    let completed_p99 = print_latencies("request -> completed (201)", &mut completed);
+    for (status, label) in [
+        (409, "request -> out of stock (409)"),
+        (402, "request -> declined (402)"),
+    ] {
+        print_latencies(label, &mut by_status.remove(&status).unwrap_or_default());
     }
-    stocked.wait(skus.len(), Duration::from_secs(120)).await?;
-    Ok(())
-}
-
-/// Places the orders open-loop; returns each accepted order by id. A 503 is retried with the
-/// same Idempotency-Key after its Retry-After, as a storefront would.
-pub(crate) async fn place(
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    skus: &[String],
-    run: &str,
-    orders: usize,
-    rate: u32,
-) -> HashMap<String, Placed> {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let started = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..orders {
-        tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
-        let request = http
-            .post(format!("{base}/api/orders"))
-            .bearer_auth(key)
-            .header("Idempotency-Key", format!("bsaga-{run}-{i}"))
-            .json(&json!({"customer_id": format!("bsaga-{run}-c{i}"), "payment_method_id": "pm_card_visa", "lines": [{"sku": skus[i % skus.len()], "quantity": 1}]}));
-        let customer = format!("bsaga-{run}-c{i}");
-        tasks.spawn(async move {
-            let sent = std::time::Instant::now();
-            let resend = || request.try_clone().expect("a JSON body can be sent again");
-            let (response, _) = crate::http::send_honouring_503(resend, 5).await.ok()?;
-            if response.status() != reqwest::StatusCode::ACCEPTED {
-                return None;
-            }
-            let (at, accept) = (Utc::now(), sent.elapsed());
-            let body: serde_json::Value = response.json().await.ok()?;
-            let placed = Placed {
-                at,
-                customer,
-                accept,
-            };
-            Some((body["order_id"].as_str()?.to_owned(), placed))
-        });
-    }
-    let mut accepted = HashMap::new();
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(Some((id, placed))) = done {
-            accepted.insert(id, placed);
-        }
-    }
-    accepted
-}
-
-/// Waits until every order is completed, rejected or cancelled; returns (id, state, updated at).
-/// Each look asks only for the orders not yet seen final: asking for all of them every time cost
-/// Postgres tens of milliseconds a look, counted against the orders it measured.
-pub(crate) async fn wait_final(
-    pool: &sqlx::PgPool,
-    ids: &[String],
-    within: Duration,
-) -> anyhow::Result<Vec<(String, String, DateTime<Utc>)>> {
-    let started = std::time::Instant::now();
-    let mut last_report = std::time::Instant::now();
-    let mut poll = tokio::time::interval(Duration::from_millis(200));
-    let mut pending: Vec<String> = ids.to_vec();
-    let mut finals: Vec<(String, String, DateTime<Utc>)> = Vec::with_capacity(ids.len());
-    loop {
-        let ended: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT order_id, state, updated_at FROM orders.orders
-             WHERE order_id = ANY($1) AND state IN ('completed', 'rejected', 'cancelled')",
-        )
-        .bind(&pending)
-        .fetch_all(pool)
-        .await?;
-        {
-            let seen: std::collections::HashSet<&str> =
-                ended.iter().map(|e| e.0.as_str()).collect();
-            pending.retain(|id| !seen.contains(id.as_str()));
-        }
-        finals.extend(ended);
-        if pending.is_empty() {
-            return Ok(finals);
-        }
-        anyhow::ensure!(
-            started.elapsed() < within,
-            "only {} of {} orders ended within {within:?}",
-            finals.len(),
-            ids.len()
-        );
-        if last_report.elapsed() > Duration::from_secs(2) {
-            eprintln!("  … {} / {} orders ended", finals.len(), ids.len());
-            last_report = std::time::Instant::now();
-        }
-        poll.tick().await;
+    used.print(answered.len());
+    Summary {
+        throughput,
+        completed_p99,
+        completed_max: completed.last().copied(),
+        cpu_ms: used.cpu_per_order_ms(answered.len()),
     }
 }

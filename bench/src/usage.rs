@@ -17,9 +17,14 @@ use kassa_ops::settings::Settings;
 /// Clock ticks a second in `/proc` times (USER_HZ: 100 on Linux's mainstream architectures).
 const TICKS_A_SECOND: f64 = 100.0;
 
-/// The process groups reported, in order.
-const GROUPS: [&str; 6] = [
+/// The process groups reported, in order: this process (the bench, the API and, in one-process
+/// runs, the processors), then the processors it started as processes of their own.
+const GROUPS: [&str; 10] = [
     "kassa",
+    "kassa inventory",
+    "kassa orders",
+    "kassa payments",
+    "kassa expiry",
     "Kafka",
     "Postgres",
     "Redis",
@@ -111,6 +116,11 @@ impl Sample {
 }
 
 impl Usage {
+    /// CPU milliseconds of every counted process per order (`orders` went through).
+    pub fn cpu_per_order_ms(&self, orders: usize) -> f64 {
+        self.cpu.iter().map(|(_, s)| s).sum::<f64>() * 1000.0 / orders.max(1) as f64
+    }
+
     /// Prints the use per order (`orders` orders went through meanwhile).
     pub fn print(&self, orders: usize) {
         let orders = orders.max(1) as f64;
@@ -122,12 +132,12 @@ impl Usage {
         let total: f64 = self.cpu.iter().map(|(_, s)| s).sum();
         for (group, cpu) in self.cpu.iter().filter(|(_, s)| *s > 0.0) {
             println!(
-                "  {group:<12} {:>7.2} ms/order  ({:>5.1}% of one core)",
+                "  {group:<16} {:>7.2} ms/order  ({:>5.1}% of one core)",
                 cpu * 1000.0 / orders,
                 cpu * 100.0 / seconds
             );
         }
-        println!("  {:<12} {:>7.2} ms/order", "all", total * 1000.0 / orders);
+        println!("  {:<16} {:>7.2} ms/order", "all", total * 1000.0 / orders);
         let statements = self.pg_statements.map_or(
             "n/a (pg_stat_statements not loaded)".to_owned(),
             |(all, simulator)| {
@@ -154,10 +164,22 @@ impl Usage {
     }
 }
 
-/// Which group a process belongs to, by its name and command line.
-fn group_of(pid: u32, comm: &str, cmdline: &str) -> Option<&'static str> {
-    if pid == std::process::id() {
+/// Which group a process belongs to, by its parent, name and command line.
+fn group_of(pid: u32, parent: u32, comm: &str, cmdline: &str) -> Option<&'static str> {
+    let me = std::process::id();
+    if pid == me {
         return Some("kassa");
+    }
+    if parent == me && comm == "kassa" {
+        // A `kassa run <processor>` this bench started.
+        let processor = cmdline
+            .split_whitespace()
+            .skip_while(|w| *w != "run")
+            .nth(1);
+        return GROUPS[1..5]
+            .iter()
+            .copied()
+            .find(|g| Some(&g["kassa ".len()..]) == processor);
     }
     match comm {
         "postgres" => Some("Postgres"),
@@ -189,30 +211,31 @@ fn group_ticks() -> BTreeMap<&'static str, u64> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
             .unwrap_or_default();
-        let Some((comm, used)) = parse_stat(&stat) else {
+        let Some((comm, parent, used)) = parse_stat(&stat) else {
             continue;
         };
-        if let Some(group) = group_of(pid, comm, &cmdline) {
+        if let Some(group) = group_of(pid, parent, comm, &cmdline) {
             *ticks.entry(group).or_default() += used;
         }
     }
     ticks
 }
 
-/// A `/proc/<pid>/stat` line's name and utime + stime + cutime + cstime.
-fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+/// A `/proc/<pid>/stat` line's name, parent pid and utime + stime + cutime + cstime.
+fn parse_stat(stat: &str) -> Option<(&str, u32, u64)> {
     // The name is in parentheses and may hold spaces; the fields after it are plain.
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = &stat[open + 1..close];
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // After the name: state (0), … utime (11), stime (12), cutime (13), cstime (14).
+    // After the name: state (0), ppid (1), … utime (11), stime (12), cutime (13), cstime (14).
+    let parent = fields.get(1)?.parse().ok()?;
     let sum = fields
         .get(11..15)?
         .iter()
         .map(|f| f.parse::<u64>().ok())
         .sum::<Option<u64>>()?;
-    Some((comm, sum))
+    Some((comm, parent, sum))
 }
 
 /// The machine's (busy, total) ticks over all cores, from `/proc/stat`.
@@ -274,23 +297,41 @@ mod tests {
         let line = "1234 (postgres: ka ssa) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 100 0 0";
         assert_eq!(
             parse_stat(line),
-            Some(("postgres: ka ssa", 250 + 50 + 7 + 3))
+            Some(("postgres: ka ssa", 1, 250 + 50 + 7 + 3))
         );
         assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]
     fn processes_fall_into_their_groups() {
-        assert_eq!(group_of(std::process::id(), "kassa", ""), Some("kassa"));
-        assert_eq!(group_of(1, "postgres", "postgres: kassa"), Some("Postgres"));
+        let me = std::process::id();
+        assert_eq!(group_of(me, 1, "kassa", ""), Some("kassa"));
         assert_eq!(
-            group_of(2, "java", "java -cp libs/* kafka.Kafka /x/kafka.properties"),
+            group_of(9, me, "kassa", "/x/kassa run payments"),
+            Some("kassa payments")
+        );
+        assert_eq!(
+            group_of(9, 1, "kassa", "/x/kassa run payments"),
+            None,
+            "a kassa this bench did not start is not counted"
+        );
+        assert_eq!(
+            group_of(1, 0, "postgres", "postgres: kassa"),
+            Some("Postgres")
+        );
+        assert_eq!(
+            group_of(
+                2,
+                1,
+                "java",
+                "java -cp libs/* kafka.Kafka /x/kafka.properties"
+            ),
             Some("Kafka")
         );
         assert_eq!(
-            group_of(3, "java", "java -jar quarkus-run.jar"),
+            group_of(3, 1, "java", "java -jar quarkus-run.jar"),
             Some("registry")
         );
-        assert_eq!(group_of(4, "bash", "bash"), None);
+        assert_eq!(group_of(4, 1, "bash", "bash"), None);
     }
 }

@@ -91,16 +91,23 @@ async fn move_offset_under_the_processor(
         .fetch_one(&mut *tx)
         .await
         .unwrap();
+    let holder: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     for i in 0..30 {
         feed.send(sku, &reserve(&format!("{run}-moved-{i}"), 0, sku, 1))
             .await;
     }
-    // Wait until the processor's batch is blocked on the row this transaction holds.
+    // Wait until the processor's batch is blocked on the row this transaction holds: a backend
+    // that this transaction blocks (any other test's lock waits do not count).
     let started = Instant::now();
     loop {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%consumer_offsets%'",
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%inventory.consumer_offsets%'",
         )
+        .bind(holder)
         .fetch_one(pool)
         .await
         .unwrap();
