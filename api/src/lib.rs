@@ -39,7 +39,6 @@ use axum::routing::{get, post};
 use axum::{Json, response::IntoResponse};
 use kassa_schemas::Codec;
 use kassa_schemas::redis_link::RedisLink;
-use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use sqlx::PgPool;
@@ -301,10 +300,8 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy(config.database_url.expose())
         .map_err(|e| ServeError::Setup(format!("database URL: {e}")))?;
-    let mut producer_config = ClientConfig::new();
-    producer_config
-        .set("bootstrap.servers", &config.brokers)
-        .set("linger.ms", "1");
+    let mut producer_config = kassa_schemas::kafka_link::client_config(&config.brokers);
+    producer_config.set("linger.ms", "1");
     for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
         producer_config.set(*key, *value);
     }

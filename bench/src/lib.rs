@@ -308,14 +308,14 @@ impl Outcomes {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka_brokers)
-            .set("group.id", format!("kassa-bench-{}", uuid::Uuid::new_v4()))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "latest")
-            .create()
-            .expect("bench consumer");
+        let consumer: BaseConsumer =
+            kassa_schemas::kafka_link::client_config(&settings.kafka_brokers)
+                .set("group.id", format!("kassa-bench-{}", uuid::Uuid::new_v4()))
+                .set("isolation.level", "read_committed")
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "latest")
+                .create()
+                .expect("bench consumer");
         // Assign every partition at its current end, so only outcomes from now on are counted.
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))

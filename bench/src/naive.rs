@@ -41,13 +41,13 @@ pub(super) async fn run(
         .await?;
     let outcomes = Outcomes::start(settings, EVENTS, load.prefix());
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("group.id", format!("kassa-bench-naive-{}", load.run))
-        .set("auto.offset.reset", "latest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let consumer: StreamConsumer =
+        kassa_schemas::kafka_link::client_config(&settings.kafka_brokers)
+            .set("group.id", format!("kassa-bench-naive-{}", load.run))
+            .set("auto.offset.reset", "latest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
     let metadata = consumer.fetch_metadata(Some(REQUESTS), Duration::from_secs(10))?;
     let mut assignment = rdkafka::TopicPartitionList::new();
     for p in metadata.topics()[0].partitions() {
@@ -222,9 +222,8 @@ async fn create_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
 async fn create_topics(settings: &Settings) -> Result<(), BenchError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        kassa_schemas::kafka_link::client_config(&settings.kafka_brokers).create()?;
     let topics = [REQUESTS, EVENTS]
         .map(|t| NewTopic::new(t, settings.topics.partitions, TopicReplication::Fixed(1)));
     admin.create_topics(&topics, &AdminOptions::new()).await?;

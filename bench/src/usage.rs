@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kassa_schemas::Topic;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
 
@@ -271,8 +270,7 @@ async fn pg_statements(pool: &PgPool) -> Option<(i64, i64)> {
 
 /// The sum of the high watermarks of kassa's topics.
 fn kafka_offsets(brokers: &str) -> Option<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kassa_schemas::kafka_link::client_config(brokers)
         .create()
         .ok()?;
     let timeout = Duration::from_secs(5);

@@ -1,6 +1,5 @@
 //! Kafka clients configured the way every kassa component uses them.
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
@@ -8,8 +7,7 @@ use crate::settings::Settings;
 
 /// An idempotent, acks=all producer that partitions keys like Java clients (murmur2).
 pub fn producer(settings: &Settings) -> Result<FutureProducer, KafkaError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.kafka_brokers);
+    let mut config = kassa_schemas::kafka_link::client_config(&settings.kafka_brokers);
     for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
         config.set(*key, *value);
     }

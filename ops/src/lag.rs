@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kassa_processors::ConsumerGroup;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -185,13 +185,13 @@ pub fn discount_markers(
         .collect();
     // One consumer a topic: the end-of-partition event names the partition, not the topic.
     for topic in topics {
-        let consumer: BaseConsumer<EofIsNoError> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", "kassa-lag-probe")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .create_with_context(EofIsNoError)?;
+        let consumer: BaseConsumer<EofIsNoError> =
+            kassa_schemas::kafka_link::client_config(brokers)
+                .set("group.id", "kassa-lag-probe")
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true")
+                .create_with_context(EofIsNoError)?;
         let mut list = TopicPartitionList::new();
         let mut open = std::collections::HashMap::new();
         for p in partitions.iter().filter(|p| p.topic == topic && read(p)) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kassa_processors::ConsumerGroup;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::settings::Settings;
@@ -64,8 +64,7 @@ pub async fn positions(
         tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32, i64)>, KafkaError> {
             // The end a processor can read to: the last stable offset (records of transactions
             // not yet decided are not readable yet).
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
+            let consumer: BaseConsumer = kassa_schemas::kafka_link::client_config(&brokers)
                 .set("isolation.level", "read_committed")
                 .create()?;
             let mut ends = Vec::new();
@@ -129,9 +128,7 @@ pub async fn live_members_of(settings: &Settings, id: &str) -> Result<Vec<Member
     let brokers = settings.kafka_brokers.clone();
     let id = id.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Vec<Member>, KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
+        let consumer: BaseConsumer = kassa_schemas::kafka_link::client_config(&brokers).create()?;
         let list = consumer.fetch_group_list(Some(&id), Duration::from_secs(10))?;
         Ok(list
             .groups()
@@ -248,9 +245,7 @@ fn targets(
     target: &Target,
 ) -> Result<Vec<Option<i64>>, KafkaError> {
     let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let consumer: BaseConsumer = kassa_schemas::kafka_link::client_config(brokers).create()?;
     match target {
         Target::Latest => Ok(positions.iter().map(|p| Some(p.end)).collect()),
         Target::Earliest => positions

@@ -18,7 +18,6 @@ use axum::routing::get;
 use kassa_api::problem::Problem;
 use kassa_processors::ConsumerGroup;
 use kassa_processors::runtime::liveness;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 use sqlx::PgPool;
@@ -73,8 +72,7 @@ pub async fn serve(
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy(settings.database_url.expose())
         .map_err(|e| ProbesError::Setup(format!("database URL: {e}")))?;
-    let kafka: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
+    let kafka: BaseConsumer = kassa_schemas::kafka_link::client_config(&settings.kafka_brokers)
         .create()
         .map_err(|e| ProbesError::Setup(format!("Kafka client: {e}")))?;
     let probes = Probes {

@@ -13,7 +13,7 @@ use kassa_schemas::{Codec, CodecError, Envelope, Payload, Topic};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -186,13 +186,13 @@ pub async fn tail(
     mut show: impl FnMut(&Record),
 ) -> Result<usize, TailError> {
     let codec = Codec::new(&settings.schema_registry_url)?;
-    let consumer: StreamConsumer<EofIsNoError> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("group.id", "kassa-tail")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(EofIsNoError)?;
+    let consumer: StreamConsumer<EofIsNoError> =
+        kassa_schemas::kafka_link::client_config(&settings.kafka_brokers)
+            .set("group.id", "kassa-tail")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(EofIsNoError)?;
     let timeout = Duration::from_secs(10);
     let mut list = TopicPartitionList::new();
     let mut open = HashSet::new();

@@ -48,9 +48,8 @@ pub fn all_topic_names() -> Vec<String> {
 /// Creates every topic that does not exist yet, with the configured partitions and replication,
 /// and kassa's retention (`kassa_schemas::kafka`). A topic that exists is left as it is.
 pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, TopicsError> {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        kassa_schemas::kafka_link::client_config(&settings.kafka_brokers).create()?;
     let names = all_topic_names();
     let configs: Vec<(String, String)> = names
         .iter()

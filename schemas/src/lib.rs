@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod events;
 pub mod flash_keys;
 pub mod kafka;
+pub mod kafka_link;
 pub mod read_model;
 pub mod redis_link;
 pub mod registry;
