@@ -17,6 +17,9 @@ pub enum TopicsError {
     /// The Kafka client or request failed as a whole.
     #[error("Kafka admin request failed: {0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers cannot be reached with these settings (address, TLS, credentials).
+    #[error(transparent)]
+    Unreachable(#[from] kassa_schemas::kafka_link::KafkaLinkError),
     /// The broker refused to create one topic.
     #[error("cannot create topic {topic}: {code}")]
     Create {
@@ -48,6 +51,18 @@ pub fn all_topic_names() -> Vec<String> {
 /// Creates every topic that does not exist yet, with the configured partitions and replication,
 /// and kassa's retention (`kassa_schemas::kafka`). A topic that exists is left as it is.
 pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, TopicsError> {
+    // First whether the brokers answer at all: a refused certificate or password is named here,
+    // where the admin request would only time out.
+    let brokers = settings.kafka_brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        kassa_schemas::kafka_link::reach(&brokers, Duration::from_secs(10))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(kassa_schemas::kafka_link::KafkaLinkError::Refused(format!(
+            "the connection check panicked: {e}"
+        )))
+    })?;
     let admin: AdminClient<DefaultClientContext> =
         kassa_schemas::kafka_link::client_config(&settings.kafka_brokers).create()?;
     let names = all_topic_names();

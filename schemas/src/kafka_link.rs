@@ -5,9 +5,12 @@
 //! consumer and admin client. Properties kassa's guarantees rest on (idempotence, acks, isolation,
 //! offsets, group membership) cannot be overridden. Values are never logged: only names.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 
 /// The variable naming a properties file (`key=value` lines).
 pub const CONFIG_FILE_VARIABLE: &str = "KASSA_KAFKA_CONFIG";
@@ -69,6 +72,14 @@ pub enum KafkaLinkError {
     /// librdkafka refused a property (unknown, bad value, or a feature not built in).
     #[error("Kafka client properties: {0}")]
     Refused(String),
+    /// The brokers did not answer, or refused the connection (TLS, authentication).
+    #[error("Kafka at {brokers} cannot be reached: {reason}")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// What librdkafka last reported (a refused certificate, failed authentication, …).
+        reason: String,
+    },
 }
 
 /// The deployment's properties, in the order they apply.
@@ -198,9 +209,9 @@ impl Properties {
 /// Names a property librdkafka refused without its value (rdkafka's message ends with it, and
 /// a misspelt `sasl.pasword` would print the password); a value quoted in the reason is hidden
 /// too where the property's name says it may be a secret.
-fn without_value(error: rdkafka::error::KafkaError) -> String {
+fn without_value(error: KafkaError) -> String {
     match error {
-        rdkafka::error::KafkaError::ClientConfig(_, reason, key, value) => {
+        KafkaError::ClientConfig(_, reason, key, value) => {
             let secret = ["password", "secret", "pem", "jaas", "token", "key"]
                 .iter()
                 .any(|s| key.contains(s));
@@ -225,6 +236,62 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         properties.apply(&mut config);
     }
     config
+}
+
+/// The last error librdkafka reported for a client, in its log or its error callback (refused
+/// certificates and failed authentication show there, not in the failed request's error).
+#[derive(Default)]
+struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    fn keep(&self, seen: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.keep(format!("{reason} ({error})"));
+    }
+
+    // Failed TLS handshakes and authentication show in librdkafka's log.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Error as i32) {
+            self.keep(log_message.to_owned());
+        }
+        tracing::debug!(fac, log_message, "librdkafka (connection check)");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// Asks `brokers` for their metadata with the deployment's properties (blocking, up to `within`):
+/// Ok when they answer; otherwise why not, in librdkafka's words (a certificate it could not
+/// verify, credentials the broker refused, nobody listening).
+pub fn reach(brokers: &str, within: Duration) -> Result<(), KafkaLinkError> {
+    let consumer: BaseConsumer<LastError> = client_config(brokers)
+        .create_with_context(LastError::default())
+        .map_err(|e| KafkaLinkError::Refused(without_value(e)))?;
+    consumer
+        .fetch_metadata(None, within)
+        .map(drop)
+        .map_err(|e| {
+            // rdkafka delivers librdkafka's logs and errors as events on the client's queue:
+            // serve what is waiting there.
+            for _ in 0..3 {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+            let seen = consumer
+                .context()
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            KafkaLinkError::Unreachable {
+                brokers: brokers.to_owned(),
+                reason: seen.unwrap_or_else(|| e.to_string()),
+            }
+        })
 }
 
 #[cfg(test)]

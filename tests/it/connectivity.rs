@@ -119,3 +119,122 @@ async fn kafka_properties_from_a_file_reach_a_running_apis_clients() {
     })
     .await;
 }
+
+/// The secured listener `scripts/dev` starts: (brokers, the SCRAM user's password, the CA).
+fn secured_listener() -> (String, String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name}: the SASL_SSL listener of `scripts/dev up` (`scripts/dev env --test`)")
+        })
+    };
+    (
+        var("KASSA_TEST_KAFKA_SECURE_BROKERS"),
+        var("KASSA_TEST_KAFKA_SCRAM_PASSWORD"),
+        var("KASSA_TEST_TLS_CA"),
+    )
+}
+
+/// The settings of a kassa on the SASL_SSL listener with `password` and trusting `ca`.
+fn over_sasl_ssl<'a>(brokers: &'a str, password: &'a str, ca: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("KASSA_KAFKA_BROKERS", brokers),
+        ("KASSA_KAFKA__security.protocol", "SASL_SSL"),
+        ("KASSA_KAFKA__sasl.mechanism", "SCRAM-SHA-512"),
+        ("KASSA_KAFKA__sasl.username", "kassa"),
+        ("KASSA_KAFKA__sasl.password", password),
+        ("KASSA_KAFKA__ssl.ca.location", ca),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_sasl_ssl_a_wrong_password_or_an_untrusted_certificate_is_named() {
+    common::setup().await;
+    let (brokers, password, ca) = secured_listener();
+    let (ok, text) = topics_create(&over_sasl_ssl(&brokers, &password, &ca));
+    assert!(ok && text.contains("exists"), "over SASL_SSL: {text}");
+
+    let (ok, text) = topics_create(&over_sasl_ssl(&brokers, "not-the-password", &ca));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("Kafka at {brokers} cannot be reached"))
+            && text.to_lowercase().contains("authentication"),
+        "a refused password is named as such: {text}"
+    );
+    assert!(
+        !text.contains("not-the-password") && !text.contains(&password),
+        "{text}"
+    );
+
+    // A CA that did not sign the broker's certificate.
+    let other = std::env::temp_dir().join(format!("kassa-other-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&other).unwrap();
+    let made = std::process::Command::new("openssl")
+        .current_dir(&other)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=not kassa's CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+    let other_ca = other.join("ca.pem");
+    let (ok, text) = topics_create(&over_sasl_ssl(
+        &brokers,
+        &password,
+        other_ca.to_str().unwrap(),
+    ));
+    let _ = std::fs::remove_dir_all(&other);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("Kafka at {brokers} cannot be reached"))
+            && text.contains("certificate"),
+        "an untrusted certificate is named as such: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_completes_with_the_api_and_every_processor_on_kafka_over_sasl_ssl() {
+    let (brokers, password, ca) = secured_listener();
+    let secured = over_sasl_ssl(&brokers, &password, &ca);
+    let saga =
+        common::saga::Saga::new(common::saga::start_processors(&secured).await, None, None).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut api_env = secured.clone();
+    api_env.push(("KASSA_HTTP_ADDR", addr.as_str()));
+    let _api = Component::start("api", &api_env);
+    let api = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let ready = wait_until(&http, &api, "/ready", 200, |_| true).await;
+    assert_eq!(ready["checks"]["kafka"], "ok", "{ready}");
+    let sku = saga.sku("SASL");
+    saga.product(&sku, 1200, 3).await;
+    let customer = format!("cus_{}_sasl", saga.run);
+    let placed = http
+        .post(format!("{api}/api/orders"))
+        .bearer_auth(&saga.api.storefront)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&serde_json::json!({
+            "customer_id": customer,
+            "payment_method_id": "pm_card_visa",
+            "lines": [{"sku": sku, "quantity": 2}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let answer: serde_json::Value = placed.json().await.unwrap();
+    let order = common::saga::Placed {
+        id: answer["order_id"].as_str().unwrap().to_owned(),
+        customer,
+    };
+    saga.wait_status(&order, "completed", std::time::Duration::from_secs(60))
+        .await;
+    saga.wait_stock(&sku, (1, 0, 2)).await;
+}
