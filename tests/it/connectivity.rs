@@ -216,24 +216,7 @@ async fn an_order_completes_with_the_api_and_every_processor_on_kafka_over_sasl_
     let sku = saga.sku("SASL");
     saga.product(&sku, 1200, 3).await;
     let customer = format!("cus_{}_sasl", saga.run);
-    let placed = http
-        .post(format!("{api}/api/orders"))
-        .bearer_auth(&saga.api.storefront)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-        .json(&serde_json::json!({
-            "customer_id": customer,
-            "payment_method_id": "pm_card_visa",
-            "lines": [{"sku": sku, "quantity": 2}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 202);
-    let answer: serde_json::Value = placed.json().await.unwrap();
-    let order = common::saga::Placed {
-        id: answer["order_id"].as_str().unwrap().to_owned(),
-        customer,
-    };
+    let order = saga.place_through(&api, customer, (&sku, 2), None).await;
     saga.wait_status(&order, "completed", std::time::Duration::from_secs(60))
         .await;
     saga.wait_stock(&sku, (1, 0, 2)).await;

@@ -264,25 +264,10 @@ async fn one_order_is_one_trace_at_a_real_collector() {
     let trace = uuid::Uuid::new_v4().simple().to_string();
     let storefront_span = "00f067aa0ba902b7";
     let customer = format!("cus_{}_traced", saga.run);
-    let placed = http
-        .post(format!("{api}/api/orders"))
-        .bearer_auth(&saga.api.storefront)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-        .header("traceparent", format!("00-{trace}-{storefront_span}-01"))
-        .json(&serde_json::json!({
-            "customer_id": customer,
-            "payment_method_id": "pm_card_visa",
-            "lines": [{"sku": sku, "quantity": 2}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 202);
-    let answer: Value = placed.json().await.unwrap();
-    let order = common::saga::Placed {
-        id: answer["order_id"].as_str().unwrap().to_owned(),
-        customer,
-    };
+    let traceparent = format!("00-{trace}-{storefront_span}-01");
+    let order = saga
+        .place_through(&api, customer, (&sku, 2), Some(&traceparent))
+        .await;
     saga.wait_status(&order, "completed", Duration::from_secs(60))
         .await;
 

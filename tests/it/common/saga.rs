@@ -212,6 +212,37 @@ impl Saga {
         answer["order_id"].as_str().unwrap().to_owned()
     }
 
+    /// Places a `pm_card_visa` order of `quantity` units of `sku` for `customer` through the API
+    /// served at `api` (a `kassa run api` process), with the storefront key and, if given, the
+    /// storefront's `traceparent`; asserts the 202.
+    pub async fn place_through(
+        &self,
+        api: &str,
+        customer: String,
+        (sku, quantity): (&str, i32),
+        traceparent: Option<&str>,
+    ) -> Placed {
+        let mut request = reqwest::Client::new()
+            .post(format!("{api}/api/orders"))
+            .bearer_auth(&self.api.storefront)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({
+                "customer_id": customer,
+                "payment_method_id": "pm_card_visa",
+                "lines": [{"sku": sku, "quantity": quantity}],
+            }));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let placed = request.send().await.expect("the API answers");
+        assert_eq!(placed.status(), 202);
+        let answer: Value = placed.json().await.unwrap();
+        Placed {
+            id: answer["order_id"].as_str().unwrap().to_owned(),
+            customer,
+        }
+    }
+
     /// `GET /api/orders/{id}` as its customer.
     pub async fn get(&self, order: &Placed, query: &str) -> Value {
         let response = self
