@@ -166,24 +166,7 @@ async fn over_sasl_ssl_a_wrong_password_or_an_untrusted_certificate_is_named() {
     );
 
     // A CA that did not sign the broker's certificate.
-    let other = std::env::temp_dir().join(format!("kassa-other-ca-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&other).unwrap();
-    let made = std::process::Command::new("openssl")
-        .current_dir(&other)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=not kassa's CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ])
-        .output()
-        .expect("openssl runs");
-    assert!(made.status.success(), "{made:?}");
+    let other = other_ca();
     let other_ca = other.join("ca.pem");
     let (ok, text) = topics_create(&over_sasl_ssl(
         &brokers,
@@ -199,10 +182,92 @@ async fn over_sasl_ssl_a_wrong_password_or_an_untrusted_certificate_is_named() {
     );
 }
 
+/// The test database's URL for the TLS-only role `kassa_tls` `scripts/dev` makes, with `sslmode`
+/// and the CA `ca`.
+fn postgres_tls_url(sslmode: &str, ca: &str) -> String {
+    let password = std::env::var("KASSA_TEST_POSTGRES_TLS_PASSWORD").expect(
+        "KASSA_TEST_POSTGRES_TLS_PASSWORD: the TLS-only role of `scripts/dev up` (`scripts/dev env --test`)",
+    );
+    let mut url = reqwest::Url::parse(&std::env::var("KASSA_DATABASE_URL").unwrap()).unwrap();
+    url.set_username("kassa_tls").unwrap();
+    url.set_password(Some(&password)).unwrap();
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("sslmode", sslmode)
+        .append_pair("sslrootcert", ca);
+    url.to_string()
+}
+
+/// A throw-away CA that signed nothing kassa talks to (its directory, removed by the caller).
+fn other_ca() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kassa-other-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=not kassa's CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn an_order_completes_with_the_api_and_every_processor_on_kafka_over_sasl_ssl() {
+async fn postgres_over_tls_is_verified_and_plaintext_or_an_untrusted_certificate_is_refused() {
+    common::setup().await;
+    let (_, _, ca) = secured_listener();
+    let pool = sqlx::PgPool::connect(&postgres_tls_url("verify-full", &ca))
+        .await
+        .expect("the TLS-only role over verify-full");
+    let (ssl, user): (bool, String) = sqlx::query_as(
+        "SELECT s.ssl, current_user::text FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(ssl && user == "kassa_tls");
+    pool.close().await;
+
+    let plaintext = sqlx::PgPool::connect(&postgres_tls_url("disable", &ca)).await;
+    let error = match plaintext {
+        Ok(_) => panic!("the TLS-only role got in without TLS"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("no encryption"), "{error}");
+
+    let other = other_ca();
+    let other_ca = other.join("ca.pem");
+    let url = postgres_tls_url("verify-full", other_ca.to_str().unwrap());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
+        .arg("migrate")
+        .env("KASSA_DATABASE_URL", &url)
+        .output()
+        .expect("kassa runs");
+    let _ = std::fs::remove_dir_all(&other);
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}");
+    let password = std::env::var("KASSA_TEST_POSTGRES_TLS_PASSWORD").unwrap();
+    assert!(
+        text.to_lowercase().contains("certificate") && !text.contains(&password),
+        "an untrusted certificate is named, the password never: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_completes_with_kafka_over_sasl_ssl_and_postgres_over_tls() {
     let (brokers, password, ca) = secured_listener();
-    let secured = over_sasl_ssl(&brokers, &password, &ca);
+    let database = postgres_tls_url("verify-full", &ca);
+    let mut secured = over_sasl_ssl(&brokers, &password, &ca);
+    secured.push(("KASSA_DATABASE_URL", database.as_str()));
     let saga =
         common::saga::Saga::new(common::saga::start_processors(&secured).await, None, None).await;
     let addr = format!("127.0.0.1:{}", free_port());
@@ -220,4 +285,15 @@ async fn an_order_completes_with_the_api_and_every_processor_on_kafka_over_sasl_
     saga.wait_status(&order, "completed", std::time::Duration::from_secs(60))
         .await;
     saga.wait_stock(&sku, (1, 0, 2)).await;
+    let (tls, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'kassa_tls'",
+    )
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(
+        tls > 0 && plain == 0,
+        "the processors and the API hold their connections over TLS: {tls} over TLS, {plain} not"
+    );
 }
