@@ -46,14 +46,15 @@ pub struct Settings {
     )]
     pub database_url: Secret,
 
-    /// Redis URL (carts and the flash-sale gate).
+    /// Redis URL (carts and the flash-sale gate): `rediss://` for TLS, an ACL user and password in the URL.
     #[arg(
         long,
         env = "KASSA_REDIS_URL",
         default_value = "redis://127.0.0.1:16379",
+        hide_env_values = true,
         global = true
     )]
-    pub redis_url: String,
+    pub redis_url: Secret,
 
     /// Where this kassa runs: `production` (the default) or `development` (`scripts/dev env`).
     #[arg(long, env = "KASSA_ENVIRONMENT", value_enum, default_value_t = Environment::Production, global = true)]
@@ -295,7 +296,7 @@ impl Settings {
                     instance_id: self.processing.instance_id.clone(),
                 },
                 registry_url: self.schema_registry_url.clone(),
-                redis_url: self.redis_url.clone(),
+                redis_url: self.redis_url.expose().to_owned(),
             },
             own: kassa_processors::Own::of(group, &self.processors, &common)?,
         })
@@ -309,7 +310,7 @@ impl Settings {
             database_url: self.database_url.clone(),
             brokers: self.kafka_brokers.clone(),
             registry_url: self.schema_registry_url.clone(),
-            redis_url: self.redis_url.clone(),
+            redis_url: self.redis_url.expose().to_owned(),
             hold_seconds: seconds_i32(self.holds.default_hold),
             max_hold_seconds: seconds_i32(self.holds.max_hold),
             stripe_webhook_secret: self.api.stripe_webhook_secret.clone(),
@@ -376,6 +377,7 @@ mod tests {
         let mut settings = Settings::from_env();
         settings.database_url = Secret::new("postgres://kassa:s3cret@db/kassa");
         settings.processors.payments.stripe_secret_key = Some(Secret::new("sk_live_s3cret"));
+        settings.redis_url = Secret::new("rediss://kassa:s3cret@cache:6380/0");
         let printed = format!("{settings:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
     }

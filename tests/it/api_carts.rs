@@ -322,7 +322,7 @@ async fn a_guest_cart_expires_unless_used_and_merges_into_the_customers_cart() {
     poll.tick().await;
     // Peek without sliding: only the expiry may remove it, so wait for Redis to say it is gone.
     let settings = common::settings();
-    let mut redis = redis::Client::open(settings.redis_url.as_str())
+    let mut redis = redis::Client::open(settings.redis_url.expose())
         .unwrap()
         .get_multiplexed_async_connection()
         .await

@@ -263,11 +263,14 @@ async fn postgres_over_tls_is_verified_and_plaintext_or_an_untrusted_certificate
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_order_completes_with_kafka_over_sasl_ssl_and_postgres_over_tls() {
+async fn an_order_completes_with_kafka_over_sasl_ssl_and_postgres_and_redis_over_tls() {
     let (brokers, password, ca) = secured_listener();
     let database = postgres_tls_url("verify-full", &ca);
+    let redis = redis_tls_url(None);
     let mut secured = over_sasl_ssl(&brokers, &password, &ca);
     secured.push(("KASSA_DATABASE_URL", database.as_str()));
+    secured.push(("KASSA_REDIS_URL", redis.as_str()));
+    secured.push(("KASSA_REDIS_CA", ca.as_str()));
     let saga =
         common::saga::Saga::new(common::saga::start_processors(&secured).await, None, None).await;
     let addr = format!("127.0.0.1:{}", free_port());
@@ -278,6 +281,7 @@ async fn an_order_completes_with_kafka_over_sasl_ssl_and_postgres_over_tls() {
     let http = reqwest::Client::new();
     let ready = wait_until(&http, &api, "/ready", 200, |_| true).await;
     assert_eq!(ready["checks"]["kafka"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
     let sku = saga.sku("SASL");
     saga.product(&sku, 1200, 3).await;
     let customer = format!("cus_{}_sasl", saga.run);
@@ -296,4 +300,61 @@ async fn an_order_completes_with_kafka_over_sasl_ssl_and_postgres_over_tls() {
         tls > 0 && plain == 0,
         "the processors and the API hold their connections over TLS: {tls} over TLS, {plain} not"
     );
+}
+
+/// The test suite's Redis database on the TLS port as the ACL user `kassa_tls` (with
+/// `password` instead of its own, if given).
+fn redis_tls_url(password: Option<&str>) -> String {
+    let url = std::env::var("KASSA_TEST_REDIS_TLS_URL").expect(
+        "KASSA_TEST_REDIS_TLS_URL: the TLS port of `scripts/dev up` (`scripts/dev env --test`)",
+    );
+    let mut url = reqwest::Url::parse(&url).unwrap();
+    if let Some(password) = password {
+        url.set_password(Some(password)).unwrap();
+    }
+    url.set_path("/1");
+    url.to_string()
+}
+
+/// Waits until a `kassa run api` with `env` says Redis is `verdict` in /ready.
+async fn api_sees_redis(env: &[(&str, &str)], verdict: &str) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = env.to_vec();
+    env.push(("KASSA_HTTP_ADDR", addr.as_str()));
+    let _api = Component::start("api", &env);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    wait_until(&http, &base, "/health", 200, |_| true).await;
+    let status = if verdict == "ok" { 200 } else { 503 };
+    wait_until(&http, &base, "/ready", status, |body| {
+        body["checks"]["redis"] == verdict
+            || body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!(r#""redis":"{verdict}""#)))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_over_tls_as_an_acl_user_and_a_wrong_password_or_an_untrusted_ca_is_not_let_in() {
+    common::setup().await;
+    let (_, _, ca) = secured_listener();
+    let url = redis_tls_url(None);
+    api_sees_redis(&[("KASSA_REDIS_URL", &url), ("KASSA_REDIS_CA", &ca)], "ok").await;
+
+    let wrong = redis_tls_url(Some("not-the-password"));
+    api_sees_redis(
+        &[("KASSA_REDIS_URL", &wrong), ("KASSA_REDIS_CA", &ca)],
+        "failing",
+    )
+    .await;
+
+    let other = other_ca();
+    let other_ca = other.join("ca.pem");
+    let untrusted = [
+        ("KASSA_REDIS_URL", url.as_str()),
+        ("KASSA_REDIS_CA", other_ca.to_str().unwrap()),
+    ];
+    api_sees_redis(&untrusted, "failing").await;
+    let _ = std::fs::remove_dir_all(&other);
 }

@@ -60,7 +60,7 @@ async fn tokens_left(saga: &Saga, sku: &str) -> i64 {
 }
 
 async fn redis(saga: &Saga) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(saga.api.settings.redis_url.as_str())
+    redis::Client::open(saga.api.settings.redis_url.expose())
         .unwrap()
         .get_multiplexed_async_connection()
         .await

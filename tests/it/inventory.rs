@@ -316,7 +316,7 @@ async fn a_released_flash_sale_hold_gives_its_tokens_back_in_redis() {
     let run = run_id();
     let sku = format!("T-{run}-FLASH");
     let order = format!("{run}-flash");
-    let mut redis = redis::Client::open(settings.redis_url.as_str())
+    let mut redis = redis::Client::open(settings.redis_url.expose())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
