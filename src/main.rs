@@ -192,6 +192,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.settings;
     // The deployment's Kafka client properties: read and checked before any client is made.
     let kafka = kassa_schemas::kafka_link::Properties::from_env()?;
+    kassa_schemas::registry_link::Access::from_env()?;
     if !kafka.names().is_empty() {
         tracing::info!(properties = ?kafka.names(), "Kafka clients take the deployment's properties");
     }

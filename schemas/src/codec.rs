@@ -186,11 +186,12 @@ pub fn schema_id(bytes: &[u8]) -> Option<u32> {
     }
 }
 
-/// Registry client settings with a bounded timeout.
+/// Registry client settings with a bounded timeout and the deployment's access (credentials, CA).
 pub(crate) fn sr_settings(registry_url: &str) -> Result<SrSettings, SRCError> {
+    let timeout = Duration::from_secs(10);
     SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
-        .set_timeout(Duration::from_secs(10))
-        .build()
+        .set_timeout(timeout)
+        .build_with(crate::registry_link::client_builder(timeout))
 }
 
 /// This build's schema for `topic`, as the registry client wants it.

@@ -10,6 +10,7 @@ pub mod kafka_link;
 pub mod read_model;
 pub mod redis_link;
 pub mod registry;
+pub mod registry_link;
 pub mod secret;
 pub mod topics;
 pub mod trace;

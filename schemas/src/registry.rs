@@ -67,10 +67,9 @@ pub struct Registry {
 impl Registry {
     /// A client for the registry at `url` (e.g. `http://…/apis/ccompat/v7`).
     pub fn new(url: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
+        let http = crate::registry_link::client_builder(std::time::Duration::from_secs(10))
             .build()
-            .expect("a plain HTTP client builds");
+            .expect("an HTTP client with the checked access builds");
         Self {
             url: url.trim_end_matches('/').to_owned(),
             http,
@@ -193,10 +192,20 @@ fn read_schema_file(path: &Path) -> Result<String, RegistryError> {
     Ok(text)
 }
 
+/// A transport error with its causes (a refused certificate is a cause of "error sending
+/// request"), without the URL.
 fn http_error(what: &str, e: reqwest::Error) -> RegistryError {
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        detail.push_str(": ");
+        detail.push_str(&c.to_string());
+        cause = c.source();
+    }
     RegistryError::Http {
         what: what.to_owned(),
-        detail: e.without_url().to_string(),
+        detail,
     }
 }
 

@@ -263,11 +263,16 @@ async fn postgres_over_tls_is_verified_and_plaintext_or_an_untrusted_certificate
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_order_completes_with_kafka_over_sasl_ssl_and_postgres_and_redis_over_tls() {
+async fn an_order_completes_with_every_connection_secured() {
     let (brokers, password, ca) = secured_listener();
     let database = postgres_tls_url("verify-full", &ca);
     let redis = redis_tls_url(None);
+    let registry = common::secured_registry::start("kassa", "registry-password").await;
     let mut secured = over_sasl_ssl(&brokers, &password, &ca);
+    secured.push(("KASSA_SCHEMA_REGISTRY_URL", registry.url.as_str()));
+    secured.push(("KASSA_SCHEMA_REGISTRY_USERNAME", "kassa"));
+    secured.push(("KASSA_SCHEMA_REGISTRY_PASSWORD", "registry-password"));
+    secured.push(("KASSA_SCHEMA_REGISTRY_CA", ca.as_str()));
     secured.push(("KASSA_DATABASE_URL", database.as_str()));
     secured.push(("KASSA_REDIS_URL", redis.as_str()));
     secured.push(("KASSA_REDIS_CA", ca.as_str()));
@@ -357,4 +362,56 @@ async fn redis_over_tls_as_an_acl_user_and_a_wrong_password_or_an_untrusted_ca_i
     ];
     api_sees_redis(&untrusted, "failing").await;
     let _ = std::fs::remove_dir_all(&other);
+}
+
+/// Runs `kassa schemas check` with `env` added; its exit success and what it wrote.
+fn schemas_check(env: &[(&str, &str)]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
+        .args(["schemas", "check"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("kassa runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_over_https_with_basic_auth_and_a_wrong_password_or_an_untrusted_ca_is_named()
+{
+    common::setup().await;
+    let (_, _, ca) = secured_listener();
+    let registry = common::secured_registry::start("kassa", "registry-password").await;
+    let with = |password: &'static str, ca: Option<&str>| {
+        let mut env = vec![
+            ("KASSA_SCHEMA_REGISTRY_URL", registry.url.clone()),
+            ("KASSA_SCHEMA_REGISTRY_USERNAME", "kassa".to_owned()),
+            ("KASSA_SCHEMA_REGISTRY_PASSWORD", password.to_owned()),
+        ];
+        if let Some(ca) = ca {
+            env.push(("KASSA_SCHEMA_REGISTRY_CA", ca.to_owned()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        tokio::task::block_in_place(|| schemas_check(&env))
+    };
+    let (ok, text) = with("registry-password", Some(&ca));
+    assert!(
+        ok && text.contains("compatible"),
+        "over HTTPS with basic auth: {text}"
+    );
+
+    let (ok, text) = with("not-the-password", Some(&ca));
+    assert!(!ok, "{text}");
+    assert!(text.contains("401"), "a refused password is named: {text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    let (ok, text) = with("registry-password", None);
+    assert!(!ok, "{text}");
+    assert!(
+        text.to_lowercase().contains("certificate"),
+        "a certificate nobody vouches for is named: {text}"
+    );
 }

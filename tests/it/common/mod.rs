@@ -163,6 +163,7 @@ pub mod processes;
 pub mod proxy;
 pub mod redis_server;
 pub mod saga;
+pub mod secured_registry;
 pub mod stripe_like;
 pub mod turns;
 
