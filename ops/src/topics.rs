@@ -1,5 +1,6 @@
 //! Creates kassa's topics (and one dead-letter topic per consumer group), idempotently.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use kassa_processors::ConsumerGroup;
@@ -20,6 +21,19 @@ pub enum TopicsError {
     /// The brokers cannot be reached with these settings (address, TLS, credentials).
     #[error(transparent)]
     Unreachable(#[from] kassa_schemas::kafka_link::KafkaLinkError),
+    /// A processor consumes topics with different partition counts: one key's records would land
+    /// on different partition numbers, so the instance that owns a key in one topic does not own
+    /// it in the others.
+    #[error(
+        "the {group} processor consumes topics with different partition counts ({counts}): \
+         give them the same count (kafka-topics --alter --partitions) before running it"
+    )]
+    PartitionsDisagree {
+        /// The consumer group.
+        group: String,
+        /// `topic: count` for each of its inputs.
+        counts: String,
+    },
     /// The broker refused to create one topic.
     #[error("cannot create topic {topic}: {code}")]
     Create {
@@ -103,5 +117,67 @@ pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, Topics
             Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
         }
     }
+    // Topics that existed keep the partitions they had: check that every processor's inputs agree.
+    let brokers = settings.kafka_brokers.clone();
+    let counts = tokio::task::spawn_blocking(move || partition_counts(&brokers))
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+    if let Some((group, counts)) = disagreement(&counts).into_iter().next() {
+        return Err(TopicsError::PartitionsDisagree { group, counts });
+    }
     Ok(outcomes)
+}
+
+/// Every topic's partition count, from the brokers' metadata.
+fn partition_counts(brokers: &str) -> Result<HashMap<String, usize>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = kassa_schemas::kafka_link::client_config(brokers).create()?;
+    let metadata = client.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.partitions().len()))
+        .collect())
+}
+
+/// The first consumer group whose input topics (as `counts` knows them) have different partition
+/// counts: its name and `topic: count, …`.
+fn disagreement(counts: &HashMap<String, usize>) -> Option<(String, String)> {
+    ConsumerGroup::ALL.into_iter().find_map(|group| {
+        let inputs: Vec<(&str, usize)> = group
+            .inputs()
+            .iter()
+            .filter_map(|t| Some((t.name(), *counts.get(t.name())?)))
+            .collect();
+        let first = inputs.first()?.1;
+        inputs.iter().any(|(_, n)| *n != first).then(|| {
+            let listed: Vec<String> = inputs.iter().map(|(t, n)| format!("{t}: {n}")).collect();
+            (group.name().to_owned(), listed.join(", "))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_processor_whose_inputs_disagree_on_partitions_is_named() {
+        let mut counts: HashMap<String, usize> = Topic::ALL
+            .iter()
+            .map(|t| (t.name().to_owned(), 12))
+            .collect();
+        assert_eq!(disagreement(&counts), None);
+        let (group, topic) = ConsumerGroup::ALL
+            .into_iter()
+            .find_map(|g| (g.inputs().len() > 1).then(|| (g, g.inputs()[1])))
+            .expect("a processor with more than one input");
+        counts.insert(topic.name().to_owned(), 16);
+        let (named, listed) = disagreement(&counts).expect("a disagreement");
+        assert_eq!(named, group.name());
+        assert!(
+            listed.contains(&format!("{}: 16", topic.name())),
+            "{listed}"
+        );
+    }
 }

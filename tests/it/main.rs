@@ -28,4 +28,5 @@ mod saga;
 mod saga_faults;
 mod saga_stripe;
 mod schema_compatibility;
+mod topics;
 mod transactions;
