@@ -69,6 +69,12 @@ async fn decode_same<P: Payload + PartialEq>(codec: &Codec, bytes: &[u8], sent: 
 }
 
 async fn registered_ids(settings: &kassa::settings::Settings) -> HashMap<String, u64> {
+    // Each answer within 10 s, retried until a deadline: another test restarts Postgres under the
+    // registry, and a request caught in that must not wait forever.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut ids = HashMap::new();
     for topic in Topic::ALL {
         let url = format!(
@@ -76,14 +82,21 @@ async fn registered_ids(settings: &kassa::settings::Settings) -> HashMap<String,
             settings.schema_registry_url,
             topic.subject()
         );
-        let body: serde_json::Value = reqwest::get(&url)
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let started = std::time::Instant::now();
+        let body: serde_json::Value = loop {
+            let answer = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r.json().await.ok(),
+                _ => None,
+            };
+            if let Some(body) = answer {
+                break body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the registry did not give {url} within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await; // retry until the deadline
+        };
         ids.insert(topic.name().to_owned(), body["id"].as_u64().expect("id"));
     }
     ids
