@@ -11,17 +11,7 @@ use common::processes::Component;
 
 /// Runs `kassa topics create` with `env` added; its exit success and what it wrote.
 fn topics_create(env: &[(&str, &str)]) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
-        .args(["topics", "create"])
-        .envs(env.iter().copied())
-        .output()
-        .expect("kassa runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    common::run_kassa(&["topics", "create"], env)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -366,17 +356,7 @@ async fn redis_over_tls_as_an_acl_user_and_a_wrong_password_or_an_untrusted_ca_i
 
 /// Runs `kassa schemas check` with `env` added; its exit success and what it wrote.
 fn schemas_check(env: &[(&str, &str)]) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
-        .args(["schemas", "check"])
-        .envs(env.iter().copied())
-        .output()
-        .expect("kassa runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    common::run_kassa(&["schemas", "check"], env)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,18 +11,13 @@ use rdkafka::client::DefaultClientContext;
 
 /// Runs `kassa topics create` in `namespace` with `partitions`; its success and what it wrote.
 fn topics_create(namespace: &str, partitions: &str) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
-        .args(["topics", "create"])
-        .env("KASSA_NAMESPACE", namespace)
-        .env("KASSA_TOPIC_PARTITIONS", partitions)
-        .output()
-        .expect("kassa runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    common::run_kassa(
+        &["topics", "create"],
+        &[
+            ("KASSA_NAMESPACE", namespace),
+            ("KASSA_TOPIC_PARTITIONS", partitions),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,6 +10,22 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::OnceCell;
 
+/// Runs `kassa <args>` with `env` added to the test settings; whether it succeeded, and what it
+/// wrote (stdout, then stderr).
+pub fn run_kassa(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kassa"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("kassa runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// Settings for the local services (`eval "$(scripts/dev env)"`, or the defaults, which match).
 pub fn settings() -> Settings {
     Settings::from_env()
