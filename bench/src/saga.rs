@@ -174,21 +174,25 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
     if naive {
         let kassa = summaries.last().expect("at least one run");
         let naive = naive_checkout(settings, &pool, &load, rate).await?;
-        let ratio = |k: Option<i64>, n: Option<i64>| match (k, n) {
-            (Some(k), Some(n)) if n > 0 => format!("{:.1}x", k as f64 / n as f64),
+        let ms = |v: Option<i64>| v.map_or("n/a".into(), |v| v.to_string());
+        let ratio = |k: f64, n: f64| {
+            if n > 0.0 {
+                format!("{:.1}x", k / n)
+            } else {
+                "n/a".into()
+            }
+        };
+        let p99_ratio = match (kassa.completed_p99, naive.completed_p99) {
+            (Some(k), Some(n)) => ratio(k as f64, n as f64),
             _ => "n/a".into(),
         };
         println!(
-            "kassa (last run) vs naive at {rate}/s: completed p99 {} ms vs {} ms ({}); CPU per order {:.1} ms vs {:.1} ms ({})",
-            kassa.completed_p99.map_or("n/a".into(), |v| v.to_string()),
-            naive.completed_p99.map_or("n/a".into(), |v| v.to_string()),
-            ratio(kassa.completed_p99, naive.completed_p99),
+            "kassa (last run) vs naive at {rate}/s: completed p99 {} ms vs {} ms ({p99_ratio}); CPU per order {:.1} ms vs {:.1} ms ({})",
+            ms(kassa.completed_p99),
+            ms(naive.completed_p99),
             kassa.cpu_ms,
             naive.cpu_ms,
-            ratio(
-                Some((kassa.cpu_ms * 1000.0) as i64),
-                Some((naive.cpu_ms * 1000.0) as i64)
-            ),
+            ratio(kassa.cpu_ms, naive.cpu_ms),
         );
     }
     println!(
@@ -219,15 +223,8 @@ async fn once(
     orders::stock(settings, &load.stock, &load.prefix).await?;
     println!(
         "saga bench: {orders} orders at {rate}/s over HTTP, {} traffic ({}), simulated gateway; API in this process, processors {}",
-        match traffic {
-            Traffic::Mixed => "mixed",
-            Traffic::Simple => "simple",
-        },
-        match traffic {
-            Traffic::Mixed =>
-                "1-3 lines over 200 SKUs; 90% pm_card_visa, 5% declined, 5% a line out of stock",
-            Traffic::Simple => "one line over 20 SKUs, pm_card_visa",
-        },
+        traffic.name(),
+        traffic.description(),
         if separate {
             "as one process each (kassa run <processor>)"
         } else {
@@ -325,7 +322,8 @@ fn print_header() {
     );
 }
 
-/// Prints one row of percentiles (milliseconds) for `label`; returns the p99.
+/// Sorts `latencies` and prints their row of percentiles (milliseconds) for `label`; returns the
+/// p99.
 fn print_latencies(label: &str, latencies: &mut [i64]) -> Option<i64> {
     latencies.sort_unstable();
     let at = |q: f64| super::quantile(latencies, q);

@@ -108,6 +108,24 @@ fn mix(x: u64) -> u64 {
 }
 
 impl Traffic {
+    /// Its name on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Traffic::Mixed => "mixed",
+            Traffic::Simple => "simple",
+        }
+    }
+
+    /// What its orders are, for a report.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Traffic::Mixed => {
+                "1-3 lines over 200 SKUs; 90% pm_card_visa, 5% declined, 5% a line out of stock"
+            }
+            Traffic::Simple => "one line over 20 SKUs, pm_card_visa",
+        }
+    }
+
     /// The `i`-th order of the sequence over `catalog`.
     pub fn order(self, catalog: &Catalog, i: usize) -> Order {
         let stocked = catalog.stocked().len();

@@ -65,18 +65,14 @@ pub fn all_topic_names() -> Vec<String> {
 /// Creates every topic that does not exist yet, with the configured partitions and replication,
 /// and kassa's retention (`kassa_schemas::kafka`). A topic that exists is left as it is.
 pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, TopicsError> {
-    // First whether the brokers answer at all: a refused certificate or password is named here,
-    // where the admin request would only time out.
+    // The topics there are, with their partitions. Asked first so that a refused certificate or
+    // password is named here, where the admin request would only time out.
     let brokers = settings.kafka_brokers.clone();
-    tokio::task::spawn_blocking(move || {
-        kassa_schemas::kafka_link::reach(&brokers, Duration::from_secs(10))
+    let mut counts = tokio::task::spawn_blocking(move || {
+        kassa_schemas::kafka_link::partition_counts(&brokers, Duration::from_secs(10))
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(kassa_schemas::kafka_link::KafkaLinkError::Refused(format!(
-            "the connection check panicked: {e}"
-        )))
-    })?;
+    .map_err(|_| KafkaError::Canceled)??;
     let admin: AdminClient<DefaultClientContext> =
         kassa_schemas::kafka_link::client_config(&settings.kafka_brokers).create()?;
     let names = all_topic_names();
@@ -118,26 +114,15 @@ pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, Topics
         }
     }
     // Topics that existed keep the partitions they had: check that every processor's inputs agree.
-    let brokers = settings.kafka_brokers.clone();
-    let counts = tokio::task::spawn_blocking(move || partition_counts(&brokers))
-        .await
-        .map_err(|_| KafkaError::Canceled)??;
+    for outcome in &outcomes {
+        if let TopicOutcome::Created(topic) = outcome {
+            counts.insert(topic.clone(), settings.topics.partitions as usize);
+        }
+    }
     if let Some((group, counts)) = disagreement(&counts).into_iter().next() {
         return Err(TopicsError::PartitionsDisagree { group, counts });
     }
     Ok(outcomes)
-}
-
-/// Every topic's partition count, from the brokers' metadata.
-fn partition_counts(brokers: &str) -> Result<HashMap<String, usize>, KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let client: BaseConsumer = kassa_schemas::kafka_link::client_config(brokers).create()?;
-    let metadata = client.fetch_metadata(None, Duration::from_secs(10))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .map(|t| (t.name().to_owned(), t.partitions().len()))
-        .collect())
 }
 
 /// The first consumer group whose input topics (as `counts` knows them) have different partition

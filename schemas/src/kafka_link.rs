@@ -5,6 +5,7 @@
 //! consumer and admin client. Properties kassa's guarantees rest on (idempotence, acks, isolation,
 //! offsets, group membership) cannot be overridden. Values are never logged: only names.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -265,33 +266,38 @@ impl rdkafka::ClientContext for LastError {
 
 impl rdkafka::consumer::ConsumerContext for LastError {}
 
-/// Asks `brokers` for their metadata with the deployment's properties (blocking, up to `within`):
-/// Ok when they answer; otherwise why not, in librdkafka's words (a certificate it could not
-/// verify, credentials the broker refused, nobody listening).
-pub fn reach(brokers: &str, within: Duration) -> Result<(), KafkaLinkError> {
+/// Asks `brokers` for their topics with the deployment's properties (blocking, up to `within`):
+/// each topic's partition count when they answer; otherwise why not, in librdkafka's words (a
+/// certificate it could not verify, credentials the broker refused, nobody listening).
+pub fn partition_counts(
+    brokers: &str,
+    within: Duration,
+) -> Result<HashMap<String, usize>, KafkaLinkError> {
     let consumer: BaseConsumer<LastError> = client_config(brokers)
         .create_with_context(LastError::default())
         .map_err(|e| KafkaLinkError::Refused(without_value(e)))?;
-    consumer
-        .fetch_metadata(None, within)
-        .map(drop)
-        .map_err(|e| {
-            // rdkafka delivers librdkafka's logs and errors as events on the client's queue:
-            // serve what is waiting there.
-            for _ in 0..3 {
-                let _ = consumer.poll(Duration::from_millis(50));
-            }
-            let seen = consumer
-                .context()
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            KafkaLinkError::Unreachable {
-                brokers: brokers.to_owned(),
-                reason: seen.unwrap_or_else(|| e.to_string()),
-            }
-        })
+    let metadata = consumer.fetch_metadata(None, within).map_err(|e| {
+        // rdkafka delivers librdkafka's logs and errors as events on the client's queue: serve
+        // what is waiting there.
+        for _ in 0..3 {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        let seen = consumer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        KafkaLinkError::Unreachable {
+            brokers: brokers.to_owned(),
+            reason: seen.unwrap_or_else(|| e.to_string()),
+        }
+    })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.partitions().len()))
+        .collect())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::common;
 
 use std::time::Instant;
 
-use common::http::{free_port, wait_until};
+use common::http::wait_until;
 use common::processes::Component;
 
 /// Runs `kassa topics create` with `env` added; its exit success and what it wrote.
@@ -76,15 +76,7 @@ async fn kafka_properties_from_a_file_reach_a_running_apis_clients() {
         "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=kassa\nsasl.password=not-this-broker\n",
     )
     .unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let api = Component::start(
-        "api",
-        &[
-            ("KASSA_HTTP_ADDR", addr.as_str()),
-            ("KASSA_KAFKA_CONFIG", file.to_str().unwrap()),
-        ],
-    );
-    let base = format!("http://{addr}");
+    let (api, base) = Component::start_api(&[("KASSA_KAFKA_CONFIG", file.to_str().unwrap())]);
     wait_until(&http, &base, "/health", 200, |_| true).await;
     let problem = wait_until(&http, &base, "/ready", 503, |body| {
         body["detail"].as_str().is_some_and(|d| {
@@ -102,9 +94,8 @@ async fn kafka_properties_from_a_file_reach_a_running_apis_clients() {
     );
 
     // The same API without the file is ready: the failure above was the file's doing.
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _api = Component::start("api", &[("KASSA_HTTP_ADDR", addr.as_str())]);
-    wait_until(&http, &format!("http://{addr}"), "/ready", 200, |body| {
+    let (_api, base) = Component::start_api(&[]);
+    wait_until(&http, &base, "/ready", 200, |body| {
         body["checks"]["kafka"] == "ok"
     })
     .await;
@@ -268,11 +259,7 @@ async fn an_order_completes_with_every_connection_secured() {
     secured.push(("KASSA_REDIS_CA", ca.as_str()));
     let saga =
         common::saga::Saga::new(common::saga::start_processors(&secured).await, None, None).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut api_env = secured.clone();
-    api_env.push(("KASSA_HTTP_ADDR", addr.as_str()));
-    let _api = Component::start("api", &api_env);
-    let api = format!("http://{addr}");
+    let (_api, api) = Component::start_api(&secured);
     let http = reqwest::Client::new();
     let ready = wait_until(&http, &api, "/ready", 200, |_| true).await;
     assert_eq!(ready["checks"]["kafka"], "ok", "{ready}");
@@ -313,11 +300,7 @@ fn redis_tls_url(password: Option<&str>) -> String {
 
 /// Waits until a `kassa run api` with `env` says Redis is `verdict` in /ready.
 async fn api_sees_redis(env: &[(&str, &str)], verdict: &str) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut env = env.to_vec();
-    env.push(("KASSA_HTTP_ADDR", addr.as_str()));
-    let _api = Component::start("api", &env);
-    let base = format!("http://{addr}");
+    let (_api, base) = Component::start_api(env);
     let http = reqwest::Client::new();
     wait_until(&http, &base, "/health", 200, |_| true).await;
     let status = if verdict == "ok" { 200 } else { 503 };

@@ -252,10 +252,7 @@ async fn one_order_is_one_trace_at_a_real_collector() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
     ];
     let saga = Saga::new(start_processors(&exporting).await, None, None).await;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _api = Component::start("api", &[("KASSA_HTTP_ADDR", addr.as_str()), exporting[1]]);
-    let api = format!("http://{addr}");
+    let (_api, api) = Component::start_api(&[exporting[1]]);
     let http = reqwest::Client::new();
     wait_until(&http, &api, "/health", 200, |_| true).await;
     let sku = saga.sku("TRACED");

@@ -63,6 +63,15 @@ impl Component {
         Self::spawn(name, env)
     }
 
+    /// Starts `kassa run api` on a free loopback port with `env` added; returns it and its base
+    /// URL (`http://127.0.0.1:<port>`).
+    pub fn start_api(env: &[(&str, &str)]) -> (Self, String) {
+        let addr = format!("127.0.0.1:{}", super::http::free_port());
+        let mut env = env.to_vec();
+        env.push(("KASSA_HTTP_ADDR", addr.as_str()));
+        (Self::start("api", &env), format!("http://{addr}"))
+    }
+
     fn spawn(name: &str, mut env: Vec<(String, String)>) -> Self {
         // A port of its own for its operations endpoints, kept across restarts.
         if !env.iter().any(|(k, _)| k == "KASSA_OPS_ADDR") {
