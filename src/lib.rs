@@ -4,6 +4,6 @@
 
 pub use kassa_bench::{self as bench, http};
 pub use kassa_ops::{
-    admin_api, asyncapi, dlq, kafka, lag, migrate, offsets, probes, provider, reconcile, search,
-    seed, settings, story, supervisor, tail, topics,
+    admin_api, asyncapi, databases, dlq, kafka, lag, migrate, offsets, probes, provider, reconcile,
+    search, seed, settings, story, supervisor, tail, topic_config, topics,
 };

@@ -38,7 +38,11 @@ enum Command {
         action: SchemasAction,
     },
     /// Load the small demo catalog (products and their stock).
-    Seed,
+    Seed {
+        /// Only when the catalog has none of the demo products yet (setup run on every start).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print a contract document generated from the code.
     Docs {
         #[command(subcommand)]
@@ -57,6 +61,15 @@ enum Command {
     /// Operators' commands: lag, tail, order, reconcile, dlq, offsets.
     #[command(flatten)]
     Operate(operate::Command),
+    /// Ask a running component's `/health` once (a container's health check): exit 0 on 200.
+    Health {
+        /// Ask the API (on `KASSA_HTTP_ADDR`) instead of a processor (on `KASSA_OPS_ADDR`).
+        #[arg(long)]
+        api: bool,
+        /// Ask this URL instead.
+        #[arg(long, conflicts_with = "api")]
+        url: Option<String>,
+    },
     /// Run a component until SIGTERM / Ctrl-C.
     Run {
         /// `api`, a processor (`inventory`, `orders`, `payments`, `expiry`), or `all` (every
@@ -198,9 +211,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Migrate => {
-            let pool = kassa::migrate::connect(&settings).await?;
-            let applied = kassa::migrate::run(&pool).await?;
-            println!("migrations: {applied} applied, database up to date");
+            let databases = kassa::databases::Databases::connect(&settings).await?;
+            let migrated = kassa::migrate::run_all(&databases).await?;
+            if let [only] = migrated.as_slice() {
+                println!("migrations: {} applied, database up to date", only.applied);
+            } else {
+                for m in &migrated {
+                    let (applied, url, holds) = (m.applied, &m.url, m.holds.join(", "));
+                    println!("migrations: {applied} applied, {url} ({holds}) up to date");
+                }
+            }
         }
         Command::Operate(command) => return operate::execute(command, &settings).await,
         Command::Topics {
@@ -210,7 +230,10 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             for outcome in &outcomes {
                 match outcome {
                     TopicOutcome::Created(t) => {
-                        println!("created  {t} ({} partitions)", settings.topics.partitions)
+                        println!(
+                            "created  {t} ({} partitions, replication {})",
+                            settings.topics.partitions, settings.topics.replication
+                        )
                     }
                     TopicOutcome::Existed(t) => println!("exists   {t}"),
                 }
@@ -256,12 +279,30 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", kassa_api::openapi::document_of(&extension, longest));
             }
         },
-        Command::Seed => {
+        Command::Seed { once } => {
             let pool = kassa::migrate::connect(&settings).await?;
+            if once && kassa::seed::seeded(&pool).await? {
+                println!("the demo catalog is there already: not seeded again");
+                return Ok(ExitCode::SUCCESS);
+            }
             let n = kassa::seed::seed(&settings, &pool)
                 .await
                 .context("seeding the demo catalog")?;
             println!("seeded {n} demo products and their stock");
+        }
+        Command::Health { api, url } => {
+            let addr = if api {
+                settings.api.addr
+            } else {
+                settings.process.ops_addr
+            };
+            let url = url.unwrap_or_else(|| kassa::probes::health_url(addr));
+            let limit = std::time::Duration::from_secs(5);
+            if let Err(why) = kassa::probes::check_health(&url, limit).await {
+                eprintln!("unhealthy: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("healthy: {url}");
         }
         Command::Keys {
             action: KeysAction::Create { kind, name },

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
+use kassa::databases::Databases;
 use kassa::settings::Settings;
 use kassa_processors::ConsumerGroup;
 
@@ -198,9 +199,7 @@ pub enum DlqAction {
 /// Runs a `kassa dlq` command.
 async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<ExitCode> {
     use kassa::dlq::DeadLetterId;
-    let pool = kassa::migrate::connect(settings)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let databases = Databases::connect(settings).await?;
     let parse = |ids: &[String]| -> anyhow::Result<Vec<DeadLetterId>> {
         ids.iter()
             .map(|id| Ok(id.parse::<DeadLetterId>()?))
@@ -219,7 +218,7 @@ async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<ExitCode>
             };
             let mut letters = Vec::new();
             for group in groups {
-                letters.extend(kassa::dlq::list(settings, &pool, group, since).await?);
+                letters.extend(kassa::dlq::list(settings, &databases, group, since).await?);
             }
             letters.retain(|d| all || !d.discarded());
             if json {
@@ -230,13 +229,13 @@ async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<ExitCode>
         }
         DlqAction::Show { id } => {
             let id: DeadLetterId = id.parse()?;
-            let letter = kassa::dlq::show(settings, &pool, id).await?;
+            let letter = kassa::dlq::show(settings, &databases, id).await?;
             println!("{}", serde_json::to_string_pretty(&letter)?);
         }
         DlqAction::Redrive { ids, reason } => {
             let mut failed = 0;
             for id in parse(&ids)? {
-                match kassa::dlq::redrive(settings, &pool, id, &operator(), &reason).await {
+                match kassa::dlq::redrive(settings, &databases, id, &operator(), &reason).await {
                     Ok(topic) => println!("{id}: redriven to {topic}"),
                     Err(error) => {
                         eprintln!("{id}: {error}");
@@ -250,7 +249,7 @@ async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<ExitCode>
         }
         DlqAction::Discard { ids, reason } => {
             for id in parse(&ids)? {
-                kassa::dlq::discard(settings, &pool, id, &operator(), &reason).await?;
+                kassa::dlq::discard(settings, &databases, id, &operator(), &reason).await?;
                 println!("{id}: discarded");
             }
         }
@@ -274,10 +273,8 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                 None => ConsumerGroup::ALL.to_vec(),
             };
             let measured = async {
-                let pool = kassa::migrate::connect(&settings)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                anyhow::Ok(kassa::lag::measure(&settings, &pool, &groups).await?)
+                let databases = Databases::connect(&settings).await?;
+                anyhow::Ok(kassa::lag::measure(&settings, &databases, &groups).await?)
             }
             .await;
             let lag = match measured {
@@ -348,10 +345,9 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
         }
         Command::Order { id, json } => {
             let looked = async {
-                let pool = kassa::migrate::connect(&settings)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                anyhow::Ok(kassa::story::story(&pool, &id).await?)
+                let databases = Databases::connect(&settings).await?;
+                let pool = databases.joined("kassa order")?;
+                anyhow::Ok(kassa::story::story(pool, &id).await?)
             }
             .await;
             let mut story = match looked {
@@ -383,12 +379,11 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
         } => {
             let options = kassa::reconcile::Options { since, margin };
             let checked = async {
-                let pool = kassa::migrate::connect(&settings)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                let mut found = kassa::reconcile::reconcile(&pool, &options).await?;
+                let databases = Databases::connect(&settings).await?;
+                let pool = databases.joined("kassa reconcile")?;
+                let mut found = kassa::reconcile::reconcile(pool, &options).await?;
                 if provider {
-                    found.extend(kassa::provider::check(&settings, &pool, &options).await?);
+                    found.extend(kassa::provider::check(&settings, pool, &options).await?);
                 }
                 anyhow::Ok(found)
             }
@@ -412,12 +407,11 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
             });
         }
         Command::Offsets { action } => {
-            let pool = kassa::migrate::connect(&settings)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let databases = Databases::connect(&settings).await?;
             match action {
                 OffsetsAction::Show => {
-                    let lag = kassa::lag::measure(&settings, &pool, &ConsumerGroup::ALL).await?;
+                    let lag =
+                        kassa::lag::measure(&settings, &databases, &ConsumerGroup::ALL).await?;
                     for (group, measured) in ConsumerGroup::ALL.iter().zip(&lag) {
                         for topic in group.inputs() {
                             let of_topic = measured.partitions.iter();
@@ -455,14 +449,21 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                         Target::Earliest
                     };
                     let moves = if dry_run {
-                        kassa::offsets::plan(&settings, &pool, group, &target).await?
+                        kassa::offsets::plan(&settings, databases.of(group), group, &target).await?
                     } else {
                         let request = kassa::offsets::MoveRequest {
                             moved_by: operator(),
                             reason: reason.unwrap_or_default(),
                             force,
                         };
-                        kassa::offsets::reset(&settings, &pool, group, &target, &request).await?
+                        kassa::offsets::reset(
+                            &settings,
+                            databases.of(group),
+                            group,
+                            &target,
+                            &request,
+                        )
+                        .await?
                     };
                     for m in &moves {
                         let from = m.from.map_or_else(|| "-".to_owned(), |f| f.to_string());
@@ -486,8 +487,13 @@ pub async fn execute(command: Command, settings: &Settings) -> anyhow::Result<Ex
                         reason,
                         force,
                     };
-                    let moves =
-                        kassa::offsets::skip_to_end(&settings, &pool, group, &request).await?;
+                    let moves = kassa::offsets::skip_to_end(
+                        &settings,
+                        databases.of(group),
+                        group,
+                        &request,
+                    )
+                    .await?;
                     let skipped: i64 = moves.iter().map(|m| m.to - m.from.unwrap_or(0)).sum();
                     println!(
                         "{}: skipped {skipped} offsets; now at the end of {} partitions",

@@ -54,6 +54,9 @@ pub struct ApiConfig {
     pub addr: SocketAddr,
     /// PostgreSQL URL (the `api` schema).
     pub database_url: kassa_schemas::secret::Secret,
+    /// PostgreSQL URL of the orders processor's schema, whose order status the API reads (the
+    /// same as `database_url` unless the orders processor has a database of its own).
+    pub orders_database_url: kassa_schemas::secret::Secret,
     /// Kafka bootstrap servers.
     pub brokers: String,
     /// Schema Registry URL.
@@ -295,11 +298,21 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
 /// Builds the state: database pool, producer, codec.
 pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
     telemetry::handle();
-    let pool = PgPoolOptions::new()
+    let options = PgPoolOptions::new()
         .max_connections(32)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(3));
+    let pool = options
+        .clone()
         .connect_lazy(config.database_url.expose())
         .map_err(|e| ServeError::Setup(format!("database URL: {e}")))?;
+    // Order status is the orders processor's read model: read where that processor keeps it.
+    let orders_pool = if config.orders_database_url.expose() == config.database_url.expose() {
+        pool.clone()
+    } else {
+        options
+            .connect_lazy(config.orders_database_url.expose())
+            .map_err(|e| ServeError::Setup(format!("orders database URL: {e}")))?
+    };
     let mut producer_config = kassa_schemas::kafka_link::client_config(&config.brokers);
     producer_config.set("linger.ms", "1");
     for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
@@ -329,7 +342,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
         recent_orders: accepted::Recent::default(),
-        status_feed: status_feed::StatusFeed::start(pool.clone()),
+        status_feed: status_feed::StatusFeed::start(orders_pool),
         openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
         body_timeout: config.server.body_timeout,
     })

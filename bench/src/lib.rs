@@ -135,11 +135,10 @@ pub async fn inventory(
     let pool = kassa_ops::migrate::connect(settings)
         .await
         .map_err(|e| match e {
-            kassa_ops::migrate::MigrateError::Connect { source, .. } => {
-                BenchError::Database(source)
-            }
-            kassa_ops::migrate::MigrateError::Apply(e) => BenchError::Database(e.into()),
-            kassa_ops::migrate::MigrateError::RuntimeTables(e) => BenchError::Database(e),
+            kassa_ops::migrate::MigrateError::Connect(
+                kassa_ops::databases::DatabasesError::Connect { source, .. },
+            ) => BenchError::Database(source),
+            other => BenchError::Database(sqlx::Error::Configuration(other.into())),
         })?;
     let codec = Codec::new(&settings.schema_registry_url)?;
     let producer = kassa_ops::kafka::producer(settings)?;

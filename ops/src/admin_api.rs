@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use kassa_api::AppState;
 use kassa_api::auth::Admin;
 use kassa_api::body::JsonBody;
 use kassa_api::error::ApiError;
@@ -20,6 +19,7 @@ use kassa_processors::ConsumerGroup;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
+use crate::databases::Databases;
 use crate::dlq::{DeadLetter, DeadLetterId, DlqError};
 use crate::lag::{GroupLag, PartitionLag, Report, Thresholds};
 use crate::offsets::OffsetsError;
@@ -29,16 +29,38 @@ use crate::settings::Settings;
 use crate::story::{Entry, Story};
 use crate::tail::{Record, TailError};
 
-/// What the views need besides the API's state: every setting (topics, the registry, the gateway).
+/// What the views need besides the API's state: every setting (topics, the registry, the
+/// gateway) and the databases (a processor's schema may be in one of its own).
 #[derive(Clone)]
 struct Views {
     settings: Arc<Settings>,
+    databases: Result<Databases, Arc<str>>,
+}
+
+impl Views {
+    /// The databases, or 503 when their URLs could not be read.
+    fn databases(&self) -> Result<&Databases, ApiError> {
+        self.databases.as_ref().map_err(|e| {
+            tracing::error!(error = %e, "the operator's views have no database");
+            Problem::unavailable("the database is unavailable", 5).into()
+        })
+    }
+
+    /// The one database that holds every schema, for `view`; 422 when processors keep their
+    /// schemas in databases of their own.
+    fn joined(&self, view: &'static str) -> Result<&sqlx::PgPool, ApiError> {
+        self.databases()?
+            .joined(view)
+            .map_err(|e| Problem::unprocessable("databases_split", e.to_string()).into())
+    }
 }
 
 /// The views' routes and their part of the OpenAPI document, for the API's server.
 pub fn extension(settings: &Settings) -> kassa_api::Extension {
     let views = Views {
         settings: Arc::new(settings.clone()),
+        databases: Databases::lazy(settings, 4, Duration::from_secs(3))
+            .map_err(|e| Arc::from(e.to_string())),
     };
     let routes = Router::new()
         .route("/admin/orders", get(search_orders))
@@ -207,10 +229,10 @@ fn group_schema() -> utoipa::openapi::Object {
 }
 
 /// `GET /admin/orders`: orders newest first, filtered, a page at a time.
-#[utoipa::path(get, path = "/admin/orders", operation_id = "searchOrders", tag = "operations-admin", params(SearchQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "a page of orders, newest first, and the cursor of the next", body = Page)))]
+#[utoipa::path(get, path = "/admin/orders", operation_id = "searchOrders", tag = "operations-admin", params(SearchQuery), security(("admin" = [])), responses(CommonErrors, (status = 422, description = "the processors' schemas are in separate databases (KASSA_<PROCESSOR>_DATABASE_URL), which this view joins", body = Problem, content_type = "application/problem+json"), (status = 200, description = "a page of orders, newest first, and the cursor of the next", body = Page)))]
 async fn search_orders(
-    State(state): State<AppState>,
     _admin: Admin,
+    Extension(views): Extension<Views>,
     QueryParams(query): QueryParams<SearchQuery>,
 ) -> Result<Json<Page>, ApiError> {
     if let Some(s) = &query.state
@@ -250,18 +272,19 @@ async fn search_orders(
         limit,
         after,
     };
-    Ok(Json(crate::search::search(&state.pool, &filter).await?))
+    Ok(Json(
+        crate::search::search(views.joined("GET /admin/orders")?, &filter).await?,
+    ))
 }
 
 /// `GET /admin/orders/{id}`: the order's story (`kassa order`).
-#[utoipa::path(get, path = "/admin/orders/{id}", operation_id = "getOrderStory", tag = "operations-admin", params(("id" = String, Path, description = "order id")), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the order's story in time order (every component's records and every event about it on every topic) and a one-line diagnosis", body = Story)))]
+#[utoipa::path(get, path = "/admin/orders/{id}", operation_id = "getOrderStory", tag = "operations-admin", params(("id" = String, Path, description = "order id")), security(("admin" = [])), responses(CommonErrors, (status = 422, description = "the processors' schemas are in separate databases (KASSA_<PROCESSOR>_DATABASE_URL), which this view joins", body = Problem, content_type = "application/problem+json"), (status = 200, description = "the order's story in time order (every component's records and every event about it on every topic) and a one-line diagnosis", body = Story)))]
 async fn order_story(
-    State(state): State<AppState>,
     _admin: Admin,
     Extension(views): Extension<Views>,
     Path(id): Path<String>,
 ) -> Result<Json<Story>, ApiError> {
-    let mut story = crate::story::story(&state.pool, &id)
+    let mut story = crate::story::story(views.joined("GET /admin/orders/{id}")?, &id)
         .await?
         .ok_or_else(|| Problem::not_found("order"))?;
     crate::story::add_events(&views.settings, &mut story)
@@ -294,7 +317,6 @@ struct DeadLetters {
 /// `GET /admin/dlq`: the dead letters (`kassa dlq list`).
 #[utoipa::path(get, path = "/admin/dlq", operation_id = "listDeadLetters", tag = "operations-admin", params(DlqQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letters with their origin, reason and status", body = DeadLetters)))]
 async fn list_dead_letters(
-    State(state): State<AppState>,
     _admin: Admin,
     Extension(views): Extension<Views>,
     QueryParams(query): QueryParams<DlqQuery>,
@@ -302,7 +324,7 @@ async fn list_dead_letters(
     let since = time("since", query.since.as_deref())?;
     let mut dead_letters = Vec::new();
     for group in groups("group", query.group.as_deref())? {
-        let listed = crate::dlq::list(&views.settings, &state.pool, group, since).await;
+        let listed = crate::dlq::list(&views.settings, views.databases()?, group, since).await;
         dead_letters.extend(listed.map_err(dlq_failed)?);
     }
     dead_letters.retain(|d| query.all.unwrap_or(false) || !d.discarded());
@@ -321,13 +343,12 @@ fn dead_letter_id(
 /// `GET /admin/dlq/{group}/{partition}/{offset}`: one dead letter (`kassa dlq show`).
 #[utoipa::path(get, path = "/admin/dlq/{group}/{partition}/{offset}", operation_id = "getDeadLetter", tag = "operations-admin", params(DeadLetterPath), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "the dead letter: headers (reason, origin), the decoded message or its raw bytes, its last action", body = DeadLetter)))]
 async fn show_dead_letter(
-    State(state): State<AppState>,
     _admin: Admin,
     Extension(views): Extension<Views>,
     Path(path): Path<(String, String, String)>,
 ) -> Result<Json<DeadLetter>, ApiError> {
     let id = dead_letter_id(&path)?;
-    let letter = crate::dlq::show(&views.settings, &state.pool, id).await;
+    let letter = crate::dlq::show(&views.settings, views.databases()?, id).await;
     Ok(Json(letter.map_err(dlq_failed)?))
 }
 
@@ -363,7 +384,6 @@ fn reason(action: &Action) -> Result<&str, Problem> {
 /// (`kassa dlq redrive`): once at most; a second redrive is 409 and changes nothing.
 #[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/redrive", operation_id = "redriveDeadLetter", tag = "operations-admin", request_body = Action, params(DeadLetterPath), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "published again to the topic it came from", body = Acted), (status = 409, description = "already redriven (recorded as refused)", body = Problem, content_type = "application/problem+json")))]
 async fn redrive(
-    State(state): State<AppState>,
     admin: Admin,
     Extension(views): Extension<Views>,
     Path(path): Path<(String, String, String)>,
@@ -372,7 +392,7 @@ async fn redrive(
     let id = dead_letter_id(&path)?;
     let actor = format!("admin key {}", admin.name);
     let reason = reason(&value)?;
-    let topic = crate::dlq::redrive(&views.settings, &state.pool, id, &actor, reason)
+    let topic = crate::dlq::redrive(&views.settings, views.databases()?, id, &actor, reason)
         .await
         .map_err(dlq_failed)?;
     Ok(Json(Acted {
@@ -386,7 +406,6 @@ async fn redrive(
 /// (`kassa dlq discard`); the list no longer shows it.
 #[utoipa::path(post, path = "/admin/dlq/{group}/{partition}/{offset}/discard", operation_id = "discardDeadLetter", tag = "operations-admin", request_body = Action, params(DeadLetterPath), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "discarded (recorded)", body = Acted)))]
 async fn discard(
-    State(state): State<AppState>,
     admin: Admin,
     Extension(views): Extension<Views>,
     Path(path): Path<(String, String, String)>,
@@ -395,7 +414,7 @@ async fn discard(
     let id = dead_letter_id(&path)?;
     let actor = format!("admin key {}", admin.name);
     let reason = reason(&value)?;
-    crate::dlq::discard(&views.settings, &state.pool, id, &actor, reason)
+    crate::dlq::discard(&views.settings, views.databases()?, id, &actor, reason)
         .await
         .map_err(dlq_failed)?;
     Ok(Json(Acted {
@@ -423,13 +442,12 @@ struct LagQuery {
 /// `GET /admin/lag`: how far each processor is behind (`kassa lag`).
 #[utoipa::path(get, path = "/admin/lag", operation_id = "getLag", tag = "operations-admin", params(LagQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "per processor and input partition: Kafka's end, the offset stored in Postgres, the lag; the outbox backlog; the breaches of the thresholds given", body = Report)))]
 async fn lag(
-    State(state): State<AppState>,
     _admin: Admin,
     Extension(views): Extension<Views>,
     QueryParams(query): QueryParams<LagQuery>,
 ) -> Result<Json<Report>, ApiError> {
     let groups = groups("group", query.group.as_deref())?;
-    let measured = crate::lag::measure(&views.settings, &state.pool, &groups).await;
+    let measured = crate::lag::measure(&views.settings, views.databases()?, &groups).await;
     let groups = measured.map_err(offsets_failed)?;
     if query.max_lag.is_some_and(|n| n < 0) {
         return Err(Problem::invalid("max_lag", "0 or more").into());
@@ -468,9 +486,8 @@ struct Books {
 }
 
 /// `GET /admin/reconcile`: whether the books square (`kassa reconcile`).
-#[utoipa::path(get, path = "/admin/reconcile", operation_id = "reconcile", tag = "operations-admin", params(ReconcileQuery), security(("admin" = [])), responses(CommonErrors, (status = 200, description = "every discrepancy by class with its ids; `square` when there is none", body = Books)))]
+#[utoipa::path(get, path = "/admin/reconcile", operation_id = "reconcile", tag = "operations-admin", params(ReconcileQuery), security(("admin" = [])), responses(CommonErrors, (status = 422, description = "the processors' schemas are in separate databases (KASSA_<PROCESSOR>_DATABASE_URL), which this view joins", body = Problem, content_type = "application/problem+json"), (status = 200, description = "every discrepancy by class with its ids; `square` when there is none", body = Books)))]
 async fn reconcile(
-    State(state): State<AppState>,
     _admin: Admin,
     Extension(views): Extension<Views>,
     QueryParams(query): QueryParams<ReconcileQuery>,
@@ -480,9 +497,10 @@ async fn reconcile(
         margin: seconds("margin_seconds", query.margin_seconds)?
             .unwrap_or(Duration::from_secs(300)),
     };
-    let mut discrepancies = crate::reconcile::reconcile(&state.pool, &options).await?;
+    let pool = views.joined("GET /admin/reconcile")?;
+    let mut discrepancies = crate::reconcile::reconcile(pool, &options).await?;
     if query.provider.unwrap_or(false) {
-        let checked = crate::provider::check(&views.settings, &state.pool, &options).await;
+        let checked = crate::provider::check(&views.settings, pool, &options).await;
         discrepancies.extend(checked.map_err(|e| match e {
             crate::provider::ProviderCheckError::Database(e) => ApiError::Database(e),
             crate::provider::ProviderCheckError::Gateway(detail) => {

@@ -6,8 +6,10 @@
 //!
 //! Exactly once in effect: a message the handler declared invalid has its event id in the
 //! processor's inbox, where a copy would be dropped as a duplicate, so the redrive deletes that
-//! inbox row, in the same transaction that records the redrive as published. A dead letter is
-//! redriven once at most (a unique index); a second redrive is refused and recorded as refused.
+//! inbox row (in the processor's database) once it has recorded the redrive as published. A dead
+//! letter is redriven once at most (a unique index); a second redrive is refused and recorded as
+//! refused; one that fails to forget the event or to publish is recorded as failed, and may be
+//! tried again.
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
 
+use crate::databases::Databases;
 use crate::settings::Settings;
 use crate::tail::{self, Record, Start};
 
@@ -121,13 +124,13 @@ impl DeadLetter {
 /// The dead letters of `group` since `since` (all of them when None), with their status.
 pub async fn list(
     settings: &Settings,
-    pool: &PgPool,
+    databases: &Databases,
     group: ConsumerGroup,
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<DeadLetter>, DlqError> {
     read(
         settings,
-        pool,
+        databases.main(),
         group,
         since.map_or(Start::Beginning, Start::Time),
         None,
@@ -138,12 +141,12 @@ pub async fn list(
 /// The dead letter `id`.
 pub async fn show(
     settings: &Settings,
-    pool: &PgPool,
+    databases: &Databases,
     id: DeadLetterId,
 ) -> Result<DeadLetter, DlqError> {
     let found = read(
         settings,
-        pool,
+        databases.main(),
         id.group,
         Start::Offset(id.offset),
         Some(id.partition),
@@ -201,13 +204,21 @@ async fn read(
 /// Records that `actor` discarded `id` because of `reason`.
 pub async fn discard(
     settings: &Settings,
-    pool: &PgPool,
+    databases: &Databases,
     id: DeadLetterId,
     actor: &str,
     reason: &str,
 ) -> Result<(), DlqError> {
-    show(settings, pool, id).await?;
-    record(pool, &id.to_string(), "discard", actor, reason, "discarded").await?;
+    show(settings, databases, id).await?;
+    record(
+        databases.main(),
+        &id.to_string(),
+        "discard",
+        actor,
+        reason,
+        "discarded",
+    )
+    .await?;
     Ok(())
 }
 
@@ -215,12 +226,13 @@ pub async fn discard(
 /// module's doc); returns that topic.
 pub async fn redrive(
     settings: &Settings,
-    pool: &PgPool,
+    databases: &Databases,
     id: DeadLetterId,
     actor: &str,
     reason: &str,
 ) -> Result<String, DlqError> {
-    let letter = show(settings, pool, id).await?;
+    let pool = databases.main();
+    let letter = show(settings, databases, id).await?;
     let origin = letter
         .header("kassa.dlq.topic")
         .ok_or_else(|| DlqError::NoOrigin(id.to_string()))?
@@ -245,22 +257,8 @@ pub async fn redrive(
         .await?;
         return Err(DlqError::AlreadyRedriven(name, at));
     }
-    let event_id = letter
-        .record
-        .event
-        .as_ref()
-        .and_then(|e| e["event_id"].as_str())
-        .and_then(|e| uuid::Uuid::parse_str(e).ok());
-    let mut tx = pool.begin().await?;
-    if let Some(event_id) = event_id {
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {}.inbox WHERE event_id = $1",
-            id.group.name()
-        )))
-        .bind(event_id)
-        .execute(&mut *tx)
-        .await?;
-    }
+    // The redrive is claimed first (a unique index allows one published redrive a letter), then
+    // the processor's inbox forgets the event, in the processor's own database.
     let recorded = sqlx::query(
         "INSERT INTO ops.dead_letter_actions (dead_letter, action, actor, reason, outcome)
          VALUES ($1, 'redrive', $2, $3, 'published')",
@@ -268,7 +266,7 @@ pub async fn redrive(
     .bind(&name)
     .bind(actor)
     .bind(reason)
-    .execute(&mut *tx)
+    .execute(pool)
     .await;
     if let Err(sqlx::Error::Database(e)) = &recorded
         && e.is_unique_violation()
@@ -276,7 +274,25 @@ pub async fn redrive(
         return Err(DlqError::AlreadyRedriven(name, Utc::now()));
     }
     recorded?;
-    tx.commit().await?;
+    let event_id = letter
+        .record
+        .event
+        .as_ref()
+        .and_then(|e| e["event_id"].as_str())
+        .and_then(|e| uuid::Uuid::parse_str(e).ok());
+    if let Some(event_id) = event_id {
+        let forgotten = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {}.inbox WHERE event_id = $1",
+            id.group.name()
+        )))
+        .bind(event_id)
+        .execute(databases.of(id.group))
+        .await;
+        if let Err(error) = forgotten {
+            unclaim(pool, &name, &format!("failed: {error}")).await?;
+            return Err(error.into());
+        }
+    }
     let mut headers = OwnedHeaders::new();
     for (key, value) in letter
         .record
@@ -304,18 +320,24 @@ pub async fn redrive(
         message = message.partition(partition);
     }
     if let Err((error, _)) = producer.send(message, Duration::from_secs(30)).await {
-        // Not published after all: say so, so that it may be redriven again.
-        sqlx::query(
-            "UPDATE ops.dead_letter_actions SET outcome = $2
-             WHERE dead_letter = $1 AND action = 'redrive' AND outcome = 'published'",
-        )
-        .bind(&name)
-        .bind(format!("failed: {error}"))
-        .execute(pool)
-        .await?;
+        unclaim(pool, &name, &format!("failed: {error}")).await?;
         return Err(error.into());
     }
     Ok(origin)
+}
+
+/// Marks the published redrive of `dead_letter` as not published after all (`outcome`), so that
+/// it may be redriven again.
+async fn unclaim(pool: &PgPool, dead_letter: &str, outcome: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ops.dead_letter_actions SET outcome = $2
+         WHERE dead_letter = $1 AND action = 'redrive' AND outcome = 'published'",
+    )
+    .bind(dead_letter)
+    .bind(outcome)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Appends one action to `ops.dead_letter_actions`.

@@ -17,8 +17,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::AssertSqlSafe;
 
+use crate::databases::Databases;
 use crate::kafka::EofIsNoError;
 use crate::offsets::{OffsetsError, Position, positions};
 use crate::settings::Settings;
@@ -114,21 +115,22 @@ pub enum Markers {
 /// The lag and outbox backlog of `groups`.
 pub async fn measure(
     settings: &Settings,
-    pool: &PgPool,
+    databases: &Databases,
     groups: &[ConsumerGroup],
 ) -> Result<Vec<GroupLag>, OffsetsError> {
-    measure_with(settings, pool, groups, Markers::Exact).await
+    measure_with(settings, databases, groups, Markers::Exact).await
 }
 
 /// [`measure`], telling markers apart as `markers` says.
 pub async fn measure_with(
     settings: &Settings,
-    pool: &PgPool,
+    databases: &Databases,
     groups: &[ConsumerGroup],
     markers: Markers,
 ) -> Result<Vec<GroupLag>, OffsetsError> {
     let mut all = Vec::with_capacity(groups.len());
     for &group in groups {
+        let pool = databases.of(group);
         let mut partitions: Vec<PartitionLag> = positions(settings, pool, group)
             .await?
             .into_iter()

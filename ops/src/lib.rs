@@ -1,6 +1,7 @@
 //! kassa's operator library: what the `kassa` binary, its benchmarks and the integration tests
-//! share — every setting ([`settings`]), the database migrations ([`migrate`]), topic
-//! administration ([`topics`]), the processors' stored offsets ([`offsets`]) and how far behind
+//! share — every setting ([`settings`]), the databases ([`databases`]) and their migrations
+//! ([`migrate`]), topic
+//! administration ([`topics`], [`topic_config`]), the processors' stored offsets ([`offsets`]) and how far behind
 //! they are ([`lag`]), whether the books square ([`reconcile`]), an order's
 //! story ([`story`]), decoded records of the topics ([`tail`]), dead letters
 //! ([`dlq`]), order search ([`search`]), the same views over HTTP ([`admin_api`]), the demo catalog
@@ -9,6 +10,7 @@
 
 pub mod admin_api;
 pub mod asyncapi;
+pub mod databases;
 pub mod dlq;
 pub mod kafka;
 pub mod lag;
@@ -23,4 +25,5 @@ pub mod settings;
 pub mod story;
 pub mod supervisor;
 pub mod tail;
+pub mod topic_config;
 pub mod topics;

@@ -1,54 +1,110 @@
-//! Applies the SQL migrations under `migrations/` (one Postgres schema per processor, plus `api`).
+//! Applies the SQL migrations under `migrations/` (one Postgres schema per processor, plus `api`
+//! and `ops`) to every database kassa's settings name: `KASSA_DATABASE_URL`'s and any processor's
+//! own. Each database gets every schema; a processor uses only its own, where its URL points.
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+use crate::databases::{Databases, DatabasesError};
+
 /// The migrations, embedded at build time so the binary needs no source tree.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
-/// Why the database could not be brought up to date.
+/// Why a database could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    /// The database could not be reached.
-    #[error("cannot connect to PostgreSQL at {url}: {source}")]
-    Connect {
-        /// The database URL, password redacted.
+    /// A database could not be reached.
+    #[error(transparent)]
+    Connect(#[from] DatabasesError),
+    /// A migration failed to apply.
+    #[error("migration failed on {url}: {source}")]
+    Apply {
+        /// The database's URL, password redacted.
+        url: String,
+        /// What failed.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A processor's runtime tables could not be created.
+    #[error("creating a processor's runtime tables on {url}: {source}")]
+    RuntimeTables {
+        /// The database's URL, password redacted.
         url: String,
         /// The driver's error.
         source: sqlx::Error,
     },
-    /// A migration failed to apply.
-    #[error("migration failed: {0}")]
-    Apply(#[from] sqlx::migrate::MigrateError),
-    /// A processor's runtime tables could not be created.
-    #[error("creating a processor's runtime tables: {0}")]
+}
+
+/// Connects to `KASSA_DATABASE_URL`'s database (a small pool, for admin work and tests).
+pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, MigrateError> {
+    let databases = Databases::lazy(settings, 2, std::time::Duration::from_secs(10))?;
+    let pool = databases.main().clone();
+    pool.acquire()
+        .await
+        .map_err(|source| DatabasesError::Connect {
+            url: settings.database_url_redacted(),
+            holds: "api, ops".into(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+/// What `run` did to one database.
+#[derive(Debug, Clone)]
+pub struct Migrated {
+    /// The database's URL, password redacted.
+    pub url: String,
+    /// Whose schemas kassa uses there.
+    pub holds: Vec<&'static str>,
+    /// Migrations applied now.
+    pub applied: usize,
+}
+
+/// Applies every pending migration to each database, then makes sure every processor
+/// (consumer group) has its runtime tables there; says what it did to each.
+pub async fn run_all(databases: &Databases) -> Result<Vec<Migrated>, MigrateError> {
+    let mut done = Vec::new();
+    for (url, holds, pool) in databases.distinct() {
+        let applied = run_on(pool).await.map_err(|e| e.on(url))?;
+        done.push(Migrated {
+            url: url.to_owned(),
+            holds: holds.to_vec(),
+            applied,
+        });
+    }
+    Ok(done)
+}
+
+/// What failed on one database, before it is named.
+enum Failed {
+    Apply(sqlx::migrate::MigrateError),
     RuntimeTables(sqlx::Error),
 }
 
-/// Connects to the database (a small pool, for admin work).
-pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, MigrateError> {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(settings.database_url.expose())
-        .await
-        .map_err(|source| MigrateError::Connect {
-            url: settings.database_url_redacted(),
-            source,
-        })
+impl Failed {
+    fn on(self, url: &str) -> MigrateError {
+        let url = url.to_owned();
+        match self {
+            Failed::Apply(source) => MigrateError::Apply { url, source },
+            Failed::RuntimeTables(source) => MigrateError::RuntimeTables { url, source },
+        }
+    }
 }
 
-/// Applies every pending migration, then makes sure every processor (consumer group) has its
-/// runtime tables; returns how many migrations were applied now.
+/// Brings the one database of `pool` up to date; how many migrations it applied.
 pub async fn run(pool: &PgPool) -> Result<usize, MigrateError> {
+    run_on(pool).await.map_err(|e| e.on("the database"))
+}
+
+/// Brings one database up to date; how many migrations it applied.
+async fn run_on(pool: &PgPool) -> Result<usize, Failed> {
     let before = applied(pool).await;
-    MIGRATOR.run(pool).await?;
+    MIGRATOR.run(pool).await.map_err(Failed::Apply)?;
     for group in kassa_processors::ConsumerGroup::ALL {
         sqlx::query("SELECT public.kassa_create_runtime_tables($1)")
             .bind(group.name())
             .execute(pool)
             .await
-            .map_err(MigrateError::RuntimeTables)?;
+            .map_err(Failed::RuntimeTables)?;
     }
     Ok(applied(pool).await.saturating_sub(before))
 }

@@ -20,9 +20,8 @@ use kassa_processors::ConsumerGroup;
 use kassa_processors::runtime::liveness;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
+use crate::databases::Databases;
 use crate::settings::Settings;
 
 /// How often lag and outbox backlog are sampled into the metrics.
@@ -36,7 +35,7 @@ const STUCK_MARGIN: Duration = Duration::from_secs(300);
 struct Probes {
     groups: Vec<ConsumerGroup>,
     stall: Duration,
-    pool: PgPool,
+    databases: Databases,
     kafka: Arc<BaseConsumer>,
 }
 
@@ -67,18 +66,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProbesError> {
     kassa_api::telemetry::handle();
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_lazy(settings.database_url.expose())
-        .map_err(|e| ProbesError::Setup(format!("database URL: {e}")))?;
+    let databases = Databases::lazy(settings, 2, Duration::from_secs(2))
+        .map_err(|e| ProbesError::Setup(e.to_string()))?;
     let kafka: BaseConsumer = kassa_schemas::kafka_link::client_config(&settings.kafka_brokers)
         .create()
         .map_err(|e| ProbesError::Setup(format!("Kafka client: {e}")))?;
     let probes = Probes {
         groups,
         stall: settings.process.stall,
-        pool,
+        databases,
         kafka: Arc::new(kafka),
     };
     let addr = settings.process.ops_addr;
@@ -102,6 +98,38 @@ pub async fn serve(
     Ok(served?)
 }
 
+/// The URL of `/health` at `addr` as a process on the same host reaches it (a wildcard listen
+/// address is asked on loopback).
+pub fn health_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/health", addr.port())
+}
+
+/// Asks `url` (a component's `/health`) once, within `limit`: Ok when it answers 200, else what
+/// it answered or why it could not be asked (for container health checks: `kassa health`).
+pub async fn check_health(url: &str, limit: Duration) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(limit)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url} does not answer: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(format!("{url} answered {status}: {body}"))
+}
+
 /// `GET /health`: 200 while every loop makes progress; 503 naming each one stuck.
 async fn health(State(probes): State<Probes>) -> Response {
     let stalled = liveness::stalled(probes.stall);
@@ -118,7 +146,7 @@ async fn health(State(probes): State<Probes>) -> Response {
     problem.into_response()
 }
 
-/// `GET /ready`: 200 when Postgres and Kafka answer within 2 s and every consumer of this
+/// `GET /ready`: 200 when the processors' Postgres databases and Kafka answer within 2 s and every consumer of this
 /// process holds its assignment; 503 saying which does not.
 async fn ready(State(probes): State<Probes>) -> Response {
     let (ready, checks) = readiness(&probes).await;
@@ -134,7 +162,13 @@ async fn ready(State(probes): State<Probes>) -> Response {
 /// Whether the process is ready, and each check's verdict.
 async fn readiness(probes: &Probes) -> (bool, serde_json::Value) {
     let limit = Duration::from_secs(2);
-    let postgres = tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&probes.pool));
+    let postgres = tokio::time::timeout(limit, async {
+        for group in &probes.groups {
+            let pool = probes.databases.of(*group);
+            sqlx::query("SELECT 1").execute(pool).await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    });
     let kafka = probes.kafka.clone();
     let kafka = tokio::task::spawn_blocking(move || kafka.fetch_metadata(None, limit).is_ok());
     let (postgres, kafka) = tokio::join!(postgres, kafka);
@@ -168,13 +202,15 @@ async fn sample(settings: Settings, probes: Probes) {
             0.0
         });
         if probes.groups.contains(&ConsumerGroup::Orders) {
-            match crate::reconcile::stuck_count(&probes.pool, STUCK_MARGIN).await {
+            let orders = probes.databases.of(ConsumerGroup::Orders);
+            match crate::reconcile::stuck_count(orders, STUCK_MARGIN).await {
                 Ok(n) => metrics::gauge!("kassa_orders_stuck").set(n as f64),
                 Err(e) => tracing::warn!(error = %e, "counting stuck orders failed"),
             }
         }
         let markers = crate::lag::Markers::Near(2);
-        match crate::lag::measure_with(&settings, &probes.pool, &probes.groups, markers).await {
+        match crate::lag::measure_with(&settings, &probes.databases, &probes.groups, markers).await
+        {
             Ok(groups) => {
                 for g in groups {
                     for p in &g.partitions {

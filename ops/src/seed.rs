@@ -77,6 +77,15 @@ pub enum SeedError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
+/// Whether any demo product is in the catalog already (`kassa seed --once` then does nothing).
+pub async fn seeded(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let skus: Vec<&str> = DEMO_CATALOG.iter().map(|p| p.sku).collect();
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api.products WHERE sku = ANY($1))")
+        .bind(&skus)
+        .fetch_one(pool)
+        .await
+}
+
 /// Upserts the demo products and sets their stock; returns how many products were seeded.
 pub async fn seed(settings: &Settings, pool: &PgPool) -> Result<usize, SeedError> {
     for p in DEMO_CATALOG {

@@ -35,7 +35,8 @@ pub struct Settings {
     )]
     pub schema_registry_url: String,
 
-    /// PostgreSQL connection URL; every processor uses its own schema in this database.
+    /// PostgreSQL connection URL: the API's and the operator's schemas, and every processor's
+    /// (each in a schema of its own) unless `KASSA_<PROCESSOR>_DATABASE_URL` puts it elsewhere.
     #[arg(
         long,
         env = "KASSA_DATABASE_URL",
@@ -105,6 +106,44 @@ pub struct TopicSettings {
         global = true
     )]
     pub replication: i32,
+
+    /// `min.insync.replicas` of every topic (unset: the broker's default); at most the replication.
+    #[arg(
+        long = "topic-min-insync-replicas",
+        env = "KASSA_TOPIC_MIN_INSYNC_REPLICAS",
+        global = true
+    )]
+    pub min_insync_replicas: Option<i32>,
+
+    /// `retention.ms` of the event topics (7 days, the most the inboxes allow).
+    #[arg(
+        long = "topic-retention-ms",
+        env = "KASSA_TOPIC_RETENTION_MS",
+        default_value_t = crate::topic_config::DEFAULT_EVENT_RETENTION_MS,
+        allow_negative_numbers = true,
+        global = true
+    )]
+    pub retention_ms: i64,
+
+    /// `retention.ms` of the dead-letter topics (30 days; -1 keeps letters forever).
+    #[arg(
+        long = "topic-dlq-retention-ms",
+        env = "KASSA_TOPIC_DLQ_RETENTION_MS",
+        default_value_t = crate::topic_config::DEFAULT_DEAD_LETTER_RETENTION_MS,
+        allow_negative_numbers = true,
+        global = true
+    )]
+    pub dead_letter_retention_ms: i64,
+
+    /// Any topic property for one topic, `<topic>:<property>=<value>` (base name, e.g.
+    /// `payments.dlq:retention.ms=-1`); repeat the flag, or separate them with `;` in the variable.
+    #[arg(
+        long = "topic-config",
+        env = "KASSA_TOPIC_CONFIG",
+        value_delimiter = ';',
+        global = true
+    )]
+    pub overrides: Vec<crate::topic_config::TopicOverride>,
 }
 
 /// How every processor consumes.
@@ -290,7 +329,7 @@ impl Settings {
             shared: kassa_processors::Shared {
                 runtime: kassa_processors::RuntimeConfig {
                     brokers: self.kafka_brokers.clone(),
-                    database_url: self.database_url.clone(),
+                    database_url: self.database_url_of(group).clone(),
                     batch_max: self.processing.batch_max as usize,
                     batch_wait: self.processing.batch_wait,
                     instance_id: self.processing.instance_id.clone(),
@@ -308,6 +347,7 @@ impl Settings {
         kassa_api::ApiConfig {
             addr: self.api.addr,
             database_url: self.database_url.clone(),
+            orders_database_url: self.database_url_of(ConsumerGroup::Orders).clone(),
             brokers: self.kafka_brokers.clone(),
             registry_url: self.schema_registry_url.clone(),
             redis_url: self.redis_url.expose().to_owned(),
@@ -335,6 +375,14 @@ impl Settings {
     /// The database URL with any password replaced, fit for logs and errors.
     pub fn database_url_redacted(&self) -> String {
         redact_url_password(self.database_url.expose())
+    }
+
+    /// The database `group`'s processor keeps its schema in: its own URL, or `KASSA_DATABASE_URL`.
+    pub fn database_url_of(&self, group: ConsumerGroup) -> &Secret {
+        self.processors
+            .databases
+            .of(group)
+            .unwrap_or(&self.database_url)
     }
 }
 

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kassa_processors::ConsumerGroup;
-use kassa_schemas::kafka::{DEAD_LETTER_RETENTION_MS, EVENT_RETENTION_MS, SEGMENT_MS};
 use kassa_schemas::topics::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -34,6 +33,9 @@ pub enum TopicsError {
         /// `topic: count` for each of its inputs.
         counts: String,
     },
+    /// A topic setting is refused before anything is created.
+    #[error(transparent)]
+    Config(#[from] crate::topic_config::TopicConfigError),
     /// The broker refused to create one topic.
     #[error("cannot create topic {topic}: {code}")]
     Create {
@@ -62,9 +64,10 @@ pub fn all_topic_names() -> Vec<String> {
         .collect()
 }
 
-/// Creates every topic that does not exist yet, with the configured partitions and replication,
-/// and kassa's retention (`kassa_schemas::kafka`). A topic that exists is left as it is.
+/// Creates every topic that does not exist yet, as [`crate::topic_config::plan`] has it
+/// (partitions, replication, retention, cleanup, …). A topic that exists is left as it is.
 pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, TopicsError> {
+    let plans = crate::topic_config::plan(&settings.topics)?;
     // The topics there are, with their partitions. Asked first so that a refused certificate or
     // password is named here, where the admin request would only time out.
     let brokers = settings.kafka_brokers.clone();
@@ -75,35 +78,21 @@ pub async fn create_all(settings: &Settings) -> Result<Vec<TopicOutcome>, Topics
     .map_err(|_| KafkaError::Canceled)??;
     let admin: AdminClient<DefaultClientContext> =
         kassa_schemas::kafka_link::client_config(&settings.kafka_brokers).create()?;
-    let names = all_topic_names();
-    let configs: Vec<(String, String)> = names
+    let new_topics: Vec<NewTopic<'_>> = plans
         .iter()
-        .map(|name| {
-            let retention = if name.ends_with(".dlq") {
-                DEAD_LETTER_RETENTION_MS
-            } else {
-                EVENT_RETENTION_MS
-            };
-            (retention.to_string(), SEGMENT_MS.to_string())
-        })
-        .collect();
-    // Explicit retention, shorter than the processors' inboxes remember event ids: a replay from
-    // the beginning never finds an event the inbox has forgotten.
-    let new_topics: Vec<NewTopic<'_>> = names
-        .iter()
-        .zip(&configs)
-        .map(|(name, (retention, segment))| {
-            NewTopic::new(
-                name,
-                settings.topics.partitions,
-                TopicReplication::Fixed(settings.topics.replication),
-            )
-            .set("retention.ms", retention)
-            .set("segment.ms", segment)
+        .map(|plan| {
+            let topic = NewTopic::new(
+                &plan.name,
+                plan.partitions,
+                TopicReplication::Fixed(plan.replication),
+            );
+            plan.config
+                .iter()
+                .fold(topic, |topic, (key, value)| topic.set(key, value))
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let mut outcomes = Vec::with_capacity(names.len());
+    let mut outcomes = Vec::with_capacity(plans.len());
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(topic) => outcomes.push(TopicOutcome::Created(topic)),

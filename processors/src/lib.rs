@@ -10,8 +10,8 @@
 //! - [`processor`]: what a processor is; [`settings`]: what the processors share of their
 //!   settings.
 //! - The `processors!` list below: the one place that names each processor. It makes the
-//!   [`ConsumerGroup`] enum, the settings of all processors ([`Settings`]), their configs
-//!   ([`Own`]) and [`run`].
+//!   [`ConsumerGroup`] enum, the settings of all processors ([`Settings`], with each one's
+//!   optional database in [`DatabaseUrls`]), their configs ([`Own`]) and [`run`].
 
 pub mod processor;
 pub mod runtime;
@@ -25,10 +25,11 @@ use tokio::sync::watch;
 pub use processor::{Processor, ProcessorConfig, ProcessorError, Shared};
 pub use runtime::RuntimeConfig;
 
-/// Declares the processors, each as `Variant => module` where `module::Variant` implements
-/// [`Processor`]: the modules, the [`ConsumerGroup`] enum, [`Settings`], [`Own`] and [`run`].
+/// Declares the processors, each as `Variant => module, "KASSA_<MODULE>_DATABASE_URL"` where
+/// `module::Variant` implements [`Processor`]: the modules, the [`ConsumerGroup`] enum,
+/// [`Settings`], [`DatabaseUrls`], [`Own`] and [`run`].
 macro_rules! processors {
-    ($($variant:ident => $module:ident),+ $(,)?) => {
+    ($($variant:ident => $module:ident, $database_env:literal),+ $(,)?) => {
         $(pub mod $module;)+
 
         /// A consumer group: one per processor, each with its own dead-letter topic.
@@ -76,6 +77,39 @@ macro_rules! processors {
                 #[command(flatten, next_help_heading = concat!("Processor: ", stringify!($module)))]
                 pub $module: <$module::$variant as Processor>::Settings,
             )+
+            /// Where each processor keeps its schema, when not in `KASSA_DATABASE_URL`'s database.
+            #[command(flatten, next_help_heading = "Databases")]
+            pub databases: DatabaseUrls,
+        }
+
+        /// Each processor's own PostgreSQL URL, for processors kept in databases of their own.
+        #[derive(Debug, Clone, clap::Args)]
+        #[group(skip)]
+        pub struct DatabaseUrls {
+            $(
+                /// A processor's own PostgreSQL URL (unset: `KASSA_DATABASE_URL`).
+                #[arg(
+                    long = concat!(stringify!($module), "-database-url"),
+                    env = $database_env,
+                    help = concat!(
+                        "PostgreSQL URL of the ", stringify!($module),
+                        " processor's schema, when it lives in a database of its own \
+                         (unset: KASSA_DATABASE_URL's database)"
+                    ),
+                    hide_env_values = true,
+                    global = true
+                )]
+                pub $module: Option<kassa_schemas::secret::Secret>,
+            )+
+        }
+
+        impl DatabaseUrls {
+            /// The URL set for `group`'s processor, if one is.
+            pub fn of(&self, group: ConsumerGroup) -> Option<&kassa_schemas::secret::Secret> {
+                match group {
+                    $(ConsumerGroup::$variant => self.$module.as_ref(),)+
+                }
+            }
         }
 
         /// One processor's config, which also says which processor it is.
@@ -127,8 +161,8 @@ macro_rules! processors {
 }
 
 processors! {
-    Inventory => inventory,
-    Orders => orders,
-    Payments => payments,
-    Expiry => expiry,
+    Inventory => inventory, "KASSA_INVENTORY_DATABASE_URL",
+    Orders => orders, "KASSA_ORDERS_DATABASE_URL",
+    Payments => payments, "KASSA_PAYMENTS_DATABASE_URL",
+    Expiry => expiry, "KASSA_EXPIRY_DATABASE_URL",
 }

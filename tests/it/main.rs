@@ -17,6 +17,8 @@ mod api_orders;
 mod api_webhooks;
 mod connectivity;
 mod contract;
+mod databases;
+mod deployment;
 mod flash_accounting;
 mod inventory;
 mod inventory_faults;

@@ -110,14 +110,21 @@ async fn switch(settings: &Option<Vec<(String, String)>>) {
     let Some(settings) = settings else { return };
     super::processes::reap_leftovers();
     let config = super::setup().await;
-    let pool = kassa::migrate::connect(&config).await.expect("database");
-    for group in kassa_processors::ConsumerGroup::ALL {
-        super::saga::skip_backlog(&config, &pool, group).await;
-    }
     let env: Vec<(&str, &str)> = settings
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    // Each processor's backlog is skipped where it keeps its offsets: its own database, when the
+    // settings give it one (`KASSA_<PROCESSOR>_DATABASE_URL`).
+    let main = kassa::migrate::connect(&config).await.expect("database");
+    for group in kassa_processors::ConsumerGroup::ALL {
+        let own = format!("KASSA_{}_DATABASE_URL", group.name().to_uppercase());
+        let pool = match env.iter().find(|(key, _)| *key == own) {
+            Some((_, url)) => sqlx::PgPool::connect(url).await.expect("its database"),
+            None => main.clone(),
+        };
+        super::saga::skip_backlog(&config, &pool, group).await;
+    }
     let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
     for group in kassa_processors::ConsumerGroup::ALL {
         running.push(Component::start(group.name(), &env));
