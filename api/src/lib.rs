@@ -9,12 +9,15 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod carts;
+pub mod cursor;
 pub mod domain;
 pub mod error;
 pub mod flash;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;
+pub mod order_events;
+pub mod order_history;
 pub mod order_requests;
 pub mod order_status;
 pub mod orders;
@@ -92,8 +95,11 @@ pub struct Extension {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
-    /// Database pool.
+    /// Database pool (the `api` schema).
     pub pool: PgPool,
+    /// The orders processor's database (its read model of order status): `pool` unless the
+    /// orders processor has a database of its own.
+    pub orders_pool: PgPool,
     /// Idempotent, acks=all producer.
     pub producer: FutureProducer,
     /// Event codec.
@@ -149,7 +155,8 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .route("/metrics", get(telemetry::render))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs))
-        .route("/api/orders", post(orders::create))
+        .route("/api/orders", post(orders::create).get(order_history::list))
+        .route("/api/orders/{id}/events", get(order_events::stream))
         .route(
             "/api/orders/{id}",
             get(order_status::get).delete(order_requests::cancel),
@@ -342,7 +349,8 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         stripe_webhook_secret: config.stripe_webhook_secret.clone(),
         limits: Arc::new(limits::Limits::new(config.rate_limits)),
         recent_orders: accepted::Recent::default(),
-        status_feed: status_feed::StatusFeed::start(orders_pool),
+        status_feed: status_feed::StatusFeed::start(orders_pool.clone()),
+        orders_pool,
         openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
         body_timeout: config.server.body_timeout,
     })

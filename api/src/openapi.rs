@@ -14,8 +14,8 @@ use utoipa::openapi::{
 use crate::domain::{CustomerId, GuestCartId, IdempotencyKey, Sku};
 
 use crate::{
-    AppState, admin, carts, order_requests, order_status, orders, pricing, problem, telemetry,
-    webhooks,
+    AppState, admin, carts, order_events, order_history, order_requests, order_status, orders,
+    pricing, problem, telemetry, webhooks,
 };
 
 /// The API's OpenAPI document.
@@ -26,7 +26,7 @@ use crate::{
         description = "Orders, carts, flash sales and admin for the kassa checkout back end. Every error is `application/problem+json` (RFC 9457) with a stable `code`."
     ),
     paths(
-        orders::create, order_status::get, order_requests::cancel, order_requests::renew_hold,
+        orders::create, order_history::list, order_status::get, order_events::stream, order_requests::cancel, order_requests::renew_hold,
         carts::create, carts::get, carts::put, carts::delete, carts::add_item, carts::set_item, carts::remove_item, carts::checkout,
         carts::get_mine, carts::put_mine, carts::delete_mine, carts::add_mine, carts::set_mine, carts::remove_mine, carts::checkout_mine, carts::merge,
         admin::put_product, admin::get_product, admin::post_stock, admin::put_sale, admin::get_sale, admin::delete_sale,
@@ -89,6 +89,9 @@ fn parameter_rule(location: &ParameterIn, name: &str) -> Option<(Object, &'stati
             CustomerId::schema(),
             "the customer the request is made for (required for `me` and orders)",
         ),
+        (ParameterIn::Query, "customer_id") => {
+            (CustomerId::schema(), "the customer whose orders to list")
+        }
         (ParameterIn::Header, "Idempotency-Key") => (
             IdempotencyKey::schema(),
             "the same key and body get the same answer for 24 h",

@@ -427,7 +427,7 @@ fn the_chart_passes_kafka_properties_a_ca_and_own_databases_through() {
 }
 
 #[test]
-fn the_chart_refuses_more_instances_than_partitions_and_missing_services() {
+fn the_chart_refuses_more_instances_than_partitions_missing_services_and_wrong_values() {
     let chart = chart();
     let mut args = vec!["template", "shop", chart.as_str()];
     args.extend(REQUIRED);
@@ -446,6 +446,18 @@ fn the_chart_refuses_more_instances_than_partitions_and_missing_services() {
     let (ok, _, err) = helm(&["template", "shop", chart.as_str()]);
     assert!(!ok);
     assert!(err.contains("kafka.brokers"), "{err}");
+    for (value, refusal) in [
+        ("processors.orders.replicas=two", "got string, want integer"),
+        (
+            "processors.billing.replicas=1",
+            "'inventory', 'orders', 'payments', 'expiry'",
+        ),
+    ] {
+        let mut args = vec!["template", "shop", chart.as_str(), "--set", value];
+        args.extend(REQUIRED);
+        let (ok, _, err) = helm(&args);
+        assert!(!ok && err.contains(refusal), "{value}: {err}");
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod api_contract;
 mod api_fuzz;
 mod api_hostile;
 mod api_long_polls;
+mod api_order_history;
 mod api_orders;
 mod api_webhooks;
 mod connectivity;
