@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::auth::Storefront;
 use crate::domain::{OrderId, XCustomerId};
 use crate::error::ApiError;
+use crate::fulfilment::FulfilmentBody;
 use crate::pricing::PricedLine;
 use crate::problem::Problem;
 
@@ -29,6 +30,8 @@ pub(crate) struct Accepted {
     pub(crate) flash: BTreeMap<String, crate::flash::Admission>,
     /// The order's trace (W3C `traceparent`): every record about it continues it.
     pub(crate) traceparent: Option<String>,
+    /// Where it ships and whom to tell (validated), if the storefront said.
+    pub(crate) fulfilment: Option<FulfilmentBody>,
 }
 
 /// Claims the key and stores the order in one statement (atomic: both or neither); false if
@@ -49,8 +52,8 @@ pub(crate) async fn claim_and_store(
                  response_status = NULL, response_body = NULL, created_at = now()
              WHERE api.idempotency_keys.created_at <= now() - interval '24 hours'
            RETURNING order_id)
-         INSERT INTO api.orders (order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash, traceparent)
-         SELECT order_id, $1, $6, $7, $8, $9, $10, $11, $12 FROM claimed
+         INSERT INTO api.orders (order_id, storefront, customer_id, currency, total_minor, lines, payment_method_id, flash, traceparent, fulfilment)
+         SELECT order_id, $1, $6, $7, $8, $9, $10, $11, $12, $13 FROM claimed
          RETURNING order_id",
     )
     .bind(&storefront.name)
@@ -65,6 +68,7 @@ pub(crate) async fn claim_and_store(
     .bind(&order.payment_method_id)
     .bind(serde_json::to_value(&order.flash)?)
     .bind(&order.traceparent)
+    .bind(order.fulfilment.as_ref().map(sqlx::types::Json))
     .fetch_optional(&state.pool)
     .await
     ?;
@@ -72,7 +76,7 @@ pub(crate) async fn claim_and_store(
 }
 
 /// A stored order: storefront, customer, currency, total, lines, payment method, flash-sale
-/// holds, trace.
+/// holds, trace, fulfilment.
 type Row = (
     String,
     String,
@@ -82,13 +86,14 @@ type Row = (
     String,
     serde_json::Value,
     Option<String>,
+    Option<sqlx::types::Json<FulfilmentBody>>,
 );
 
 /// The accepted order `order_id` (None: there is none).
 pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Accepted>, ApiError> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT storefront, customer_id, currency, total_minor, lines, payment_method_id, flash,
-                traceparent
+                traceparent, fulfilment
          FROM api.orders WHERE order_id = $1",
     )
     .bind(order_id)
@@ -103,6 +108,7 @@ pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Acce
         payment_method_id,
         flash,
         traceparent,
+        fulfilment,
     )) = row
     else {
         return Ok(None);
@@ -119,6 +125,7 @@ pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Acce
         payment_method_id,
         flash,
         traceparent,
+        fulfilment: fulfilment.map(|f| f.0),
     }))
 }
 
@@ -137,6 +144,9 @@ pub struct OrderView {
     pub total_minor: i64,
     /// The lines, priced by the server.
     pub lines: Vec<PricedLine>,
+    /// Where it ships and whom to tell, as the storefront gave them (absent: not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfilment: Option<FulfilmentBody>,
 }
 
 impl OrderView {
@@ -149,6 +159,7 @@ impl OrderView {
             currency: order.currency.clone(),
             total_minor: order.total_minor,
             lines: order.lines.clone(),
+            fulfilment: order.fulfilment.clone(),
         }
     }
 }

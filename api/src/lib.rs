@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod domain;
 pub mod error;
 pub mod flash;
+pub mod fulfilment;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;

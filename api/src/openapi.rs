@@ -14,8 +14,8 @@ use utoipa::openapi::{
 use crate::domain::{CustomerId, GuestCartId, IdempotencyKey, Sku};
 
 use crate::{
-    AppState, admin, carts, order_events, order_history, order_requests, order_status, orders,
-    pricing, problem, telemetry, webhooks,
+    AppState, admin, carts, fulfilment, order_events, order_history, order_requests, order_status,
+    orders, pricing, problem, telemetry, webhooks,
 };
 
 /// The API's OpenAPI document.
@@ -34,6 +34,7 @@ use crate::{
     ),
     components(schemas(
         orders::OrderRequest, orders::LineRequest, order_requests::HoldBody,
+        fulfilment::FulfilmentBody, fulfilment::AddressBody,
         carts::CartBody, carts::AddItemBody, carts::SetItemBody, carts::MergeBody, carts::CheckoutBody,
         admin::ProductBody, admin::StockBody, crate::flash::Sale, pricing::PricedLine,
         problem::Problem, problem::FieldError,

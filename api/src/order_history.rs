@@ -18,6 +18,7 @@ use crate::auth::Storefront;
 use crate::cursor::Cursor;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
+use crate::fulfilment::FulfilmentBody;
 use crate::pricing::PricedLine;
 use crate::problem::{CommonErrors, Problem};
 
@@ -73,7 +74,14 @@ pub struct HistoryPage {
 }
 
 /// A row of `api.orders` as the history reads it.
-type Row = (Uuid, String, i64, serde_json::Value, DateTime<Utc>);
+type Row = (
+    Uuid,
+    String,
+    i64,
+    serde_json::Value,
+    DateTime<Utc>,
+    Option<sqlx::types::Json<FulfilmentBody>>,
+);
 
 /// `GET /api/orders`: the customer's orders at this storefront, newest first.
 #[utoipa::path(get, path = "/api/orders", operation_id = "listOrders", tag = "orders", params(HistoryQuery), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "a page of the customer's orders, newest first, each with its status now; `next_cursor` while more remain", body = HistoryPage)))]
@@ -113,7 +121,7 @@ pub async fn list(
         let exhausted = rows.len() < batch as usize;
         let ids: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
         let statuses = statuses(&state, &ids).await?;
-        for (order_id, currency, total_minor, lines, created_at) in rows {
+        for (order_id, currency, total_minor, lines, created_at, fulfilment) in rows {
             if orders.len() == limit as usize {
                 // A page is full and this order remains: the next page starts after the last.
                 break 'pages after;
@@ -142,6 +150,7 @@ pub async fn list(
                     currency,
                     total_minor,
                     lines,
+                    fulfilment: fulfilment.map(|f| f.0),
                 },
                 created_at,
                 updated_at,
@@ -169,7 +178,7 @@ async fn page_of(
     batch: u32,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT order_id, currency::text, total_minor, lines, created_at FROM api.orders
+        "SELECT order_id, currency::text, total_minor, lines, created_at, fulfilment FROM api.orders
          WHERE storefront = $1 AND customer_id = $2
            AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4::uuid))
          ORDER BY created_at DESC, order_id DESC

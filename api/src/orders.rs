@@ -19,6 +19,7 @@ use crate::body::JsonBody;
 use crate::domain::{CustomerId, IdempotencyKey, PaymentMethodId, Sku};
 use crate::error::ApiError;
 use crate::flash::{self, Gate};
+use crate::fulfilment::FulfilmentBody;
 use crate::idempotency::{self, Existing};
 use crate::pricing::{self, PricingError, Product};
 use crate::problem::{CommonErrors, FieldError, Problem};
@@ -42,6 +43,9 @@ pub struct OrderRequest {
     /// Payment method to authorize (e.g. `pm_card_visa`).
     #[schema(schema_with = PaymentMethodId::schema)]
     pub payment_method_id: String,
+    /// Where to ship and whom to tell (optional: an order without it ships nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfilment: Option<FulfilmentBody>,
 }
 
 /// One line of an order request.
@@ -99,6 +103,9 @@ fn parse(request: &OrderRequest, key: Option<&str>) -> Result<Valid, Vec<FieldEr
                 &format!("1 to {MAX_QUANTITY}"),
             );
         }
+    }
+    if let Some(fulfilment) = &request.fulfilment {
+        crate::fulfilment::parse(fulfilment, "fulfilment", &mut errors);
     }
     match (key, customer, payment_method) {
         (Some(key), Some(customer), Some(payment_method)) if errors.is_empty() => Ok(Valid {
@@ -231,6 +238,7 @@ pub(crate) async fn place(
                     payment_method_id: valid.payment_method.to_string(),
                     flash,
                     traceparent: Some(produce::order_trace(headers)),
+                    fulfilment: request.fulfilment.clone(),
                 };
                 match claim_and_store(state, storefront, key, route, &fingerprint, &accepted).await
                 {
@@ -347,6 +355,7 @@ async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
                 .unwrap_or(state.hold_seconds),
             flash_sale: sale.is_some(),
             flash_sale_generation: sale.and_then(|s| s.generation.clone()),
+            fulfilment: order.fulfilment.as_ref().map(|f| Box::new(f.to_event())),
         };
         let mut event = Envelope::new(order_id.clone(), None, CheckoutPayload::Reserve(reserve));
         event.event_id = reserve_event_id(order.order_id, line.line_index);
@@ -371,6 +380,7 @@ mod tests {
                 })
                 .collect(),
             payment_method_id: "pm_card_visa".into(),
+            fulfilment: None,
         }
     }
 

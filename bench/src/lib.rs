@@ -121,6 +121,7 @@ impl Load {
             hold_seconds: 900,
             flash_sale: false,
             flash_sale_generation: None,
+            fulfilment: None,
         });
         (sku, Envelope::new(order_id, None, payload))
     }

@@ -476,6 +476,7 @@ async fn redis_black_holed_during_a_flash_sales_releases_stalls_nothing_and_give
             hold_seconds: 60,
             flash_sale: true,
             flash_sale_generation: None,
+            fulfilment: None,
         };
         feed.send(
             &sku,

@@ -21,6 +21,7 @@ mod contract;
 mod databases;
 mod deployment;
 mod flash_accounting;
+mod fulfilment;
 mod inventory;
 mod inventory_faults;
 mod observability;

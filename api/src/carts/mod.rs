@@ -211,6 +211,9 @@ pub struct CheckoutBody {
     /// Payment method to authorize.
     #[schema(schema_with = crate::domain::PaymentMethodId::schema)]
     pub payment_method_id: String,
+    /// Where to ship and whom to tell (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfilment: Option<crate::fulfilment::FulfilmentBody>,
 }
 
 /// The cart `owner` has, as stored (a customer's cart that does not exist yet is empty; a guest
@@ -387,6 +390,7 @@ async fn check_out(
             })
             .collect(),
         payment_method_id: body.payment_method_id,
+        fulfilment: body.fulfilment,
     };
     let response = place(state, storefront, headers, &request, &route).await?;
     if response.status() == StatusCode::ACCEPTED {

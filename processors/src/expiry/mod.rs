@@ -295,6 +295,7 @@ mod tests {
             lines: vec![],
             total_minor: 1,
             currency: "EUR".into(),
+            fulfilment: None,
         }
         .into();
         assert!(

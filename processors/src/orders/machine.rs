@@ -226,6 +226,8 @@ pub struct Terms {
     pub currency: String,
     /// Payment method to authorize.
     pub payment_method_id: String,
+    /// Where it ships and whom to tell (None when the order gave none).
+    pub fulfilment: Option<Box<kassa_schemas::events::fulfilment::Fulfilment>>,
 }
 
 /// The payment as orders knows it (for the status read model).

@@ -32,6 +32,9 @@ pub struct Reserve {
     /// The sale generation its units were admitted to (None outside a sale, and from writers
     /// before it was added): given-back units go to that sale only.
     pub flash_sale_generation: Option<String>,
+    /// Where the order ships and whom to tell (None when the order gave none, and from writers
+    /// before it was added); the same on every line of the order.
+    pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
 }
 
 payload_union! {

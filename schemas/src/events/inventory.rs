@@ -80,6 +80,9 @@ pub struct LineOrder {
     pub unit_price_minor: i64,
     /// Payment method to authorize.
     pub payment_method_id: String,
+    /// The order's shipping address and contact (None when it gave none, and from writers before
+    /// it was added).
+    pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
 }
 
 impl LineOrder {
@@ -91,6 +94,7 @@ impl LineOrder {
             currency: request.currency.clone(),
             unit_price_minor: request.unit_price_minor,
             payment_method_id: request.payment_method_id.clone(),
+            fulfilment: request.fulfilment.clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ macro_rules! order_keyed {
 
 pub mod checkout;
 pub mod expiry;
+pub mod fulfilment;
 pub mod inventory;
 pub mod orders;
 pub mod payments;

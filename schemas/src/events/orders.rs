@@ -150,6 +150,9 @@ pub struct OrderCompleted {
     pub total_minor: i64,
     /// ISO 4217 currency.
     pub currency: String,
+    /// Where to ship and whom to tell (None when the order gave none, and from writers before it
+    /// was added).
+    pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
 }
 
 /// A line could not be reserved; nothing was charged.

@@ -6,6 +6,7 @@ use uuid::Uuid;
 use super::RejectReason;
 use super::checkout::{CheckoutPayload, Reserve};
 use super::expiry::{DeadlineKind, DeadlinePassed, ExpiryEvent};
+use super::fulfilment::{Fulfilment, PostalAddress};
 use super::inventory::*;
 use super::orders::*;
 use super::payments::*;
@@ -84,6 +85,25 @@ fn line_order() -> LineOrder {
         currency: "EUR".into(),
         unit_price_minor: 1999,
         payment_method_id: "pm_card_visa".into(),
+        fulfilment: Some(Box::new(fulfilment())),
+    }
+}
+
+/// A shipping address and contact with every optional field set.
+pub fn fulfilment() -> Fulfilment {
+    let address = |name: &str| PostalAddress {
+        name: name.into(),
+        lines: vec!["Kassa Street 1".into(), "Floor 2".into()],
+        city: "Berlin".into(),
+        postal_code: "10115".into(),
+        region: Some("BE".into()),
+        country: "DE".into(),
+        phone: Some("+49 30 1234567".into()),
+    };
+    Fulfilment {
+        shipping: address("Ada Lovelace"),
+        billing: Some(address("Ada's Accounts")),
+        email: "ada@shop.example".into(),
     }
 }
 
@@ -126,6 +146,7 @@ pub fn all() -> Vec<Sample> {
                 hold_seconds: 900,
                 flash_sale: true,
                 flash_sale_generation: Some("5f0c2a7e9d1b4c3a8e6f1a2b3c4d5e6f".into()),
+                fulfilment: Some(Box::new(fulfilment())),
             }),
         )),
         Sample::InventoryCommand(envelope(
@@ -272,6 +293,7 @@ pub fn all() -> Vec<Sample> {
                 lines: vec![line(0)],
                 total_minor: 3998,
                 currency: "EUR".into(),
+                fulfilment: Some(Box::new(fulfilment())),
             },
         )),
         Sample::OrderEvent(envelope(

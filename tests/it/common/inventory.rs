@@ -149,6 +149,7 @@ pub fn reserve(
             hold_seconds: 900,
             flash_sale: false,
             flash_sale_generation: None,
+            fulfilment: None,
         }),
     )
 }

@@ -28,6 +28,7 @@ fn terms(order: &LineOrder) -> Terms {
         line_count: order.line_count,
         currency: order.currency.clone(),
         payment_method_id: order.payment_method_id.clone(),
+        fulfilment: order.fulfilment.clone(),
     }
 }
 

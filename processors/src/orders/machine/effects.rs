@@ -148,6 +148,10 @@ pub(super) fn enter(
                     lines: order.order_lines(),
                     total_minor: order.total_minor(),
                     currency,
+                    fulfilment: order
+                        .terms
+                        .as_ref()
+                        .and_then(|t| t.fulfilment.clone()),
                 }
                 .into(),
             );

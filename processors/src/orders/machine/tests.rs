@@ -26,6 +26,7 @@ fn context(line_count: i32, price: i64) -> LineOrder {
         currency: "EUR".into(),
         unit_price_minor: price,
         payment_method_id: "pm_card_visa".into(),
+        fulfilment: Some(Box::new(kassa_schemas::events::samples::fulfilment())),
     }
 }
 
@@ -234,6 +235,11 @@ fn the_happy_path_reserves_authorizes_commits_and_completes() {
             c.customer_id.as_str()
         ),
         (2, 4998, "EUR", "cus_1")
+    );
+    assert_eq!(
+        c.fulfilment.as_deref(),
+        Some(&kassa_schemas::events::samples::fulfilment()),
+        "the warehouse learns where to ship"
     );
 }
 
