@@ -160,44 +160,68 @@ async fn a_bad_address_is_refused_field_by_field_before_anything_is_stored() {
     assert_eq!(stored, 0);
 }
 
-/// The registry's versions of `topic`'s value schema, oldest first, parsed and as text.
-async fn registered(settings: &kassa::settings::Settings, topic: Topic) -> Vec<(Schema, String)> {
-    let http = reqwest::Client::new();
-    let subject = format!(
-        "{}/subjects/{}/versions",
-        settings.schema_registry_url.trim_end_matches('/'),
-        topic.subject()
-    );
-    let get = |url: String| {
-        let request = http.get(url).send();
-        async move { request.await.unwrap().json::<Value>().await.unwrap() }
-    };
-    let mut schemas = Vec::new();
-    for v in get(subject.clone()).await.as_array().unwrap() {
-        let version = get(format!("{subject}/{v}")).await;
-        let text = version["schema"].as_str().unwrap().to_owned();
-        schemas.push((Schema::parse_str(&text).unwrap(), text));
-    }
-    schemas
+/// `orders.events`' schema as it was before `fulfilment` was added to `OrderCompleted`.
+fn before_fulfilment() -> String {
+    let mut schema: Value = serde_json::from_str(Topic::OrdersEvents.schema_json()).unwrap();
+    let branches = schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "payload")
+        .unwrap()["type"]
+        .as_array_mut()
+        .unwrap();
+    let completed = branches
+        .iter_mut()
+        .find(|b| b["name"] == "OrderCompleted")
+        .unwrap();
+    let fields = completed["fields"].as_array_mut().unwrap();
+    let before = fields.len();
+    fields.retain(|f| f["name"] != "fulfilment");
+    assert_eq!(fields.len(), before - 1, "the field was there to take away");
+    schema.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn old_readers_read_the_new_order_completed_and_the_new_reader_reads_old_ones() {
     let settings = common::setup().await;
-    let new = Schema::parse_str(Topic::OrdersEvents.schema_json()).unwrap();
-    let versions = registered(&settings, Topic::OrdersEvents).await;
-    // The versions before the one that added `fulfilment` (the registry holds every one).
-    let old: Vec<&(Schema, String)> = versions
-        .iter()
-        .filter(|(s, _)| !s.canonical_form().contains("\"fulfilment\""))
-        .collect();
-    assert!(!old.is_empty(), "an older version is registered");
-    assert!(
-        versions
-            .iter()
-            .any(|(s, _)| s.canonical_form() == new.canonical_form()),
-        "the new one is registered too"
+    let old_text = before_fulfilment();
+    let old = Schema::parse_str(&old_text).unwrap();
+
+    // The registry, holding the old version under kassa's compatibility level, takes the new one.
+    let http = reqwest::Client::new();
+    let base = settings.schema_registry_url.trim_end_matches('/');
+    let subject = format!(
+        "{}fulfilment-compat-{}-value",
+        kassa_schemas::topics::namespace(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let config = http
+        .put(format!("{base}/config/{subject}"))
+        .json(&json!({"compatibility": "BACKWARD_TRANSITIVE"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(config.status().is_success(), "{}", config.status());
+    let registered = http
+        .post(format!("{base}/subjects/{subject}/versions"))
+        .json(&json!({"schema": old_text}))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{}", registered.status());
+    let verdict: Value = http
+        .post(format!(
+            "{base}/compatibility/subjects/{subject}/versions/latest"
+        ))
+        .json(&json!({"schema": Topic::OrdersEvents.schema_json()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verdict["is_compatible"], true, "{verdict}");
 
     let with_address = kassa_schemas::Envelope::new(
         "o-1",
@@ -214,33 +238,31 @@ async fn old_readers_read_the_new_order_completed_and_the_new_reader_reads_old_o
     let codec = kassa_schemas::Codec::new(&settings.schema_registry_url).unwrap();
     let framed = codec.encode(&with_address).await.unwrap();
     let written = &framed[5..]; // the Avro body after the magic byte and schema id
-    for (schema, text) in &old {
-        // An old consumer (fastavro with an older version as its reader) reads the new record,
-        // and an old producer writes what it read with that version.
-        let (read, rewritten) = old_reader(Topic::OrdersEvents.schema_json(), text, written).await;
-        let completed = &read["payload"]["OrderCompleted"];
-        assert_eq!(completed["order_id"], "o-1", "{read}");
-        assert!(
-            completed.get("fulfilment").is_none(),
-            "the old reader sees no address: {read}"
-        );
+    // An old consumer (fastavro with the old version as its reader) reads the new record,
+    // and an old producer writes what it read with that version.
+    let (read, rewritten) = old_reader(Topic::OrdersEvents.schema_json(), &old_text, written).await;
+    let completed = &read["payload"]["OrderCompleted"];
+    assert_eq!(completed["order_id"], "o-1", "{read}");
+    assert!(
+        completed.get("fulfilment").is_none(),
+        "the old reader sees no address: {read}"
+    );
 
-        // The new reader (kassa's codec) reads what the old producer wrote: no address.
-        let value = GenericDatumReader::builder(schema)
-            .build()
-            .unwrap()
-            .read_value(&mut &rewritten[..])
-            .unwrap();
-        let back: kassa_schemas::Envelope<OrderEvent> =
-            kassa_schemas::codec::decode_value(schema, &value).unwrap();
-        let OrderEvent::OrderCompleted(completed) = back.payload else {
-            panic!("an OrderCompleted: {:?}", back.payload)
-        };
-        assert_eq!(
-            (completed.order_id.as_str(), completed.fulfilment),
-            ("o-1", None)
-        );
-    }
+    // The new reader (kassa's codec) reads what the old producer wrote: no address.
+    let value = GenericDatumReader::builder(&old)
+        .build()
+        .unwrap()
+        .read_value(&mut &rewritten[..])
+        .unwrap();
+    let back: kassa_schemas::Envelope<OrderEvent> =
+        kassa_schemas::codec::decode_value(&old, &value).unwrap();
+    let OrderEvent::OrderCompleted(completed) = back.payload else {
+        panic!("an OrderCompleted: {:?}", back.payload)
+    };
+    assert_eq!(
+        (completed.order_id.as_str(), completed.fulfilment),
+        ("o-1", None)
+    );
 }
 
 /// `tests/old_reader.py`: fastavro reads `datum` (written with `writer`) with `reader`, and
