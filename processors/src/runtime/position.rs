@@ -96,9 +96,12 @@ impl Positions {
             let stored = store::load_offsets(&mut conn, schema, &unknown).await?;
             for tp in unknown {
                 let now = stored.get(&tp).copied();
-                if let (Some(before), Some(now)) = (self.let_go.remove(&tp), now) {
+                // What this instance expected stays known until the audit is done: a failed
+                // audit is tried again with the next sync, never dropped.
+                if let (Some(&before), Some(now)) = (self.let_go.get(&tp), now) {
                     audit_move(&mut conn, schema, &tp, before, now).await?;
                 }
+                self.let_go.remove(&tp);
                 self.cursors.insert(
                     tp,
                     Cursor {

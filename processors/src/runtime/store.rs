@@ -157,7 +157,8 @@ pub async fn unprocessed(
         let moves: Vec<(bool, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT intended, moved_by || ': ' || reason FROM {schema}.offset_moves
              WHERE topic = $1 AND partition = $2
-               AND int8range(coalesce(from_offset, 0), to_offset) && int8range($3, $4)
+               AND int8range(coalesce(from_offset, 0), greatest(to_offset, coalesce(from_offset, 0)))
+                   && int8range($3, $4)
              ORDER BY id"
         )))
         .bind(&partition.0)
