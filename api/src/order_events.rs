@@ -198,7 +198,7 @@ pub async fn stream(
         .row
         .as_ref()
         .is_some_and(|r| FINAL.contains(&r.state.as_str()));
-    if follow.queued.is_empty() && (decided || follow.finished) {
+    if follow.queued.is_empty() && decided {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let events = futures::stream::unfold(follow, Follow::next_event);

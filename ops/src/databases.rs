@@ -46,14 +46,16 @@ pub enum DatabasesError {
     },
 }
 
+/// Whose schemas `KASSA_DATABASE_URL`'s database holds besides the processors'.
+pub const MAIN_HOLDS: &str = "api, ops";
+
 /// One pool a distinct database, and which processors' schemas each holds.
 #[derive(Clone)]
 pub struct Databases {
-    /// `KASSA_DATABASE_URL`'s database.
-    main: PgPool,
-    /// Each processor's database: the same pool as `main` unless its URL differs.
+    /// Each processor's database: the main one's pool unless its URL differs.
     of: Vec<(ConsumerGroup, PgPool)>,
-    /// Every distinct database: its redacted URL, whose schemas it holds, its pool.
+    /// Every distinct database, `KASSA_DATABASE_URL`'s first: its redacted URL, whose schemas it
+    /// holds, its pool.
     distinct: Vec<(String, Vec<&'static str>, PgPool)>,
 }
 
@@ -82,12 +84,12 @@ impl Databases {
             distinct.push((redact_url_password(url), vec![holds], pool.clone()));
             Ok(pool)
         };
-        let main = pool_for(settings.database_url.expose(), "api, ops")?;
+        pool_for(settings.database_url.expose(), MAIN_HOLDS)?;
         let of = ConsumerGroup::ALL
             .into_iter()
             .map(|g| Ok((g, pool_for(settings.database_url_of(g).expose(), g.name())?)))
             .collect::<Result<_, DatabasesError>>()?;
-        Ok(Databases { main, of, distinct })
+        Ok(Databases { of, distinct })
     }
 
     /// [`Databases::lazy`] with a small pool each (for the operator's tools), every database
@@ -108,7 +110,7 @@ impl Databases {
 
     /// `KASSA_DATABASE_URL`'s database: the `api` and `ops` schemas.
     pub fn main(&self) -> &PgPool {
-        &self.main
+        &self.distinct[0].2
     }
 
     /// The database `group`'s processor keeps its schema in.
@@ -125,7 +127,7 @@ impl Databases {
     /// processor keeps its schema elsewhere.
     pub fn joined(&self, view: &'static str) -> Result<&PgPool, DatabasesError> {
         if self.distinct.len() == 1 {
-            return Ok(&self.main);
+            return Ok(self.main());
         }
         let elsewhere: Vec<&str> = self.distinct[1..]
             .iter()
@@ -140,6 +142,14 @@ impl Databases {
             view,
             elsewhere: format!("{} {kept}", elsewhere.join(", ")),
         })
+    }
+
+    /// The distinct databases the processors of `groups` keep their schemas in.
+    pub fn of_groups(&self, groups: &[ConsumerGroup]) -> impl Iterator<Item = &PgPool> {
+        self.distinct
+            .iter()
+            .filter(|(_, holds, _)| groups.iter().any(|g| holds.contains(&g.name())))
+            .map(|(_, _, pool)| pool)
     }
 
     /// Every distinct database: its URL (password redacted), whose schemas it holds, its pool.

@@ -5,7 +5,7 @@
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
-use crate::databases::{Databases, DatabasesError};
+use crate::databases::{Databases, DatabasesError, MAIN_HOLDS};
 
 /// The migrations, embedded at build time so the binary needs no source tree.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -36,16 +36,18 @@ pub enum MigrateError {
 
 /// Connects to `KASSA_DATABASE_URL`'s database (a small pool, for admin work and tests).
 pub async fn connect(settings: &crate::settings::Settings) -> Result<PgPool, MigrateError> {
-    let databases = Databases::lazy(settings, 2, std::time::Duration::from_secs(10))?;
-    let pool = databases.main().clone();
-    pool.acquire()
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(settings.database_url.expose())
         .await
-        .map_err(|source| DatabasesError::Connect {
-            url: settings.database_url_redacted(),
-            holds: "api, ops".into(),
-            source,
-        })?;
-    Ok(pool)
+        .map_err(|source| {
+            MigrateError::Connect(DatabasesError::Connect {
+                url: settings.database_url_redacted(),
+                holds: MAIN_HOLDS.into(),
+                source,
+            })
+        })
 }
 
 /// What `run` did to one database.
@@ -64,47 +66,40 @@ pub struct Migrated {
 pub async fn run_all(databases: &Databases) -> Result<Vec<Migrated>, MigrateError> {
     let mut done = Vec::new();
     for (url, holds, pool) in databases.distinct() {
-        let applied = run_on(pool).await.map_err(|e| e.on(url))?;
         done.push(Migrated {
             url: url.to_owned(),
             holds: holds.to_vec(),
-            applied,
+            applied: run_on(pool, url).await?,
         });
     }
     Ok(done)
 }
 
-/// What failed on one database, before it is named.
-enum Failed {
-    Apply(sqlx::migrate::MigrateError),
-    RuntimeTables(sqlx::Error),
-}
-
-impl Failed {
-    fn on(self, url: &str) -> MigrateError {
-        let url = url.to_owned();
-        match self {
-            Failed::Apply(source) => MigrateError::Apply { url, source },
-            Failed::RuntimeTables(source) => MigrateError::RuntimeTables { url, source },
-        }
-    }
-}
-
 /// Brings the one database of `pool` up to date; how many migrations it applied.
 pub async fn run(pool: &PgPool) -> Result<usize, MigrateError> {
-    run_on(pool).await.map_err(|e| e.on("the database"))
+    run_on(pool, "the database").await
 }
 
-/// Brings one database up to date; how many migrations it applied.
-async fn run_on(pool: &PgPool) -> Result<usize, Failed> {
+/// Brings the database at `url` (password redacted, for errors) up to date; how many migrations
+/// it applied.
+async fn run_on(pool: &PgPool, url: &str) -> Result<usize, MigrateError> {
     let before = applied(pool).await;
-    MIGRATOR.run(pool).await.map_err(Failed::Apply)?;
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|source| MigrateError::Apply {
+            url: url.to_owned(),
+            source,
+        })?;
     for group in kassa_processors::ConsumerGroup::ALL {
         sqlx::query("SELECT public.kassa_create_runtime_tables($1)")
             .bind(group.name())
             .execute(pool)
             .await
-            .map_err(Failed::RuntimeTables)?;
+            .map_err(|source| MigrateError::RuntimeTables {
+                url: url.to_owned(),
+                source,
+            })?;
     }
     Ok(applied(pool).await.saturating_sub(before))
 }

@@ -163,8 +163,7 @@ async fn ready(State(probes): State<Probes>) -> Response {
 async fn readiness(probes: &Probes) -> (bool, serde_json::Value) {
     let limit = Duration::from_secs(2);
     let postgres = tokio::time::timeout(limit, async {
-        for group in &probes.groups {
-            let pool = probes.databases.of(*group);
+        for pool in probes.databases.of_groups(&probes.groups) {
             sqlx::query("SELECT 1").execute(pool).await?;
         }
         Ok::<_, sqlx::Error>(())

@@ -97,7 +97,7 @@ pub fn plan(settings: &TopicSettings) -> Result<Vec<TopicPlan>, TopicConfigError
     let event = Topic::ALL.iter().map(|t| (t.base_name().to_owned(), true));
     let dead_letter = ConsumerGroup::ALL
         .iter()
-        .map(|g| (format!("{}.dlq", g.name()), false));
+        .map(|g| (g.dlq_base_name(), false));
     let topics: Vec<(String, bool)> = event.chain(dead_letter).collect();
     for o in &settings.overrides {
         if !topics.iter().any(|(base, _)| *base == o.topic) {

@@ -60,6 +60,14 @@ macro_rules! processors {
                 }
             }
 
+            /// The variable that gives the processor a database of its own
+            /// (`KASSA_<PROCESSOR>_DATABASE_URL`).
+            pub const fn database_url_variable(self) -> &'static str {
+                match self {
+                    $(ConsumerGroup::$variant => $database_env,)+
+                }
+            }
+
             /// How the group's partitions are assigned ([`Processor::ASSIGNMENT`]).
             pub const fn assignment(self) -> &'static str {
                 match self {

@@ -90,7 +90,12 @@ impl ConsumerGroup {
 
     /// The dead-letter topic for messages the group cannot decode or declares invalid.
     pub fn dlq_topic(self) -> String {
-        format!("{}{}.dlq", namespace(), self.name())
+        format!("{}{}", namespace(), self.dlq_base_name())
+    }
+
+    /// The dead-letter topic's name without the namespace.
+    pub fn dlq_base_name(self) -> String {
+        format!("{}.dlq", self.name())
     }
 }
 

@@ -118,7 +118,7 @@ async fn switch(settings: &Option<Vec<(String, String)>>) {
     // settings give it one (`KASSA_<PROCESSOR>_DATABASE_URL`).
     let main = kassa::migrate::connect(&config).await.expect("database");
     for group in kassa_processors::ConsumerGroup::ALL {
-        let own = format!("KASSA_{}_DATABASE_URL", group.name().to_uppercase());
+        let own = group.database_url_variable();
         let pool = match env.iter().find(|(key, _)| *key == own) {
             Some((_, url)) => sqlx::PgPool::connect(url).await.expect("its database"),
             None => main.clone(),
