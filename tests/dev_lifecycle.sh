@@ -10,8 +10,8 @@ chmod 755 "$state" # postgres runs as its own user and must reach its data direc
 export KASSA_STATE_DIR=$state
 unset KASSA_UP_STARTED_FILE # this set is ours to stop, not scripts/test's
 export KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 KAFKA_SECURE_PORT=29094 REGISTRY_PORT=28081 REGISTRY_MANAGEMENT_PORT=28091
-export POSTGRES_PORT=25432 REDIS_PORT=26379 REDIS_TLS_PORT=26380 LOCALSTRIPE_PORT=28420 API_PORT=28080
-ports=(29092 29093 29094 28081 28091 25432 26379 26380 28420)
+export POSTGRES_PORT=25432 REDIS_PORT=26379 REDIS_TLS_PORT=26380 LOCALSTRIPE_PORT=28420 SMTP_PORT=21025 API_PORT=28080
+ports=(29092 29093 29094 28081 28091 25432 26379 26380 28420 21025)
 dev="$ROOT/scripts/dev"
 passed=0 failed=0
 check() { # check NAME COMMAND...
@@ -25,12 +25,12 @@ pids() { cat "$state"/run/*.pid 2>/dev/null | sort; }
 first=$("$dev" up 2>&1) || { echo "$first"; exit 1; }
 before=$(pids)
 count=$(wc -l <<<"$before")
-check "first up starts all 5 services" test "$count" -eq 5
+check "first up starts all 6 services" test "$count" -eq 6
 
 second=$("$dev" up 2>&1)
 check "second up starts nothing" bash -c '! grep -q "starting\|installing" <<<"$1"' _ "$second"
 check "second up keeps the same processes" test "$before" = "$(pids)"
-check "status shows 5 ready services" test "$("$dev" status | grep -c ' ready ')" -eq 5
+check "status shows 6 ready services" test "$("$dev" status | grep -c ' ready ')" -eq 6
 
 wide=$(ss -ltnpH | awk '{print $4, $6}' | grep -E "$(IFS='|'; echo ":(${ports[*]}) ")" | grep -v '127.0.0.1' || true)
 check "every port is bound to 127.0.0.1 only" test -z "$wide"

@@ -112,6 +112,39 @@ string_id!(
     |value| !value.is_empty() && value.len() <= 255 && value.bytes().all(|b| b.is_ascii_graphic())
 );
 
+string_id!(
+    /// A storefront's name (its API key's name), as the admin API takes it.
+    StorefrontName,
+    "1 to 100 characters, no control characters",
+    "^[^\\x00-\\x1f\\x7f]{1,100}$",
+    100,
+    |value| (1..=100).contains(&value.chars().count()) && !value.chars().any(|c| c.is_ascii_control())
+);
+
+string_id!(
+    /// Where kassa sends something on its own (a webhook endpoint, a storefront's page): an
+    /// absolute `http://` or `https://` URL with a host name or address, up to 2,000 characters.
+    WebUrl,
+    "an absolute http:// or https:// URL: a host (letters, digits, '.', '-'), an optional port, an optional path of visible ASCII; up to 2,000 characters",
+    "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+    2000,
+    |value| {
+        let Some(rest) = value
+            .strip_prefix("https://")
+            .or_else(|| value.strip_prefix("http://"))
+        else {
+            return false;
+        };
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        let (host, port) = authority.split_once(':').map_or((authority, None), |(h, p)| (h, Some(p)));
+        value.len() <= 2000
+            && !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+            && path.bytes().all(|b| b.is_ascii_graphic())
+    }
+);
+
 /// An order id (a UUID the API assigned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OrderId(pub Uuid);
@@ -231,7 +264,7 @@ mod tests {
         // Each pattern, read as a regular expression, accepts and refuses what its parser does.
         /// A pattern, the parser it declares, and samples to compare them on.
         type Case<'a> = (&'a str, fn(&str) -> bool, &'a [&'a str]);
-        let cases: [Case; 4] = [
+        let cases: [Case; 6] = [
             (
                 Sku::PATTERN,
                 |v| Sku::parse(v).is_ok(),
@@ -251,6 +284,27 @@ mod tests {
                 IdempotencyKey::PATTERN,
                 |v| IdempotencyKey::parse(v).is_ok(),
                 &["k-1", "k 1", "", "\u{7f}"],
+            ),
+            (
+                StorefrontName::PATTERN,
+                |v| StorefrontName::parse(v).is_ok(),
+                &["sf-1", "Demo shop", "", "a\u{0}b", "tab\there", "é"],
+            ),
+            (
+                WebUrl::PATTERN,
+                |v| WebUrl::parse(v).is_ok(),
+                &[
+                    "https://shop.example/hooks?x=1",
+                    "http://127.0.0.1:8080/hooks",
+                    "http://127.0.0.1:8080",
+                    "ftp://shop.example/",
+                    "https://",
+                    "https://shop.example:/x",
+                    "https://shop.example:123456/",
+                    "https://shop.example/a b",
+                    "https://user@shop.example/",
+                    "/hooks",
+                ],
             ),
         ];
         for (pattern, parser, samples) in cases {

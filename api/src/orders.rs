@@ -356,6 +356,7 @@ async fn publish(state: &AppState, order: &Accepted) -> Result<(), ApiError> {
             flash_sale: sale.is_some(),
             flash_sale_generation: sale.and_then(|s| s.generation.clone()),
             fulfilment: order.fulfilment.as_ref().map(|f| Box::new(f.to_event())),
+            storefront: Some(order.storefront.clone()),
         };
         let mut event = Envelope::new(order_id.clone(), None, CheckoutPayload::Reserve(reserve));
         event.event_id = reserve_event_id(order.order_id, line.line_index);

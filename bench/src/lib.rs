@@ -122,6 +122,7 @@ impl Load {
             flash_sale: false,
             flash_sale_generation: None,
             fulfilment: None,
+            storefront: None,
         });
         (sku, Envelope::new(order_id, None, payload))
     }

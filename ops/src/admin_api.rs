@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Path;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use kassa_api::auth::Admin;
@@ -28,18 +28,19 @@ use crate::search::{OrderSummary, Page};
 use crate::settings::Settings;
 use crate::story::{Entry, Story};
 use crate::tail::{Record, TailError};
+use crate::webhooks_admin;
 
 /// What the views need besides the API's state: every setting (topics, the registry, the
 /// gateway) and the databases (a processor's schema may be in one of its own).
 #[derive(Clone)]
-struct Views {
+pub(crate) struct Views {
     settings: Arc<Settings>,
     databases: Result<Databases, Arc<str>>,
 }
 
 impl Views {
     /// The databases, or 503 when their URLs could not be read.
-    fn databases(&self) -> Result<&Databases, ApiError> {
+    pub(crate) fn databases(&self) -> Result<&Databases, ApiError> {
         self.databases.as_ref().map_err(|e| {
             tracing::error!(error = %e, "the operator's views have no database");
             Problem::unavailable("the database is unavailable", 5).into()
@@ -81,6 +82,30 @@ pub fn extension(settings: &Settings) -> kassa_api::Extension {
         .route("/admin/lag", get(lag))
         .route("/admin/reconcile", get(reconcile))
         .route("/asyncapi.json", get(asyncapi))
+        .route(
+            "/admin/webhooks",
+            post(webhooks_admin::register).get(webhooks_admin::list),
+        )
+        .route(
+            "/admin/webhooks/{id}/disable",
+            post(webhooks_admin::disable),
+        )
+        .route(
+            "/admin/webhooks/{id}/deliveries",
+            get(webhooks_admin::endpoint_deliveries),
+        )
+        .route(
+            "/admin/webhooks/{id}/deliveries/{delivery}/resend",
+            post(webhooks_admin::resend),
+        )
+        .route(
+            "/admin/orders/{id}/notifications",
+            get(webhooks_admin::order_notifications),
+        )
+        .route(
+            "/admin/storefronts/{storefront}/notifications",
+            put(webhooks_admin::set_storefront),
+        )
         .layer(Extension(views));
     kassa_api::Extension {
         routes,
@@ -91,12 +116,19 @@ pub fn extension(settings: &Settings) -> kassa_api::Extension {
 /// The views' part of the OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(asyncapi, search_orders, order_story, list_dead_letters, show_dead_letter, redrive, discard, lag, reconcile),
+    paths(asyncapi, search_orders, order_story, list_dead_letters, show_dead_letter, redrive, discard, lag, reconcile,
+          webhooks_admin::register, webhooks_admin::list, webhooks_admin::disable,
+          webhooks_admin::endpoint_deliveries, webhooks_admin::resend,
+          webhooks_admin::order_notifications, webhooks_admin::set_storefront),
     components(schemas(
         Page, OrderSummary, Story, Entry, DeadLetters, DeadLetter, Record, Action, Acted,
         Report, GroupLag, PartitionLag, Books, Discrepancy, Class,
+        webhooks_admin::NewEndpoint, webhooks_admin::Endpoint, webhooks_admin::Endpoints,
+        webhooks_admin::Delivery, webhooks_admin::Deliveries, webhooks_admin::Attempt,
+        webhooks_admin::StorefrontNotifications,
     )),
-    tags((name = "operations-admin", description = "the operator's views: an order's story, order search, dead letters, lag, the books (admin keys); the same as `kassa order|dlq|lag|reconcile`"))
+    tags((name = "notifications-admin", description = "what customers and storefronts are told: webhook endpoints, their deliveries and attempts, re-sending, an order's notifications, a storefront's payment-action link (admin keys)"),
+         (name = "operations-admin", description = "the operator's views: an order's story, order search, dead letters, lag, the books (admin keys); the same as `kassa order|dlq|lag|reconcile`"))
 )]
 struct ViewsDoc;
 

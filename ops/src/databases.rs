@@ -183,7 +183,7 @@ mod tests {
             [
                 (
                     "postgres://kassa:***@db-main/kassa",
-                    vec!["api, ops", "inventory", "orders", "expiry"]
+                    vec!["api, ops", "inventory", "orders", "expiry", "notifications"]
                 ),
                 ("postgres://kassa:***@db-payments/kassa", vec!["payments"]),
             ]

@@ -27,3 +27,4 @@ pub mod supervisor;
 pub mod tail;
 pub mod topic_config;
 pub mod topics;
+pub mod webhooks_admin;

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - One folder a processor (`inventory/`, `orders/`, `payments/`, `expiry/`): its handler, its
+//! - One folder a processor (`inventory/`, `orders/`, `payments/`, `expiry/`,
+//!   `notifications/`): its handler, its
 //!   background tasks, its settings and its [`Processor`] implementation, which says what it
 //!   consumes and how it runs. No processor imports another; they talk through topics.
 //! - [`runtime`]: the exactly-once loop every processor runs in (batches, inbox, offsets in
@@ -173,4 +174,5 @@ processors! {
     Orders => orders, "KASSA_ORDERS_DATABASE_URL",
     Payments => payments, "KASSA_PAYMENTS_DATABASE_URL",
     Expiry => expiry, "KASSA_EXPIRY_DATABASE_URL",
+    Notifications => notifications, "KASSA_NOTIFICATIONS_DATABASE_URL",
 }

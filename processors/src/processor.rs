@@ -75,6 +75,9 @@ pub enum ProcessorError {
     /// The payment gateway could not be set up.
     #[error("payment gateway: {0}")]
     Gateway(String),
+    /// A processor's own settings could not be put to use (the message names the setting).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl ConsumerGroup {

@@ -12,6 +12,7 @@ pub mod redis_link;
 pub mod registry;
 pub mod registry_link;
 pub mod secret;
+pub mod signature;
 pub mod topics;
 pub mod trace;
 

@@ -51,7 +51,7 @@ async fn an_order_completes_with_orders_and_payments_in_a_database_of_their_own(
     assert!(
         lines[1].contains("/kassa_split")
             && lines[1].contains("(orders, payments) up to date")
-            && lines[0].contains("(api, ops, inventory, expiry) up to date"),
+            && lines[0].contains("(api, ops, inventory, expiry, notifications) up to date"),
         "{migrated}"
     );
     assert!(

@@ -450,7 +450,7 @@ fn the_chart_refuses_more_instances_than_partitions_missing_services_and_wrong_v
         ("processors.orders.replicas=two", "got string, want integer"),
         (
             "processors.billing.replicas=1",
-            "'inventory', 'orders', 'payments', 'expiry'",
+            "'inventory', 'orders', 'payments', 'expiry', 'notifications'",
         ),
     ] {
         let mut args = vec!["template", "shop", chart.as_str(), "--set", value];

@@ -160,7 +160,8 @@ async fn a_bad_address_is_refused_field_by_field_before_anything_is_stored() {
     assert_eq!(stored, 0);
 }
 
-/// `orders.events`' schema as it was before `fulfilment` was added to `OrderCompleted`.
+/// `orders.events`' schema as it was before `fulfilment` was added to `OrderCompleted` (and,
+/// later, the storefront and contact to `OrderReserved` and `OrderRejected`).
 fn before_fulfilment() -> String {
     let mut schema: Value = serde_json::from_str(Topic::OrdersEvents.schema_json()).unwrap();
     let branches = schema["fields"]
@@ -171,14 +172,19 @@ fn before_fulfilment() -> String {
         .unwrap()["type"]
         .as_array_mut()
         .unwrap();
-    let completed = branches
-        .iter_mut()
-        .find(|b| b["name"] == "OrderCompleted")
-        .unwrap();
-    let fields = completed["fields"].as_array_mut().unwrap();
-    let before = fields.len();
-    fields.retain(|f| f["name"] != "fulfilment");
-    assert_eq!(fields.len(), before - 1, "the field was there to take away");
+    let mut taken = 0;
+    for branch in branches.iter_mut() {
+        let rejected = branch["name"] == "OrderRejected";
+        let fields = branch["fields"].as_array_mut().unwrap();
+        let before = fields.len();
+        fields.retain(|f| {
+            !(f["name"] == "fulfilment"
+                || f["name"] == "storefront"
+                || (rejected && f["name"] == "customer_id"))
+        });
+        taken += before - fields.len();
+    }
+    assert_eq!(taken, 6, "the fields were there to take away");
     schema.to_string()
 }
 

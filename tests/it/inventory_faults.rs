@@ -477,6 +477,7 @@ async fn redis_black_holed_during_a_flash_sales_releases_stalls_nothing_and_give
             flash_sale: true,
             flash_sale_generation: None,
             fulfilment: None,
+            storefront: None,
         };
         feed.send(
             &sku,

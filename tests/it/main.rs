@@ -24,6 +24,7 @@ mod flash_accounting;
 mod fulfilment;
 mod inventory;
 mod inventory_faults;
+mod notifications;
 mod observability;
 mod offsets;
 mod ops;

@@ -228,6 +228,8 @@ pub struct Terms {
     pub payment_method_id: String,
     /// Where it ships and whom to tell (None when the order gave none).
     pub fulfilment: Option<Box<kassa_schemas::events::fulfilment::Fulfilment>>,
+    /// The storefront it was placed at (None from writers before it was carried).
+    pub storefront: Option<String>,
 }
 
 /// The payment as orders knows it (for the status read model).

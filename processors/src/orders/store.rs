@@ -40,7 +40,7 @@ pub async fn load(
 ) -> Result<HashMap<String, Order>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT order_id, state, customer_id, line_count, currency, payment_method_id, hold_expires_at,
-                action_due_at, reason, detail, provider, provider_ref, client_secret, fulfilment
+                action_due_at, reason, detail, provider, provider_ref, client_secret, fulfilment, storefront
          FROM orders.orders WHERE order_id = ANY($1) FOR UPDATE",
     )
     .bind(ids)
@@ -60,6 +60,7 @@ pub async fn load(
             fulfilment: row
                 .get::<Option<sqlx::types::Json<Fulfilment>>, _>("fulfilment")
                 .map(|f| Box::new(f.0)),
+            storefront: row.get("storefront"),
         });
         let order = Order {
             id: id.clone(),
@@ -153,6 +154,7 @@ pub async fn save(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), sqlx
                 "currency": o.terms.as_ref().map(|t| &t.currency),
                 "payment_method_id": o.terms.as_ref().map(|t| &t.payment_method_id),
                 "fulfilment": o.terms.as_ref().and_then(|t| t.fulfilment.as_ref()),
+                "storefront": o.terms.as_ref().and_then(|t| t.storefront.as_ref()),
                 "total_minor": o.total_minor(),
                 "hold_expires_at": o.hold_expires_at,
                 "action_due_at": o.action_due_at,
@@ -167,15 +169,15 @@ pub async fn save(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), sqlx
     sqlx::query(
         "INSERT INTO orders.orders (order_id, state, customer_id, line_count, currency, payment_method_id, total_minor,
                                     hold_expires_at, action_due_at, reason, detail, provider, provider_ref, client_secret,
-                                    fulfilment)
+                                    fulfilment, storefront)
          SELECT * FROM jsonb_to_recordset($1) AS x(order_id text, state text, customer_id text, line_count int,
               currency text, payment_method_id text, total_minor bigint, hold_expires_at timestamptz,
               action_due_at timestamptz, reason text, detail text, provider text, provider_ref text, client_secret text,
-              fulfilment jsonb)
+              fulfilment jsonb, storefront text)
          ON CONFLICT (order_id) DO UPDATE SET
               state = excluded.state, line_count = excluded.line_count, currency = excluded.currency,
               payment_method_id = excluded.payment_method_id, total_minor = excluded.total_minor,
-              fulfilment = excluded.fulfilment,
+              fulfilment = excluded.fulfilment, storefront = excluded.storefront,
               hold_expires_at = excluded.hold_expires_at, action_due_at = excluded.action_due_at,
               reason = excluded.reason, detail = excluded.detail, provider = excluded.provider,
               provider_ref = excluded.provider_ref, client_secret = excluded.client_secret, updated_at = now()",

@@ -35,6 +35,9 @@ pub struct Reserve {
     /// Where the order ships and whom to tell (None when the order gave none, and from writers
     /// before it was added); the same on every line of the order.
     pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
+    /// The storefront the order was placed at, whose webhooks hear of it (None from writers
+    /// before it was added).
+    pub storefront: Option<String>,
 }
 
 payload_union! {

@@ -83,6 +83,8 @@ pub struct LineOrder {
     /// The order's shipping address and contact (None when it gave none, and from writers before
     /// it was added).
     pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
+    /// The storefront the order was placed at (None from writers before it was added).
+    pub storefront: Option<String>,
 }
 
 impl LineOrder {
@@ -95,6 +97,7 @@ impl LineOrder {
             unit_price_minor: request.unit_price_minor,
             payment_method_id: request.payment_method_id.clone(),
             fulfilment: request.fulfilment.clone(),
+            storefront: request.storefront.clone(),
         }
     }
 }

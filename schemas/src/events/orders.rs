@@ -103,6 +103,12 @@ pub struct OrderReserved {
     /// When the earliest hold runs out.
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub hold_expires_at: DateTime<Utc>,
+    /// The storefront the order was placed at, whose webhooks hear of it (None from writers
+    /// before it was added).
+    pub storefront: Option<String>,
+    /// Where it ships and whom to tell (None when the order gave none, and from writers before
+    /// it was added).
+    pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
 }
 
 /// Payment needs the customer (3-D Secure) before a deadline.
@@ -164,6 +170,12 @@ pub struct OrderRejected {
     pub reason: RejectReason,
     /// The rejected line.
     pub rejected_line_index: i32,
+    /// The storefront the order was placed at (None from writers before it was added).
+    pub storefront: Option<String>,
+    /// The customer (None from writers before it was added).
+    pub customer_id: Option<String>,
+    /// Whom to tell (None when the order gave none, and from writers before it was added).
+    pub fulfilment: Option<Box<crate::events::fulfilment::Fulfilment>>,
 }
 
 /// The order was cancelled and every step is being undone.

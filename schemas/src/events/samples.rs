@@ -86,6 +86,7 @@ fn line_order() -> LineOrder {
         unit_price_minor: 1999,
         payment_method_id: "pm_card_visa".into(),
         fulfilment: Some(Box::new(fulfilment())),
+        storefront: Some("shop-1".into()),
     }
 }
 
@@ -147,6 +148,7 @@ pub fn all() -> Vec<Sample> {
                 flash_sale: true,
                 flash_sale_generation: Some("5f0c2a7e9d1b4c3a8e6f1a2b3c4d5e6f".into()),
                 fulfilment: Some(Box::new(fulfilment())),
+                storefront: Some("shop-1".into()),
             }),
         )),
         Sample::InventoryCommand(envelope(
@@ -260,6 +262,8 @@ pub fn all() -> Vec<Sample> {
                 currency: "EUR".into(),
                 payment_method_id: "pm_card_visa".into(),
                 hold_expires_at: at(1_800_000_000_000),
+                storefront: Some("shop-1".into()),
+                fulfilment: Some(Box::new(fulfilment())),
             },
         )),
         Sample::OrderEvent(envelope(
@@ -302,6 +306,9 @@ pub fn all() -> Vec<Sample> {
                 order_id: o.into(),
                 reason: RejectReason::UnknownSku,
                 rejected_line_index: 1,
+                storefront: Some("shop-1".into()),
+                customer_id: Some("cus_1".into()),
+                fulfilment: Some(Box::new(fulfilment())),
             },
         )),
         Sample::OrderEvent(envelope(

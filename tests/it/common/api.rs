@@ -9,6 +9,8 @@ pub struct TestApi {
     pub base: String,
     /// A storefront key.
     pub storefront: String,
+    /// The storefront key's name (the storefront its orders are placed at).
+    pub storefront_name: String,
     /// An admin key.
     pub admin: String,
     /// The admin key's name (what actions taken with it are recorded under).
@@ -26,7 +28,8 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
     let settings = super::setup().await;
     let pool = kassa::migrate::connect(&settings).await.expect("database");
     let name = uuid::Uuid::new_v4().simple().to_string();
-    let storefront = create_key(&pool, KeyKind::Storefront, &format!("sf-{name}"))
+    let storefront_name = format!("sf-{name}");
+    let storefront = create_key(&pool, KeyKind::Storefront, &storefront_name)
         .await
         .expect("storefront key");
     let admin_name = format!("admin-{name}");
@@ -40,6 +43,7 @@ pub async fn start(adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
     TestApi {
         base: format!("http://{addr}"),
         storefront,
+        storefront_name,
         admin,
         admin_name,
         pool,

@@ -150,6 +150,7 @@ pub fn reserve(
             flash_sale: false,
             flash_sale_generation: None,
             fulfilment: None,
+            storefront: None,
         }),
     )
 }

@@ -177,7 +177,10 @@ async fn the_operators_views_over_http_answer_what_the_commands_print() {
         .collect();
     assert_eq!(
         groups,
-        HashSet::from(["inventory", "orders", "payments", "expiry"])
+        kassa_processors::ConsumerGroup::ALL
+            .map(|g| g.name())
+            .into_iter()
+            .collect::<HashSet<_>>()
     );
     assert_eq!(lag["breaches"], serde_json::json!([]));
     let (status, books) = get(&saga, &format!("/admin/reconcile?since={since_query}")).await;

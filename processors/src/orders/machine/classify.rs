@@ -29,6 +29,7 @@ fn terms(order: &LineOrder) -> Terms {
         currency: order.currency.clone(),
         payment_method_id: order.payment_method_id.clone(),
         fulfilment: order.fulfilment.clone(),
+        storefront: order.storefront.clone(),
     }
 }
 

@@ -34,6 +34,8 @@ pub(super) fn enter(
                     currency,
                     payment_method_id,
                     hold_expires_at: hold,
+                    storefront: order.terms.as_ref().and_then(|t| t.storefront.clone()),
+                    fulfilment: order.terms.as_ref().and_then(|t| t.fulfilment.clone()),
                 }
                 .into(),
             );
@@ -52,6 +54,9 @@ pub(super) fn enter(
                     order_id: id,
                     reason: r.reason,
                     rejected_line_index: r.line_index,
+                    storefront: r.order.as_ref().and_then(|o| o.storefront.clone()),
+                    customer_id: r.order.as_ref().map(|o| o.customer_id.clone()),
+                    fulfilment: r.order.as_ref().and_then(|o| o.fulfilment.clone()),
                 }
                 .into(),
             );

@@ -27,6 +27,7 @@ fn context(line_count: i32, price: i64) -> LineOrder {
         unit_price_minor: price,
         payment_method_id: "pm_card_visa".into(),
         fulfilment: Some(Box::new(kassa_schemas::events::samples::fulfilment())),
+        storefront: Some("shop-1".into()),
     }
 }
 
