@@ -26,6 +26,7 @@ pub mod pricing;
 pub mod problem;
 pub mod produce;
 pub mod query;
+pub mod refunds;
 pub mod server;
 pub mod status_feed;
 pub mod telemetry;
@@ -193,6 +194,10 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
             get(admin::get_product).put(admin::put_product),
         )
         .route("/admin/stock/{sku}", post(admin::post_stock))
+        .route(
+            "/admin/orders/{id}/refunds",
+            post(refunds::create).get(refunds::list),
+        )
         .route(
             "/admin/flash-sales/{sku}",
             get(admin::get_sale)

@@ -30,6 +30,7 @@ use crate::{
         carts::create, carts::get, carts::put, carts::delete, carts::add_item, carts::set_item, carts::remove_item, carts::checkout,
         carts::get_mine, carts::put_mine, carts::delete_mine, carts::add_mine, carts::set_mine, carts::remove_mine, carts::checkout_mine, carts::merge,
         admin::put_product, admin::get_product, admin::post_stock, admin::put_sale, admin::get_sale, admin::delete_sale,
+        crate::refunds::create, crate::refunds::list,
         webhooks::stripe, crate::health, crate::ready, telemetry::render,
     ),
     components(schemas(
@@ -37,6 +38,7 @@ use crate::{
         fulfilment::FulfilmentBody, fulfilment::AddressBody,
         carts::CartBody, carts::AddItemBody, carts::SetItemBody, carts::MergeBody, carts::CheckoutBody,
         admin::ProductBody, admin::StockBody, crate::flash::Sale, pricing::PricedLine,
+        crate::refunds::RefundBody, crate::refunds::RestockLine, crate::refunds::Refund, crate::refunds::Refunds,
         problem::Problem, problem::FieldError,
     )),
     modifiers(&Keys),

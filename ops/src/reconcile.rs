@@ -157,11 +157,12 @@ pub async fn reconcile(pool: &PgPool, options: &Options) -> Result<Vec<Discrepan
             Class::OrdersPayments,
             "SELECT ARRAY[o.order_id],
                     CASE WHEN p.order_id IS NULL THEN format('completed for %s, but no payment is recorded', o.total_minor)
-                         ELSE format('completed for %s, but %s captured and %s refunded (payment %s)',
-                                     o.total_minor, p.captured_minor, p.refunded_minor, p.status) END
+                         ELSE format('completed for %s with %s refunded, but %s captured and %s refunded (payment %s)',
+                                     o.total_minor, o.refunded_minor, p.captured_minor, p.refunded_minor, p.status) END
              FROM orders.orders o LEFT JOIN payments.payments p USING (order_id)
              WHERE o.state = 'completed'
-               AND (p.order_id IS NULL OR p.captured_minor <> o.total_minor OR p.refunded_minor <> 0)
+               AND (p.order_id IS NULL OR p.captured_minor <> o.total_minor OR (p.refunded_minor <> o.refunded_minor
+                                                                                   AND p.updated_at < now() - make_interval(secs => $2)))
                AND ($1::timestamptz IS NULL OR o.created_at >= $1)
              ORDER BY o.order_id",
         ),

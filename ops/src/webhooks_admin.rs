@@ -72,7 +72,7 @@ fn events_schema() -> utoipa::openapi::Array {
     utoipa::openapi::ArrayBuilder::new()
         .items(kind)
         .min_items(Some(1))
-        .max_items(Some(5))
+        .max_items(Some(Kind::ALL.len()))
         .build()
 }
 
@@ -81,10 +81,12 @@ fn check(new: &NewEndpoint) -> Result<(), Problem> {
     StorefrontName::parse(&new.storefront).map_err(|rule| Problem::invalid("storefront", rule))?;
     WebUrl::parse(&new.url).map_err(|rule| Problem::invalid("url", rule))?;
     let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-    if !(1..=5).contains(&new.events.len()) || new.events.iter().any(|e| Kind::parse(e).is_none()) {
+    if !(1..=Kind::ALL.len()).contains(&new.events.len())
+        || new.events.iter().any(|e| Kind::parse(e).is_none())
+    {
         return Err(Problem::invalid(
             "events",
-            format!("1 to 5 of {}", names.join(", ")),
+            format!("1 to {} of {}", names.len(), names.join(", ")),
         ));
     }
     if let Some(secret) = &new.secret

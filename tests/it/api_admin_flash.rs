@@ -403,6 +403,7 @@ async fn cancel_and_hold_renewal_go_to_the_orders_processor_for_the_owner_only()
                 format!("hold {} by {}", h.hold_seconds, h.customer_id)
             }
             OrderRequest::CancelRequested(c) => format!("cancel by {}", c.customer_id),
+            OrderRequest::RefundRequested(r) => format!("refund {}", r.amount_minor),
         });
     }
     assert_eq!(

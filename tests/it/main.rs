@@ -28,6 +28,7 @@ mod notifications;
 mod observability;
 mod offsets;
 mod ops;
+mod refunds;
 mod replays;
 mod saga;
 mod saga_faults;

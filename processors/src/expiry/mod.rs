@@ -62,8 +62,11 @@ pub fn plan(
                 (Progress, Change::Cancel),
             ]
         }
-        // The ticker re-arms a progress deadline itself.
-        OrderEvent::OrderStalled(_) => Vec::new(),
+        // The ticker re-arms a progress deadline itself; refunds come after every deadline.
+        OrderEvent::OrderStalled(_)
+        | OrderEvent::OrderRefundRequested(_)
+        | OrderEvent::OrderRefunded(_)
+        | OrderEvent::OrderRefundFailed(_) => Vec::new(),
     }
 }
 

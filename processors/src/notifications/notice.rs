@@ -18,16 +18,19 @@ pub enum Kind {
     Rejected,
     /// The customer must confirm the payment (3-D Secure) before a deadline.
     PaymentActionRequired,
+    /// Money went back to the customer (part or all of what was paid).
+    Refunded,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Confirmed,
         Kind::Completed,
         Kind::Cancelled,
         Kind::Rejected,
         Kind::PaymentActionRequired,
+        Kind::Refunded,
     ];
 
     /// The event type name (`order.confirmed`, …).
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Cancelled => "order.cancelled",
             Kind::Rejected => "order.rejected",
             Kind::PaymentActionRequired => "order.payment_action_required",
+            Kind::Refunded => "order.refunded",
         }
     }
 
@@ -87,10 +91,17 @@ pub fn of(event: &OrderEvent) -> Option<Notice> {
             Kind::PaymentActionRequired,
             json!({"action_due_at": e.action_due_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}),
         ),
+        OrderEvent::OrderRefunded(e) => (
+            Kind::Refunded,
+            json!({"amount_minor": e.amount_minor, "refunded_total_minor": e.refunded_total_minor,
+                   "currency": e.currency, "full": e.full}),
+        ),
         OrderEvent::OrderReserved(_)
         | OrderEvent::OrderAuthorized(_)
         | OrderEvent::HoldRenewed(_)
-        | OrderEvent::OrderStalled(_) => return None,
+        | OrderEvent::OrderStalled(_)
+        | OrderEvent::OrderRefundRequested(_)
+        | OrderEvent::OrderRefundFailed(_) => return None,
     };
     Some(Notice { kind, data })
 }
@@ -144,14 +155,14 @@ pub fn email(body: &Value) -> Option<Email> {
     let kind = Kind::parse(body["type"].as_str()?)?;
     let order = body["order_id"].as_str()?;
     let data = &body["data"];
-    let amount = || amount(data["total_minor"].as_i64()?, data["currency"].as_str()?);
+    let total = || amount(data["total_minor"].as_i64()?, data["currency"].as_str()?);
     let (subject, text) = match kind {
         Kind::Confirmed => (
             format!("Order {order} is confirmed"),
             format!(
                 "Thank you: your payment of {} is authorized and order {order} is confirmed.\n\
                  We will write again when it is on its way.",
-                amount()?
+                total()?
             ),
         ),
         Kind::Completed => {
@@ -165,7 +176,7 @@ pub fn email(body: &Value) -> Option<Email> {
                 format!(
                     "Order {order} is complete: {units} item(s), {} charged.\n\
                      It is being prepared for shipping to the address you gave.",
-                    amount()?
+                    total()?
                 ),
             )
         }
@@ -181,6 +192,18 @@ pub fn email(body: &Value) -> Option<Email> {
             format!(
                 "We could not take order {order}: {}.\nNothing was charged.",
                 reason_text(data["reason"].as_str()?)
+            ),
+        ),
+        Kind::Refunded => (
+            format!("Refund for order {order}"),
+            format!(
+                "We have refunded {} of order {order}{}.\nYour bank shows it within a few days.",
+                amount(data["amount_minor"].as_i64()?, data["currency"].as_str()?)?,
+                if data["full"].as_bool()? {
+                    ": everything you paid"
+                } else {
+                    ""
+                }
             ),
         ),
         Kind::PaymentActionRequired => {

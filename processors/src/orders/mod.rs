@@ -5,6 +5,7 @@
 //! topics, so one instance owns an order at a time; rows are still locked for the batch.
 
 pub mod machine;
+pub mod refunds;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -83,6 +84,68 @@ impl Orders {
         }
     }
 
+    /// Decides the batch's refund inputs (`indices`) in order, against the orders as the rest
+    /// of the batch left them; records each refund, its audit step, and what it emits.
+    #[allow(clippy::too_many_arguments)]
+    async fn refunds(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[Delivered<Input>],
+        indices: &[usize],
+        orders: &HashMap<String, Order>,
+        audit: &mut Vec<AuditRow>,
+        events: &mut Vec<(usize, String, Uuid, OrderEvent)>,
+        commands: &mut Vec<(usize, String, Uuid, InventoryCommand)>,
+    ) -> Result<(), sqlx::Error> {
+        let mut ids: Vec<&str> = indices
+            .iter()
+            .filter_map(|i| machine::order_of(batch[*i].input.signal()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut known = refunds::load(conn, &ids).await?;
+        for &index in indices {
+            let signal = batch[index].input.signal();
+            let (cause, cause_type) = batch[index].input.header();
+            let Some(order_id) = machine::order_of(signal) else {
+                continue;
+            };
+            let order = orders.get(order_id);
+            let its: Vec<refunds::Refund> = known
+                .iter()
+                .filter(|r| r.order_id == order_id)
+                .cloned()
+                .collect();
+            let outcome = refunds::decide(order, &its, signal);
+            let state = order.map(|o| o.state);
+            audit.push(AuditRow {
+                order_id: order_id.to_owned(),
+                from: state,
+                to: state,
+                trigger: outcome.trail.0.map(str::to_owned),
+                applied: outcome.refund.is_some(),
+                cause_event_id: cause,
+                cause_type: cause_type.to_owned(),
+                reason: Some(outcome.trail.1),
+            });
+            if let Some(refund) = outcome.refund {
+                refunds::save(conn, &refund).await?;
+                match known.iter_mut().find(|r| r.refund_id == refund.refund_id) {
+                    Some(slot) => *slot = refund,
+                    None => known.push(refund),
+                }
+            }
+            events.extend(outcome.events.into_iter().map(|e| (index, order_id.to_owned(), cause, e)));
+            commands.extend(
+                outcome
+                    .commands
+                    .into_iter()
+                    .map(|c| (index, order_id.to_owned(), cause, c)),
+            );
+        }
+        Ok(())
+    }
+
     async fn encode<P: Payload>(
         &self,
         order_id: &str,
@@ -135,6 +198,7 @@ impl Handler for Orders {
         let mut decided: Vec<(String, &'static str)> = Vec::new();
         let mut events: Vec<(usize, String, Uuid, OrderEvent)> = Vec::new();
         let mut commands: Vec<(usize, String, Uuid, InventoryCommand)> = Vec::new();
+        let mut refund_inputs: Vec<usize> = Vec::new();
         for (index, d) in batch.iter().enumerate() {
             let signal = d.input.signal();
             let (cause, cause_type) = d.input.header();
@@ -159,6 +223,10 @@ impl Handler for Orders {
                 cause_type: cause_type.to_owned(),
                 reason,
             };
+            if refunds::is_refund(signal) {
+                refund_inputs.push(index);
+                continue;
+            }
             if !orders.contains_key(order_id) {
                 match machine::first(signal) {
                     Some(order) => orders.insert(order_id.to_owned(), order),
@@ -232,6 +300,10 @@ impl Handler for Orders {
                 let age = ages.get(&id).copied().unwrap_or(0.0);
                 self.measured.decisions.push((state, age));
             }
+        }
+        if !refund_inputs.is_empty() {
+            self.refunds(conn, batch, &refund_inputs, &orders, &mut audit, &mut events, &mut commands)
+                .await?;
         }
         let mut to_save: Vec<&Order> = changed.iter().filter_map(|id| orders.get(id)).collect();
         to_save.sort_by(|a, b| a.id.cmp(&b.id));

@@ -1,7 +1,8 @@
 //! The payments processor: owns payment attempts. Its handler turns `orders.events` into work
-//! (authorize when reserved, capture when confirmed, void or refund when cancelled) and records
-//! webhooks from `payments.webhooks`; its [`worker`] makes the provider calls outside any batch
-//! transaction and publishes what came of them on `payments.events` through the outbox.
+//! (authorize when reserved, capture when confirmed, void or refund when cancelled, an
+//! operator's refund of a completed order) and records webhooks from `payments.webhooks`; its
+//! [`worker`] (and for operators' refunds, [`refunds`]) makes the provider calls outside any
+//! batch transaction and publishes what came of them on `payments.events` through the outbox.
 //!
 //! Never a double charge: one intent per order, created (and its id recorded) before it is
 //! confirmed; every call carries an idempotency key derived from the order and step; a call
@@ -9,6 +10,7 @@
 
 pub mod gateway;
 pub mod ledger;
+pub mod refunds;
 pub mod settings;
 pub mod store;
 pub mod webhooks;
@@ -192,6 +194,10 @@ impl Handler for Payments {
                                 continue;
                             }
                         }
+                        OrderEvent::OrderRefundRequested(r) => {
+                            refunds::record_request(conn, r, d.traceparent.as_deref()).await?;
+                            continue;
+                        }
                         OrderEvent::OrderCancelled(_) => {
                             let Some(p) = payments.get_mut(order_id) else {
                                 continue;
@@ -305,18 +311,20 @@ async fn run_with<G: gateway::Gateway>(
 ) -> Result<(), crate::ProcessorError> {
     let name = gateway.name();
     tracing::info!(gateway = name, "payments charging through");
+    let gateway = Arc::new(gateway);
     let worker = tokio::spawn(worker::run(
-        pool,
+        pool.clone(),
         codec.clone(),
-        Arc::new(gateway),
+        gateway.clone(),
         config.worker.clone(),
         shutdown.clone(),
     ));
+    let refunds = tokio::spawn(refunds::run(pool, codec.clone(), gateway, shutdown.clone()));
     Ok(crate::runtime::run(
         &shared.runtime,
         Payments::new(codec, name),
         shutdown,
-        vec![worker],
+        vec![worker, refunds],
     )
     .await?)
 }

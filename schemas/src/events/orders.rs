@@ -29,13 +29,41 @@ pub struct HoldRenewalRequested {
     pub hold_seconds: i32,
 }
 
+/// Units of one SKU of an order that come back to stock with a refund.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRestock {
+    /// The SKU (one of the order's).
+    pub sku: String,
+    /// Units that come back.
+    pub quantity: i32,
+}
+
+/// An operator asks to refund part or all of a completed order's captured payment, and to
+/// restock returned units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequested {
+    /// The order.
+    pub order_id: String,
+    /// The refund's id (UUID text), assigned by the API.
+    pub refund_id: String,
+    /// Amount to refund, in minor units of the order's currency.
+    pub amount_minor: i64,
+    /// Why, for the audit trail.
+    pub reason: String,
+    /// Units that come back to stock once the refund is made.
+    pub restock: Vec<RefundRestock>,
+    /// Who asked (the admin key's name).
+    pub requested_by: String,
+}
+
 payload_union! {
     /// Everything on `orders.requests`.
-    OrderRequest for Topic::OrdersRequests => { CancelRequested, HoldRenewalRequested }
+    OrderRequest for Topic::OrdersRequests => { CancelRequested, HoldRenewalRequested, RefundRequested }
 }
 order_keyed!(OrderRequest {
     CancelRequested,
-    HoldRenewalRequested
+    HoldRenewalRequested,
+    RefundRequested
 });
 
 /// One priced order line.
@@ -211,11 +239,59 @@ pub struct OrderStalled {
     pub since: DateTime<Utc>,
 }
 
+/// A refund of a completed order is to be made at the provider (payments makes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRefundRequested {
+    /// The order.
+    pub order_id: String,
+    /// The refund.
+    pub refund_id: String,
+    /// Amount to refund, in minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+}
+
+/// Money went back to the customer: part or all of the captured payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRefunded {
+    /// The order.
+    pub order_id: String,
+    /// The refund.
+    pub refund_id: String,
+    /// Amount of this refund, in minor units.
+    pub amount_minor: i64,
+    /// Refunded of the order so far, this refund included.
+    pub refunded_total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Whether the whole captured amount is now refunded.
+    pub full: bool,
+    /// Why, as the operator gave it.
+    pub reason: String,
+    /// Units restocked with this refund.
+    pub restock: Vec<RefundRestock>,
+}
+
+/// A refund was not made (refused by orders, or by the provider).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRefundFailed {
+    /// The order.
+    pub order_id: String,
+    /// The refund.
+    pub refund_id: String,
+    /// Amount asked for, in minor units.
+    pub amount_minor: i64,
+    /// Why.
+    pub reason: String,
+}
+
 payload_union! {
     /// Everything on `orders.events`.
     OrderEvent for Topic::OrdersEvents => {
         OrderReserved, OrderActionRequired, OrderAuthorized, OrderConfirmed,
         OrderCompleted, OrderRejected, OrderCancelled, HoldRenewed, OrderStalled,
+        OrderRefundRequested, OrderRefunded, OrderRefundFailed,
     }
 }
 order_keyed!(OrderEvent {
@@ -228,4 +304,7 @@ order_keyed!(OrderEvent {
     OrderCancelled,
     HoldRenewed,
     OrderStalled,
+    OrderRefundRequested,
+    OrderRefunded,
+    OrderRefundFailed,
 });

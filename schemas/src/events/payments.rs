@@ -88,6 +88,22 @@ payment_event!(
         refunded_minor: i64,
         /// ISO 4217 currency.
         currency: String,
+        /// The refund an operator asked for (None: the compensation of a cancelled order).
+        refund_id: Option<String>,
+    }
+);
+payment_event!(
+    /// The provider refused a refund an operator asked for (after retrying what could be
+    /// retried).
+    PaymentRefundFailed {
+        /// The refund.
+        refund_id: String,
+        /// Amount asked for, in minor units.
+        amount_minor: i64,
+        /// The provider's code, or kassa's.
+        code: String,
+        /// The provider's message.
+        message: String,
     }
 );
 
@@ -95,6 +111,7 @@ payload_union! {
     /// Everything on `payments.events`.
     PaymentEvent for Topic::PaymentsEvents => {
         PaymentAuthorized, PaymentActionRequired, PaymentFailed, PaymentCaptured, PaymentVoided, PaymentRefunded,
+        PaymentRefundFailed,
     }
 }
 order_keyed!(PaymentEvent {
@@ -104,6 +121,7 @@ order_keyed!(PaymentEvent {
     PaymentCaptured,
     PaymentVoided,
     PaymentRefunded,
+    PaymentRefundFailed,
 });
 
 impl PaymentEvent {
@@ -116,6 +134,7 @@ impl PaymentEvent {
             Self::PaymentCaptured(e) => (&e.provider, &e.provider_ref),
             Self::PaymentVoided(e) => (&e.provider, &e.provider_ref),
             Self::PaymentRefunded(e) => (&e.provider, &e.provider_ref),
+            Self::PaymentRefundFailed(e) => (&e.provider, &e.provider_ref),
         };
         (provider, reference.as_deref())
     }

@@ -13,6 +13,9 @@ use super::payments::*;
 use crate::envelope::{Envelope, Payload};
 use crate::topics::Topic;
 
+/// The refund every refund sample is about.
+const REFUND: &str = "0190b7a0-0000-7000-8000-00000000f00d";
+
 /// An event of any topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sample {
@@ -252,6 +255,20 @@ pub fn all() -> Vec<Sample> {
                 hold_seconds: 300,
             },
         )),
+        Sample::OrderRequest(envelope(
+            o,
+            RefundRequested {
+                order_id: o.into(),
+                refund_id: REFUND.into(),
+                amount_minor: 1999,
+                reason: "one mug arrived broken".into(),
+                restock: vec![RefundRestock {
+                    sku: "SKU-0".into(),
+                    quantity: 1,
+                }],
+                requested_by: "admin-1".into(),
+            },
+        )),
         Sample::OrderEvent(envelope(
             o,
             OrderReserved {
@@ -334,6 +351,40 @@ pub fn all() -> Vec<Sample> {
                 since: at(1_800_000_400_000),
             },
         )),
+        Sample::OrderEvent(envelope(
+            o,
+            OrderRefundRequested {
+                order_id: o.into(),
+                refund_id: REFUND.into(),
+                amount_minor: 1999,
+                currency: "EUR".into(),
+            },
+        )),
+        Sample::OrderEvent(envelope(
+            o,
+            OrderRefunded {
+                order_id: o.into(),
+                refund_id: REFUND.into(),
+                amount_minor: 1999,
+                refunded_total_minor: 1999,
+                currency: "EUR".into(),
+                full: false,
+                reason: "one mug arrived broken".into(),
+                restock: vec![RefundRestock {
+                    sku: "SKU-0".into(),
+                    quantity: 1,
+                }],
+            },
+        )),
+        Sample::OrderEvent(envelope(
+            o,
+            OrderRefundFailed {
+                order_id: o.into(),
+                refund_id: REFUND.into(),
+                amount_minor: 9999,
+                reason: "9999 is more than the 7996 that remains to refund".into(),
+            },
+        )),
         Sample::PaymentEvent(envelope(
             o,
             PaymentAuthorized {
@@ -396,6 +447,20 @@ pub fn all() -> Vec<Sample> {
                 provider_ref,
                 refunded_minor: 7996,
                 currency: "EUR".into(),
+                refund_id: Some(REFUND.into()),
+            },
+        )),
+        Sample::PaymentEvent(envelope(
+            o,
+            PaymentRefundFailed {
+                order_id: o.into(),
+                payment_id: pid,
+                provider: "stripe".into(),
+                provider_ref: Some("pi_123".into()),
+                refund_id: REFUND.into(),
+                amount_minor: 1999,
+                code: "charge_disputed".into(),
+                message: "the charge is disputed".into(),
             },
         )),
         Sample::PaymentWebhook(Envelope::new(

@@ -146,6 +146,9 @@ pub(super) fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: 
                 PaymentEvent::PaymentCaptured(_) => Fire(T::PaymentCaptured, update(None)),
                 PaymentEvent::PaymentVoided(_) => Fire(T::PaymentVoided, Update::None),
                 PaymentEvent::PaymentRefunded(_) => Fire(T::PaymentRefunded, Update::None),
+                PaymentEvent::PaymentRefundFailed(_) => {
+                    Ignore("refunds are decided apart (orders/refunds.rs)".into())
+                }
             }
         }
         Signal::Expiry(ExpiryEvent::DeadlinePassed(d)) => match d.kind {
@@ -171,6 +174,9 @@ pub(super) fn classify(order: &Order, signal: Signal<'_>, policy: &Policy, now: 
                 T::CancelRequested,
                 Update::Failure("customer_requested".into(), c.reason.clone()),
             )
+        }
+        Signal::Request(OrderRequest::RefundRequested(_)) => {
+            Ignore("refunds are decided apart (orders/refunds.rs)".into())
         }
         Signal::Request(OrderRequest::HoldRenewalRequested(h)) => {
             if h.customer_id != order.customer_id {

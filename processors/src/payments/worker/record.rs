@@ -275,6 +275,7 @@ pub(in crate::payments) fn event_of(p: &Payment, fact: Fact) -> PaymentEvent {
             provider_ref,
             refunded_minor: amount,
             currency: p.currency.clone(),
+            refund_id: None,
         }
         .into(),
     }
