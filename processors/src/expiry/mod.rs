@@ -136,11 +136,7 @@ impl Handler for Expiry {
         let mut changes: BTreeMap<(String, &'static str), (Change, Option<&str>)> = BTreeMap::new();
         for (index, d) in batch.iter().enumerate() {
             let order = d.input.payload.order_id();
-            if d.key.as_deref() != Some(order) {
-                handled.invalid.push((
-                    index,
-                    format!("message key {:?} is not the order id {order}", d.key),
-                ));
+            if !d.keyed_by(index, order, &mut handled) {
                 continue;
             }
             for (kind, change) in plan(&d.input.payload, d.input.occurred_at, self.progress_after) {

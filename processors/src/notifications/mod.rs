@@ -64,11 +64,7 @@ impl Handler for Notifications {
         for (index, d) in batch.iter().enumerate() {
             let event = &d.input;
             let order = event.payload.order_id();
-            if d.key.as_deref() != Some(order) {
-                handled.invalid.push((
-                    index,
-                    format!("message key {:?} is not the order id {order}", d.key),
-                ));
+            if !d.keyed_by(index, order, &mut handled) {
                 continue;
             }
             if let Some(contact) = notice::contact(&event.payload) {

@@ -206,11 +206,7 @@ impl Handler for Orders {
             let Some(order_id) = machine::order_of(signal) else {
                 continue;
             };
-            if d.key.as_deref() != Some(order_id) {
-                handled.invalid.push((
-                    index,
-                    format!("message key {:?} is not the order id {order_id}", d.key),
-                ));
+            if !d.keyed_by(index, order_id, &mut handled) {
                 continue;
             }
             let row = |from, to, trigger: Option<String>, applied, reason| AuditRow {

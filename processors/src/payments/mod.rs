@@ -111,11 +111,7 @@ impl Handler for Payments {
                     let Some(order_id) = order_of(&d.input) else {
                         continue;
                     };
-                    if d.key.as_deref() != Some(order_id) {
-                        handled.invalid.push((
-                            index,
-                            format!("message key {:?} is not the order id {order_id}", d.key),
-                        ));
+                    if !d.keyed_by(index, order_id, &mut handled) {
                         continue;
                     }
                     match &e.payload {

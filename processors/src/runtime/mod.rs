@@ -66,6 +66,21 @@ pub struct Delivered<I> {
     pub input: I,
 }
 
+impl<I> Delivered<I> {
+    /// Whether the message's key is `id` (the order it is about); if not, it is marked
+    /// invalid in `handled` (it goes to the dead-letter topic) as input `index` of the batch.
+    pub fn keyed_by(&self, index: usize, id: &str, handled: &mut Handled) -> bool {
+        if self.key.as_deref() == Some(id) {
+            return true;
+        }
+        handled.invalid.push((
+            index,
+            format!("message key {:?} is not the order id {id}", self.key),
+        ));
+        false
+    }
+}
+
 /// An event to publish, caused by one input of the batch.
 #[derive(Debug, Clone)]
 pub struct Emit {
