@@ -12,7 +12,7 @@ use crate::common;
 use crate::common::saga::{Placed, Saga, start_processors, stock, wait_for};
 
 /// Asks for a refund of `order` under `key`; the status and answer.
-async fn refund(saga: &Saga, order: &str, key: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn refund(saga: &Saga, order: &str, key: &str, body: &Value) -> (u16, Value) {
     let response = saga
         .api
         .as_admin(Method::POST, &format!("/admin/orders/{order}/refunds"))
@@ -37,7 +37,7 @@ async fn refunds(saga: &Saga, order: &str) -> Value {
 }
 
 /// Waits until refund `id` of `order` is `refunded`; returns the order's refunds.
-async fn wait_refunded(saga: &Saga, order: &str, id: &str) -> Value {
+pub(crate) async fn wait_refunded(saga: &Saga, order: &str, id: &str) -> Value {
     wait_for(Duration::from_secs(60), "the refund is made", || async {
         refunds(saga, order).await["refunds"]
             .as_array()

@@ -9,7 +9,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::saga::{Saga, start_processors, stock, wait_for};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_saga_stripe_test";
 const KEY: &str = "sk_test_kassa";
@@ -336,4 +336,42 @@ async fn a_look_up_after_a_refund_sees_the_refund_as_stripe_answers_it() {
         looked.refunded_minor, 4200,
         "the look-up sees what was refunded: {looked:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completed_order_is_refunded_in_two_parts_at_stripe() {
+    let saga = saga().await;
+    let sku = saga.sku("REFUND");
+    saga.product(&sku, 2599, 5).await;
+    let order = saga.place("pm_card_visa", &[(&sku, 2)]).await;
+    saga.wait_status(&order, "completed", DONE).await;
+    let intent = intent_of(&saga, &order.id).await;
+
+    for amount in [1000, 4198] {
+        let (status, refund) = crate::refunds::refund(
+            &saga,
+            &order.id,
+            &uuid::Uuid::new_v4().to_string(),
+            &json!({"amount_minor": amount, "reason": "returned", "restock": [{"sku": sku, "quantity": 1}]}),
+        )
+        .await;
+        assert_eq!(status, 202, "{refund}");
+        crate::refunds::wait_refunded(&saga, &order.id, refund["refund_id"].as_str().unwrap())
+            .await;
+    }
+    // Stripe's books: the charge refunded in full, in the two refunds kassa asked for.
+    let charge =
+        &stripe_get(&saga, &format!("/v1/payment_intents/{intent}")).await["latest_charge"];
+    assert_eq!(charge["amount_refunded"], 5198, "{charge}");
+    let refunded: i64 =
+        sqlx::query_scalar("SELECT refunded_minor FROM payments.payments WHERE order_id = $1")
+            .bind(&order.id)
+            .fetch_one(saga.pool())
+            .await
+            .unwrap();
+    assert_eq!(refunded, 5198);
+    wait_for(DONE, "both units back in stock", || async {
+        stock(saga.pool(), &sku).await.map(|s| s.0) == Some(5)
+    })
+    .await;
 }

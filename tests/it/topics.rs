@@ -70,7 +70,12 @@ async fn topics_are_created_with_the_configured_retention_and_replicas() {
     );
     assert!(ok, "{created}");
     let names = created_in(&created, &namespace);
-    assert_eq!(names.len(), 12, "{created}");
+    let expected = kassa_schemas::Topic::ALL.len() + kassa_processors::ConsumerGroup::ALL.len();
+    assert_eq!(
+        names.len(),
+        expected,
+        "every topic and dead-letter topic: {created}"
+    );
 
     let admin = admin(&settings);
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));

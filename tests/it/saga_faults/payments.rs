@@ -215,3 +215,70 @@ async fn payments_stopped_while_calls_are_in_flight_publishes_what_they_recorded
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refunds_through_timeouts_and_lost_answers_are_made_once_each() {
+    let _serial = SERIAL.lock().await;
+    let saga = saga().await;
+    let sku = saga.sku("REFUNDS");
+    saga.product(&sku, 1000, 100).await;
+    let mut orders = Vec::new();
+    for _ in 0..15 {
+        orders.push(saga.place("pm_card_visa", &[(&sku, 3)]).await);
+    }
+    for order in &orders {
+        saga.wait_status(order, "completed", Duration::from_secs(120))
+            .await;
+    }
+    // Two refunds an order (a part, then the rest), asked for while the provider times out,
+    // loses answers and fails with 500s.
+    for order in &orders {
+        for amount in [1000, 2000] {
+            let (status, answer) = crate::refunds::refund(
+                &saga,
+                &order.id,
+                &uuid::Uuid::new_v4().to_string(),
+                &serde_json::json!({"amount_minor": amount, "reason": "returned"}),
+            )
+            .await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    }
+    let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+    wait_for(Duration::from_secs(120), "every refund made", || async {
+        let made: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders.refunds WHERE order_id = ANY($1) AND state = 'refunded'",
+        )
+        .bind(&ids)
+        .fetch_one(saga.pool())
+        .await
+        .unwrap();
+        made == 30
+    })
+    .await;
+    let refunds: Vec<(String, Vec<i64>)> = sqlx::query_as(
+        "SELECT i.order_id, array_agg(e.amount_minor ORDER BY e.amount_minor)
+         FROM simulator.intents i JOIN simulator.effects e ON e.intent_id = i.id
+         WHERE i.order_id = ANY($1) AND e.kind = 'refund' GROUP BY i.order_id",
+    )
+    .bind(&ids)
+    .fetch_all(saga.pool())
+    .await
+    .unwrap();
+    assert_eq!(refunds.len(), 15);
+    for (order, amounts) in refunds {
+        assert_eq!(
+            amounts,
+            [1000, 2000],
+            "order {order}: each refund made once at the provider"
+        );
+    }
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments.refunds WHERE order_id = ANY($1) AND attempts > 1",
+    )
+    .bind(&ids)
+    .fetch_one(saga.pool())
+    .await
+    .unwrap();
+    assert!(retried > 0, "the provider's faults were met (and retried)");
+}
