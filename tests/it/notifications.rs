@@ -511,3 +511,50 @@ async fn an_email_lands_in_the_smtp_sink_for_each_notified_event() {
         assert_eq!(d["attempt_log"][0]["status_code"], 250);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_action_notice_carries_the_link_the_storefront_gives() {
+    let saga = Saga::new(start_processors(&[]).await, None, None).await;
+    let sku = saga.sku("3DS");
+    saga.product(&sku, 700, 5).await;
+    let receiver = Receiver::start(0, 0).await;
+    register(&saga, &receiver.url, &["order.payment_action_required"]).await;
+    let set = saga
+        .api
+        .as_admin(
+            Method::PUT,
+            &format!(
+                "/admin/storefronts/{}/notifications",
+                saga.api.storefront_name
+            ),
+        )
+        .json(&json!({"payment_action_url": "https://shop.example/orders/{order_id}/pay"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+
+    let order = saga
+        .place("pm_card_threeDSecure2Required", &[(&sku, 1)])
+        .await;
+    saga.wait_status(&order, "action_required", Duration::from_secs(60))
+        .await;
+    wait_for(
+        Duration::from_secs(60),
+        "the payment action notice",
+        || async { acknowledged_for(&receiver, &order.id).len() == 1 },
+    )
+    .await;
+    let notice = receiver
+        .acknowledged()
+        .into_iter()
+        .find(|b| b["order_id"] == order.id.as_str())
+        .unwrap();
+    assert_eq!(notice["type"], "order.payment_action_required");
+    assert_eq!(
+        notice["data"]["payment_action_url"],
+        format!("https://shop.example/orders/{}/pay", order.id)
+    );
+    assert!(notice["data"]["action_due_at"].is_string(), "{notice}");
+    saga.cancel(&order).await;
+}

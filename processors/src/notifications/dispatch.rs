@@ -29,6 +29,10 @@ pub struct DispatchConfig {
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How often due deliveries are looked for when none were found.
 const POLL: Duration = Duration::from_millis(250);
+/// How often the pending deliveries are counted (`kassa_notifications_pending`).
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How often what is kept no longer is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The channels deliveries go out on.
 pub struct Channels {
@@ -51,8 +55,17 @@ pub async fn run(
     // A claim lasts past any attempt: a receiver's time limit, and the record's write.
     let lease = chrono::Duration::from_std(config.timeout * 3 + Duration::from_secs(30))
         .unwrap_or(chrono::Duration::MAX);
+    let (mut sampled, mut pruned) = (Instant::now() - SAMPLE_EVERY, Instant::now());
     while !*shutdown.borrow() {
         progress.busy();
+        if sampled.elapsed() >= SAMPLE_EVERY {
+            sampled = Instant::now();
+            store::sample_pending(&pool).await;
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = Instant::now();
+            store::prune(&pool).await;
+        }
         let free = slots.available_permits();
         let wait = if free == 0 {
             POLL

@@ -231,3 +231,57 @@ pub async fn record(pool: &PgPool, claimed: &Claimed, outcome: &Outcome) -> Resu
     .await?;
     tx.commit().await
 }
+
+/// How long delivered and failed deliveries (with their attempts) and whom-to-tell records are
+/// kept, for the record.
+pub const KEEP_DAYS: i32 = 30;
+
+/// Sets `kassa_notifications_pending{channel}`: deliveries still to be made.
+pub async fn sample_pending(pool: &PgPool) {
+    let counted: Result<Vec<(String, i64)>, _> = sqlx::query_as(
+        "SELECT channel, count(*) FROM notifications.deliveries WHERE state = 'pending' GROUP BY channel",
+    )
+    .fetch_all(pool)
+    .await;
+    match counted {
+        Ok(rows) => {
+            for channel in ["webhook", "email"] {
+                let n = rows.iter().find(|(c, _)| c == channel).map_or(0, |(_, n)| *n);
+                metrics::gauge!("kassa_notifications_pending", "channel" => channel).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "counting pending deliveries failed"),
+    }
+}
+
+/// Forgets deliveries done (delivered or failed) and orders first seen more than
+/// [`KEEP_DAYS`] ago; pending deliveries stay until they are done.
+pub async fn prune(pool: &PgPool) {
+    let pruned = async {
+        let deliveries = sqlx::query(
+            "DELETE FROM notifications.deliveries
+             WHERE state <> 'pending' AND created_at < now() - make_interval(days => $1)",
+        )
+        .bind(KEEP_DAYS)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        let orders = sqlx::query(
+            "DELETE FROM notifications.orders o WHERE created_at < now() - make_interval(days => $1)
+               AND NOT EXISTS (SELECT 1 FROM notifications.deliveries d
+                               WHERE d.order_id = o.order_id AND d.state = 'pending')",
+        )
+        .bind(KEEP_DAYS)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        Ok::<_, sqlx::Error>((deliveries, orders))
+    };
+    match pruned.await {
+        Ok((0, 0)) => {}
+        Ok((deliveries, orders)) => {
+            tracing::info!(deliveries, orders, days = KEEP_DAYS, "pruned notifications done long ago")
+        }
+        Err(e) => tracing::warn!(error = %e, "pruning notifications failed"),
+    }
+}
