@@ -428,4 +428,24 @@ mod tests {
     fn the_command_line_is_well_formed() {
         <Cli as clap::CommandFactory>::command().debug_assert();
     }
+
+    #[test]
+    fn arguments_named_like_a_processor_parse_beside_the_processors_database_settings() {
+        // `--orders` (bench) once shared its id with the orders processor's database URL and
+        // every `kassa bench saga` panicked before it began.
+        for line in [
+            &["kassa", "bench", "saga", "--orders", "10", "--rate", "5"][..],
+            &[
+                "kassa",
+                "bench",
+                "saga",
+                "--orders-database-url",
+                "postgres://db/x",
+            ],
+            &["kassa", "run", "orders"],
+        ] {
+            let parsed = <Cli as clap::Parser>::try_parse_from(line);
+            assert!(parsed.is_ok(), "{line:?}: {:?}", parsed.err());
+        }
+    }
 }

@@ -97,7 +97,10 @@ macro_rules! processors {
         pub struct DatabaseUrls {
             $(
                 /// A processor's own PostgreSQL URL (unset: `KASSA_DATABASE_URL`).
+                // The id is spelled out: a field named after a processor (`orders`) must not take
+                // the id of another command's argument of that name (`kassa bench saga --orders`).
                 #[arg(
+                    id = concat!(stringify!($module), "_database_url"),
                     long = concat!(stringify!($module), "-database-url"),
                     env = $database_env,
                     help = concat!(
