@@ -198,6 +198,21 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
     println!(
         "target: 1,000 orders/s with accept -> completed p99 < 1000 ms and request -> accepted p99 < 25 ms"
     );
+    // A run that did not measure what it set out to fails the command, after its figures.
+    let failed: Vec<String> = summaries
+        .iter()
+        .enumerate()
+        .filter_map(|(n, s)| {
+            s.invalid
+                .as_ref()
+                .map(|why| format!("run {}: {why}", n + 1))
+        })
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "the bench is not valid: {}",
+        failed.join("; ")
+    );
     Ok(())
 }
 
@@ -296,6 +311,9 @@ struct Summary {
     completed_max: Option<i64>,
     /// CPU of every process per order, in ms.
     cpu_ms: f64,
+    /// Why the run measured something else than it set out to (orders not accepted, or ended
+    /// otherwise than their card and stock say), if it did.
+    invalid: Option<String>,
 }
 
 /// Prints and returns `decided` orders a second between `first` and `last` (`span` says which).
@@ -420,11 +438,21 @@ fn report(
         print_latencies(&format!("accept -> {state} (final)"), &mut latencies);
     }
     used.print(accepted.len());
+    let invalid = if accepted.len() < orders || !unexpected.is_empty() {
+        Some(format!(
+            "{} of {orders} orders accepted, {} ended otherwise than their card and stock say",
+            accepted.len(),
+            unexpected.len()
+        ))
+    } else {
+        None
+    };
     Summary {
         throughput,
         completed_p99,
         completed_max: completed.last().copied(),
         cpu_ms: used.cpu_per_order_ms(accepted.len()),
+        invalid,
     }
 }
 
@@ -464,5 +492,7 @@ fn report_naive(orders: usize, answered: &[Answered], used: &Usage) -> Summary {
         completed_p99,
         completed_max: completed.last().copied(),
         cpu_ms: used.cpu_per_order_ms(answered.len()),
+        invalid: (answered.len() < orders)
+            .then(|| format!("{} of {orders} orders answered", answered.len())),
     }
 }
