@@ -36,7 +36,8 @@ pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
 pub struct Measured {
     /// Requests decided.
     pub decisions: usize,
-    /// From the first request sent to the last outcome seen.
+    /// The time measured: kassa from its first decision to its last, the naive design from its
+    /// first request sent to its last outcome.
     pub elapsed: Duration,
     /// Transactions the database committed meanwhile (from pg_stat_database).
     pub pg_commits: i64,
@@ -128,11 +129,14 @@ impl Load {
     }
 }
 
-/// `kassa bench inventory`: kassa's inventory processor, then the naive baseline, on the same load.
+/// `kassa bench inventory`: kassa's inventory processor, then the naive baseline on the same
+/// kind of load (`naive_requests` of them: one transaction a request, its rate does not depend on
+/// how many).
 pub async fn inventory(
     settings: &Settings,
     skus: usize,
     requests: usize,
+    naive_requests: usize,
 ) -> Result<(), BenchError> {
     let pool = kassa_ops::migrate::connect(settings)
         .await
@@ -145,12 +149,12 @@ pub async fn inventory(
     let codec = Codec::new(&settings.schema_registry_url)?;
     let producer = kassa_ops::kafka::producer(settings)?;
     println!(
-        "inventory bench: {requests} requests over {skus} SKU(s), stock for about half of them; 2 cores, everything on this machine"
+        "inventory bench: {requests} requests (naive: {naive_requests}) over {skus} SKU(s), stock for about half of them; everything on this machine"
     );
 
     let load = Load::new(skus, requests);
     let kassa = run_kassa(settings, &pool, &codec, &producer, &load).await?;
-    let load = Load::new(skus, requests);
+    let load = Load::new(skus, naive_requests);
     let naive = naive::run(settings, &pool, &codec, &producer, &load).await?;
 
     println!();
@@ -174,9 +178,17 @@ pub async fn inventory(
         "kassa decides {:.1}x faster than the naive design",
         kassa.per_second() / naive.per_second()
     );
+    println!(
+        "note: the {requests} answers are on {}: this environment's orders and expiry processors will read them too",
+        Topic::InventoryEvents.name()
+    );
     Ok(())
 }
 
+/// kassa's side: the SKUs are stocked through a running processor, which then stops; every
+/// request is written to `checkout.requests` (the sending is timed apart, it is the bench's
+/// producer, not the processor); a new processor then decides the backlog. Measured from its
+/// first decision to its last: the rate the processor decides at, not the rate one producer sends.
 async fn run_kassa(
     settings: &Settings,
     pool: &PgPool,
@@ -184,24 +196,8 @@ async fn run_kassa(
     producer: &FutureProducer,
     load: &Load,
 ) -> Result<Measured, BenchError> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let config = settings
-        .processor_config(kassa_processors::ConsumerGroup::Inventory)
-        .map_err(BenchError::Settings)?;
-    let kassa_processors::Own::Inventory(own) = config.own else {
-        unreachable!("the inventory's settings were asked for")
-    };
-    let handler_pool = pool.clone();
-    let processor = tokio::spawn(async move {
-        let shared = &config.shared;
-        let codec = std::sync::Arc::new(Codec::new(&shared.registry_url).expect("codec"));
-        let redis =
-            kassa_schemas::redis_link::RedisLink::start(&shared.redis_url, Duration::from_secs(5));
-        let handler = Inventory::new(codec, own.default_hold, redis, handler_pool);
-        kassa_processors::runtime::run(&shared.runtime, handler, stopped, Vec::new()).await
-    });
     let outcomes = Outcomes::start(settings, Topic::InventoryEvents.name(), load.prefix());
-
+    let processor = InventoryProcessor::start(settings, pool)?;
     // Stock the SKUs and wait until the processor has answered for them: it is consuming.
     for sku in &load.skus {
         let command = InventoryCommand::SetStock(SetStock {
@@ -214,26 +210,71 @@ async fn run_kassa(
     outcomes
         .wait(load.skus.len(), Duration::from_secs(120))
         .await?;
-    println!("kassa: processor ready; sending {} requests", load.requests);
+    processor.stop().await;
 
     let encoded = encode_all(codec, load).await?;
-    let before = (BATCHES.snapshot(), pg_commits(pool).await?);
-    let started = Instant::now();
+    let sending = Instant::now();
     send_all_to(producer, &encoded, Topic::CheckoutRequests.name()).await?;
-    outcomes
+    println!(
+        "kassa: {} requests written to {} in {:.2}s (the bench's producer); deciding them",
+        load.requests,
+        Topic::CheckoutRequests.name(),
+        sending.elapsed().as_secs_f64()
+    );
+
+    let before = (BATCHES.snapshot(), pg_commits(pool).await?);
+    let processor = InventoryProcessor::start(settings, pool)?;
+    let first = outcomes
+        .wait(load.skus.len() + 1, Duration::from_secs(120))
+        .await?;
+    let last = outcomes
         .wait(load.skus.len() + load.requests, Duration::from_secs(600))
         .await?;
-    let elapsed = started.elapsed();
     let after = (BATCHES.snapshot(), pg_commits(pool).await?);
-    let _ = stop.send(true);
-    let _ = processor.await;
+    processor.stop().await;
     Ok(Measured {
-        decisions: load.requests,
-        elapsed,
+        decisions: load.requests.saturating_sub(1).max(1),
+        elapsed: last.duration_since(first),
         pg_commits: after.1 - before.1,
         batches: after.0.batches - before.0.batches,
         largest_batch: after.0.largest,
     })
+}
+
+/// An inventory processor run in this process for the bench.
+struct InventoryProcessor {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), kassa_processors::runtime::RuntimeError>>,
+}
+
+impl InventoryProcessor {
+    fn start(settings: &Settings, pool: &PgPool) -> Result<Self, BenchError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let config = settings
+            .processor_config(kassa_processors::ConsumerGroup::Inventory)
+            .map_err(BenchError::Settings)?;
+        let kassa_processors::Own::Inventory(own) = config.own else {
+            unreachable!("the inventory's settings were asked for")
+        };
+        let handler_pool = pool.clone();
+        let task = tokio::spawn(async move {
+            let shared = &config.shared;
+            let codec = std::sync::Arc::new(Codec::new(&shared.registry_url).expect("codec"));
+            let redis = kassa_schemas::redis_link::RedisLink::start(
+                &shared.redis_url,
+                Duration::from_secs(5),
+            );
+            let handler = Inventory::new(codec, own.default_hold, redis, handler_pool);
+            kassa_processors::runtime::run(&shared.runtime, handler, stopped, Vec::new()).await
+        });
+        Ok(Self { stop, task })
+    }
+
+    /// Stops it after the batch in flight, its outbox drained.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// Every request of the load, encoded (before the clock starts): (key, value).
@@ -344,14 +385,15 @@ impl Outcomes {
         Self { count, stop }
     }
 
-    async fn wait(&self, n: usize, within: Duration) -> Result<(), BenchError> {
+    /// Waits until `n` outcomes were seen; returns when (to within a millisecond).
+    async fn wait(&self, n: usize, within: Duration) -> Result<Instant, BenchError> {
         let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
         let mut last_report = Instant::now();
         loop {
             let seen = self.count.load(std::sync::atomic::Ordering::Relaxed);
             if seen >= n {
-                return Ok(());
+                return Ok(Instant::now());
             }
             if started.elapsed() > within {
                 return Err(BenchError::Timeout {

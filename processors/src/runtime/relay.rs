@@ -1,5 +1,6 @@
 //! The outbox relay: publishes a processor's outbox rows in order with an idempotent, acks=all
-//! producer, then marks them sent. One relay per processor leads at a time (a Postgres advisory
+//! producer, then deletes them (the broker has them now; deleting costs Postgres less than the
+//! update that marking them sent was). One relay per processor leads at a time (a Postgres advisory
 //! lock held on its own connection); a standby takes over when the leader's connection dies.
 //! It wakes on LISTEN/NOTIFY from the committing transaction, with a slow poll as a fallback.
 //! A crash between publish and mark re-sends rows: consumers drop the copies by event id.
@@ -20,8 +21,6 @@ use super::store::outbox_channel;
 const ROUND: i64 = 5_000;
 /// How long a quiet relay waits for a notification before looking anyway.
 const POLL: Duration = Duration::from_secs(1);
-/// Sent rows are kept this long (for inspection), then pruned.
-const KEEP_SENT: &str = "10 minutes";
 /// Inbox entries are kept this long: longer than Kafka can deliver a record again after it was
 /// written (retention plus one segment, `kassa_schemas::kafka`), plus a day, so a replay from the
 /// beginning never meets an event id the inbox has forgotten.
@@ -100,8 +99,9 @@ async fn lead(
         progress.busy();
         let published = publish_round(pool, schema, producer).await?;
         if last_prune.elapsed() > Duration::from_secs(60) {
+            // Rows marked sent by an older relay, which kept them a while.
             sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {schema}.outbox WHERE sent_at < now() - interval '{KEEP_SENT}'"
+                "DELETE FROM {schema}.outbox WHERE sent_at IS NOT NULL"
             )))
             .execute(pool)
             .await?;
@@ -130,7 +130,7 @@ async fn lead(
     }
 }
 
-/// Publishes the oldest unsent rows, in id order, and marks them sent. Returns how many.
+/// Publishes the oldest unsent rows, in id order, and deletes them. Returns how many.
 async fn publish_round(
     pool: &PgPool,
     schema: &str,
@@ -196,7 +196,7 @@ async fn publish_round(
     drop(spans);
     let published_ms = started.elapsed().as_secs_f64() * 1000.0;
     sqlx::query(AssertSqlSafe(format!(
-        "UPDATE {schema}.outbox SET sent_at = now() WHERE id = ANY($1)"
+        "DELETE FROM {schema}.outbox WHERE id = ANY($1)"
     )))
     .bind(&ids)
     .execute(pool)
