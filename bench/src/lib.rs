@@ -224,9 +224,14 @@ async fn run_kassa(
 
     let before = (BATCHES.snapshot(), pg_commits(pool).await?);
     let processor = InventoryProcessor::start(settings, pool)?;
+    let restarted = Instant::now();
     let first = outcomes
         .wait(load.skus.len() + 1, Duration::from_secs(120))
         .await?;
+    println!(
+        "kassa: first decision {:.2}s after the processor started (joining the group, finding its offsets)",
+        first.duration_since(restarted).as_secs_f64()
+    );
     let last = outcomes
         .wait(load.skus.len() + load.requests, Duration::from_secs(600))
         .await?;

@@ -18,12 +18,13 @@ const TICKS_A_SECOND: f64 = 100.0;
 
 /// The process groups reported, in order: this process (the bench, the API and, in one-process
 /// runs, the processors), then the processors it started as processes of their own.
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 11] = [
     "kassa",
     "kassa inventory",
     "kassa orders",
     "kassa payments",
     "kassa expiry",
+    "kassa notifications",
     "Kafka",
     "Postgres",
     "Redis",
@@ -131,12 +132,12 @@ impl Usage {
         let total: f64 = self.cpu.iter().map(|(_, s)| s).sum();
         for (group, cpu) in self.cpu.iter().filter(|(_, s)| *s > 0.0) {
             println!(
-                "  {group:<16} {:>7.2} ms/order  ({:>5.1}% of one core)",
+                "  {group:<19} {:>7.2} ms/order  ({:>5.1}% of one core)",
                 cpu * 1000.0 / orders,
                 cpu * 100.0 / seconds
             );
         }
-        println!("  {:<16} {:>7.2} ms/order", "all", total * 1000.0 / orders);
+        println!("  {:<19} {:>7.2} ms/order", "all", total * 1000.0 / orders);
         let statements = self.pg_statements.map_or(
             "n/a (pg_stat_statements not loaded)".to_owned(),
             |(all, simulator)| {
@@ -163,19 +164,24 @@ impl Usage {
     }
 }
 
-/// Which group a process belongs to, by its parent, name and command line.
-fn group_of(pid: u32, parent: u32, comm: &str, cmdline: &str) -> Option<&'static str> {
+/// The processors' groups in [`GROUPS`] (`kassa <processor>`).
+const PROCESSOR_GROUPS: std::ops::Range<usize> = 1..6;
+
+/// Which group a process belongs to, by its parent, name and command line. `own` is this
+/// process's name (`kassa`, or whatever its executable is called): the processors it starts
+/// run the same executable.
+fn group_of(pid: u32, parent: u32, comm: &str, cmdline: &str, own: &str) -> Option<&'static str> {
     let me = std::process::id();
     if pid == me {
         return Some("kassa");
     }
-    if parent == me && comm == "kassa" {
+    if parent == me && comm == own {
         // A `kassa run <processor>` this bench started.
         let processor = cmdline
             .split_whitespace()
             .skip_while(|w| *w != "run")
             .nth(1);
-        return GROUPS[1..5]
+        return GROUPS[PROCESSOR_GROUPS]
             .iter()
             .copied()
             .find(|g| Some(&g["kassa ".len()..]) == processor);
@@ -193,6 +199,8 @@ fn group_of(pid: u32, parent: u32, comm: &str, cmdline: &str) -> Option<&'static
 /// CPU ticks (user, system, and of reaped children) of each group's processes now.
 fn group_ticks() -> BTreeMap<&'static str, u64> {
     let mut ticks = BTreeMap::new();
+    let own = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let own = own.trim_end();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return ticks;
     };
@@ -213,7 +221,7 @@ fn group_ticks() -> BTreeMap<&'static str, u64> {
         let Some((comm, parent, used)) = parse_stat(&stat) else {
             continue;
         };
-        if let Some(group) = group_of(pid, parent, comm, &cmdline) {
+        if let Some(group) = group_of(pid, parent, comm, &cmdline, own) {
             *ticks.entry(group).or_default() += used;
         }
     }
@@ -303,18 +311,27 @@ mod tests {
     #[test]
     fn processes_fall_into_their_groups() {
         let me = std::process::id();
-        assert_eq!(group_of(me, 1, "kassa", ""), Some("kassa"));
+        assert_eq!(group_of(me, 1, "kassa", "", "kassa"), Some("kassa"));
         assert_eq!(
-            group_of(9, me, "kassa", "/x/kassa run payments"),
+            group_of(9, me, "kassa", "/x/kassa run payments", "kassa"),
             Some("kassa payments")
         );
         assert_eq!(
-            group_of(9, 1, "kassa", "/x/kassa run payments"),
+            group_of(9, me, "kassa", "/x/kassa run notifications", "kassa"),
+            Some("kassa notifications")
+        );
+        assert_eq!(
+            group_of(9, me, "kassa-new", "/tmp/kassa-new run orders", "kassa-new"),
+            Some("kassa orders"),
+            "the processors run this bench's executable, whatever it is called"
+        );
+        assert_eq!(
+            group_of(9, 1, "kassa", "/x/kassa run payments", "kassa"),
             None,
             "a kassa this bench did not start is not counted"
         );
         assert_eq!(
-            group_of(1, 0, "postgres", "postgres: kassa"),
+            group_of(1, 0, "postgres", "postgres: kassa", "kassa"),
             Some("Postgres")
         );
         assert_eq!(
@@ -322,14 +339,15 @@ mod tests {
                 2,
                 1,
                 "java",
-                "java -cp libs/* kafka.Kafka /x/kafka.properties"
+                "java -cp libs/* kafka.Kafka /x/kafka.properties",
+                "kassa"
             ),
             Some("Kafka")
         );
         assert_eq!(
-            group_of(3, 1, "java", "java -jar quarkus-run.jar"),
+            group_of(3, 1, "java", "java -jar quarkus-run.jar", "kassa"),
             Some("registry")
         );
-        assert_eq!(group_of(4, 1, "bash", "bash"), None);
+        assert_eq!(group_of(4, 1, "bash", "bash", "kassa"), None);
     }
 }

@@ -306,6 +306,14 @@ async fn sigterm_finishes_the_batch_drains_and_exits_zero() {
             .await
             .unwrap();
     assert_eq!(unsent, 0, "the relay drained the outbox before exiting");
+    // What the broker acknowledged is not kept: none of this run's answers is left in the outbox.
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inventory.outbox WHERE starts_with(key, $1)")
+            .bind(&run)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 0, "published rows are deleted from the outbox");
 }
 
 #[tokio::test(flavor = "multi_thread")]
