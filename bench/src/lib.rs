@@ -15,7 +15,6 @@ pub mod usage;
 
 use std::time::{Duration, Instant};
 
-use kassa_processors::inventory::Inventory;
 use kassa_processors::runtime::stats::BATCHES;
 use kassa_schemas::events::checkout::{CheckoutPayload, Reserve};
 use kassa_schemas::events::inventory::{InventoryCommand, SetStock};
@@ -24,6 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 
 use kassa_ops::settings::Settings;
+use kassa_ops::supervisor::{Component, Running, SupervisorError};
 
 /// The `q` quantile (0 to 1) of `sorted`, by nearest rank (None when empty).
 pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
@@ -65,9 +65,9 @@ pub enum BenchError {
     /// Encoding failed.
     #[error("{0}")]
     Codec(#[from] kassa_schemas::CodecError),
-    /// A setting is wrong.
-    #[error("settings: {0}")]
-    Settings(String),
+    /// The processor under test failed.
+    #[error("processor: {0}")]
+    Processor(#[from] SupervisorError),
     /// Outcomes did not all arrive in time.
     #[error("only {seen} of {wanted} outcomes within {within:?}")]
     Timeout {
@@ -197,7 +197,7 @@ async fn run_kassa(
     load: &Load,
 ) -> Result<Measured, BenchError> {
     let outcomes = Outcomes::start(settings, Topic::InventoryEvents.name(), load.prefix());
-    let processor = InventoryProcessor::start(settings, pool)?;
+    let processor = start_inventory(settings)?;
     // Stock the SKUs and wait until the processor has answered for them: it is consuming.
     for sku in &load.skus {
         let command = InventoryCommand::SetStock(SetStock {
@@ -210,7 +210,8 @@ async fn run_kassa(
     outcomes
         .wait(load.skus.len(), Duration::from_secs(120))
         .await?;
-    processor.stop().await;
+    processor.stop();
+    processor.wait().await?;
 
     let encoded = encode_all(codec, load).await?;
     let sending = Instant::now();
@@ -223,7 +224,7 @@ async fn run_kassa(
     );
 
     let before = (BATCHES.snapshot(), pg_commits(pool).await?);
-    let processor = InventoryProcessor::start(settings, pool)?;
+    let processor = start_inventory(settings)?;
     let restarted = Instant::now();
     let first = outcomes
         .wait(load.skus.len() + 1, Duration::from_secs(120))
@@ -236,7 +237,8 @@ async fn run_kassa(
         .wait(load.skus.len() + load.requests, Duration::from_secs(600))
         .await?;
     let after = (BATCHES.snapshot(), pg_commits(pool).await?);
-    processor.stop().await;
+    processor.stop();
+    processor.wait().await?;
     Ok(Measured {
         decisions: load.requests.saturating_sub(1).max(1),
         elapsed: last.duration_since(first),
@@ -246,40 +248,17 @@ async fn run_kassa(
     })
 }
 
-/// An inventory processor run in this process for the bench.
-struct InventoryProcessor {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), kassa_processors::runtime::RuntimeError>>,
-}
-
-impl InventoryProcessor {
-    fn start(settings: &Settings, pool: &PgPool) -> Result<Self, BenchError> {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let config = settings
-            .processor_config(kassa_processors::ConsumerGroup::Inventory)
-            .map_err(BenchError::Settings)?;
-        let kassa_processors::Own::Inventory(own) = config.own else {
-            unreachable!("the inventory's settings were asked for")
-        };
-        let handler_pool = pool.clone();
-        let task = tokio::spawn(async move {
-            let shared = &config.shared;
-            let codec = std::sync::Arc::new(Codec::new(&shared.registry_url).expect("codec"));
-            let redis = kassa_schemas::redis_link::RedisLink::start(
-                &shared.redis_url,
-                Duration::from_secs(5),
-            );
-            let handler = Inventory::new(codec, own.default_hold, redis, handler_pool);
-            kassa_processors::runtime::run(&shared.runtime, handler, stopped, Vec::new()).await
-        });
-        Ok(Self { stop, task })
-    }
-
-    /// Stops it after the batch in flight, its outbox drained.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
+/// The inventory processor, in this process (its /metrics, /health and /ready on any free port:
+/// a development kassa may hold the configured one).
+fn start_inventory(settings: &Settings) -> Result<Running, SupervisorError> {
+    let mut on_any_port = settings.clone();
+    on_any_port.process.ops_addr.set_port(0);
+    kassa_ops::supervisor::start(
+        &on_any_port,
+        &[Component::Processor(
+            kassa_processors::ConsumerGroup::Inventory,
+        )],
+    )
 }
 
 /// Every request of the load, encoded (before the clock starts): (key, value).

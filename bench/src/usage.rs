@@ -164,9 +164,6 @@ impl Usage {
     }
 }
 
-/// The processors' groups in [`GROUPS`] (`kassa <processor>`).
-const PROCESSOR_GROUPS: std::ops::Range<usize> = 1..6;
-
 /// Which group a process belongs to, by its parent, name and command line. `own` is this
 /// process's name (`kassa`, or whatever its executable is called): the processors it starts
 /// run the same executable.
@@ -181,10 +178,10 @@ fn group_of(pid: u32, parent: u32, comm: &str, cmdline: &str, own: &str) -> Opti
             .split_whitespace()
             .skip_while(|w| *w != "run")
             .nth(1);
-        return GROUPS[PROCESSOR_GROUPS]
-            .iter()
-            .copied()
-            .find(|g| Some(&g["kassa ".len()..]) == processor);
+        return GROUPS.iter().copied().find(|g| {
+            g.strip_prefix("kassa ")
+                .is_some_and(|p| Some(p) == processor)
+        });
     }
     match comm {
         "postgres" => Some("Postgres"),

@@ -3,7 +3,7 @@
 //! update that marking them sent was). One relay per processor leads at a time (a Postgres advisory
 //! lock held on its own connection); a standby takes over when the leader's connection dies.
 //! It wakes on LISTEN/NOTIFY from the committing transaction, with a slow poll as a fallback.
-//! A crash between publish and mark re-sends rows: consumers drop the copies by event id.
+//! A crash between publish and delete re-sends rows: consumers drop the copies by event id.
 
 use std::time::{Duration, Instant};
 
