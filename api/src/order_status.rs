@@ -194,6 +194,37 @@ pub struct NextAction {
     pub due_at: Option<DateTime<Utc>>,
 }
 
+/// How long the first read of a status waits before trying again after a failure.
+const FIRST_READ_RETRY: Duration = Duration::from_millis(100);
+
+/// The first read of a request's order: a failed read (a pooled connection that was cut, the
+/// database restarting) is tried again at once, then every [`FIRST_READ_RETRY`] until `deadline`
+/// (the request's `wait`), so a blip costs a long poll some time rather than a 503.
+async fn first_read(
+    feed: &crate::status_feed::StatusFeed,
+    watch: &mut crate::status_feed::Watch,
+    order_id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Arc<Snapshot>, Arc<sqlx::Error>> {
+    let mut tries = 0;
+    loop {
+        match feed.read(order_id, watch.version()).await {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(e) => {
+                tries += 1;
+                let next = tokio::time::Instant::now() + FIRST_READ_RETRY;
+                if tries > 1 && next >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, tries, "order status read failed; trying again");
+                if tries > 1 {
+                    tokio::time::sleep_until(next).await;
+                }
+            }
+        }
+    }
+}
+
 /// `GET /api/orders/{id}`: the order and its status, for the customer named in `X-Customer-Id`.
 #[utoipa::path(get, path = "/api/orders/{id}", operation_id = "getOrder", tag = "orders", params(("id" = String, Path, description = "order id"), ("X-Customer-Id" = String, Header, description = "the customer the request is made for"), StatusQuery), security(("storefront" = [])), responses(CommonErrors, (status = 200, description = "the order; `status` is `accepted` until the orders processor has seen it, then pending, reserved, authorizing, action_required (with `next_action`), authorized, confirmed, completed, rejected or cancelled (with `reason`); `payment` (provider and its id) and `transitions` (the audit trail's steps)", body = OrderStatus)))]
 pub async fn get(
@@ -222,15 +253,14 @@ pub async fn get(
         tracing::warn!(error = %e, "order status unreadable");
         ApiError::from(Problem::unavailable("the database is unavailable", 1))
     };
-    let mut snapshot = feed
-        .read(&order_id, watch.version())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut snapshot = first_read(feed, &mut watch, &order_id, deadline)
         .await
         .map_err(unavailable)?;
     let since = query
         .since
         .unwrap_or_else(|| status_name(&snapshot.row).to_owned());
     if wait > 0 && status_name(&snapshot.row) == since {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         while let Ok(change) = tokio::time::timeout_at(deadline, watch.changed()).await {
             // A re-read that fails (the database restarting) keeps the request waiting: the
             // listener's reconnect wakes it to read again, and at the deadline it answers what
