@@ -14,6 +14,8 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio::sync::watch;
 
+use kassa_schemas::trace::TRACEPARENT;
+
 use super::backoff::Backoff;
 use super::store::outbox_channel;
 
@@ -95,8 +97,13 @@ async fn lead(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(&outbox_channel(schema)).await?;
     let mut last_prune = Instant::now();
+    let mut last_alive = Instant::now();
     loop {
         progress.busy();
+        // Read before the round: once shutdown is asked, everything that is to be published is
+        // committed (the loop's last batch, the writers' last records), so a round that starts
+        // after it sees all of it.
+        let stopping = *shutdown.borrow();
         let published = publish_round(pool, schema, producer).await?;
         if last_prune.elapsed() > Duration::from_secs(60) {
             // Rows marked sent by an older relay, which kept them a while.
@@ -113,10 +120,13 @@ async fn lead(
             .await?;
             last_prune = Instant::now();
         }
-        if published > 0 {
+        // A full round may have left more; a partial one took all that was committed when it
+        // looked, and whatever commits after that notifies: wait for it rather than look again
+        // at once (one statement a round fewer, the look that finds nothing).
+        if published as i64 == ROUND {
             continue;
         }
-        if *shutdown.borrow() {
+        if stopping {
             return Ok(()); // drained: nothing committed is left unpublished
         }
         progress.idle();
@@ -125,8 +135,20 @@ async fn lead(
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => {}
         }
-        // Keep the lock connection alive (and notice if it died, which ends leadership).
-        sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+        // Notifications already here are for rows the next round takes anyway: one round for
+        // all of them, not one each.
+        while let Ok(notification) = tokio::time::timeout(Duration::ZERO, listener.try_recv()).await
+        {
+            if notification?.is_none() {
+                break; // the connection was lost; recv reconnects next time
+            }
+        }
+        // Keep the lock connection alive (and notice if it died, which ends leadership); once a
+        // poll interval is enough.
+        if last_alive.elapsed() >= POLL {
+            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+            last_alive = Instant::now();
+        }
     }
 }
 
@@ -137,7 +159,7 @@ async fn publish_round(
     producer: &FutureProducer,
 ) -> Result<usize, Failure> {
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT id, topic, key, payload, headers FROM {schema}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
+        "SELECT id, topic, key, payload, traceparent, headers FROM {schema}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
     )))
     .bind(ROUND)
     .fetch_all(pool)
@@ -153,32 +175,42 @@ async fn publish_round(
     let mut spans = Vec::new();
     for row in &rows {
         let id: i64 = row.get("id");
-        let topic: String = row.get("topic");
-        let key: Option<String> = row.get("key");
-        let payload: Option<Vec<u8>> = row.get("payload");
-        let headers: serde_json::Value = row.get("headers");
+        let topic: &str = row.get("topic");
+        let key: Option<&str> = row.get("key");
+        let payload: Option<&[u8]> = row.get("payload");
+        // The trace context's column, and any other headers (rows written before migration 0031
+        // have the trace context among them).
+        let traceparent: Option<&str> = row.get("traceparent");
+        let headers: Option<serde_json::Value> = row.get("headers");
+        let others = headers.as_ref().and_then(serde_json::Value::as_object);
         let mut kafka_headers = OwnedHeaders::new();
-        if let Some(map) = headers.as_object() {
-            for (name, value) in map {
-                kafka_headers = kafka_headers.insert(Header {
-                    key: name,
-                    value: value.as_str(),
-                });
-            }
+        if let Some(value) = traceparent {
+            kafka_headers = kafka_headers.insert(Header {
+                key: TRACEPARENT,
+                value: Some(value),
+            });
+        }
+        for (name, value) in others.into_iter().flatten() {
+            kafka_headers = kafka_headers.insert(Header {
+                key: name,
+                value: value.as_str(),
+            });
         }
         if kassa_schemas::trace::exporting() {
             let span = tracing::info_span!("publish", otel.name = %format!("{schema} publishes to {topic}"));
-            let parent = headers
-                .get(kassa_schemas::trace::TRACEPARENT)
-                .and_then(|v| v.as_str());
+            let parent = traceparent.or_else(|| {
+                others
+                    .and_then(|o| o.get(TRACEPARENT))
+                    .and_then(|v| v.as_str())
+            });
             kassa_schemas::trace::continue_trace(&span, parent);
             spans.push(span);
         }
-        let mut record = FutureRecord::to(&topic).headers(kafka_headers);
-        if let Some(key) = key.as_deref() {
+        let mut record = FutureRecord::to(topic).headers(kafka_headers);
+        if let Some(key) = key {
             record = record.key(key);
         }
-        if let Some(payload) = payload.as_deref() {
+        if let Some(payload) = payload {
             record = record.payload(payload);
         }
         // Enqueue everything first (the idempotent producer keeps per-partition order), then wait.

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use kassa_schemas::trace::TRACEPARENT;
 use sqlx::AssertSqlSafe;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -251,27 +252,40 @@ pub(super) async fn append_outbox(
     let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
     let keys: Vec<Option<&str>> = rows.iter().map(|r| r.key.as_deref()).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
-    let headers: Vec<serde_json::Value> = rows
+    // The trace context has a column of its own; any other headers go in `headers` (NULL when
+    // there are none: most rows).
+    let traceparents: Vec<Option<&str>> = rows
         .iter()
         .map(|r| {
-            serde_json::Value::Object(
-                r.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone().into()))
-                    .collect(),
-            )
+            r.headers
+                .iter()
+                .find(|(k, _)| k == TRACEPARENT)
+                .map(|(_, v)| v.as_str())
+        })
+        .collect();
+    let headers: Vec<Option<serde_json::Value>> = rows
+        .iter()
+        .map(|r| {
+            let others: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k != TRACEPARENT)
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            (!others.is_empty()).then_some(serde_json::Value::Object(others))
         })
         .collect();
     // One round trip: the rows, and the relay's wake-up (sent when the transaction commits).
     sqlx::query(AssertSqlSafe(format!(
         "WITH appended AS (
-             INSERT INTO {schema}.outbox (topic, key, payload, headers)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[]))
-         SELECT pg_notify($5, '')"
+             INSERT INTO {schema}.outbox (topic, key, payload, traceparent, headers)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::jsonb[]))
+         SELECT pg_notify($6, '')"
     )))
     .bind(&topics)
     .bind(&keys)
     .bind(&payloads)
+    .bind(&traceparents)
     .bind(&headers)
     .bind(outbox_channel(schema))
     .execute(conn)
