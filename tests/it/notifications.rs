@@ -100,7 +100,7 @@ async fn receive(
     });
     if stall {
         // Longer than kassa waits (KASSA_NOTIFY_TIMEOUT_SECONDS=2).
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await; // the slow endpoint is the test's input, not a wait for a condition
     }
     answer
 }
