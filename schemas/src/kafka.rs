@@ -8,10 +8,13 @@ pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
     ("acks", "all"),
 ];
 
-/// Consumer settings every kassa consumer uses: only committed transactions, offsets owned by us.
+/// Consumer settings every kassa consumer uses: only committed transactions, offsets owned by us
+/// (librdkafka commits to Kafka, once a second, only the offsets kassa stored after its
+/// Postgres transaction committed; that copy is for lag tools).
 pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[
     ("isolation.level", "read_committed"),
-    ("enable.auto.commit", "false"),
+    ("enable.auto.commit", "true"),
+    ("auto.commit.interval.ms", "1000"),
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
 ];
