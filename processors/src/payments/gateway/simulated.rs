@@ -116,8 +116,11 @@ impl Simulated {
         Self { pool, config }
     }
 
-    /// Runs one call in one transaction: latency, the call counted and the intent locked (one
-    /// statement), fault injection, idempotent replay, the effect, the record.
+    /// Runs one call in one transaction: latency, the intent created first if `create` says so
+    /// (the row exists before the call so it can be locked; it only counts once the call's
+    /// reply is stored: an unanswered create leaves an unconfirmed intent), the call counted,
+    /// the intent locked and the key's stored answer read (one statement), fault injection,
+    /// idempotent replay, the effect and the record (one statement).
     async fn call(
         &self,
         op: &'static str,
@@ -125,12 +128,28 @@ impl Simulated {
         intent_id: &str,
         amount: i64,
         effect: Effect,
+        create: Option<&IntentRequest<'_>>,
     ) -> Result<Intent, GatewayError> {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some((mut row, number)) = load(&mut tx, Some((op, key)), intent_id).await? else {
+        if let Some(request) = create {
+            sqlx::query(
+                "INSERT INTO simulator.intents (id, order_id, amount_minor, currency, payment_method, status, client_secret)
+                 VALUES ($1, $2, $3, $4, $5, 'requires_confirmation', $1 || '_secret_' || substr(md5($1), 1, 12))
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(intent_id)
+            .bind(request.order_id)
+            .bind(request.amount_minor)
+            .bind(request.currency)
+            .bind(request.payment_method_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(transient)?;
+        }
+        let Some((mut row, number, stored)) = load(&mut tx, Some((op, key)), intent_id).await? else {
             tx.commit().await.map_err(transient)?;
             return Err(GatewayError::Refused(format!("no such intent {intent_id}")));
         };
@@ -146,22 +165,23 @@ impl Simulated {
         } else if dice < c.transient + c.timeout + c.lost {
             let fault = GatewayError::Ambiguous("simulated lost answer".into());
             (true, Some(fault))
+        } else if dice < c.transient + c.timeout + c.lost + c.cached500 && stored.is_none() {
+            // Like Stripe: the key's answer is stored, a 500 included, and replayed from now on
+            // (a key that has an answer keeps it: replayed below).
+            let cached = json!({"status": 500});
+            sqlx::query("INSERT INTO simulator.replies (key, op, reply) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(op)
+                .bind(&cached)
+                .execute(&mut *tx)
+                .await
+                .map_err(transient)?;
+            (false, from_reply(&cached).err())
         } else {
-            if dice < c.transient + c.timeout + c.lost + c.cached500 {
-                // Like Stripe: the key's answer is stored, a 500 included, and replayed from now
-                // on (the key's first answer stays if it has one).
-                sqlx::query("INSERT INTO simulator.replies (key, op, reply) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                    .bind(key)
-                    .bind(op)
-                    .bind(json!({"status": 500}))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(transient)?;
-            }
             (true, None)
         };
         let answer = if performs {
-            perform(&mut tx, op, key, &mut row, amount, effect).await
+            perform(&mut tx, op, key, &mut row, amount, effect, stored).await
         } else {
             Ok(row.intent.clone())
         };
@@ -174,9 +194,11 @@ impl Simulated {
 }
 
 /// Does the call once per key, in the transaction that locked the intent (`row`): a repeated
-/// key replays the stored answer. Two statements: look for an answer stored for the key (read
-/// after the lock, so a call with this key that committed meanwhile is seen), then write the
-/// intent, the effect and the answer together.
+/// key replays the answer stored for it (`stored`, read with the lock). One statement writes the
+/// intent, the effect and the answer together. A call with the same key that committed while
+/// this one waited for the lock is not in `stored` (read in the statement's snapshot), but its
+/// answer is: this one's answer then meets the key's primary key and the whole call rolls back,
+/// a transient failure whose retry replays the answer. Nothing is done twice.
 async fn perform(
     tx: &mut Transaction<'_, Postgres>,
     op: &'static str,
@@ -184,14 +206,9 @@ async fn perform(
     row: &mut IntentRow,
     amount: i64,
     effect: Effect,
+    stored: Option<serde_json::Value>,
 ) -> Result<Intent, GatewayError> {
-    let replay: Option<serde_json::Value> =
-        sqlx::query_scalar("SELECT reply FROM simulator.replies WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(transient)?;
-    if let Some(reply) = replay {
+    if let Some(reply) = stored {
         return from_reply(&reply);
     }
     let result = effect(row, amount);
@@ -277,18 +294,20 @@ fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
 }
 
 /// Locks and reads the intent; with a call (`(op, key)`), counts it in the same statement and
-/// returns how many calls with its key came before (None: no such intent).
+/// returns how many calls with its key came before and the answer stored for the key (None: no
+/// such intent).
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     call: Option<(&str, &str)>,
     intent_id: &str,
-) -> Result<Option<(IntentRow, i64)>, GatewayError> {
+) -> Result<Option<(IntentRow, i64, Option<serde_json::Value>)>, GatewayError> {
     let (op, key) = call.unzip();
     let row = sqlx::query(
         "WITH call AS (
              INSERT INTO simulator.calls (key, op, intent_id) SELECT $2, $3, $1 WHERE $2 IS NOT NULL)
          SELECT id, status, amount_minor, received_minor, refunded_minor, client_secret, error_code, error_message,
-                payment_method, (SELECT count(*) FROM simulator.calls WHERE key = $2) AS number
+                payment_method, (SELECT count(*) FROM simulator.calls WHERE key = $2) AS number,
+                (SELECT reply FROM simulator.replies WHERE key = $2) AS reply
          FROM simulator.intents WHERE id = $1 FOR UPDATE",
     )
     .bind(intent_id)
@@ -321,6 +340,7 @@ async fn load(
                 payment_method,
             },
             r.get("number"),
+            r.get("reply"),
         )
     }))
 }
@@ -483,36 +503,22 @@ impl Gateway for Simulated {
 
     async fn create(&self, request: &IntentRequest<'_>, key: &str) -> Result<Intent, GatewayError> {
         let id = intent_id_for(key);
-        // The intent row exists before the call so `perform` can lock it; the row only counts
-        // once the call's reply is stored (an unanswered create leaves an unconfirmed intent).
-        sqlx::query(
-            "INSERT INTO simulator.intents (id, order_id, amount_minor, currency, payment_method, status, client_secret)
-             VALUES ($1, $2, $3, $4, $5, 'requires_confirmation', $1 || '_secret_' || substr(md5($1), 1, 12))
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(request.order_id)
-        .bind(request.amount_minor)
-        .bind(request.currency)
-        .bind(request.payment_method_id)
-        .execute(&self.pool)
-        .await
-        .map_err(transient)?;
-        self.call("create", key, &id, 0, |_, _| Ok(None)).await
+        self.call("create", key, &id, 0, |_, _| Ok(None), Some(request))
+            .await
     }
 
     async fn confirm(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.call("confirm", key, intent_id, 0, confirm_effect)
+        self.call("confirm", key, intent_id, 0, confirm_effect, None)
             .await
     }
 
     async fn capture(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.call("capture", key, intent_id, 0, capture_effect)
+        self.call("capture", key, intent_id, 0, capture_effect, None)
             .await
     }
 
     async fn cancel(&self, intent_id: &str, key: &str) -> Result<Intent, GatewayError> {
-        self.call("cancel", key, intent_id, 0, cancel_effect).await
+        self.call("cancel", key, intent_id, 0, cancel_effect, None).await
     }
 
     async fn refund(
@@ -521,7 +527,7 @@ impl Gateway for Simulated {
         amount_minor: i64,
         key: &str,
     ) -> Result<i64, GatewayError> {
-        self.call("refund", key, intent_id, amount_minor, refund_effect)
+        self.call("refund", key, intent_id, amount_minor, refund_effect, None)
             .await
             .map(|_| amount_minor)
     }
@@ -533,7 +539,7 @@ impl Gateway for Simulated {
         let mut tx = self.pool.begin().await.map_err(transient)?;
         let row = load(&mut tx, None, intent_id).await?;
         tx.commit().await.map_err(transient)?;
-        row.map(|(r, _)| r.intent)
+        row.map(|(r, _, _)| r.intent)
             .ok_or_else(|| GatewayError::Refused(format!("no such intent {intent_id}")))
     }
 }
