@@ -176,7 +176,12 @@ pub async fn run<G: Gateway>(
             }
         };
         tokio::select! {
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => more = true,
+            // A freed slot claims again only if the last claim was cut short by the free slots
+            // (`more` still true). Otherwise the queue had nothing more then, and anything due
+            // since was announced: work saved due now notifies (the writer's records too), and
+            // work due later or left by a lost lease is found by the poll below. (A claim after
+            // every call cost a claim statement for every 0.93 payments claimed at 150 orders/s.)
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             r = woken => {
                 more = true;
                 if r.is_err() {
