@@ -314,3 +314,68 @@ async fn skipping_a_backlog_is_refused_while_the_group_consumes_unless_forced_an
         "{moves:?}"
     );
 }
+
+/// The records a processor dropped unprocessed since it started (`kassa_consumer_records_dropped_total`
+/// on its /metrics; absent: none).
+async fn records_dropped(ops: &str) -> u64 {
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("/metrics text");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("kassa_consumer_records_dropped_total{")
+                && l.contains("group=\"inventory\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_processor_seeks_to_its_stored_offset_instead_of_reading_the_history() {
+    const HISTORY: usize = 1_000;
+    let _exclusive = common::inventory::exclusive().await;
+    let settings = common::setup().await;
+    let feed = Feed::new(&settings);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let sku = format!("SEEK-{run}");
+    let outcomes = Outcomes::collect(
+        &settings,
+        end_offsets(&settings, Topic::InventoryEvents.name()),
+        run.clone(),
+    );
+    // Fetches of 1 KiB: what a first fetch brings from before the stored offset is a few records
+    // a partition, far fewer than the history below.
+    let small_fetches = [("KASSA_KAFKA__MAX_PARTITION_FETCH_BYTES", "1024")];
+    let mut first = Processor::start("inventory", &small_fetches);
+    feed.set_stock(&settings, &[(sku.as_str(), 10_000)]).await;
+    let sends = (0..HISTORY).map(|i| {
+        let (feed, sku, run) = (&feed, &sku, &run);
+        async move {
+            feed.send(sku, &reserve(&format!("{run}-history-{i}"), 0, sku, 1))
+                .await
+        }
+    });
+    futures::future::join_all(sends).await;
+    outcomes
+        .wait_for_lines(HISTORY, Duration::from_secs(120))
+        .await;
+    first.kill();
+
+    // Started again, it must seek to the stored offsets, not read the partitions from the
+    // beginning and drop the history it processed before.
+    let second = Processor::start("inventory", &small_fetches);
+    feed.send(&sku, &reserve(&format!("{run}-after"), 0, &sku, 1))
+        .await;
+    outcomes
+        .wait_for_lines(HISTORY + 1, Duration::from_secs(60))
+        .await;
+    let dropped = records_dropped(&second.ops).await;
+    assert!(
+        dropped < HISTORY as u64 / 2,
+        "the restarted processor dropped {dropped} records before its stored offsets (its partition held {HISTORY} processed ones): it read the history instead of seeking"
+    );
+}

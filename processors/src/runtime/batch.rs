@@ -196,15 +196,22 @@ pub(super) async fn process<H: Handler>(
 
     // Each partition advances from where this instance expects its stored offset (the sync made
     // the batch start there) past the batch's highest offset.
-    let mut span: HashMap<TopicPartition, (i64, i64)> = HashMap::new();
+    let mut span: Vec<(TopicPartition, (i64, i64))> = Vec::new();
     for message in messages {
-        let (offset, tp) = (
-            message.offset(),
-            (message.topic().to_owned(), message.partition()),
-        );
-        let entry = span.entry(tp).or_insert((offset, offset + 1));
-        entry.0 = entry.0.min(offset);
-        entry.1 = entry.1.max(offset + 1);
+        let offset = message.offset();
+        match span
+            .iter_mut()
+            .find(|((t, p), _)| *p == message.partition() && t == message.topic())
+        {
+            Some((_, range)) => {
+                range.0 = range.0.min(offset);
+                range.1 = range.1.max(offset + 1);
+            }
+            None => span.push((
+                (message.topic().to_owned(), message.partition()),
+                (offset, offset + 1),
+            )),
+        }
     }
     let advances: Vec<Advance> = span
         .iter()

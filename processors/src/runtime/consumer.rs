@@ -1,15 +1,19 @@
-//! The consume loop: batches form from what has arrived (up to a count and a time), each
+//! The consume loop: batches form from what has arrived (up to a count and a time; the next
+//! batch is received while one is in the database), each
 //! partition is sought to the offset stored in Postgres when first seen after an assignment,
 //! rebalances drop what a revoked partition had in flight, failures retry with backoff.
 
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
 use kassa_schemas::Topic;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, MessageStream, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -164,15 +168,19 @@ pub async fn run<H: Handler>(
     let mut positions = Positions::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let progress = super::liveness::register(format!("{} consumer", group.name()));
+    let mut prefetched = Prefetched::default();
+    // One stream for the consumer's life: a `recv` a message registered and dropped a waker.
+    let mut stream = consumer.stream();
     while !*shutdown.borrow() {
         progress.idle();
         let mut messages = assemble(
-            &consumer,
+            &mut stream,
             &mut events,
             config,
             &mut positions,
             &mut handler,
             &mut shutdown,
+            &mut prefetched,
         )
         .await;
         if messages.is_empty() {
@@ -205,9 +213,11 @@ pub async fn run<H: Handler>(
             let taken = take.clamp(1, messages.len());
             let slice = &messages[..taken];
             let span = tracing::info_span!("batch", group = group.name(), size = slice.len());
-            let result = AssertUnwindSafe(batch::process(&pool, &mut handler, slice, &stored))
+            let work = AssertUnwindSafe(batch::process(&pool, &mut handler, slice, &stored))
                 .catch_unwind()
-                .instrument(span)
+                .instrument(span);
+            let result = prefetched
+                .receive_during(&mut stream, &mut events, config.batch_max, &positions, work)
                 .await
                 .unwrap_or_else(|panic| Err(BatchError::Panicked(panic_text(panic.as_ref()))));
             match result {
@@ -279,10 +289,110 @@ pub async fn run<H: Handler>(
                     }
                 }
             }
+            prefetched.apply_revoked(&mut positions, &mut handler, &mut messages);
         }
     }
     finish(relay).await;
     Ok(())
+}
+
+/// Messages received while a batch was in the database (so Postgres works while this process
+/// takes the next batch off librdkafka's queue), and the partitions revoked meanwhile.
+#[derive(Default)]
+struct Prefetched {
+    /// Received, for the next batch.
+    messages: Vec<OwnedMessage>,
+    /// When the first of them arrived: the next batch's time bound counts from then.
+    since: Option<tokio::time::Instant>,
+    /// Partitions revoked while the batch was in flight, applied once it is done.
+    revoked: Vec<TopicPartition>,
+    /// A message came from a partition without a cursor (newly assigned, read from its
+    /// beginning): nothing more is taken before it is sought to its stored offset.
+    untracked: bool,
+}
+
+impl Prefetched {
+    /// Runs `work`, receiving messages (up to `limit`, and none after one from a partition
+    /// `positions` does not track) until it is done.
+    async fn receive_during<F: Future>(
+        &mut self,
+        stream: &mut MessageStream<'_, Context>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+        limit: usize,
+        positions: &Positions,
+        work: F,
+    ) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let room = self.messages.len() < limit && !self.untracked;
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                received = stream.next(), if room => {
+                    self.take(received, events, positions);
+                    // Whatever else is ready, without polling `work` between messages.
+                    while self.messages.len() < limit && !self.untracked {
+                        match stream.next().now_or_never() {
+                            Some(received) => self.take(received, events, positions),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps one received message, after applying the revocations that came before it.
+    fn take(
+        &mut self,
+        received: Option<KafkaResult<BorrowedMessage<'_>>>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+        positions: &Positions,
+    ) {
+        while let Ok(RebalanceEvent::Revoked(lost)) = events.try_recv() {
+            self.messages
+                .retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+            self.revoked.extend(lost);
+        }
+        match received {
+            Some(Ok(message)) => {
+                self.untracked |= !positions.tracks(message.topic(), message.partition());
+                self.messages.push(message.detach());
+                self.since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+            None => {}
+        }
+    }
+
+    /// Lets go of the partitions revoked while a batch was in flight: their cursors, what the
+    /// handler holds for them, and their messages still waiting in `messages`.
+    fn apply_revoked<H: Handler>(
+        &mut self,
+        positions: &mut Positions,
+        handler: &mut H,
+        messages: &mut Vec<OwnedMessage>,
+    ) {
+        if self.revoked.is_empty() {
+            return;
+        }
+        let lost = std::mem::take(&mut self.revoked);
+        tracing::info!(partitions = ?lost, "partitions revoked");
+        revoke(&lost, positions, handler);
+        messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+    }
+}
+
+/// Stops tracking `lost` partitions and tells the handler to forget what it holds for them.
+fn revoke<H: Handler>(lost: &[TopicPartition], positions: &mut Positions, handler: &mut H) {
+    for tp in lost {
+        positions.let_go(tp);
+    }
+    let revoked: Vec<(Topic, i32)> = lost
+        .iter()
+        .filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p)))
+        .collect();
+    handler.forget(&revoked);
 }
 
 /// Attempts a message that fails in a way retrying does not fix gets before it is dead-lettered.
@@ -382,45 +492,55 @@ fn forget_all<H: Handler>(handler: &mut H, messages: &[OwnedMessage]) {
     handler.forget(&partitions);
 }
 
-/// Collects what has arrived: waits for a first message, then takes more until the count or the
-/// time bound. Applies revocations in arrival order, dropping what a revoked partition had in
-/// the batch.
+/// Collects what has arrived: starts from what was received while the last batch was in
+/// flight, or waits for a first message, then takes more until the count or the time bound
+/// (counted from the first message's arrival), or until a message from a partition without a
+/// cursor. Applies revocations in arrival order, dropping what a revoked partition had in the
+/// batch.
 async fn assemble<H: Handler>(
-    consumer: &StreamConsumer<Context>,
+    stream: &mut MessageStream<'_, Context>,
     events: &mut tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     config: &RuntimeConfig,
     positions: &mut Positions,
     handler: &mut H,
     shutdown: &mut watch::Receiver<bool>,
+    prefetched: &mut Prefetched,
 ) -> Vec<OwnedMessage> {
-    let mut batch: Vec<OwnedMessage> = Vec::new();
-    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut batch: Vec<OwnedMessage> = std::mem::take(&mut prefetched.messages);
+    let mut deadline = prefetched
+        .since
+        .take()
+        .map(|since| since + config.batch_wait);
+    if batch.len() >= config.batch_max || std::mem::take(&mut prefetched.untracked) {
+        return batch;
+    }
     loop {
-        let received = match deadline {
-            None => tokio::select! {
-                m = consumer.recv() => Some(m),
-                _ = shutdown.changed() => None,
+        // A message already queued is taken without arming a timer.
+        let received = match stream.next().now_or_never() {
+            Some(ready) => Some(ready),
+            None => match deadline {
+                None => tokio::select! {
+                    m = stream.next() => Some(m),
+                    _ = shutdown.changed() => None,
+                },
+                Some(at) => tokio::time::timeout_at(at, stream.next()).await.ok(),
             },
-            Some(at) => tokio::time::timeout_at(at, consumer.recv()).await.ok(),
         };
         while let Ok(RebalanceEvent::Revoked(lost)) = events.try_recv() {
             tracing::info!(partitions = ?lost, "partitions revoked");
-            for tp in &lost {
-                positions.let_go(tp);
-            }
-            let revoked: Vec<(Topic, i32)> = lost
-                .iter()
-                .filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p)))
-                .collect();
-            handler.forget(&revoked);
+            revoke(&lost, positions, handler);
             batch.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
         }
-        match received {
+        match received.map(|r| r.expect("a Kafka message stream never ends")) {
             None => return batch,
             Some(Ok(message)) => {
+                // A partition without a cursor was just assigned and is read from its
+                // beginning: the batch goes now, so it is sought to its stored offset before
+                // its history is read.
+                let untracked = !positions.tracks(message.topic(), message.partition());
                 batch.push(message.detach());
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.batch_wait);
-                if batch.len() >= config.batch_max {
+                if batch.len() >= config.batch_max || untracked {
                     return batch;
                 }
             }

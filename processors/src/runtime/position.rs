@@ -62,6 +62,13 @@ impl Positions {
         }
     }
 
+    /// Whether the partition has a cursor (its stored offset is loaded and it is being synced).
+    pub fn tracks(&self, topic: &str, partition: i32) -> bool {
+        self.cursors
+            .keys()
+            .any(|(t, p)| *p == partition && t == topic)
+    }
+
     /// Stops tracking a partition (revoked, or fenced: someone else moved its stored offset).
     pub fn let_go(&mut self, tp: &TopicPartition) {
         if let Some(Cursor {
@@ -74,9 +81,11 @@ impl Positions {
     }
 
     /// Makes sure every partition in `messages` is read from its stored offset: loads unknown
-    /// cursors (auditing a stored offset that moved forward meanwhile), seeks a partition whose
-    /// messages do not start where the stored offset stands (dropping them: they come again from
-    /// the right place), and drops anything below the stored offset (already processed).
+    /// cursors (auditing a stored offset that moved forward meanwhile), seeks a partition first
+    /// seen since its assignment unless its messages start right at the stored offset, and one
+    /// whose messages do not start where the stored offset stands (dropping them: they come again
+    /// from the right place), and drops anything below the stored offset (already processed).
+    /// Dropped records are counted in `kassa_consumer_records_dropped_total`.
     pub async fn sync<C: ConsumerContext>(
         &mut self,
         pool: &PgPool,
@@ -84,13 +93,23 @@ impl Positions {
         consumer: &StreamConsumer<C>,
         messages: &mut Vec<OwnedMessage>,
     ) -> Result<(), sqlx::Error> {
-        let mut unknown: Vec<TopicPartition> = Vec::new();
+        // Each partition's lowest offset in the batch (a few partitions, thousands of messages).
+        let mut lowest: Vec<(TopicPartition, i64)> = Vec::new();
         for m in messages.iter() {
-            let tp = (m.topic().to_owned(), m.partition());
-            if !self.cursors.contains_key(&tp) && !unknown.contains(&tp) {
-                unknown.push(tp);
+            match lowest
+                .iter_mut()
+                .find(|((t, p), _)| *p == m.partition() && t == m.topic())
+            {
+                Some((_, low)) => *low = (*low).min(m.offset()),
+                None => lowest.push(((m.topic().to_owned(), m.partition()), m.offset())),
             }
         }
+        let unknown: Vec<TopicPartition> = lowest
+            .iter()
+            .map(|(tp, _)| tp)
+            .filter(|tp| !self.cursors.contains_key(*tp))
+            .cloned()
+            .collect();
         if !unknown.is_empty() {
             let mut conn = pool.acquire().await?;
             let stored = store::load_offsets(&mut conn, schema, &unknown).await?;
@@ -112,19 +131,33 @@ impl Positions {
             }
         }
 
-        // Each partition's first message not yet processed.
-        let mut first: HashMap<TopicPartition, i64> = HashMap::new();
-        for m in messages.iter() {
-            let tp = (m.topic().to_owned(), m.partition());
-            let stored = self.cursors[&tp].stored;
-            if stored.is_none_or(|s| m.offset() >= s) {
-                let entry = first.entry(tp).or_insert(m.offset());
-                *entry = (*entry).min(m.offset());
-            }
+        // Each partition's first message not yet processed (None: all of them were), the lowest
+        // offset when the batch starts at or after the stored one: almost always.
+        let mut first: Vec<(TopicPartition, Option<i64>)> = Vec::new();
+        for (tp, low) in lowest {
+            let from = match self.cursors[&tp].stored {
+                Some(s) if low < s => messages
+                    .iter()
+                    .filter(|m| m.partition() == tp.1 && m.topic() == tp.0 && m.offset() >= s)
+                    .map(|m| m.offset())
+                    .min(),
+                _ => Some(low),
+            };
+            first.push((tp, from));
         }
         let mut reseek: Vec<TopicPartition> = Vec::new();
         for (tp, first) in first {
             let cursor = self.cursors.get_mut(&tp).expect("loaded above");
+            let Some(first) = first else {
+                // Nothing here at or after the stored offset. A partition first seen since its
+                // assignment (read from the beginning) is sought there now, not read through
+                // its history; a sought one waits for the seek to take; a synced one met
+                // records processed before (dropped below).
+                if cursor.sync == Sync::Unchecked {
+                    reseek.push(tp);
+                }
+                continue;
+            };
             match (cursor.sync, cursor.stored) {
                 (_, Some(stored)) if first == stored => cursor.sync = Sync::Synced,
                 (Sync::Sought, stored) => {
@@ -165,12 +198,28 @@ impl Positions {
                 }
             }
         }
-        let cursors = &self.cursors;
+        // What each partition keeps: nothing unless synced, and nothing below the stored offset.
+        let keep_from: Vec<(&TopicPartition, Option<i64>)> = self
+            .cursors
+            .iter()
+            .map(|(tp, c)| {
+                let from = (c.sync == Sync::Synced).then(|| c.stored.unwrap_or(i64::MIN));
+                (tp, from)
+            })
+            .collect();
+        let delivered = messages.len();
         messages.retain(|m| {
-            let tp = (m.topic().to_owned(), m.partition());
-            let cursor = cursors[&tp];
-            cursor.sync == Sync::Synced && cursor.stored.is_none_or(|s| m.offset() >= s)
+            keep_from
+                .iter()
+                .find(|((t, p), _)| *p == m.partition() && t == m.topic())
+                .and_then(|(_, from)| *from)
+                .is_some_and(|from| m.offset() >= from)
         });
+        let dropped = delivered - messages.len();
+        if dropped > 0 {
+            metrics::counter!("kassa_consumer_records_dropped_total", "group" => schema.to_owned())
+                .increment(dropped as u64);
+        }
         Ok(())
     }
 }
