@@ -268,7 +268,7 @@ impl Handler for Inventory {
             }
         }
 
-        // Write: stock (version-checked), order lines, ignored commands; then encode the events.
+        // Write: stock (version-checked), order lines, ignored commands; encode the events.
         let mut touched: Vec<(&String, &mut Versioned)> = self
             .stock
             .values_mut()
@@ -285,7 +285,21 @@ impl Handler for Inventory {
             .iter()
             .map(|k| (k, &records[k]))
             .partition(|(k, _)| from_table.contains(*k));
-        let existed = store::insert_lines(conn, &new).await?;
+        // The events are encoded while Postgres inserts the lines (the batch's largest write).
+        let encode = async {
+            let mut emit = Vec::with_capacity(out.events.len());
+            for (cause, key, event) in &out.events {
+                emit.push(Emit {
+                    topic: Topic::InventoryEvents,
+                    key: key.clone(),
+                    payload: self.codec.encode(event).await?,
+                    cause: *cause,
+                });
+            }
+            Ok::<_, HandleError>(emit)
+        };
+        let (existed, emit) = tokio::join!(store::insert_lines(conn, &new), encode);
+        let (existed, emit) = (existed?, emit?);
         if !existed.is_empty() {
             let n = existed.len();
             self.known_lines.extend(existed);
@@ -297,15 +311,7 @@ impl Handler for Inventory {
         store::write_ignored(conn, &out.ignored).await?;
         flash::record(conn, &out.give_back).await?;
         store::record_stock_commands(conn, &out.stock_commands).await?;
-        for (cause, key, event) in out.events {
-            let payload = self.codec.encode(&event).await?;
-            out.handled.emit.push(Emit {
-                topic: Topic::InventoryEvents,
-                key,
-                payload,
-                cause,
-            });
-        }
+        out.handled.emit.extend(emit);
         self.known_lines.clear();
         self.give_back.extend(out.give_back);
         Ok(out.handled)
