@@ -45,11 +45,23 @@ pub struct Measured {
     pub batches: u64,
     /// The largest batch.
     pub largest_batch: u64,
+    /// What the machine spent meanwhile (CPU per process group).
+    pub usage: usage::Usage,
 }
 
 impl Measured {
     fn per_second(&self) -> f64 {
         self.decisions as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU milliseconds per 1,000 decisions of the process group `group`.
+    fn cpu_per_thousand(&self, group: &str) -> f64 {
+        self.usage
+            .cpu
+            .iter()
+            .filter(|(g, _)| *g == group)
+            .map(|(_, s)| s * 1e6 / self.decisions.max(1) as f64)
+            .sum()
     }
 }
 
@@ -178,6 +190,25 @@ pub async fn inventory(
         "kassa decides {:.1}x faster than the naive design",
         kassa.per_second() / naive.per_second()
     );
+    println!();
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>13}",
+        "CPU ms/1,000 decisions", "this process", "Kafka", "Postgres", "all", "machine busy"
+    );
+    for (name, m) in [("kassa (batched)", &kassa), ("naive (row lock)", &naive)] {
+        println!(
+            "{:<22} {:>12.1} {:>10.1} {:>10.1} {:>10.1} {:>12.0}%",
+            name,
+            m.cpu_per_thousand("kassa"),
+            m.cpu_per_thousand("Kafka"),
+            m.cpu_per_thousand("Postgres"),
+            m.usage.cpu_per_order_ms(m.decisions) * 1000.0,
+            m.usage.machine_busy * 100.0,
+        );
+    }
+    println!(
+        "(this process: the processor or the naive handlers, and the bench's producer and outcome counter)"
+    );
     println!(
         "note: the {requests} answers are on {}: this environment's orders and expiry processors will read them too",
         Topic::InventoryEvents.name()
@@ -224,6 +255,7 @@ async fn run_kassa(
     );
 
     let before = (BATCHES.snapshot(), pg_commits(pool).await?);
+    let sample = usage::Sample::take(settings, pool).await;
     let processor = start_inventory(settings)?;
     let restarted = Instant::now();
     let first = outcomes
@@ -237,6 +269,7 @@ async fn run_kassa(
         .wait(load.skus.len() + load.requests, Duration::from_secs(600))
         .await?;
     let after = (BATCHES.snapshot(), pg_commits(pool).await?);
+    let usage = sample.until(&usage::Sample::take(settings, pool).await);
     processor.stop();
     processor.wait().await?;
     Ok(Measured {
@@ -245,6 +278,7 @@ async fn run_kassa(
         pg_commits: after.1 - before.1,
         batches: after.0.batches - before.0.batches,
         largest_batch: after.0.largest,
+        usage,
     })
 }
 

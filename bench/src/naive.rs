@@ -89,6 +89,7 @@ pub(super) async fn run(
     println!("naive: sending {} requests", load.requests);
     let encoded = encode_all(codec, load).await?;
     let before = pg_commits(pool).await?;
+    let sample = super::usage::Sample::take(settings, pool).await;
     let started = Instant::now();
     send_all_to(producer, &encoded, REQUESTS).await?;
     outcomes
@@ -96,6 +97,7 @@ pub(super) async fn run(
         .await?;
     let elapsed = started.elapsed();
     let after = pg_commits(pool).await?;
+    let usage = sample.until(&super::usage::Sample::take(settings, pool).await);
     reader.abort();
     for w in workers {
         w.abort();
@@ -106,6 +108,7 @@ pub(super) async fn run(
         pg_commits: after - before,
         batches: load.requests as u64,
         largest_batch: 1,
+        usage,
     })
 }
 
