@@ -117,6 +117,38 @@ impl Load {
     }
 }
 
+/// Records a processor of the environment may be behind by when a run starts (a quiet
+/// environment is a few records short of its ends at most).
+const BACKLOG_LIMIT: i64 = 10_000;
+
+/// Refuses to start where the environment's processors are far behind on their inputs (after a
+/// `kassa bench inventory`, 100,000 answers a run wait on `inventory.events`): the processors the
+/// run starts would work through that backlog first, and the run would measure it, or time out.
+async fn refuse_a_backlog(settings: &Settings) -> anyhow::Result<()> {
+    let databases = kassa_ops::databases::Databases::connect(settings).await?;
+    // Partitions far behind are counted as they stand, without reading them.
+    let lag = kassa_ops::lag::measure_with(
+        settings,
+        &databases,
+        &ConsumerGroup::ALL,
+        kassa_ops::lag::Markers::Near(2),
+    )
+    .await?;
+    let behind: Vec<String> = lag
+        .iter()
+        .filter(|g| g.total_lag > BACKLOG_LIMIT)
+        .map(|g| format!("{} is {} records behind", g.group, g.total_lag))
+        .collect();
+    anyhow::ensure!(
+        behind.is_empty(),
+        "this environment's processors have a backlog ({}), which the run would measure: start \
+         from a clean environment (`scripts/dev reset`; `kassa bench inventory` leaves its answers \
+         on inventory.events), or let a `kassa run all` catch up (`kassa lag`)",
+        behind.join("; ")
+    );
+    Ok(())
+}
+
 /// Runs the bench as `options` say.
 pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
     let Options {
@@ -131,6 +163,7 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
         "--orders, --rate and --runs must be positive"
     );
     let pool = kassa_ops::migrate::connect(settings).await?;
+    refuse_a_backlog(settings).await?;
     let key = kassa_api::auth::create_key(
         &pool,
         kassa_api::auth::KeyKind::Storefront,
