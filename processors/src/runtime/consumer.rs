@@ -377,14 +377,19 @@ impl Prefetched {
             return;
         }
         let lost = std::mem::take(&mut self.revoked);
-        tracing::info!(partitions = ?lost, "partitions revoked");
-        revoke(&lost, positions, handler);
-        messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+        revoke(&lost, positions, handler, messages);
     }
 }
 
-/// Stops tracking `lost` partitions and tells the handler to forget what it holds for them.
-fn revoke<H: Handler>(lost: &[TopicPartition], positions: &mut Positions, handler: &mut H) {
+/// Lets go of revoked partitions: stops tracking them, tells the handler to forget what it
+/// holds for them, and drops their messages from `messages`.
+fn revoke<H: Handler>(
+    lost: &[TopicPartition],
+    positions: &mut Positions,
+    handler: &mut H,
+    messages: &mut Vec<OwnedMessage>,
+) {
+    tracing::info!(partitions = ?lost, "partitions revoked");
     for tp in lost {
         positions.let_go(tp);
     }
@@ -393,6 +398,7 @@ fn revoke<H: Handler>(lost: &[TopicPartition], positions: &mut Positions, handle
         .filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p)))
         .collect();
     handler.forget(&revoked);
+    messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
 }
 
 /// Attempts a message that fails in a way retrying does not fix gets before it is dead-lettered.
@@ -527,9 +533,7 @@ async fn assemble<H: Handler>(
             },
         };
         while let Ok(RebalanceEvent::Revoked(lost)) = events.try_recv() {
-            tracing::info!(partitions = ?lost, "partitions revoked");
-            revoke(&lost, positions, handler);
-            batch.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+            revoke(&lost, positions, handler, &mut batch);
         }
         match received.map(|r| r.expect("a Kafka message stream never ends")) {
             None => return batch,
