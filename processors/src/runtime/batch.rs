@@ -199,10 +199,7 @@ pub(super) async fn process<H: Handler>(
     let mut span: Vec<(TopicPartition, (i64, i64))> = Vec::new();
     for message in messages {
         let offset = message.offset();
-        match span
-            .iter_mut()
-            .find(|((t, p), _)| *p == message.partition() && t == message.topic())
-        {
+        match span.iter_mut().find(|(tp, _)| store::is_from(tp, message)) {
             Some((_, range)) => {
                 range.0 = range.0.min(offset);
                 range.1 = range.1.max(offset + 1);

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::backoff::Backoff;
 use super::batch::{self, BatchError, Outcome};
 use super::position::Positions;
-use super::store::TopicPartition;
+use super::store::{TopicPartition, is_from};
 use super::{Handler, RuntimeConfig, relay};
 
 /// Why a processor stopped with an error (it never stops for a transient failure).
@@ -236,7 +236,7 @@ pub async fn run<H: Handler>(
                     for tp in &lost {
                         positions.let_go(tp);
                     }
-                    messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+                    messages.retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
                     take = messages.len();
                 }
                 Err(e) if e.is_transient() => {
@@ -276,8 +276,7 @@ pub async fn run<H: Handler>(
                             for tp in &lost {
                                 positions.let_go(tp);
                             }
-                            messages
-                                .retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+                            messages.retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
                             take = messages.len();
                         }
                         Err(e) => {
@@ -351,12 +350,12 @@ impl Prefetched {
     ) {
         while let Ok(RebalanceEvent::Revoked(lost)) = events.try_recv() {
             self.messages
-                .retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+                .retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
             self.revoked.extend(lost);
         }
         match received {
             Some(Ok(message)) => {
-                self.untracked |= !positions.tracks(message.topic(), message.partition());
+                self.untracked |= !positions.tracks(&message);
                 self.messages.push(message.detach());
                 self.since.get_or_insert_with(tokio::time::Instant::now);
             }
@@ -398,7 +397,7 @@ fn revoke<H: Handler>(
         .filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p)))
         .collect();
     handler.forget(&revoked);
-    messages.retain(|m| !lost.contains(&(m.topic().to_owned(), m.partition())));
+    messages.retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
 }
 
 /// Attempts a message that fails in a way retrying does not fix gets before it is dead-lettered.
@@ -541,7 +540,7 @@ async fn assemble<H: Handler>(
                 // A partition without a cursor was just assigned and is read from its
                 // beginning: the batch goes now, so it is sought to its stored offset before
                 // its history is read.
-                let untracked = !positions.tracks(message.topic(), message.partition());
+                let untracked = !positions.tracks(&message);
                 batch.push(message.detach());
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.batch_wait);
                 if batch.len() >= config.batch_max || untracked {

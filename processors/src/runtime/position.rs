@@ -63,10 +63,8 @@ impl Positions {
     }
 
     /// Whether the partition has a cursor (its stored offset is loaded and it is being synced).
-    pub fn tracks(&self, topic: &str, partition: i32) -> bool {
-        self.cursors
-            .keys()
-            .any(|(t, p)| *p == partition && t == topic)
+    pub fn tracks(&self, message: &impl Message) -> bool {
+        self.cursors.keys().any(|tp| store::is_from(tp, message))
     }
 
     /// Stops tracking a partition (revoked, or fenced: someone else moved its stored offset).
@@ -96,10 +94,7 @@ impl Positions {
         // Each partition's lowest offset in the batch (a few partitions, thousands of messages).
         let mut lowest: Vec<(TopicPartition, i64)> = Vec::new();
         for m in messages.iter() {
-            match lowest
-                .iter_mut()
-                .find(|((t, p), _)| *p == m.partition() && t == m.topic())
-            {
+            match lowest.iter_mut().find(|(tp, _)| store::is_from(tp, m)) {
                 Some((_, low)) => *low = (*low).min(m.offset()),
                 None => lowest.push(((m.topic().to_owned(), m.partition()), m.offset())),
             }
@@ -138,7 +133,7 @@ impl Positions {
             let from = match self.cursors[&tp].stored {
                 Some(s) if low < s => messages
                     .iter()
-                    .filter(|m| m.partition() == tp.1 && m.topic() == tp.0 && m.offset() >= s)
+                    .filter(|m| store::is_from(&tp, *m) && m.offset() >= s)
                     .map(|m| m.offset())
                     .min(),
                 _ => Some(low),
@@ -211,7 +206,7 @@ impl Positions {
         messages.retain(|m| {
             keep_from
                 .iter()
-                .find(|((t, p), _)| *p == m.partition() && t == m.topic())
+                .find(|(tp, _)| store::is_from(tp, m))
                 .and_then(|(_, from)| *from)
                 .is_some_and(|from| m.offset() >= from)
         });

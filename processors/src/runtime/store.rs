@@ -12,6 +12,11 @@ use uuid::Uuid;
 /// A (topic, partition) pair.
 pub type TopicPartition = (String, i32);
 
+/// Whether `message` was read from the partition `tp` (no key built: this runs per message).
+pub fn is_from(tp: &TopicPartition, message: &impl rdkafka::Message) -> bool {
+    tp.1 == message.partition() && tp.0 == message.topic()
+}
+
 /// One row for the outbox: an event (or dead letter) to publish after the transaction commits.
 #[derive(Debug, Clone)]
 pub(super) struct OutboxRow {
