@@ -28,6 +28,9 @@ pub enum ApiError {
     /// A stored JSON document could not be read or written.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A writer the request handed a write to has stopped (the API is shutting down).
+    #[error("{0}")]
+    Stopped(#[from] kassa_schemas::gather::Stopped),
 }
 
 impl From<Problem> for ApiError {
@@ -60,6 +63,10 @@ impl ApiError {
             ApiError::Kafka(e) => {
                 tracing::warn!(error = %e, "Kafka did not take a write");
                 unavailable("Kafka", 2)
+            }
+            ApiError::Stopped(e) => {
+                tracing::warn!(error = %e, "a write was not done: the API is stopping");
+                unavailable("the API (stopping)", 1)
             }
             ApiError::Codec(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "the schema registry failed");

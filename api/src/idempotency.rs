@@ -1,9 +1,12 @@
 //! Idempotency-Key records (per storefront, kept 24 hours): the same key and body get the same answer,
 //! also when the requests race; the same key with another body is refused.
 
+use kassa_schemas::gather::{BatchWrite, Gatherer, Gathering};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::error::ApiError;
 
 /// A stored Idempotency-Key: request hash, order id, and the answer once given.
 type StoredKey = (Vec<u8>, Uuid, Option<i32>, Option<serde_json::Value>);
@@ -99,22 +102,66 @@ pub async fn answered(
     })
 }
 
-/// Stores the answer to replay.
-pub async fn answer(
-    pool: &PgPool,
-    storefront: &str,
-    key: &str,
-    status: u16,
-    body: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE api.idempotency_keys SET response_status = $3, response_body = $4 WHERE storefront = $1 AND key = $2")
-        .bind(storefront)
-        .bind(key)
-        .bind(i32::from(status))
-        .bind(body)
-        .execute(pool)
+/// An answer to store for replays: (storefront, key, HTTP status, JSON body).
+type Answer = (String, String, u16, serde_json::Value);
+
+/// How answers gather: a request waits on its answer's write, so nothing waits for more; what
+/// is answered while two writes are under way goes into the next, one statement for all.
+const ANSWERS: Gathering = Gathering {
+    at_most: 256,
+    writes_at_once: 2,
+    wait: std::time::Duration::ZERO,
+};
+
+/// Stores the answers to replay, those of requests that finish together in one statement.
+#[derive(Clone)]
+pub struct Answers(Gatherer<AnswerWriter>);
+
+impl Answers {
+    /// Starts the task that writes answers to `pool`; it ends once every clone is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        Self(Gatherer::start("Idempotency-Key answer", ANSWERS, AnswerWriter(pool)).0)
+    }
+
+    /// Stores the answer to replay for (storefront, key); returns once it is stored.
+    pub async fn store(
+        &self,
+        storefront: &str,
+        key: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let answer = (storefront.to_owned(), key.to_owned(), status, body.clone());
+        Ok(self.0.write(answer).await??)
+    }
+}
+
+/// Writes answers to the `api` schema.
+struct AnswerWriter(PgPool);
+
+impl BatchWrite for AnswerWriter {
+    type Item = Answer;
+    type Output = ();
+    type Error = sqlx::Error;
+
+    async fn write(&self, answers: &[Answer]) -> Result<Vec<()>, sqlx::Error> {
+        let storefronts: Vec<&str> = answers.iter().map(|a| a.0.as_str()).collect();
+        let keys: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
+        let statuses: Vec<i32> = answers.iter().map(|a| i32::from(a.2)).collect();
+        let bodies: Vec<&serde_json::Value> = answers.iter().map(|a| &a.3).collect();
+        sqlx::query(
+            "UPDATE api.idempotency_keys k SET response_status = x.status, response_body = x.body
+             FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS x(storefront, key, status, body)
+             WHERE k.storefront = x.storefront AND k.key = x.key",
+        )
+        .bind(&storefronts)
+        .bind(&keys)
+        .bind(&statuses)
+        .bind(&bodies)
+        .execute(&self.0)
         .await?;
-    Ok(())
+        Ok(vec![(); answers.len()])
+    }
 }
 
 /// Deletes records older than 24 h; returns how many.

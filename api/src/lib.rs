@@ -128,6 +128,8 @@ pub struct AppState {
     pub openapi: Arc<str>,
     /// The longest a request's body may take to arrive.
     pub body_timeout: Duration,
+    /// Idempotency-Key answers being stored.
+    pub answers: idempotency::Answers,
 }
 
 /// Why the API server stopped with an error.
@@ -359,6 +361,7 @@ pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
         orders_pool,
         openapi: openapi::document_of(&config.extension, config.max_hold_seconds).into(),
         body_timeout: config.server.body_timeout,
+        answers: idempotency::Answers::start(pool),
     })
 }
 

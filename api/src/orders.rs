@@ -329,7 +329,7 @@ pub(crate) async fn publish_and_answer(
     publish(state, order).await?;
     metrics::counter!("kassa_order_lines_published_total").increment(order.lines.len() as u64);
     let body = order_json(order, "accepted");
-    idempotency::answer(&state.pool, storefront, key, 202, &body).await?;
+    state.answers.store(storefront, key, 202, &body).await?;
     Ok(body)
 }
 

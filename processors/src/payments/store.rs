@@ -209,21 +209,35 @@ pub async fn load_for_results(
         .collect()
 }
 
-/// Records the intent created for `order_id` unless one is recorded already; returns the
-/// recorded one (the only intent that will ever be confirmed for the order).
-pub async fn record_intent(
-    conn: &mut PgConnection,
-    order_id: &str,
-    intent_id: &str,
-) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE payments.payments SET provider_ref = coalesce(provider_ref, $2), updated_at = now()
-         WHERE order_id = $1 RETURNING provider_ref",
+/// Records each intent created, (order id, intent id), unless its payment has one recorded
+/// already; returns the recorded intent of each, in their order (the only intent that will ever be
+/// confirmed for the order). One statement for them all, the payments locked in order id order
+/// as the handler and the outcome writer lock them.
+pub async fn record_intents(
+    pool: &sqlx::PgPool,
+    intents: &[(String, String)],
+) -> Result<Vec<String>, sqlx::Error> {
+    let (orders, ids): (Vec<&str>, Vec<&str>) = intents
+        .iter()
+        .map(|(order, intent)| (order.as_str(), intent.as_str()))
+        .unzip();
+    let recorded: Vec<(String, String)> = sqlx::query_as(
+        "WITH locked AS (
+           SELECT order_id FROM payments.payments WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE)
+         UPDATE payments.payments p SET provider_ref = coalesce(p.provider_ref, x.intent_id), updated_at = now()
+         FROM unnest($1::text[], $2::text[]) AS x(order_id, intent_id), locked l
+         WHERE p.order_id = x.order_id AND l.order_id = x.order_id
+         RETURNING p.order_id, p.provider_ref",
     )
-    .bind(order_id)
-    .bind(intent_id)
-    .fetch_one(conn)
-    .await
+    .bind(&orders)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let recorded: std::collections::HashMap<String, String> = recorded.into_iter().collect();
+    orders
+        .iter()
+        .map(|order| recorded.get(*order).cloned().ok_or(sqlx::Error::RowNotFound))
+        .collect()
 }
 
 /// Extends the lease `owner` holds on `order_id`'s payment to `lease_seconds` from now; false

@@ -16,7 +16,7 @@ use kassa_schemas::{Codec, Envelope, Topic};
 use crate::ConsumerGroup;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 use super::gateway::{Gateway, GatewayError, Intent, IntentRequest};
 use super::ledger::{Fact, OrderStage, Payment, Status, Work, next_work, observed, settle};
@@ -141,7 +141,7 @@ pub async fn run<G: Gateway>(
                             let _working = working;
                             let order = payment.order_id.clone();
                             let lease = Lease { owner: &owner, length: lease };
-                            let recorded = match work_on(&pool, gateway.as_ref(), payment, lease).await {
+                            let recorded = match work_on(&pool, &recorder, gateway.as_ref(), payment, lease).await {
                                 Ok(Some(done)) => recorder.record(done).await,
                                 Ok(None) => Ok(()),
                                 Err(e) => Err(e.to_string()),
@@ -286,6 +286,7 @@ async fn claim(
 /// however slow the provider, no other worker takes the payment meanwhile.
 async fn work_on<G: Gateway>(
     pool: &PgPool,
+    recorder: &Recorder,
     gateway: &G,
     payment: Payment,
     lease: Lease<'_>,
@@ -317,7 +318,7 @@ async fn work_on<G: Gateway>(
         operation = work.as_str(),
     );
     let outcome = tokio::select! {
-        outcome = tracing::Instrument::instrument(perform(pool, gateway, &payment, work), call) => outcome?,
+        outcome = tracing::Instrument::instrument(perform(recorder, gateway, &payment, work), call) => outcome?,
         never = renewing => never,
     };
     let result = match &outcome {

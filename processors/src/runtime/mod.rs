@@ -127,6 +127,9 @@ pub enum TaskError {
     /// An event could not be encoded (the registry is unreachable).
     #[error("encoding: {0}")]
     Codec(#[from] CodecError),
+    /// A writer the round handed its writes to has stopped (the processor is shutting down).
+    #[error("{0}")]
+    Stopped(#[from] kassa_schemas::gather::Stopped),
 }
 
 /// A processor's logic, plugged into the runtime.

@@ -4,11 +4,11 @@ use super::*;
 
 /// The provider calls for `work`.
 pub(super) async fn perform<G: Gateway>(
-    pool: &PgPool,
+    recorder: &Recorder,
     gateway: &G,
     p: &Payment,
     work: Work,
-) -> Result<Outcome, sqlx::Error> {
+) -> Result<Outcome, TaskError> {
     let order = p.order_id.as_str();
     let key = |step: &str| p.key(step);
     let intent_id = p.provider_ref.clone();
@@ -25,10 +25,7 @@ pub(super) async fn perform<G: Gateway>(
                     };
                     match gateway.create(&request, &key("create")).await {
                         // Recorded before anything is confirmed; the recorded intent is the only one confirmed.
-                        Ok(intent) => {
-                            store::record_intent(&mut *pool.acquire().await?, order, &intent.id)
-                                .await?
-                        }
+                        Ok(intent) => recorder.intent(order, &intent.id).await?,
                         Err(GatewayError::Declined(code, message)) => {
                             return Ok(Outcome::Failed(PaymentStep::Authorize, code, message));
                         }
