@@ -191,6 +191,7 @@ impl Handler for Orders {
         ids.sort_unstable();
         ids.dedup();
         let mut orders = store::load(conn, &ids).await?;
+        let stored_lines = store::stored_lines(&orders);
         let now = Utc::now();
         let mut handled = Handled::default();
         let mut audit = Vec::new();
@@ -303,7 +304,7 @@ impl Handler for Orders {
         }
         let mut to_save: Vec<&Order> = changed.iter().filter_map(|id| orders.get(id)).collect();
         to_save.sort_by(|a, b| a.id.cmp(&b.id));
-        store::save(conn, &to_save).await?;
+        store::save(conn, &to_save, &stored_lines).await?;
         store::audit(conn, &audit).await?;
         for (cause_index, order_id, cause, event) in events {
             let payload = self.encode(&order_id, cause, event).await?;

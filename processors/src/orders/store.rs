@@ -1,7 +1,7 @@
 //! The orders schema's reads and set-based writes: orders with their lines (locked for the
 //! batch), the audit trail, and the notification that wakes the API's long polls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use kassa_schemas::events::RejectReason;
@@ -138,8 +138,24 @@ fn unknown(what: &str, value: &Option<String>) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value:?} in orders' tables").into())
 }
 
-/// Writes `orders` (inserted or updated, lines included) and notifies the status channel.
-pub async fn save(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), sqlx::Error> {
+/// The lines of loaded orders as they are stored, by order id and line index.
+pub type StoredLines = HashMap<String, BTreeMap<i32, Line>>;
+
+/// The lines of `orders` as loaded (before any input changes them).
+pub fn stored_lines(orders: &HashMap<String, Order>) -> StoredLines {
+    orders
+        .iter()
+        .map(|(id, order)| (id.clone(), order.lines.clone()))
+        .collect()
+}
+
+/// Writes `orders` (inserted or updated), and those of their lines that differ from `stored`
+/// (a line is rewritten only when an input changed it), and notifies the status channel.
+pub async fn save(
+    conn: &mut PgConnection,
+    orders: &[&Order],
+    stored: &StoredLines,
+) -> Result<(), sqlx::Error> {
     if orders.is_empty() {
         return Ok(());
     }
@@ -188,7 +204,11 @@ pub async fn save(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), sqlx
     let lines: Vec<serde_json::Value> = orders
         .iter()
         .flat_map(|o| {
-            o.lines.iter().map(|(index, l)| {
+            let before = stored.get(&o.id);
+            let changed = move |(index, l): &(&i32, &Line)| {
+                before.and_then(|lines| lines.get(*index)) != Some(*l)
+            };
+            o.lines.iter().filter(changed).map(|(index, l)| {
                 let (status, reject_reason) = match l.status {
                     LineStatus::Reserved => ("reserved", None),
                     LineStatus::Rejected(r) => ("rejected", Some(r.as_str())),
