@@ -42,9 +42,13 @@ pub struct Sample {
     /// The machine's busy and total ticks (all cores).
     machine: (u64, u64),
     pg_commits: i64,
-    pg_statements: Option<(i64, i64)>,
+    pg_statements: Option<Statements>,
     kafka_offsets: Option<i64>,
 }
+
+/// Statements Postgres ran in kassa's database, by the schema each names first (`""`: none):
+/// how many, and how long their execution took in ms.
+pub type Statements = BTreeMap<String, (i64, f64)>;
 
 /// What was used between two samples.
 #[derive(Debug, Clone)]
@@ -57,9 +61,9 @@ pub struct Usage {
     pub machine_busy: f64,
     /// Postgres transactions committed in kassa's database.
     pub pg_commits: i64,
-    /// Statements Postgres ran there, and how many of them touched the simulated gateway's
-    /// `simulator` schema (None: pg_stat_statements not loaded).
-    pub pg_statements: Option<(i64, i64)>,
+    /// Statements Postgres ran there, by schema (the simulated gateway's is `simulator`; None:
+    /// pg_stat_statements not loaded).
+    pub pg_statements: Option<Statements>,
     /// Kafka records written on kassa's topics (None: the broker did not answer).
     pub kafka_offsets: Option<i64>,
 }
@@ -105,8 +109,18 @@ impl Sample {
             pg_commits: later.pg_commits - self.pg_commits,
             pg_statements: later
                 .pg_statements
-                .zip(self.pg_statements)
-                .map(|(b, a)| (b.0 - a.0, b.1 - a.1)),
+                .as_ref()
+                .zip(self.pg_statements.as_ref())
+                .map(|(later, earlier)| {
+                    later
+                        .iter()
+                        .map(|(schema, (calls, ms))| {
+                            let (calls_before, ms_before) =
+                                earlier.get(schema).copied().unwrap_or((0, 0.0));
+                            (schema.clone(), (calls - calls_before, ms - ms_before))
+                        })
+                        .collect()
+                }),
             kafka_offsets: later
                 .kafka_offsets
                 .zip(self.kafka_offsets)
@@ -138,9 +152,11 @@ impl Usage {
             );
         }
         println!("  {:<19} {:>7.2} ms/order", "all", total * 1000.0 / orders);
-        let statements = self.pg_statements.map_or(
+        let statements = self.pg_statements.as_ref().map_or(
             "n/a (pg_stat_statements not loaded)".to_owned(),
-            |(all, simulator)| {
+            |by_schema| {
+                let all: i64 = by_schema.values().map(|(calls, _)| calls).sum();
+                let simulator = by_schema.get("simulator").map_or(0, |(calls, _)| *calls);
                 format!(
                     "{:.1} (of them {:.1} in the simulated gateway, not counting its BEGIN/COMMIT)",
                     all as f64 / orders,
@@ -153,6 +169,24 @@ impl Usage {
             self.pg_commits as f64 / seconds,
             self.pg_commits as f64 / orders
         );
+        if let Some(by_schema) = &self.pg_statements {
+            let mut named: Vec<_> = by_schema.iter().filter(|(s, _)| !s.is_empty()).collect();
+            named.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+            let shares: Vec<String> = named
+                .iter()
+                .map(|(schema, (calls, ms))| {
+                    format!(
+                        "{schema} {:.2} ({:.1})",
+                        ms / orders,
+                        *calls as f64 / orders
+                    )
+                })
+                .collect();
+            println!(
+                "Postgres statement execution by schema, ms (statements) per order: {}",
+                shares.join(", ")
+            );
+        }
         match self.kafka_offsets {
             Some(n) => println!(
                 "Kafka: {:.0} records/s written (kassa writes no transactions: no markers), {:.1} per order",
@@ -259,18 +293,25 @@ fn machine_ticks() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
-/// Statements Postgres has run in this database, and those naming the `simulator` schema (None
-/// without pg_stat_statements).
-async fn pg_statements(pool: &PgPool) -> Option<(i64, i64)> {
-    sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
-        "SELECT sum(calls)::int8, (sum(calls) FILTER (WHERE query LIKE '%simulator.%'))::int8
+/// Statements Postgres has run in this database, by the schema each names first (None without
+/// pg_stat_statements).
+async fn pg_statements(pool: &PgPool) -> Option<Statements> {
+    let rows = sqlx::query_as::<_, (String, i64, f64)>(
+        "SELECT coalesce(substring(query FROM
+                  '(?:INTO|FROM|UPDATE|JOIN)\\s+(api|orders|payments|inventory|expiry|notifications|simulator|ops)\\.'), ''),
+                sum(calls)::int8, sum(total_exec_time)::float8
          FROM pg_stat_statements s
-         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()",
+         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()
+         GROUP BY 1",
     )
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await
-    .ok()
-    .and_then(|(all, simulator)| Some((all?, simulator.unwrap_or(0))))
+    .ok()?;
+    Some(
+        rows.into_iter()
+            .map(|(schema, calls, ms)| (schema, (calls, ms)))
+            .collect(),
+    )
 }
 
 /// The sum of the high watermarks of kassa's topics.
