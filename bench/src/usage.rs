@@ -170,7 +170,11 @@ impl Usage {
             self.pg_commits as f64 / orders
         );
         if let Some(by_schema) = &self.pg_statements {
-            let mut named: Vec<_> = by_schema.iter().filter(|(s, _)| !s.is_empty()).collect();
+            // Schemas that ran nothing meanwhile are left out.
+            let mut named: Vec<_> = by_schema
+                .iter()
+                .filter(|(schema, (calls, _))| !schema.is_empty() && *calls > 0)
+                .collect();
             named.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
             let shares: Vec<String> = named
                 .iter()
@@ -298,7 +302,7 @@ fn machine_ticks() -> (u64, u64) {
 async fn pg_statements(pool: &PgPool) -> Option<Statements> {
     let rows = sqlx::query_as::<_, (String, i64, f64)>(
         "SELECT coalesce(substring(query FROM
-                  '(?:INTO|FROM|UPDATE|JOIN)\\s+(api|orders|payments|inventory|expiry|notifications|simulator|ops)\\.'), ''),
+                  '(?:INTO|FROM|UPDATE|JOIN)\\s+(api|orders|payments|inventory|expiry|notifications|simulator|ops|bench)\\.'), ''),
                 sum(calls)::int8, sum(total_exec_time)::float8
          FROM pg_stat_statements s
          JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()
