@@ -233,10 +233,7 @@ pub async fn run<H: Handler>(
                 Ok(Outcome::Fenced(lost)) => {
                     tracing::warn!(group = group.name(), partitions = ?lost, "the stored offsets of these partitions moved under this instance (another instance, or an operator): taking them up again from there");
                     forget_all(&mut handler, &messages);
-                    for tp in &lost {
-                        positions.let_go(tp);
-                    }
-                    messages.retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
+                    let_go(&lost, &mut positions, &mut messages);
                     take = messages.len();
                 }
                 Err(e) if e.is_transient() => {
@@ -273,10 +270,7 @@ pub async fn run<H: Handler>(
                             poison_attempts = 0;
                         }
                         Ok(Outcome::Fenced(lost)) => {
-                            for tp in &lost {
-                                positions.let_go(tp);
-                            }
-                            messages.retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
+                            let_go(&lost, &mut positions, &mut messages);
                             take = messages.len();
                         }
                         Err(e) => {
@@ -389,14 +383,20 @@ fn revoke<H: Handler>(
     messages: &mut Vec<OwnedMessage>,
 ) {
     tracing::info!(partitions = ?lost, "partitions revoked");
-    for tp in lost {
-        positions.let_go(tp);
-    }
     let revoked: Vec<(Topic, i32)> = lost
         .iter()
         .filter_map(|(t, p)| Topic::from_name(t).map(|t| (t, *p)))
         .collect();
     handler.forget(&revoked);
+    let_go(lost, positions, messages);
+}
+
+/// Stops tracking `lost` partitions (revoked, or fenced) and drops their messages from
+/// `messages`.
+fn let_go(lost: &[TopicPartition], positions: &mut Positions, messages: &mut Vec<OwnedMessage>) {
+    for tp in lost {
+        positions.let_go(tp);
+    }
     messages.retain(|m| !lost.iter().any(|tp| is_from(tp, m)));
 }
 
