@@ -49,6 +49,9 @@ pub struct Inventory {
     /// Order lines found to exist when a batch assumed they were new: the redo loads them.
     /// (New lines are not looked up first: a repeated reserve is rare, a lookup per line is not.)
     known_lines: HashSet<(String, i32)>,
+    /// A batch's plain insert of new lines met one that exists: the redo asks which (see
+    /// [`store::insert_lines`]).
+    lines_may_exist: bool,
 }
 
 impl Inventory {
@@ -69,6 +72,7 @@ impl Inventory {
             pool,
             give_back: Vec::new(),
             known_lines: HashSet::new(),
+            lines_may_exist: false,
         }
     }
 }
@@ -298,8 +302,20 @@ impl Handler for Inventory {
             }
             Ok::<_, HandleError>(emit)
         };
-        let (existed, emit) = tokio::join!(store::insert_lines(conn, &new), encode);
-        let (existed, emit) = (existed?, emit?);
+        let (existed, emit) = tokio::join!(
+            store::insert_lines(conn, &new, self.lines_may_exist),
+            encode
+        );
+        let existed = match existed {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                self.lines_may_exist = true;
+                return Err(HandleError::Conflict(
+                    "an order line already exists: redoing the batch to learn which".into(),
+                ));
+            }
+            existed => existed?,
+        };
+        let emit = emit?;
         if !existed.is_empty() {
             let n = existed.len();
             self.known_lines.extend(existed);
@@ -313,6 +329,7 @@ impl Handler for Inventory {
         store::record_stock_commands(conn, &out.stock_commands).await?;
         out.handled.emit.extend(emit);
         self.known_lines.clear();
+        self.lines_may_exist = false;
         self.give_back.extend(out.give_back);
         Ok(out.handled)
     }
