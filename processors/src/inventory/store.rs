@@ -250,26 +250,29 @@ pub async fn insert_lines(
     let insert = "INSERT INTO inventory.reservations
            (order_id, line_index, sku, quantity, status, reject_reason, customer_id, flash_sale,
             flash_generation, expires_at)
-         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
-                              $8::bool[], $9::text[], $10::timestamptz[])";
+         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[],
+                              $6::text[], $7::text[], $8::bool[], $9::text[], $10::timestamptz[])";
     let sql = if may_exist {
-        format!("{insert} ON CONFLICT (order_id, line_index) DO NOTHING RETURNING order_id, line_index")
+        format!(
+            "{insert} ON CONFLICT (order_id, line_index) DO NOTHING
+             RETURNING order_id, line_index"
+        )
     } else {
         insert.to_owned()
     };
     let inserted: Vec<(String, i32)> = sqlx::query_as(AssertSqlSafe(sql))
-    .bind(&orders)
-    .bind(&indexes)
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(&statuses)
-    .bind(&reasons)
-    .bind(&customers)
-    .bind(&flash)
-    .bind(&generations)
-    .bind(&expires)
-    .fetch_all(conn)
-    .await?;
+        .bind(&orders)
+        .bind(&indexes)
+        .bind(&skus)
+        .bind(&quantities)
+        .bind(&statuses)
+        .bind(&reasons)
+        .bind(&customers)
+        .bind(&flash)
+        .bind(&generations)
+        .bind(&expires)
+        .fetch_all(conn)
+        .await?;
     if !may_exist || inserted.len() == lines.len() {
         return Ok(Vec::new());
     }
