@@ -134,6 +134,17 @@ impl Answers {
         let answer = (storefront.to_owned(), key.to_owned(), status, body.clone());
         Ok(self.0.write(answer).await??)
     }
+
+    /// Hands in the answer to replay for (storefront, key) without waiting for its write. Safe
+    /// for an order already published: until the answer is stored, a retry finds the order
+    /// pending and publishes it again (the same event ids) before answering, and the sweep of
+    /// unanswered orders does the same for one whose answer never got written.
+    pub fn store_behind(&self, storefront: &str, key: &str, status: u16, body: &serde_json::Value) {
+        let answer = (storefront.to_owned(), key.to_owned(), status, body.clone());
+        if let Err(e) = self.0.hand_in(answer) {
+            tracing::warn!(error = %e, "an Idempotency-Key answer was not stored; the sweep of unanswered orders will");
+        }
+    }
 }
 
 /// Writes answers to the `api` schema.
@@ -159,7 +170,11 @@ impl BatchWrite for AnswerWriter {
         .bind(&statuses)
         .bind(&bodies)
         .execute(&self.0)
-        .await?;
+        .await
+        .inspect_err(|e| {
+            // Nobody may be waiting for this write (`Answers::store_behind`): say it here.
+            tracing::warn!(error = %e, answers = answers.len(), "could not store Idempotency-Key answers; the sweep of unanswered orders will")
+        })?;
         Ok(vec![(); answers.len()])
     }
 }

@@ -178,9 +178,13 @@ pub(crate) async fn place(
     // followed by a look at what the key holds now.
     let mut failed = None;
     for _ in 0..3 {
-        let accepted = match idempotency::existing(&state.pool, &storefront.name, key, &fingerprint)
-            .await?
-        {
+        // The key is looked up while the lines are priced: a new key (the usual case) needs the
+        // price next, and a replay ignores it.
+        let (found, priced) = futures::join!(
+            idempotency::existing(&state.pool, &storefront.name, key, &fingerprint),
+            price(state, &valid.lines)
+        );
+        let accepted = match found? {
             Existing::Reused => return Err(Problem::idempotency_key_reused().into()),
             Existing::Answered {
                 order_id,
@@ -195,7 +199,7 @@ pub(crate) async fn place(
                 state
                     .limits
                     .customer(&storefront.name, valid.customer.as_str())?;
-                let priced = price(state, &valid.lines).await?;
+                let priced = priced?;
                 // Tokens taken here are never given back by the API: they belong to the key (a
                 // retry of this request reuses them) and, once stored, to the order, whose lines
                 // inventory gives back if they are rejected, released or restocked.
@@ -263,7 +267,11 @@ pub(crate) async fn place(
         {
             span.record("trace_id", trace_id);
         }
-        let body = publish_and_answer(state, &storefront.name, key, &accepted).await?;
+        // Published, the order is promised: the client need not wait for its answer's record.
+        let body = publish_for_answer(state, &accepted).await?;
+        state
+            .answers
+            .store_behind(&storefront.name, key, 202, &body);
         return Ok(accepted_response(accepted.order_id, 202, body));
     }
     if let Some(error) = failed {
@@ -326,11 +334,19 @@ pub(crate) async fn publish_and_answer(
     key: &str,
     order: &Accepted,
 ) -> Result<serde_json::Value, ApiError> {
-    publish(state, order).await?;
-    metrics::counter!("kassa_order_lines_published_total").increment(order.lines.len() as u64);
-    let body = order_json(order, "accepted");
+    let body = publish_for_answer(state, order).await?;
     state.answers.store(storefront, key, 202, &body).await?;
     Ok(body)
+}
+
+/// Publishes `order`; returns the body of its 202 answer.
+async fn publish_for_answer(
+    state: &AppState,
+    order: &Accepted,
+) -> Result<serde_json::Value, ApiError> {
+    publish(state, order).await?;
+    metrics::counter!("kassa_order_lines_published_total").increment(order.lines.len() as u64);
+    Ok(order_json(order, "accepted"))
 }
 
 /// Sends one `checkout.requests` message per line, keyed by SKU, and waits for every ack.

@@ -85,6 +85,15 @@ impl<W: BatchWrite> Gatherer<W> {
             .map_err(|_| Stopped(self.name))?;
         answered.await.map_err(|_| Stopped(self.name))
     }
+
+    /// Hands `item` in to be written with whatever else comes meanwhile, without waiting for the
+    /// write: its outcome is the writer's to report.
+    pub fn hand_in(&self, item: W::Item) -> Result<(), Stopped> {
+        let (answer, _) = oneshot::channel();
+        self.asks
+            .send((item, answer))
+            .map_err(|_| Stopped(self.name))
+    }
 }
 
 /// The writing task: takes what has gathered (up to `at_most`) and writes it, up to
@@ -238,5 +247,27 @@ mod tests {
             .await
             .expect("the writer ends once every gatherer is dropped")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn items_handed_in_without_waiting_are_written_before_the_writer_ends() {
+        let writer = Recording::default();
+        let batches = writer.batches.clone();
+        let how = Gathering {
+            at_most: 2,
+            writes_at_once: 1,
+            wait: Duration::ZERO,
+        };
+        let (gatherer, task) = Gatherer::start("test", how, writer);
+        for i in 1..=5 {
+            gatherer.hand_in(i).expect("the writer runs");
+        }
+        drop(gatherer);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the writer ends once every gatherer is dropped")
+            .unwrap();
+        let written: Vec<i32> = batches.lock().unwrap().concat();
+        assert_eq!(written, vec![1, 2, 3, 4, 5]);
     }
 }
