@@ -13,7 +13,8 @@
 //!   `lost` (done, the answer lost), `cached500` (a 500, nothing done, and replayed for every
 //!   later call with the same key, as Stripe keeps a key's first answer for a day). Every effect
 //!   is written to `simulator.effects` so tests can count authorizations, captures, voids and
-//!   refunds per order.
+//!   refunds per order; with faults injected, every call to `simulator.calls` (its count per key
+//!   numbers the call).
 
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// Whether any fault is injected (each call is then counted: its number drives the dice).
+    pub fn injects_faults(&self) -> bool {
+        self.transient + self.timeout + self.lost + self.cached500 > 0.0
+    }
+
     /// Parses `transient=0.1,timeout=0.05,lost=0.05` (any subset; empty: no faults).
     pub fn parse_faults(text: &str, latency: Duration) -> Result<Self, String> {
         let mut config = SimConfig {
@@ -149,7 +155,10 @@ impl Simulated {
             .await
             .map_err(transient)?;
         }
-        let Some((mut row, number, stored)) = load(&mut tx, Some((op, key)), intent_id).await? else {
+        let counted = self.config.injects_faults();
+        let Some((mut row, number, stored)) =
+            load(&mut tx, Some((op, key)), counted, intent_id).await?
+        else {
             tx.commit().await.map_err(transient)?;
             return Err(GatewayError::Refused(format!("no such intent {intent_id}")));
         };
@@ -293,26 +302,30 @@ fn from_reply(reply: &serde_json::Value) -> Result<Intent, GatewayError> {
     })
 }
 
-/// Locks and reads the intent; with a call (`(op, key)`), counts it in the same statement and
-/// returns how many calls with its key came before and the answer stored for the key (None: no
-/// such intent).
+/// Locks and reads the intent; with a call (`(op, key)`), returns the answer stored for the key
+/// and, if `counted` (faults are injected, decided by the call's number), counts the call in the
+/// same statement and returns how many calls with its key came before (else 0) (None: no such
+/// intent).
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     call: Option<(&str, &str)>,
+    counted: bool,
     intent_id: &str,
 ) -> Result<Option<(IntentRow, i64, Option<serde_json::Value>)>, GatewayError> {
     let (op, key) = call.unzip();
     let row = sqlx::query(
         "WITH call AS (
-             INSERT INTO simulator.calls (key, op, intent_id) SELECT $2, $3, $1 WHERE $2 IS NOT NULL)
+             INSERT INTO simulator.calls (key, op, intent_id) SELECT $2, $3, $1 WHERE $2 IS NOT NULL AND $4)
          SELECT id, status, amount_minor, received_minor, refunded_minor, client_secret, error_code, error_message,
-                payment_method, (SELECT count(*) FROM simulator.calls WHERE key = $2) AS number,
+                payment_method,
+                CASE WHEN $4 THEN (SELECT count(*) FROM simulator.calls WHERE key = $2) ELSE 0 END AS number,
                 (SELECT reply FROM simulator.replies WHERE key = $2) AS reply
          FROM simulator.intents WHERE id = $1 FOR UPDATE",
     )
     .bind(intent_id)
     .bind(key)
     .bind(op)
+    .bind(counted)
     .fetch_optional(&mut **tx)
     .await
     .map_err(transient)?;
@@ -537,7 +550,7 @@ impl Gateway for Simulated {
             tokio::time::sleep(self.config.latency).await;
         }
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        let row = load(&mut tx, None, intent_id).await?;
+        let row = load(&mut tx, None, false, intent_id).await?;
         tx.commit().await.map_err(transient)?;
         row.map(|(r, _, _)| r.intent)
             .ok_or_else(|| GatewayError::Refused(format!("no such intent {intent_id}")))
