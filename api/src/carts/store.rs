@@ -2,6 +2,7 @@
 //! version, its expiry sliding on every read and write.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,9 @@ if tonumber(ARGV[1]) ~= version then return 0 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 return 1";
 
+/// The compare-and-set script, hashed once (its SHA-1 names it to `EVALSHA`).
+static CAS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CAS_SCRIPT));
+
 /// Reads a cart (sliding its expiry); None if there is none.
 pub(crate) async fn read(
     conn: &mut ConnectionManager,
@@ -118,7 +122,7 @@ async fn cas(
     expected_version: u64,
     stored: &str,
 ) -> Result<bool, ApiError> {
-    let written: i64 = redis::Script::new(CAS_SCRIPT)
+    let written: i64 = CAS
         .key(key)
         .arg(expected_version)
         .arg(stored)
