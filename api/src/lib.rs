@@ -407,8 +407,13 @@ pub async fn serve(
 }
 
 /// Starts the API on `config.addr` (port 0: any free port) in the background, for tests and
-/// benchmarks; returns the address it listens on.
+/// benchmarks; returns the address it listens on. It runs until the process ends.
 pub async fn spawn(config: &ApiConfig) -> Result<SocketAddr, ServeError> {
+    Ok(start(config).await?.addr)
+}
+
+/// Starts the API like [`spawn`]; the answer also stops it (dropped, the API runs on).
+pub async fn start(config: &ApiConfig) -> Result<Started, ServeError> {
     let state = state(config).await?;
     let addr = config.addr;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -417,14 +422,48 @@ pub async fn spawn(config: &ApiConfig) -> Result<SocketAddr, ServeError> {
     let bound = listener.local_addr()?;
     let routes = config.extension.routes.clone();
     let limits = config.server;
-    tokio::spawn(serve_on(
-        listener,
-        state,
-        routes,
-        limits,
-        std::future::pending(),
-    ));
-    Ok(bound)
+    let pools = vec![state.pool.clone(), state.orders_pool.clone()];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve_on(listener, state, routes, limits, async move {
+        // Only an explicit stop: a dropped `Started` leaves the API running.
+        if stopped.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }));
+    Ok(Started {
+        addr: bound,
+        stop,
+        task,
+        pools,
+    })
+}
+
+/// An API started by [`start`].
+pub struct Started {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pools: Vec<PgPool>,
+}
+
+impl Started {
+    /// Stops it: no new connections, the requests in flight answered, then its idle database
+    /// connections closed (a benchmark that starts an API per run would otherwise hold every
+    /// earlier run's connections, until Postgres refused new ones).
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        let served = self
+            .task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        for pool in &self.pools {
+            // Idle connections close at once; one held elsewhere (a long-poll listener) is not
+            // waited for beyond this.
+            let _ = tokio::time::timeout(Duration::from_secs(5), pool.close()).await;
+        }
+        served
+    }
 }
 
 /// Serves the API's routes (and `extra`) on a bound listener within `limits` until `shutdown`

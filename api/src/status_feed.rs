@@ -304,6 +304,9 @@ async fn listen(pool: PgPool, waiters: Arc<Waiters>) {
         }
         .await;
         waiters.listening.store(false, Ordering::SeqCst);
+        if pool.is_closed() {
+            return; // the API was stopped (`Started::stop`)
+        }
         match listened {
             Ok(()) => tracing::warn!(?delay, "order status listener lost; reconnecting"),
             Err(e) => {

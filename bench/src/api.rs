@@ -105,12 +105,12 @@ pub(super) async fn catalog(pool: &sqlx::PgPool, skus: &[String]) -> anyhow::Res
 
 /// Puts `skus` in the catalog (19.99 EUR each) and starts the API in this process on a free
 /// loopback port, its rate limits lifted: a benchmark measures the work, not the limits. Returns
-/// its base URL and an HTTP client with room for many connections.
+/// the API (to stop once done), its base URL and an HTTP client with room for many connections.
 pub(super) async fn serve_catalog(
     settings: &Settings,
     pool: &sqlx::PgPool,
     skus: &[String],
-) -> anyhow::Result<(String, reqwest::Client)> {
+) -> anyhow::Result<(kassa_api::Started, String, reqwest::Client)> {
     catalog(pool, skus).await?;
     let mut config = settings.api_config();
     config.addr = "127.0.0.1:0".parse()?;
@@ -119,12 +119,13 @@ pub(super) async fn serve_catalog(
         customer_per_second: 1_000_000,
         unauthenticated_per_second: 1_000_000,
     };
-    let base = format!("http://{}", kassa_api::spawn(&config).await?);
+    let api = kassa_api::start(&config).await?;
+    let base = format!("http://{}", api.addr);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .timeout(Duration::from_secs(30))
         .build()?;
-    Ok((base, http))
+    Ok((api, base, http))
 }
 
 /// Runs the benchmark at `rates` (requests per second), `seconds` each, against an in-process API;
@@ -150,7 +151,7 @@ pub async fn run(
     )
     .await?;
     let skus: Vec<String> = (0..20).map(|i| format!("BAPI-{run}-{i}")).collect();
-    let (base, http) = serve_catalog(settings, &pool, &skus).await?;
+    let (_api, base, http) = serve_catalog(settings, &pool, &skus).await?;
 
     println!(
         "api bench: POST /api/orders open-loop, {seconds} s per rate, 2 lines per order, API in this process (release build recommended)"

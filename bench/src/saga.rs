@@ -266,7 +266,7 @@ async fn once(
         ..
     } = *options;
     let running = Running::start(settings, separate).await?;
-    let (base, http) = super::api::serve_catalog(settings, pool, &load.catalog.skus).await?;
+    let (api, base, http) = super::api::serve_catalog(settings, pool, &load.catalog.skus).await?;
     // Stock for every order that should get it, confirmed by inventory before the clock starts.
     orders::stock(settings, &load.stock, &load.prefix).await?;
     println!(
@@ -292,6 +292,10 @@ async fn once(
     let ids: Vec<String> = accepted.keys().cloned().collect();
     let finals = orders::wait_final(pool, &ids, Duration::from_secs(300)).await?;
     let used = before.until(&Sample::take(settings, pool).await);
+    // Each run starts its own API and processors: stopped here, none holds the next run's
+    // database connections.
+    drop(http);
+    api.stop().await?;
     running.stop().await?;
 
     // Each order's first time in each stage, from its audit trail.

@@ -15,6 +15,7 @@ mod api_hostile;
 mod api_long_polls;
 mod api_order_history;
 mod api_orders;
+mod api_stop;
 mod api_webhooks;
 mod connectivity;
 mod contract;
