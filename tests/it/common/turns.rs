@@ -56,7 +56,9 @@ pub async fn take(settings: &[(&str, &str)], start: bool) -> Turn {
         match decide(&wanted) {
             Decision::Join => return Turn(()),
             Decision::Switch => {
+                let unfinished = Unfinished;
                 switch(&wanted).await;
+                std::mem::forget(unfinished);
                 let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
                 state.settings = wanted;
                 state.switching = false;
@@ -66,6 +68,27 @@ pub async fn take(settings: &[(&str, &str)], start: bool) -> Turn {
             }
             Decision::Wait => notified.await,
         }
+    }
+}
+
+/// A switch under way: dropped before it finished (its test panicked, say a processor did not
+/// stop in time), it kills what the switch had started and leaves no set and no holder, so the
+/// next test switches afresh. Without it, every later test would wait for the switch for ever
+/// and the suite would hang instead of failing.
+struct Unfinished;
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        // Dropping a component kills it.
+        drop(std::mem::take(
+            &mut *RUNNING.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+        let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        state.settings = None;
+        state.holders = 0;
+        state.switching = false;
+        drop(state);
+        CHANGED.notify_waiters();
     }
 }
 
