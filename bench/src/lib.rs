@@ -2,6 +2,7 @@
 //! against the real services. Benchmarks, not tests: they print what they measured.
 
 pub mod api;
+mod backlog;
 pub mod http;
 pub mod limits;
 mod naive;
@@ -210,7 +211,8 @@ pub async fn inventory(
         "(this process: the processor or the naive handlers, and the bench's producer and outcome counter)"
     );
     println!(
-        "note: the {requests} answers are on {}: this environment's orders and expiry processors will read them too",
+        "note: the {requests} answers are on {}: this environment's processors will make orders of them and charge \
+         the reserved ones (`kassa bench saga` works them off before it measures)",
         Topic::InventoryEvents.name()
     );
     Ok(())

@@ -6,6 +6,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use kassa_ops::settings::Settings;
+use kassa_ops::supervisor::Component;
 use kassa_processors::ConsumerGroup;
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -113,5 +115,49 @@ impl Processors {
                 let _ = r.child.kill().await;
             }
         }
+    }
+}
+
+/// Where the processors run during a bench: in the bench's process or one process each.
+pub(crate) enum Processing {
+    /// In this process.
+    Here(kassa_ops::supervisor::Running),
+    /// One process each.
+    Apart(Processors),
+}
+
+impl Processing {
+    /// Starts every processor, one process each if `separate`, else in this process.
+    pub(crate) async fn start(settings: &Settings, separate: bool) -> anyhow::Result<Self> {
+        if separate {
+            let logs = std::env::temp_dir().join("kassa-bench-saga");
+            std::fs::create_dir_all(&logs)?;
+            println!("processors' logs: {}/<processor>.log", logs.display());
+            return Ok(Self::Apart(Processors::start(&logs).await?));
+        }
+        let processors: Vec<Component> = ConsumerGroup::ALL
+            .into_iter()
+            .map(Component::Processor)
+            .collect();
+        // Their /metrics, /health and /ready on any free port (logged): a development kassa may
+        // hold the configured one.
+        let mut on_any_port = settings.clone();
+        on_any_port.process.ops_addr.set_port(0);
+        Ok(Self::Here(kassa_ops::supervisor::start(
+            &on_any_port,
+            &processors,
+        )?))
+    }
+
+    /// Stops them and waits until they have.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Here(running) => {
+                running.stop();
+                running.wait().await?;
+            }
+            Self::Apart(processes) => processes.stop().await,
+        }
+        Ok(())
     }
 }

@@ -8,13 +8,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use kassa_ops::supervisor::Component;
-use kassa_processors::ConsumerGroup;
-
 use super::orders::{self, Answered, Placed};
+use super::processes::Processing;
 use super::traffic::{Catalog, Expect, Traffic};
 use super::usage::{Sample, Usage};
+use chrono::{DateTime, Utc};
 use kassa_ops::settings::Settings;
 
 /// What to run.
@@ -32,50 +30,6 @@ pub struct Options {
     pub runs: usize,
     /// Also run the naive checkout on the same orders.
     pub naive: bool,
-}
-
-/// Where the processors run during the bench.
-enum Running {
-    /// In this process.
-    Here(kassa_ops::supervisor::Running),
-    /// One process each.
-    Apart(super::processes::Processors),
-}
-
-impl Running {
-    async fn start(settings: &Settings, separate: bool) -> anyhow::Result<Self> {
-        if separate {
-            let logs = std::env::temp_dir().join("kassa-bench-saga");
-            std::fs::create_dir_all(&logs)?;
-            println!("processors' logs: {}/<processor>.log", logs.display());
-            return Ok(Self::Apart(
-                super::processes::Processors::start(&logs).await?,
-            ));
-        }
-        let processors: Vec<Component> = ConsumerGroup::ALL
-            .into_iter()
-            .map(Component::Processor)
-            .collect();
-        // Their /metrics, /health and /ready on any free port (logged): a development kassa may
-        // hold the configured one.
-        let mut on_any_port = settings.clone();
-        on_any_port.process.ops_addr.set_port(0);
-        Ok(Self::Here(kassa_ops::supervisor::start(
-            &on_any_port,
-            &processors,
-        )?))
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        match self {
-            Self::Here(running) => {
-                running.stop();
-                running.wait().await?;
-            }
-            Self::Apart(processes) => processes.stop().await,
-        }
-        Ok(())
-    }
 }
 
 /// One run's orders: its SKUs with their stock, and each order's body and expected end.
@@ -117,38 +71,6 @@ impl Load {
     }
 }
 
-/// Records a processor of the environment may be behind by when a run starts (a quiet
-/// environment is a few records short of its ends at most).
-const BACKLOG_LIMIT: i64 = 10_000;
-
-/// Refuses to start where the environment's processors are far behind on their inputs (after a
-/// `kassa bench inventory`, 100,000 answers a run wait on `inventory.events`): the processors the
-/// run starts would work through that backlog first, and the run would measure it, or time out.
-async fn refuse_a_backlog(settings: &Settings) -> anyhow::Result<()> {
-    let databases = kassa_ops::databases::Databases::connect(settings).await?;
-    // Partitions far behind are counted as they stand, without reading them.
-    let lag = kassa_ops::lag::measure_with(
-        settings,
-        &databases,
-        &ConsumerGroup::ALL,
-        kassa_ops::lag::Markers::Near(2),
-    )
-    .await?;
-    let behind: Vec<String> = lag
-        .iter()
-        .filter(|g| g.total_lag > BACKLOG_LIMIT)
-        .map(|g| format!("{} is {} records behind", g.group, g.total_lag))
-        .collect();
-    anyhow::ensure!(
-        behind.is_empty(),
-        "this environment's processors have a backlog ({}), which the run would measure: start \
-         from a clean environment (`scripts/dev reset`; `kassa bench inventory` leaves its answers \
-         on inventory.events), or let a `kassa run all` catch up (`kassa lag`)",
-        behind.join("; ")
-    );
-    Ok(())
-}
-
 /// Runs the bench as `options` say.
 pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
     let Options {
@@ -163,7 +85,7 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
         "--orders, --rate and --runs must be positive"
     );
     let pool = kassa_ops::migrate::connect(settings).await?;
-    refuse_a_backlog(settings).await?;
+    super::backlog::catch_up(settings, options.separate).await?;
     let key = kassa_api::auth::create_key(
         &pool,
         kassa_api::auth::KeyKind::Storefront,
@@ -265,7 +187,7 @@ async fn once(
         separate,
         ..
     } = *options;
-    let running = Running::start(settings, separate).await?;
+    let running = Processing::start(settings, separate).await?;
     let (api, base, http) = super::api::serve_catalog(settings, pool, &load.catalog.skus).await?;
     // Stock for every order that should get it, confirmed by inventory before the clock starts.
     orders::stock(settings, &load.stock, &load.prefix).await?;
