@@ -47,7 +47,6 @@ use kassa_schemas::redis_link::RedisLink;
 use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use problem::Problem;
 
@@ -313,7 +312,7 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
 /// Builds the state: database pool, producer, codec.
 pub async fn state(config: &ApiConfig) -> Result<AppState, ServeError> {
     telemetry::handle();
-    let options = PgPoolOptions::new()
+    let options = kassa_schemas::postgres_link::pool_options()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(3));
     let pool = options

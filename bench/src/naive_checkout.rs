@@ -85,7 +85,7 @@ pub(crate) async fn serve(
     .execute(admin)
     .await?;
     let connect = |size| {
-        sqlx::postgres::PgPoolOptions::new()
+        kassa_schemas::postgres_link::pool_options()
             .max_connections(size)
             .connect(settings.database_url.expose())
     };

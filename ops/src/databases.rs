@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use kassa_processors::ConsumerGroup;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::settings::{Settings, redact_url_password};
 
@@ -63,7 +62,7 @@ impl Databases {
     /// Pools of at most `max` connections for every database the settings name; nothing
     /// connects until a pool is used.
     pub fn lazy(settings: &Settings, max: u32, acquire: Duration) -> Result<Self, DatabasesError> {
-        let options = PgPoolOptions::new()
+        let options = kassa_schemas::postgres_link::pool_options()
             .max_connections(max)
             .acquire_timeout(acquire);
         let mut distinct: Vec<(String, Vec<&'static str>, PgPool)> = Vec::new();

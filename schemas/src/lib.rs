@@ -9,6 +9,7 @@ pub mod flash_keys;
 pub mod gather;
 pub mod kafka;
 pub mod kafka_link;
+pub mod postgres_link;
 pub mod read_model;
 pub mod redis_link;
 pub mod registry;

@@ -17,7 +17,6 @@ use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -440,7 +439,7 @@ pub async fn connect(
 ) -> Option<PgPool> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let attempt = PgPoolOptions::new()
+        let attempt = kassa_schemas::postgres_link::pool_options()
             .max_connections(size)
             .acquire_timeout(Duration::from_secs(5))
             .connect(config.database_url.expose())
