@@ -1,7 +1,8 @@
-//! The processors as separate processes, as deployed: one `kassa run <processor>` each, started
-//! by the bench from its own executable with its settings, ready before the load starts and
-//! stopped (stdin closed, then killed if it lingers) when the bench is done. They run with the
-//! bench's environment (`scripts/dev env`), so with the same settings.
+//! Where a bench runs the processors ([`Processing`]): in its own process, or as separate
+//! processes, as deployed: one `kassa run <processor>` each, started by the bench from its own
+//! executable with its settings, ready before the load starts and stopped (stdin closed, then
+//! killed if it lingers) when the bench is done. They run with the bench's environment
+//! (`scripts/dev env`), so with the same settings.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
