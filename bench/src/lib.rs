@@ -284,17 +284,22 @@ async fn run_kassa(
     })
 }
 
-/// The inventory processor, in this process (its /metrics, /health and /ready on any free port:
-/// a development kassa may hold the configured one).
+/// The inventory processor, in this process.
 fn start_inventory(settings: &Settings) -> Result<Running, SupervisorError> {
-    let mut on_any_port = settings.clone();
-    on_any_port.process.ops_addr.set_port(0);
-    kassa_ops::supervisor::start(
-        &on_any_port,
+    start_here(
+        settings,
         &[Component::Processor(
             kassa_processors::ConsumerGroup::Inventory,
         )],
     )
+}
+
+/// `components`, in this process, their /metrics, /health and /ready on any free port (a
+/// development kassa may hold the configured one).
+fn start_here(settings: &Settings, components: &[Component]) -> Result<Running, SupervisorError> {
+    let mut on_any_port = settings.clone();
+    on_any_port.process.ops_addr.set_port(0);
+    kassa_ops::supervisor::start(&on_any_port, components)
 }
 
 /// Every request of the load, encoded (before the clock starts): (key, value).

@@ -69,8 +69,6 @@ pub async fn run(
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BPOLL-{run}-{i}")).collect();
     super::api::catalog(&pool, &skus).await?;
 
-    let mut on_any_port = settings.clone();
-    on_any_port.process.ops_addr.set_port(0);
     let others: Vec<Component> = [
         ConsumerGroup::Inventory,
         ConsumerGroup::Payments,
@@ -79,7 +77,7 @@ pub async fn run(
     .into_iter()
     .map(Component::Processor)
     .collect();
-    let running = kassa_ops::supervisor::start(&on_any_port, &others)?;
+    let running = super::start_here(settings, &others)?;
     let stock: Vec<(String, i64)> = skus.iter().map(|s| (s.clone(), orders as i64)).collect();
     super::orders::stock(settings, &stock, &format!("BPOLL-{run}")).await?;
     let (base, _api) = api_process().await?;
@@ -137,7 +135,7 @@ pub async fn run(
     println!("{waiters} waiters parked; starting the orders processor");
     let started = Instant::now();
     let orders_processor =
-        kassa_ops::supervisor::start(&on_any_port, &[Component::Processor(ConsumerGroup::Orders)])?;
+        super::start_here(settings, &[Component::Processor(ConsumerGroup::Orders)])?;
 
     // The fault, once half the waiters have seen their order end.
     while tally.ended.load(Ordering::SeqCst) < waiters / 2 && started.elapsed() < RUN_LIMIT {

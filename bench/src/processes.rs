@@ -140,14 +140,7 @@ impl Processing {
             .into_iter()
             .map(Component::Processor)
             .collect();
-        // Their /metrics, /health and /ready on any free port (logged): a development kassa may
-        // hold the configured one.
-        let mut on_any_port = settings.clone();
-        on_any_port.process.ops_addr.set_port(0);
-        Ok(Self::Here(kassa_ops::supervisor::start(
-            &on_any_port,
-            &processors,
-        )?))
+        Ok(Self::Here(super::start_here(settings, &processors)?))
     }
 
     /// Stops them and waits until they have.
