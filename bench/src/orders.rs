@@ -1,7 +1,7 @@
 //! Orders through HTTP for the benches: stock set through inventory, requests sent open-loop at
 //! a rate (each with its answer and how long it took), and the wait until kassa's orders end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -78,8 +78,12 @@ pub(crate) struct Placed {
     pub accept: Duration,
 }
 
+/// What the orders that were not accepted were answered ("503", "no answer", …), with how many.
+pub(crate) type NotAccepted = BTreeMap<String, usize>;
+
 /// Places `bodies` (each a `POST /api/orders` body with its `customer_id`) open-loop at `rate`
-/// with storefront key `key`, Idempotency-Key `<run>-<i>`; returns each accepted order by id.
+/// with storefront key `key`, Idempotency-Key `<run>-<i>`; returns each accepted order by id,
+/// and what the others were answered.
 pub(crate) async fn place(
     http: &reqwest::Client,
     base: &str,
@@ -87,7 +91,7 @@ pub(crate) async fn place(
     run: &str,
     bodies: &[Value],
     rate: u32,
-) -> HashMap<String, Placed> {
+) -> (HashMap<String, Placed>, NotAccepted) {
     let answered = drive(rate, bodies.len(), |i| {
         http.post(format!("{base}/api/orders"))
             .bearer_auth(key)
@@ -95,24 +99,35 @@ pub(crate) async fn place(
             .json(&bodies[i])
     })
     .await;
-    answered
-        .into_iter()
-        .filter(|a| a.status == reqwest::StatusCode::ACCEPTED.as_u16())
-        .filter_map(|a| {
-            let id = a.body["order_id"].as_str()?.to_owned();
-            let customer = bodies[a.index]["customer_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let placed = Placed {
-                index: a.index,
-                at: a.at,
-                customer,
-                accept: a.took,
+    let mut not_accepted = NotAccepted::new();
+    let unanswered = bodies.len() - answered.len();
+    if unanswered > 0 {
+        not_accepted.insert("no answer".into(), unanswered);
+    }
+    let mut accepted = HashMap::with_capacity(answered.len());
+    for a in answered {
+        let id = a.body["order_id"].as_str().map(str::to_owned);
+        let (true, Some(id)) = (a.status == reqwest::StatusCode::ACCEPTED.as_u16(), id) else {
+            let answer = match a.status {
+                202 => "202 without an order id".to_owned(),
+                status => status.to_string(),
             };
-            Some((id, placed))
-        })
-        .collect()
+            *not_accepted.entry(answer).or_default() += 1;
+            continue;
+        };
+        let customer = bodies[a.index]["customer_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let placed = Placed {
+            index: a.index,
+            at: a.at,
+            customer,
+            accept: a.took,
+        };
+        accepted.insert(id, placed);
+    }
+    (accepted, not_accepted)
 }
 
 /// Sets `units` on hand for each of `skus` (named `<prefix>-…`) and waits until inventory has

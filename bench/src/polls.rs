@@ -103,11 +103,11 @@ pub async fn run(
                                "lines": [{"sku": skus[i % skus.len()], "quantity": 1}]})
         })
         .collect();
-    let placed =
+    let (placed, not_accepted) =
         super::orders::place(&http, &base, &key, &format!("bpoll-{run}"), &bodies, 500).await;
     anyhow::ensure!(
         placed.len() == orders,
-        "only {} of {orders} orders accepted",
+        "only {} of {orders} orders accepted; the others were answered {not_accepted:?}",
         placed.len()
     );
 

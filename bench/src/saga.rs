@@ -202,7 +202,7 @@ async fn once(
         }
     );
     let before = Sample::take(settings, pool).await;
-    let accepted = orders::place(
+    let (accepted, not_accepted) = orders::place(
         &http,
         &base,
         key,
@@ -228,7 +228,14 @@ async fn once(
     .bind(&ids)
     .fetch_all(pool)
     .await?;
-    let summary = report(orders, &accepted, &finals, &reached, &load.sequence, &used);
+    let summary = report(
+        orders,
+        (&accepted, &not_accepted),
+        &finals,
+        &reached,
+        &load.sequence,
+        &used,
+    );
     Ok((summary, used))
 }
 
@@ -315,11 +322,12 @@ fn print_latencies(label: &str, latencies: &mut [i64]) -> Option<i64> {
     at(0.99)
 }
 
-/// Prints kassa's figures: final states against what each order should have come to,
-/// throughput, latencies per stage and per final state, the machine's use.
+/// Prints kassa's figures: the orders not accepted and what they were answered, final states
+/// against what each order should have come to, throughput, latencies per stage and per final
+/// state, the machine's use.
 fn report(
     orders: usize,
-    accepted: &HashMap<String, Placed>,
+    (accepted, not_accepted): (&HashMap<String, Placed>, &orders::NotAccepted),
     finals: &[(String, String, DateTime<Utc>)],
     reached: &[(String, String, DateTime<Utc>)],
     sequence: &[super::traffic::Order],
@@ -338,6 +346,9 @@ fn report(
         if !fits {
             unexpected.push(format!("{id} ({expect:?}, ended {state})"));
         }
+    }
+    if !not_accepted.is_empty() {
+        println!("not accepted, by answer (after up to 5 tries for a 503): {not_accepted:?}");
     }
     println!(
         "accepted {} of {orders}; final states {counts:?}; {} ended otherwise than their card and stock say{}",
@@ -399,7 +410,7 @@ fn report(
     used.print(accepted.len());
     let invalid = if accepted.len() < orders || !unexpected.is_empty() {
         Some(format!(
-            "{} of {orders} orders accepted, {} ended otherwise than their card and stock say",
+            "{} of {orders} orders accepted (the others: {not_accepted:?}), {} ended otherwise than their card and stock say",
             accepted.len(),
             unexpected.len()
         ))
