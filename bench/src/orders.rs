@@ -27,14 +27,17 @@ pub(crate) struct Answered {
     pub took: Duration,
 }
 
+/// Why requests got no answer (the innermost error of each, as reqwest tells it), with how many.
+pub(crate) type Unanswered = BTreeMap<String, usize>;
+
 /// Sends `count` requests open-loop, `rate` a second (`request(i)` builds the i-th; it is sent
 /// again after a 503's Retry-After, as a storefront would); returns every request that got an
-/// answer, in no particular order.
+/// answer, in no particular order, and why the others got none.
 pub(crate) async fn drive(
     rate: u32,
     count: usize,
     request: impl Fn(usize) -> reqwest::RequestBuilder,
-) -> Vec<Answered> {
+) -> (Vec<Answered>, Unanswered) {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let started = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -44,11 +47,13 @@ pub(crate) async fn drive(
         let request = request(index);
         tasks.spawn(async move {
             let resend = || request.try_clone().expect("a JSON body can be sent again");
-            let (response, _) = crate::http::send_honouring_503(resend, 5).await.ok()?;
+            let (response, _) = crate::http::send_honouring_503(resend, 5)
+                .await
+                .map_err(|e| innermost(&e))?;
             let status = response.status().as_u16();
             let (at, took) = (Utc::now(), intended.elapsed());
             let body = response.json().await.unwrap_or(Value::Null);
-            Some(Answered {
+            Ok(Answered {
                 index,
                 status,
                 body,
@@ -58,12 +63,24 @@ pub(crate) async fn drive(
         });
     }
     let mut answered = Vec::with_capacity(count);
+    let mut unanswered = Unanswered::new();
     while let Some(done) = tasks.join_next().await {
-        if let Ok(Some(answer)) = done {
-            answered.push(answer);
+        match done {
+            Ok(Ok(answer)) => answered.push(answer),
+            Ok(Err(why)) => *unanswered.entry(why).or_default() += 1,
+            Err(e) => *unanswered.entry(e.to_string()).or_default() += 1,
         }
     }
-    answered
+    (answered, unanswered)
+}
+
+/// The innermost cause of `error` (reqwest's own message names only the URL).
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// An order the API accepted.
@@ -78,7 +95,7 @@ pub(crate) struct Placed {
     pub accept: Duration,
 }
 
-/// What the orders that were not accepted were answered ("503", "no answer", …), with how many.
+/// What the orders that were not accepted were answered ("503", "no answer: …"), with how many.
 pub(crate) type NotAccepted = BTreeMap<String, usize>;
 
 /// Places `bodies` (each a `POST /api/orders` body with its `customer_id`) open-loop at `rate`
@@ -92,18 +109,17 @@ pub(crate) async fn place(
     bodies: &[Value],
     rate: u32,
 ) -> (HashMap<String, Placed>, NotAccepted) {
-    let answered = drive(rate, bodies.len(), |i| {
+    let (answered, unanswered) = drive(rate, bodies.len(), |i| {
         http.post(format!("{base}/api/orders"))
             .bearer_auth(key)
             .header("Idempotency-Key", format!("{run}-{i}"))
             .json(&bodies[i])
     })
     .await;
-    let mut not_accepted = NotAccepted::new();
-    let unanswered = bodies.len() - answered.len();
-    if unanswered > 0 {
-        not_accepted.insert("no answer".into(), unanswered);
-    }
+    let mut not_accepted: NotAccepted = unanswered
+        .into_iter()
+        .map(|(why, n)| (format!("no answer: {why}"), n))
+        .collect();
     let mut accepted = HashMap::with_capacity(answered.len());
     for a in answered {
         let id = a.body["order_id"].as_str().map(str::to_owned);

@@ -258,12 +258,15 @@ async fn naive_checkout(
          (create, confirm, capture) with the locks held, order written, commit; answered when done"
     );
     let before = Sample::take(settings, pool).await;
-    let answered = orders::drive(rate, orders, |i| {
+    let (answered, unanswered) = orders::drive(rate, orders, |i| {
         http.post(format!("{base}/api/orders"))
             .json(&load.bodies[i])
     })
     .await;
     let used = before.until(&Sample::take(settings, pool).await);
+    if !unanswered.is_empty() {
+        println!("no answer, by error: {unanswered:?}");
+    }
     Ok(report_naive(orders, &answered, &used))
 }
 
