@@ -15,8 +15,9 @@
 //!   is written to `simulator.effects` so tests can count authorizations, captures, voids and
 //!   refunds per order; with faults injected, every call to `simulator.calls` (its count per key
 //!   numbers the call).
-//! - Calls made at the same time share a transaction ([`calls`]): a provider's cost, it is no part
-//!   of kassa's, and at 500 orders/s one transaction a call was 40% of the machine's CPU.
+//! - Calls made at the same time share a transaction ([`calls`]). Its cost is the provider's, no
+//!   part of kassa's: with one transaction a call, `kassa bench saga` at 500 orders/s decided 287
+//!   a second at 6.7 ms of CPU an order, and 477 at 4.0 ms with a provider that cost nothing.
 
 use std::time::Duration;
 
