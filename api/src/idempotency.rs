@@ -105,40 +105,22 @@ pub async fn answered(
 /// An answer to store for replays: (storefront, key, HTTP status, JSON body).
 type Answer = (String, String, u16, serde_json::Value);
 
-/// How answers a caller waits for gather: nothing waits for more; what is answered while two
-/// writes are under way goes into the next, one statement for all.
+/// How answers gather: a request waits on its answer's write, so nothing waits for more; what
+/// is answered while two writes are under way goes into the next, one statement for all.
 const ANSWERS: Gathering = Gathering {
     at_most: 256,
     writes_at_once: 2,
     wait: std::time::Duration::ZERO,
 };
 
-/// How answers nobody waits for gather (those of accepted orders, written behind the 202):
-/// 50 ms of them in one statement. Alone, each was a transaction of its own at 500 orders/s, the
-/// API's second commit an order.
-const ANSWERS_BEHIND: Gathering = Gathering {
-    at_most: 512,
-    writes_at_once: 1,
-    wait: std::time::Duration::from_millis(50),
-};
-
 /// Stores the answers to replay, those of requests that finish together in one statement.
 #[derive(Clone)]
-pub struct Answers {
-    /// Answers a caller waits for.
-    now: Gatherer<AnswerWriter>,
-    /// Answers written behind the response.
-    behind: Gatherer<AnswerWriter>,
-}
+pub struct Answers(Gatherer<AnswerWriter>);
 
 impl Answers {
-    /// Starts the tasks that write answers to `pool`; they end once every clone is dropped.
+    /// Starts the task that writes answers to `pool`; it ends once every clone is dropped.
     pub fn start(pool: PgPool) -> Self {
-        let name = "Idempotency-Key answer";
-        Self {
-            now: Gatherer::start(name, ANSWERS, AnswerWriter(pool.clone())).0,
-            behind: Gatherer::start(name, ANSWERS_BEHIND, AnswerWriter(pool)).0,
-        }
+        Self(Gatherer::start("Idempotency-Key answer", ANSWERS, AnswerWriter(pool)).0)
     }
 
     /// Stores the answer to replay for (storefront, key); returns once it is stored.
@@ -150,7 +132,7 @@ impl Answers {
         body: &serde_json::Value,
     ) -> Result<(), ApiError> {
         let answer = (storefront.to_owned(), key.to_owned(), status, body.clone());
-        Ok(self.now.write(answer).await??)
+        Ok(self.0.write(answer).await??)
     }
 
     /// Hands in the answer to replay for (storefront, key) without waiting for its write. Safe
@@ -159,7 +141,7 @@ impl Answers {
     /// unanswered orders does the same for one whose answer never got written.
     pub fn store_behind(&self, storefront: &str, key: &str, status: u16, body: &serde_json::Value) {
         let answer = (storefront.to_owned(), key.to_owned(), status, body.clone());
-        if let Err(e) = self.behind.hand_in(answer) {
+        if let Err(e) = self.0.hand_in(answer) {
             tracing::warn!(error = %e, "an Idempotency-Key answer was not stored; the sweep of unanswered orders will");
         }
     }
