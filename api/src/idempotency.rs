@@ -78,28 +78,28 @@ pub async fn existing(
     })
 }
 
-/// The stored answer for (storefront, key) if the key was used on `route` and answered.
-pub async fn answered(
+/// What the record of (storefront, key) on `route` holds: its order and, once stored, its answer
+/// (HTTP status, JSON body). None: the key was not used on `route`.
+pub async fn on_route(
     pool: &PgPool,
     storefront: &str,
     key: &str,
     route: &str,
-) -> Option<axum::response::Response> {
-    let row: Option<(Uuid, i32, serde_json::Value)> = sqlx::query_as(
+) -> Result<Option<(Uuid, Option<(u16, serde_json::Value)>)>, sqlx::Error> {
+    let row: Option<(Uuid, Option<i32>, Option<serde_json::Value>)> = sqlx::query_as(
         "SELECT order_id, response_status, response_body FROM api.idempotency_keys
-         WHERE storefront = $1 AND key = $2 AND route = $3 AND response_status IS NOT NULL
+         WHERE storefront = $1 AND key = $2 AND route = $3
            AND created_at > now() - interval '24 hours'",
     )
     .bind(storefront)
     .bind(key)
     .bind(route)
     .fetch_optional(pool)
-    .await
-    .ok()
-    .flatten();
-    row.map(|(order_id, status, body)| {
-        crate::accepted::accepted_response(order_id, status as u16, body)
-    })
+    .await?;
+    Ok(row.map(|(order_id, status, body)| {
+        let answer = status.zip(body).map(|(status, body)| (status as u16, body));
+        (order_id, answer)
+    }))
 }
 
 /// An answer to store for replays: (storefront, key, HTTP status, JSON body).

@@ -389,6 +389,34 @@ async fn checkout_places_the_carts_items_and_empties_it_once() {
         again["order_id"], order["order_id"],
         "a retry replays the order"
     );
+    // The answer is stored behind the 202, after the cart is emptied: a retry in between finds
+    // the key's order without its answer, and is answered with that order, not empty_cart.
+    let forget_answer =
+        "UPDATE api.idempotency_keys SET response_status = NULL, response_body = NULL
+                         WHERE storefront = $1 AND key = 'cart-co-1'";
+    let forgotten = sqlx::query(forget_answer)
+        .bind(&api.test.storefront_name)
+        .execute(&api.test.pool)
+        .await
+        .unwrap();
+    assert_eq!(forgotten.rows_affected(), 1);
+    let pending = checkout().await.unwrap();
+    assert_eq!(pending.status().as_u16(), 202, "a pending key is finished");
+    let pending: Value = pending.json().await.unwrap();
+    assert_eq!(pending["order_id"], order["order_id"]);
+    assert_eq!(pending["total_minor"], order["total_minor"]);
+    let (stored,): (Option<i32>,) = sqlx::query_as(
+        "SELECT response_status FROM api.idempotency_keys WHERE storefront = $1 AND key = 'cart-co-1'",
+    )
+    .bind(&api.test.storefront_name)
+    .fetch_one(&api.test.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        Some(202),
+        "and its answer stored for the next retry"
+    );
     let someone_else = api
         .req(Method::POST, "/api/carts/me/checkout", Some("ivan"))
         .header("Idempotency-Key", "cart-co-2")

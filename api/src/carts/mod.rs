@@ -27,10 +27,13 @@ pub use store::{Cart, CartTtl};
 pub use view::{CartItem, CartView};
 
 use crate::AppState;
+use crate::accepted::{accepted_response, load};
 use crate::auth::Storefront;
 use crate::domain::{GuestCartId, Sku, XCustomerId};
 use crate::error::ApiError;
-use crate::orders::{LineRequest, MAX_LINES, MAX_QUANTITY, OrderRequest, place};
+use crate::orders::{
+    LineRequest, MAX_LINES, MAX_QUANTITY, OrderRequest, place, publish_and_answer,
+};
 use crate::problem::{FieldError, Problem};
 use store::{Owner, read, remove, write};
 use view::answer;
@@ -374,7 +377,7 @@ async fn check_out(
     let route = format!("POST /api/carts/{}/checkout", owner.cart_id());
     if cart.items.is_empty() {
         // Maybe a retry after the order emptied the cart: the Idempotency-Key record answers it.
-        return match replay_only(state, storefront, headers, &route).await {
+        return match replay_only(state, storefront, headers, &route).await? {
             Some(response) => Ok(response),
             None => Err(Problem::unprocessable("empty_cart", "the cart is empty").into()),
         };
@@ -435,15 +438,39 @@ async fn edit(
     Err(Problem::unavailable("the cart is changing too fast; retry", 1).into())
 }
 
-/// The stored answer for this request's Idempotency-Key on this cart's checkout, if any.
+/// The answer for this request's Idempotency-Key on this cart's checkout, if the key was used
+/// there. Its order may be accepted with the answer not stored yet (it is written behind the
+/// 202, after the cart is emptied): that order is published again and answered, as
+/// `POST /api/orders` finishes a pending key.
 async fn replay_only(
     state: &AppState,
     storefront: &Storefront,
     headers: &HeaderMap,
     route: &str,
-) -> Option<Response> {
-    let key = headers.get("idempotency-key")?.to_str().ok()?;
-    crate::idempotency::answered(&state.pool, &storefront.name, key, route).await
+) -> Result<Option<Response>, ApiError> {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    let Some((order_id, answer)) =
+        crate::idempotency::on_route(&state.pool, &storefront.name, key, route).await?
+    else {
+        return Ok(None);
+    };
+    if let Some((status, body)) = answer {
+        return Ok(Some(accepted_response(order_id, status, body)));
+    }
+    // The key's record and its order are stored in one statement: the order is there.
+    let order = load(state, order_id).await?.ok_or_else(|| {
+        Problem::unavailable(
+            "the same request is being processed; retry with the same Idempotency-Key",
+            1,
+        )
+    })?;
+    let body = publish_and_answer(state, &storefront.name, key, &order).await?;
+    Ok(Some(accepted_response(order_id, 202, body)))
 }
 
 #[cfg(test)]
