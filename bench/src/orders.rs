@@ -170,7 +170,10 @@ pub(crate) async fn stock(
 
 /// Waits until every order is completed, rejected or cancelled; returns (id, state, updated at).
 /// Each look asks only for the orders not yet seen final: asking for all of them every time cost
-/// Postgres tens of milliseconds a look, counted against the orders it measured.
+/// Postgres tens of milliseconds a look, counted against the orders it measured. A look costs
+/// about 7 µs an order asked for, so while many are pending it comes once a second, not five
+/// times (at 500/s, 10,000 orders: 28 looks of 72 ms on average, 0.2 ms of Postgres an order).
+/// The figures do not depend on it: they come from the orders' own timestamps.
 pub(crate) async fn wait_final(
     pool: &sqlx::PgPool,
     ids: &[String],
@@ -178,7 +181,7 @@ pub(crate) async fn wait_final(
 ) -> anyhow::Result<Vec<(String, String, DateTime<Utc>)>> {
     let started = std::time::Instant::now();
     let mut last_report = std::time::Instant::now();
-    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    const MANY: usize = 500;
     let mut pending: Vec<String> = ids.to_vec();
     let mut finals: Vec<(String, String, DateTime<Utc>)> = Vec::with_capacity(ids.len());
     loop {
@@ -208,6 +211,7 @@ pub(crate) async fn wait_final(
             eprintln!("  … {} / {} orders ended", finals.len(), ids.len());
             last_report = std::time::Instant::now();
         }
-        poll.tick().await;
+        let pause = if pending.len() > MANY { 1000 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
