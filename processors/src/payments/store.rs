@@ -309,9 +309,16 @@ pub async fn claim(
     rows.iter().map(from_row).collect()
 }
 
-/// Ends the leases `owner` holds (at its start: whoever held them under that name is dead).
+/// Ends the leases `owner` holds on work (at its start: whoever held them under that name is
+/// dead). Only payments with work are looked at, through the index of work due: every payment
+/// ever taken would otherwise be read at each start (50 ms at 220,000 payments, growing). A lease
+/// left on a payment without work is left to run out: work given to it meanwhile waits at most
+/// that long.
 pub async fn release_leases(pool: &sqlx::PgPool, owner: &str) -> Result<u64, sqlx::Error> {
-    let released = sqlx::query("UPDATE payments.payments SET leased_until = NULL WHERE leased_by = $1 AND leased_until > now()")
+    let released = sqlx::query(
+        "UPDATE payments.payments SET leased_until = NULL
+         WHERE work IS NOT NULL AND leased_by = $1 AND leased_until > now()",
+    )
         .bind(owner)
         .execute(pool)
         .await?;

@@ -282,3 +282,50 @@ async fn refunds_through_timeouts_and_lost_answers_are_made_once_each() {
     .unwrap();
     assert!(retried > 0, "the provider's faults were met (and retried)");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_takes_back_the_leases_it_held_on_work() {
+    let settings = crate::common::setup().await;
+    let pool = kassa::migrate::connect(&settings).await.unwrap();
+    // A provider no running worker serves, and an owner no running worker has: only this test
+    // touches these payments.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let owner = format!("dead-worker-{run}");
+    let (with_work, without_work) = (format!("LEASE-{run}-W"), format!("LEASE-{run}-N"));
+    for (order_id, work) in [(&with_work, Some("capture")), (&without_work, None)] {
+        sqlx::query(
+            "INSERT INTO payments.payments (order_id, payment_id, provider, amount_minor, currency,
+                 payment_method_id, status, stage, work, leased_by, leased_until)
+             VALUES ($1, gen_random_uuid(), 'lease-test', 100, 'EUR', 'pm_card_visa',
+                     'authorized', 'confirmed', $2, $3, now() + interval '1 hour')",
+        )
+        .bind(order_id)
+        .bind(work)
+        .bind(&owner)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let released = kassa_processors::payments::store::release_leases(&pool, &owner)
+        .await
+        .unwrap();
+    assert_eq!(released, 1, "the lease on work is taken back");
+    let leased: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT order_id, leased_until IS NOT NULL FROM payments.payments
+         WHERE order_id = ANY($1) ORDER BY order_id",
+    )
+    .bind([&without_work, &with_work])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        leased,
+        vec![(without_work.clone(), true), (with_work.clone(), false)],
+        "the payment with work is free at once; the one without is left to its lease's end"
+    );
+    sqlx::query("DELETE FROM payments.payments WHERE order_id = ANY($1)")
+        .bind([&without_work, &with_work])
+        .execute(&pool)
+        .await
+        .unwrap();
+}
