@@ -168,6 +168,9 @@ pub(crate) async fn stock(
     Ok(())
 }
 
+/// Above this many orders pending, `wait_final` looks once a second.
+const MANY_PENDING: usize = 500;
+
 /// Waits until every order is completed, rejected or cancelled; returns (id, state, updated at).
 /// Each look asks only for the orders not yet seen final: asking for all of them every time cost
 /// Postgres tens of milliseconds a look, counted against the orders it measured. A look costs
@@ -181,7 +184,6 @@ pub(crate) async fn wait_final(
 ) -> anyhow::Result<Vec<(String, String, DateTime<Utc>)>> {
     let started = std::time::Instant::now();
     let mut last_report = std::time::Instant::now();
-    const MANY: usize = 500;
     let mut pending: Vec<String> = ids.to_vec();
     let mut finals: Vec<(String, String, DateTime<Utc>)> = Vec::with_capacity(ids.len());
     loop {
@@ -211,7 +213,11 @@ pub(crate) async fn wait_final(
             eprintln!("  … {} / {} orders ended", finals.len(), ids.len());
             last_report = std::time::Instant::now();
         }
-        let pause = if pending.len() > MANY { 1000 } else { 200 };
+        let pause = if pending.len() > MANY_PENDING {
+            1000
+        } else {
+            200
+        };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }

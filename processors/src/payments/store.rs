@@ -319,9 +319,9 @@ pub async fn release_leases(pool: &sqlx::PgPool, owner: &str) -> Result<u64, sql
         "UPDATE payments.payments SET leased_until = NULL
          WHERE work IS NOT NULL AND leased_by = $1 AND leased_until > now()",
     )
-        .bind(owner)
-        .execute(pool)
-        .await?;
+    .bind(owner)
+    .execute(pool)
+    .await?;
     Ok(released.rows_affected())
 }
 
