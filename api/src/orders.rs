@@ -278,11 +278,7 @@ pub(crate) async fn place(
         return Err(error);
     }
     // Lost races only: the other request is mid-flight; the client may retry.
-    Err(Problem::unavailable(
-        "the same request is being processed; retry with the same Idempotency-Key",
-        1,
-    )
-    .into())
+    Err(Problem::same_request_in_flight().into())
 }
 
 async fn price(state: &AppState, lines: &[(Sku, i32)]) -> Result<pricing::Priced, ApiError> {

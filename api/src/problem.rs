@@ -165,6 +165,14 @@ impl Problem {
         )
     }
 
+    /// 503: another request with the same Idempotency-Key is mid-flight; retry in a second.
+    pub fn same_request_in_flight() -> Self {
+        Self::unavailable(
+            "the same request is being processed; retry with the same Idempotency-Key",
+            1,
+        )
+    }
+
     /// 409: a flash sale has no tokens left for the units asked.
     pub fn sold_out(sku: &str) -> Self {
         Self::new(

@@ -393,7 +393,7 @@ async fn checkout_places_the_carts_items_and_empties_it_once() {
     // the key's order without its answer, and is answered with that order, not empty_cart.
     let forget_answer =
         "UPDATE api.idempotency_keys SET response_status = NULL, response_body = NULL
-                         WHERE storefront = $1 AND key = 'cart-co-1'";
+         WHERE storefront = $1 AND key = 'cart-co-1'";
     let forgotten = sqlx::query(forget_answer)
         .bind(&api.test.storefront_name)
         .execute(&api.test.pool)

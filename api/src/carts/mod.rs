@@ -463,12 +463,9 @@ async fn replay_only(
         return Ok(Some(accepted_response(order_id, status, body)));
     }
     // The key's record and its order are stored in one statement: the order is there.
-    let order = load(state, order_id).await?.ok_or_else(|| {
-        Problem::unavailable(
-            "the same request is being processed; retry with the same Idempotency-Key",
-            1,
-        )
-    })?;
+    let order = load(state, order_id)
+        .await?
+        .ok_or_else(Problem::same_request_in_flight)?;
     let body = publish_and_answer(state, &storefront.name, key, &order).await?;
     Ok(Some(accepted_response(order_id, 202, body)))
 }
