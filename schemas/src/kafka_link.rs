@@ -26,6 +26,7 @@ const RESERVED: &[&str] = &[
     "metadata.broker.list",
     "group.id",
     "group.instance.id",
+    "partition.assignment.strategy",
     "partitioner",
     "enable.idempotence",
     "acks",
@@ -239,6 +240,16 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// Sets each of kassa's `defaults` that the deployment's properties leave unset: kassa's choice
+/// of a tuning property (a linger, a timeout), which an operator may make instead.
+pub fn default_unless_set(config: &mut ClientConfig, defaults: &[(&str, &str)]) {
+    for (key, value) in defaults {
+        if config.get(key).is_none() {
+            config.set(*key, *value);
+        }
+    }
+}
+
 /// The last error librdkafka reported for a client, in its log or its error callback (refused
 /// certificates and failed authentication show there, not in the failed request's error).
 #[derive(Default)]
@@ -363,6 +374,37 @@ mod tests {
         let error = Properties::parse(Some(("f", "bootstrap.servers=x:1")), vec![]).unwrap_err();
         assert!(
             error.to_string().contains("use KASSA_KAFKA_BROKERS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_operators_tuning_wins_over_kassas_default_and_the_assignment_is_kassas() {
+        let properties = Properties::parse(
+            Some(("f", "session.timeout.ms=45000")),
+            vars(&[("KASSA_KAFKA__LINGER_MS", "10")]),
+        )
+        .unwrap();
+        let mut config = ClientConfig::new();
+        properties.apply(&mut config);
+        default_unless_set(
+            &mut config,
+            &[
+                ("linger.ms", "2"),
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "1000"),
+            ],
+        );
+        assert_eq!(config.get("linger.ms"), Some("10"));
+        assert_eq!(config.get("session.timeout.ms"), Some("45000"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("1000"));
+        let error = Properties::parse(
+            None,
+            vars(&[("KASSA_KAFKA__PARTITION_ASSIGNMENT_STRATEGY", "range")]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&error, KafkaLinkError::Reserved { property, .. } if property == "partition.assignment.strategy"),
             "{error}"
         );
     }

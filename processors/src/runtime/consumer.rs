@@ -107,7 +107,7 @@ pub async fn run<H: Handler>(
     super::stats::watch_pool(pool.clone(), group.name());
 
     let mut producer_config = kassa_schemas::kafka_link::client_config(&config.brokers);
-    producer_config.set("linger.ms", "2");
+    kassa_schemas::kafka_link::default_unless_set(&mut producer_config, &[("linger.ms", "2")]);
     for (key, value) in kassa_schemas::kafka::PRODUCER_SETTINGS {
         producer_config.set(*key, *value);
     }
@@ -129,12 +129,10 @@ pub async fn run<H: Handler>(
     let mut consumer_config = kassa_schemas::kafka_link::client_config(&config.brokers);
     consumer_config
         .set("group.id", group.group_id())
-        .set("max.poll.interval.ms", "600000")
-        // A killed instance's partitions move after 6 s (the broker's minimum), not librdkafka's 45 s.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", group.assignment());
-    // Fetch settings kassa chooses, unless the operator set them (KASSA_KAFKA__…):
+    // Settings kassa chooses, unless the operator set them (KASSA_KAFKA__…):
+    // - a killed instance's partitions move after 6 s (the broker's minimum), not librdkafka's
+    //   45 s (with static membership, a longer one lets an instance restart without a rebalance);
     // - how long the broker holds a fetch that finds nothing: a record that arrives answers it
     //   at once, so this costs no latency under load; it only sets how often an idle consumer
     //   asks. 20 ms kept the broker at 11% of a core with one idle `kassa run all`; 500 ms, 3%.
@@ -142,14 +140,16 @@ pub async fn run<H: Handler>(
     //   (`queued.min.messages`, 100,000 records): 1 s by default, which left a processor
     //   catching up on a backlog idle for 0.3-0.7 s after every few batches (the inventory
     //   bench: 15,000-28,000 decisions/s in five runs of six; 32,000-41,000 with 10 ms).
-    for (key, value) in [
-        ("fetch.wait.max.ms", "500"),
-        ("fetch.queue.backoff.ms", "10"),
-    ] {
-        if consumer_config.get(key).is_none() {
-            consumer_config.set(key, value);
-        }
-    }
+    kassa_schemas::kafka_link::default_unless_set(
+        &mut consumer_config,
+        &[
+            ("max.poll.interval.ms", "600000"),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "500"),
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    );
     for (key, value) in kassa_schemas::kafka::CONSUMER_SETTINGS {
         consumer_config.set(*key, *value);
     }
